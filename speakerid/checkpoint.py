@@ -1,0 +1,121 @@
+"""Checkpoints: everything needed to continue a run exactly or to use the model alone, written atomically.
+
+A checkpoint is a dict saved with torch.save and loadable with weights_only=True (only tensors and plain
+Python containers inside), so loading one never executes code.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+
+
+def library_versions() -> dict[str, str]:
+    import torchaudio
+
+    import speakerid
+
+    return {
+        "speakerid": speakerid.__version__,
+        "torch": torch.__version__,
+        "torchaudio": torchaudio.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    # random.getstate() nests tuples; keep them tuples after a round trip through any container format.
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """Write to a temporary file in the same folder, fsync it, then rename over `path`: a crash or a full
+    disk leaves the previous file intact and never a half-written one under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror}); the previous "
+                                   f"checkpoint, if any, is intact") from e
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"{path}: not a readable speakerid checkpoint ({e})") from None
+    if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
+        raise RuntimeError(f"{path}: not a speakerid checkpoint (no format_version)")
+    if checkpoint["format_version"] > FORMAT_VERSION:
+        raise RuntimeError(f"{path}: written by a newer speakerid (format {checkpoint['format_version']})")
+    return checkpoint
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """load_state_dict that names the keys and shapes that differ instead of loading partially."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        lines = [f"{what}: the checkpoint does not match the configured architecture"]
+        if missing:
+            lines.append(f"  missing in checkpoint ({len(missing)}): {', '.join(missing[:8])}")
+        if unexpected:
+            lines.append(f"  not in the model ({len(unexpected)}): {', '.join(unexpected[:8])}")
+        for k in mismatched[:8]:
+            lines.append(f"  {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+        raise RuntimeError("\n".join(lines))
+    module.load_state_dict(state)

@@ -1,0 +1,65 @@
+"""Checks on the composed config, run before any data is read, so a typo costs seconds, not a night."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is missing, of the wrong type or out of range; the message names the key."""
+
+
+def _require(condition: bool, key: str, allowed: str, value) -> None:
+    if not condition:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            "required config values are not set: " + ", ".join(missing)
+            + " (give them on the command line, e.g. " + f"{missing[0]}=/path/to/...)"
+        )
+    if cfg.get("run_dir") is None:
+        raise ConfigError("run_dir is not set (train.py sets it from Hydra's run dir; set it when calling train())")
+
+    data, trainer, head = cfg.data, cfg.trainer, cfg.head
+    _require(_is_int(data.batch_size) and data.batch_size >= 2, "data.batch_size", "an integer >= 2 "
+             "(BatchNorm needs at least 2 utterances per batch)", data.batch_size)
+    _require(_is_int(data.crop_frames) and data.crop_frames >= 10, "data.crop_frames", "an integer >= 10 (frames "
+             "of 10 ms; 200 = 2 s)", data.crop_frames)
+    _require(_is_int(data.sample_rate) and data.sample_rate >= 8000, "data.sample_rate", "an integer >= 8000 (Hz)",
+             data.sample_rate)
+    _require(data.sample_dtype in ("float32", "int16"), "data.sample_dtype", "float32 or int16", data.sample_dtype)
+    _require(data.num_workers == "auto" or (_is_int(data.num_workers) and data.num_workers >= 0),
+             "data.num_workers", "'auto' or an integer >= 0", data.num_workers)
+
+    _require(isinstance(head.m, (int, float)) and 0 <= head.m < math.pi / 2, "head.m",
+             "an angular margin in radians in [0, pi/2)", head.m)
+    _require(isinstance(head.s, (int, float)) and head.s > 0, "head.s", "a logit scale > 0", head.s)
+    lr = cfg.optim.get("lr")
+    _require(isinstance(lr, (int, float)) and lr > 0, "optim.lr", "a learning rate > 0", lr)
+
+    _require(_is_int(trainer.epochs) and trainer.epochs >= 1, "trainer.epochs", "an integer >= 1", trainer.epochs)
+    _require(trainer.precision in ("fp32", "bf16", "fp16"), "trainer.precision", "fp32, bf16 or fp16",
+             trainer.precision)
+    if trainer.precision != "fp32":
+        on_cuda = str(trainer.device).startswith("cuda") or (trainer.device == "auto" and torch.cuda.is_available())
+        _require(on_cuda, "trainer.precision", "bf16/fp16 autocast needs a CUDA device; this run is on the CPU "
+                 "(use trainer.precision=fp32)", trainer.precision)
+    _require(trainer.grad_clip_norm is None or (isinstance(trainer.grad_clip_norm, (int, float))
+                                                and trainer.grad_clip_norm > 0),
+             "trainer.grad_clip_norm", "null (off) or a norm > 0", trainer.grad_clip_norm)
+    for key in ("log_every_steps", "eval_every_epochs"):
+        _require(_is_int(trainer[key]) and trainer[key] >= 1, f"trainer.{key}", "an integer >= 1", trainer[key])
+    _require(_is_int(trainer.checkpoint_every_steps) and trainer.checkpoint_every_steps >= 0,
+             "trainer.checkpoint_every_steps", "an integer >= 0 (0 = only at epoch ends)",
+             trainer.checkpoint_every_steps)

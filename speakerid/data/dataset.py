@@ -1,0 +1,85 @@
+"""Training dataset and sampler.
+
+The sampler owns all randomness of the data order: it yields (index, crop_seed) pairs from a generator
+seeded by (seed, epoch), so crops do not depend on the number of loader workers, and a run resumed in
+the middle of an epoch sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from speakerid.data.audio import read_crop
+from speakerid.data.lists import TrainList
+
+
+class CropDataset(Dataset):
+    """Random fixed-length crops of the utterances of a train list, with their speaker labels."""
+
+    def __init__(self, train_list: TrainList, num_samples: int, sample_rate: int = 16000,
+                 resample: bool = False, dtype: str = "float32"):
+        self.root = train_list.root
+        self.paths = train_list.paths
+        self.labels = np.asarray(train_list.labels, dtype=np.int64)
+        self.num_samples = num_samples
+        self.sample_rate = sample_rate
+        self.resample = resample
+        self.dtype = dtype
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[np.ndarray, int]:
+        index, crop_seed = item
+        samples = read_crop(
+            os.path.join(self.root, self.paths[index]),
+            self.num_samples,
+            np.random.default_rng(crop_seed),
+            sample_rate=self.sample_rate,
+            resample=self.resample,
+            dtype=self.dtype,
+        )
+        return samples, int(self.labels[index])
+
+
+def collate(batch: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    waves = torch.from_numpy(np.stack([b[0] for b in batch]))
+    labels = torch.tensor([b[1] for b in batch], dtype=torch.long)
+    return waves, labels
+
+
+class EpochSampler(Sampler):
+    """Shuffled order for each epoch, reproducible from (seed, epoch), resumable at any position.
+
+    `set_epoch(epoch, start=k)` makes the next iteration skip the first k samples of that epoch's order.
+    """
+
+    def __init__(self, num_items: int, seed: int = 0, shuffle: bool = True):
+        self.num_items = num_items
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = epoch
+        self.start = start
+
+    def _order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.num_items, generator=generator) if self.shuffle else torch.arange(self.num_items)
+        crop_seeds = torch.randint(0, 2**62, (self.num_items,), generator=generator)
+        return order, crop_seeds
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order, crop_seeds = self._order()
+        for position in range(self.start, self.num_items):
+            yield int(order[position]), int(crop_seeds[position])
+
+    def __len__(self) -> int:
+        return self.num_items - self.start

@@ -1,0 +1,38 @@
+"""One place where metrics leave the trainer: TensorBoard scalars plus a JSON-lines history."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+
+class MetricLogger:
+    """log({'train/loss': 1.2, ...}, step) writes each scalar to TensorBoard under its namespaced name
+    and appends one line to metrics.jsonl, flushed at once so a killed run keeps what it logged."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True):
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard")) if enabled else None
+        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") if enabled else None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, value, global_step=step)
+        record = {"step": step, **{k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+
+    def flush(self) -> None:
+        if self.enabled:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.writer.close()
+            self._jsonl.close()

@@ -1,0 +1,3 @@
+from speakerid.losses.aam_softmax import AAMSoftmax
+
+__all__ = ["AAMSoftmax"]

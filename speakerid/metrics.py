@@ -1,0 +1,93 @@
+"""Verification metrics: EER and minimum detection cost, in O(n log n).
+
+Operating points are taken at every distinct score: a trial is accepted when its score is >= the
+threshold, so tied scores move together. The ROC runs through these points from 'accept nothing'
+(FAR 0, FRR 1) to 'accept everything' (FAR 1, FRR 0). The EER is where the straight segments between
+consecutive points cross FAR = FRR (for a group of ties this is the error of a random tie-break), so a
+set of all-equal scores gives 50%. minDCF is the normalised detection cost at the best of these points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class OperatingPoints:
+    thresholds: np.ndarray  # descending; +inf first ('accept nothing')
+    far: np.ndarray         # false-acceptance rate at each threshold, non-decreasing
+    frr: np.ndarray         # false-rejection (miss) rate at each threshold, non-increasing
+
+
+def _validate(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores ({scores.size}) and labels ({labels.size}) differ in length")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError(f"scores contain {np.count_nonzero(~np.isfinite(scores))} non-finite values")
+    if not np.all((labels == 0) | (labels == 1)):
+        raise ValueError("labels must be 0 (non-target) or 1 (target)")
+    labels = labels.astype(bool)
+    if labels.all() or not labels.any():
+        raise ValueError("EER and minDCF need at least one target and one non-target trial")
+    return scores, labels
+
+
+def operating_points(scores, labels) -> OperatingPoints:
+    scores, labels = _validate(scores, labels)
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    sorted_labels = labels[order]
+    # The last index of each group of equal scores: thresholds are taken between groups, never inside one.
+    group_ends = np.flatnonzero(np.diff(sorted_scores)) if sorted_scores.size > 1 else np.array([], dtype=int)
+    group_ends = np.append(group_ends, sorted_scores.size - 1)
+    accepted_targets = np.cumsum(sorted_labels)[group_ends]
+    accepted_nontargets = (group_ends + 1) - accepted_targets
+    n_target = accepted_targets[-1]
+    n_nontarget = accepted_nontargets[-1]
+    far = np.concatenate(([0.0], accepted_nontargets / n_nontarget))
+    frr = np.concatenate(([1.0], 1.0 - accepted_targets / n_target))
+    thresholds = np.concatenate(([np.inf], sorted_scores[group_ends]))
+    return OperatingPoints(thresholds, far, frr)
+
+
+def compute_eer(scores, labels, return_threshold: bool = False):
+    """Equal error rate as a fraction in [0, 1] (multiply by 100 for %).
+
+    With return_threshold, also the score threshold (accept when score >= threshold) at the crossing."""
+    points = operating_points(scores, labels)
+    gap = points.frr - points.far  # strictly decreasing from 1 to -1
+    i = int(np.argmax(gap <= 0))
+    if gap[i] == 0:
+        eer = points.far[i]
+    else:
+        fraction = gap[i - 1] / (gap[i - 1] - gap[i])
+        eer = points.far[i - 1] + fraction * (points.far[i] - points.far[i - 1])
+    eer = float(eer)
+    return (eer, float(points.thresholds[i])) if return_threshold else eer
+
+
+def compute_min_dcf(scores, labels, p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0,
+                    return_threshold: bool = False):
+    """Minimum normalised detection cost: min over thresholds of
+    c_miss*P_miss*p_target + c_fa*P_fa*(1-p_target), divided by min(c_miss*p_target, c_fa*(1-p_target))."""
+    if not 0.0 < p_target < 1.0:
+        raise ValueError(f"p_target must be in (0, 1), got {p_target}")
+    if c_miss <= 0 or c_fa <= 0:
+        raise ValueError(f"c_miss and c_fa must be > 0, got {c_miss}, {c_fa}")
+    points = operating_points(scores, labels)
+    cost = c_miss * points.frr * p_target + c_fa * points.far * (1.0 - p_target)
+    i = int(np.argmin(cost))
+    min_dcf = float(cost[i] / min(c_miss * p_target, c_fa * (1.0 - p_target)))
+    return (min_dcf, float(points.thresholds[i])) if return_threshold else min_dcf
+
+
+def verification_metrics(scores, labels, p_targets=(0.01, 0.05)) -> dict[str, float]:
+    """EER and minDCF at each p_target, keyed as they are logged: eer, min_dcf_p0.01, min_dcf_p0.05."""
+    metrics = {"eer": compute_eer(scores, labels)}
+    for p in p_targets:
+        metrics[f"min_dcf_p{p:g}"] = compute_min_dcf(scores, labels, p_target=p)
+    return metrics
