@@ -24,11 +24,12 @@ def library_versions() -> dict[str, str]:
 
     import speakerid
 
+    # str(): torch's version is a TorchVersion object, which a weights_only load refuses.
     return {
-        "speakerid": speakerid.__version__,
-        "torch": torch.__version__,
-        "torchaudio": torchaudio.__version__,
-        "numpy": np.__version__,
+        "speakerid": str(speakerid.__version__),
+        "torch": str(torch.__version__),
+        "torchaudio": str(torchaudio.__version__),
+        "numpy": str(np.__version__),
         "python": platform.python_version(),
     }
 
@@ -115,7 +116,9 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], w
             lines.append(f"  missing in checkpoint ({len(missing)}): {', '.join(missing[:8])}")
         if unexpected:
             lines.append(f"  not in the model ({len(unexpected)}): {', '.join(unexpected[:8])}")
+        if mismatched:
+            lines.append(f"  shapes differ ({len(mismatched)}):")
         for k in mismatched[:8]:
-            lines.append(f"  {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+            lines.append(f"    {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
         raise RuntimeError("\n".join(lines))
     module.load_state_dict(state)

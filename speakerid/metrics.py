@@ -16,9 +16,22 @@ import numpy as np
 
 @dataclass(frozen=True)
 class OperatingPoints:
-    thresholds: np.ndarray  # descending; +inf first ('accept nothing')
-    far: np.ndarray         # false-acceptance rate at each threshold, non-decreasing
-    frr: np.ndarray         # false-rejection (miss) rate at each threshold, non-increasing
+    """Error counts at every threshold, most strict first. Counts stay integers so that comparisons such as
+    FAR == FRR are exact (1 - 2/3 != 1/3 in floating point)."""
+
+    thresholds: np.ndarray        # descending; +inf first ('accept nothing')
+    false_accepts: np.ndarray     # non-targets with score >= threshold, non-decreasing
+    misses: np.ndarray            # targets with score < threshold, non-increasing
+    n_target: int
+    n_nontarget: int
+
+    @property
+    def far(self) -> np.ndarray:
+        return self.false_accepts / self.n_nontarget
+
+    @property
+    def frr(self) -> np.ndarray:
+        return self.misses / self.n_target
 
 
 def _validate(scores, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -44,14 +57,16 @@ def operating_points(scores, labels) -> OperatingPoints:
     # The last index of each group of equal scores: thresholds are taken between groups, never inside one.
     group_ends = np.flatnonzero(np.diff(sorted_scores)) if sorted_scores.size > 1 else np.array([], dtype=int)
     group_ends = np.append(group_ends, sorted_scores.size - 1)
-    accepted_targets = np.cumsum(sorted_labels)[group_ends]
+    accepted_targets = np.cumsum(sorted_labels, dtype=np.int64)[group_ends]
     accepted_nontargets = (group_ends + 1) - accepted_targets
-    n_target = accepted_targets[-1]
-    n_nontarget = accepted_nontargets[-1]
-    far = np.concatenate(([0.0], accepted_nontargets / n_nontarget))
-    frr = np.concatenate(([1.0], 1.0 - accepted_targets / n_target))
-    thresholds = np.concatenate(([np.inf], sorted_scores[group_ends]))
-    return OperatingPoints(thresholds, far, frr)
+    n_target, n_nontarget = int(accepted_targets[-1]), int(accepted_nontargets[-1])
+    return OperatingPoints(
+        thresholds=np.concatenate(([np.inf], sorted_scores[group_ends])),
+        false_accepts=np.concatenate(([0], accepted_nontargets)),
+        misses=np.concatenate(([n_target], n_target - accepted_targets)),
+        n_target=n_target,
+        n_nontarget=n_nontarget,
+    )
 
 
 def compute_eer(scores, labels, return_threshold: bool = False):
@@ -59,13 +74,15 @@ def compute_eer(scores, labels, return_threshold: bool = False):
 
     With return_threshold, also the score threshold (accept when score >= threshold) at the crossing."""
     points = operating_points(scores, labels)
-    gap = points.frr - points.far  # strictly decreasing from 1 to -1
+    # (FRR - FAR) * n_target * n_nontarget, exactly, as integers: strictly decreasing from + to -.
+    gap = points.misses * points.n_nontarget - points.false_accepts * points.n_target
     i = int(np.argmax(gap <= 0))
+    far = points.far
     if gap[i] == 0:
-        eer = points.far[i]
+        eer = far[i]
     else:
         fraction = gap[i - 1] / (gap[i - 1] - gap[i])
-        eer = points.far[i - 1] + fraction * (points.far[i] - points.far[i - 1])
+        eer = far[i - 1] + fraction * (far[i] - far[i - 1])
     eer = float(eer)
     return (eer, float(points.thresholds[i])) if return_threshold else eer
 

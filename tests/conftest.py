@@ -1,0 +1,53 @@
+"""Shared fixtures: the real Hydra configs composed and scaled down (debug=tiny), and a tiny corpus."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+ARSC_DIR = Path(os.environ.get("SPEAKERID_ARSC_DIR", REPO.parent / "shared" / "data" / "arsc"))
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides or [])
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_dir(tmp_path_factory) -> Path:
+    """The debug=tiny synthetic corpus, generated once per test session."""
+    from speakerid.data.synthetic import CorpusSpec, ensure_corpus
+    from omegaconf import OmegaConf
+
+    cfg = compose_config(["debug=tiny"])
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    ensure_corpus(root, CorpusSpec(**OmegaConf.to_container(cfg.data.generate)), workers=1)
+    return root
+
+
+@pytest.fixture
+def tiny_cfg(tiny_corpus_dir, tmp_path):
+    """A factory: the real configs with debug=tiny, the shared tiny corpus and a fresh run folder."""
+
+    def make(*overrides: str, run_dir: Path | None = None) -> DictConfig:
+        return compose_config([
+            "debug=tiny",
+            f"data.dir={tiny_corpus_dir}",
+            f"run_dir={run_dir or tmp_path / 'run'}",
+            *overrides,
+        ])
+
+    return make
+
+
+def requires_arsc():
+    return pytest.mark.skipif(
+        not (ARSC_DIR / "train_list.txt").is_file(),
+        reason=f"the arsc real-speech corpus is not at {ARSC_DIR} (set SPEAKERID_ARSC_DIR to its folder)",
+    )

@@ -1,0 +1,94 @@
+"""Crop reading from real wav/flac files written here: the crop is a contiguous piece of the file, only the
+crop is read, short files wrap, and bad files are errors that name the file."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speakerid.data import audio
+from speakerid.data.audio import AudioError, read_crop, read_full, wrap_pad
+
+
+def ramp_file(path, n, rate=16000, subtype="PCM_16"):
+    samples = (np.arange(n) % 30000 - 15000).astype(np.int16)
+    sf.write(str(path), samples, rate, subtype=subtype)
+    return samples
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac"])
+def test_crop_is_a_contiguous_piece_of_the_file(tmp_path, ext):
+    path = tmp_path / f"a.{ext}"
+    samples = ramp_file(path, 50_000)
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(20):
+        crop = read_crop(path, 16_240, rng, dtype="int16")
+        assert crop.dtype == np.int16 and crop.shape == (16_240,)
+        start = int(np.flatnonzero(samples == crop[0])[0])
+        np.testing.assert_array_equal(crop, samples[start:start + 16_240])
+        starts.add(start)
+    assert len(starts) > 10  # the offset is random
+    f = read_crop(path, 16_240, np.random.default_rng(0), dtype="float32")
+    i = read_crop(path, 16_240, np.random.default_rng(0), dtype="int16")
+    np.testing.assert_allclose(f, i / 32768.0, atol=1e-7)
+
+
+def test_only_the_crop_is_read(tmp_path, monkeypatch):
+    path = tmp_path / "long.flac"
+    ramp_file(path, 16000 * 60)
+    requested = []
+    real_read = sf.SoundFile.read
+
+    def spy(self, frames=-1, *args, **kwargs):
+        requested.append(frames)
+        return real_read(self, frames, *args, **kwargs)
+
+    monkeypatch.setattr(sf.SoundFile, "read", spy)
+    read_crop(path, 32_240, np.random.default_rng(1))
+    assert requested == [32_240]
+
+
+def test_short_file_is_wrap_padded(tmp_path):
+    path = tmp_path / "short.wav"
+    samples = ramp_file(path, 1000)
+    crop = read_crop(path, 2500, np.random.default_rng(0), dtype="int16")
+    np.testing.assert_array_equal(crop, np.tile(samples, 3)[:2500])
+    np.testing.assert_array_equal(wrap_pad(np.arange(3), 7), [0, 1, 2, 0, 1, 2, 0])
+
+
+def test_wrong_sample_rate_is_an_error_unless_resampling(tmp_path):
+    path = tmp_path / "r8k.wav"
+    ramp_file(path, 8000 * 3, rate=8000)
+    with pytest.raises(AudioError, match=r"r8k.wav: sample rate is 8000 Hz but data.sample_rate is 16000"):
+        read_crop(path, 16_000, np.random.default_rng(0))
+    crop = read_crop(path, 16_000, np.random.default_rng(0), resample=True)
+    assert crop.shape == (16_000,)
+    assert read_full(path, resample=True).shape == (48_000,)
+
+
+def test_tone_survives_resampling(tmp_path):
+    path = tmp_path / "tone.wav"
+    t = np.arange(44100 * 2) / 44100
+    sf.write(str(path), 0.5 * np.sin(2 * np.pi * 440 * t), 44100)
+    x = read_full(path, 16000, resample=True)
+    peak = np.argmax(np.abs(np.fft.rfft(x))) * 16000 / len(x)
+    assert peak == pytest.approx(440, abs=1)
+
+
+def test_bad_files_name_the_file(tmp_path):
+    empty = tmp_path / "empty.wav"
+    sf.write(str(empty), np.zeros(0, dtype=np.int16), 16000)
+    with pytest.raises(AudioError, match="empty.wav: audio file is empty"):
+        read_crop(empty, 100, np.random.default_rng(0))
+    garbage = tmp_path / "garbage.flac"
+    garbage.write_bytes(b"this is not audio at all" * 10)
+    with pytest.raises(AudioError, match="garbage.flac: cannot read audio"):
+        read_crop(garbage, 100, np.random.default_rng(0))
+    with pytest.raises(AudioError, match="garbage.flac: cannot read audio"):
+        read_full(garbage)
+    stereo = tmp_path / "stereo.wav"
+    sf.write(str(stereo), np.zeros((1000, 2)), 16000)
+    with pytest.raises(AudioError, match="stereo.wav: expected mono audio, got 2 channels"):
+        read_crop(stereo, 100, np.random.default_rng(0))
+    with pytest.raises(AudioError, match="missing.wav"):
+        audio.audio_info(tmp_path / "missing.wav")

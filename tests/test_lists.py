@@ -1,0 +1,69 @@
+import pytest
+
+from speakerid.data.lists import (
+    ListFormatError,
+    MissingFilesError,
+    check_files_exist,
+    read_train_list,
+    read_trials,
+)
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_train_list_speaker_map_and_labels(tmp_path):
+    lst = write(tmp_path / "train.txt", "id002 id002/a/1.wav\n\n# comment\nid001 id001/b/2.wav\nid002 id002/c/3.wav\n")
+    parsed = read_train_list(lst, tmp_path)
+    assert parsed.paths == ["id002/a/1.wav", "id001/b/2.wav", "id002/c/3.wav"]
+    assert parsed.speaker_ids == ["id001", "id002"]
+    assert parsed.labels == [1, 0, 1]
+
+
+@pytest.mark.parametrize("bad_line,match", [
+    ("id001", r"train.txt:3: expected 2 fields"),
+    ("id001 a.wav extra", r"train.txt:3: expected 2 fields"),
+    ("id001 /abs/a.wav", r"train.txt:3: path '/abs/a.wav' is absolute"),
+])
+def test_train_list_malformed_line_names_file_and_line(tmp_path, bad_line, match):
+    lst = write(tmp_path / "train.txt", f"id001 x/1.wav\nid002 y/1.wav\n{bad_line}\n")
+    with pytest.raises(ListFormatError, match=match):
+        read_train_list(lst, tmp_path)
+
+
+def test_train_list_needs_two_speakers_and_entries(tmp_path):
+    with pytest.raises(ListFormatError, match="no entries"):
+        read_train_list(write(tmp_path / "e.txt", "\n# nothing\n"), tmp_path)
+    with pytest.raises(ListFormatError, match="at least 2 speakers"):
+        read_train_list(write(tmp_path / "o.txt", "a a/1.wav\na a/2.wav\n"), tmp_path)
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        read_train_list(tmp_path / "nope.txt", tmp_path)
+
+
+def test_trials_parse_and_errors(tmp_path):
+    ok = write(tmp_path / "t.txt", "1 a/1.wav a/2.wav\n0 a/1.wav b/1.wav\n")
+    parsed = read_trials(ok)
+    assert [(t.label, t.enrol, t.test) for t in parsed] == [(1, "a/1.wav", "a/2.wav"), (0, "a/1.wav", "b/1.wav")]
+    with pytest.raises(ListFormatError, match=r"t2.txt:2: label must be 0 or 1, got '2'"):
+        read_trials(write(tmp_path / "t2.txt", "1 a b\n2 a c\n"))
+    with pytest.raises(ListFormatError, match=r"t3.txt:1: expected 3 fields"):
+        read_trials(write(tmp_path / "t3.txt", "a/1.wav a/2.wav\n"))
+    with pytest.raises(ListFormatError, match="only"):
+        read_trials(write(tmp_path / "t4.txt", "1 a b\n1 a c\n"))
+
+
+def test_missing_files_reported_with_count_and_first_paths(tmp_path):
+    (tmp_path / "spk").mkdir()
+    (tmp_path / "spk" / "there.wav").write_bytes(b"")
+    paths = ["spk/there.wav"] + [f"spk/missing{i}.wav" for i in range(8)]
+    with pytest.raises(MissingFilesError) as e:
+        check_files_exist(tmp_path, paths, what="train list x.txt", show=3)
+    message = str(e.value)
+    assert "train list x.txt: 8 of 9 files do not exist" in message
+    assert "missing0.wav" in message and "missing2.wav" in message and "missing3.wav" not in message
+    assert "and 5 more" in message
+    check_files_exist(tmp_path, ["spk/there.wav"], what="ok")
+    with pytest.raises(MissingFilesError, match="not a directory"):
+        check_files_exist(tmp_path / "nowhere", paths, what="train list")

@@ -1,0 +1,138 @@
+"""Tiny end-to-end runs composed from the real configs (debug=tiny): the loss falls, TensorBoard gets the
+scalars, checkpoints hold the full state, and a resumed run continues exactly where it stopped."""
+
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from speakerid.checkpoint import load_checkpoint
+from speakerid.training import Trainer, train
+
+
+def tensorboard_scalars(run_dir):
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tiny_run_learns_logs_and_checkpoints(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("trainer.epochs=6", "optim.lr=0.005", run_dir=tmp_path / "run")
+    results = train(cfg)
+    run_dir = tmp_path / "run"
+
+    scalars = tensorboard_scalars(run_dir)
+    for tag in ("train/loss", "train/top1", "train/lr", "val/eer", "val/min_dcf_p0.01", "val/min_dcf_p0.05"):
+        assert tag in scalars, tag
+    losses = scalars["train/loss"]
+    assert len(losses) == 6 * 6  # 36 utterances / batch 6, logged every step
+    assert sum(losses[-6:]) / 6 < 0.8 * sum(losses[:6]) / 6
+    assert len(scalars["val/eer"]) == 6
+    assert scalars["train/lr"][-1] == pytest.approx(0.005 * 0.97 ** 5)
+
+    assert results["epochs"] == 6 and results["steps"] == 36
+    assert results["val/eer"] == pytest.approx(scalars["val/eer"][-1])
+    assert results["best/eer"] == pytest.approx(min(scalars["val/eer"]))
+    assert (run_dir / "config.yaml").is_file()
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 36 + 6
+
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    for key in ("model", "head", "optimizer", "scheduler", "progress", "rng", "config", "speakers", "versions"):
+        assert key in last, key
+    assert last["progress"]["epoch"] == 6 and last["progress"]["step"] == 36
+    assert last["config"]["model"]["channels"] == 16
+    assert last["speakers"] == sorted(last["speakers"]) and len(last["speakers"]) == 6
+    assert last["versions"]["torch"] == torch.__version__
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert best["progress"]["best_eer"] == pytest.approx(results["best/eer"])
+    assert not list(run_dir.glob("checkpoints/*.tmp"))
+
+
+def final_parameters(run_dir):
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    return ckpt
+
+
+def test_resume_continues_exactly(tiny_cfg, tmp_path):
+    straight = train(tiny_cfg("trainer.epochs=3", run_dir=tmp_path / "straight"))
+    train(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "first"))
+    first = load_checkpoint(tmp_path / "first" / "checkpoints" / "last.pt")
+
+    resumed = Trainer(tiny_cfg("trainer.epochs=3", f"trainer.resume={tmp_path / 'first' / 'checkpoints' / 'last.pt'}",
+                               run_dir=tmp_path / "second"))
+    assert resumed.progress.epoch == 1 and resumed.progress.step == 6 and resumed.progress.position == 0
+    state = resumed.optimizer.state_dict()
+    for key, saved in first["optimizer"]["state"].items():
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(state["state"][key][name], saved[name], rtol=0, atol=0)
+    assert resumed.scheduler.last_epoch == 1
+    results = resumed.fit()
+
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "second" / "checkpoints" / "last.pt")
+    assert a["progress"] == b["progress"]
+    for part in ("model", "head"):
+        for name, tensor in a[part].items():
+            torch.testing.assert_close(b[part][name], tensor, rtol=0, atol=0, msg=name)
+    assert results["val/eer"] == straight["val/eer"]
+
+
+def test_resume_true_picks_the_latest_run_of_the_same_name(tiny_cfg, tmp_path):
+    train(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "runs" / "2026-01-01_00-00-00"))
+    trainer = Trainer(tiny_cfg("trainer.epochs=2", "trainer.resume=true", run_dir=tmp_path / "runs" / "2026-01-02_00-00-00"))
+    assert trainer.progress.epoch == 1
+    with pytest.raises(FileNotFoundError, match="no earlier run"):
+        Trainer(tiny_cfg("trainer.resume=true", run_dir=tmp_path / "elsewhere" / "x"))
+
+
+def test_refuses_to_train_over_an_existing_run(tiny_cfg, tmp_path):
+    train(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
+    with pytest.raises(FileExistsError, match="trainer.resume=true"):
+        Trainer(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
+
+
+def test_resume_with_another_architecture_names_the_keys(tiny_cfg, tmp_path):
+    train(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
+    with pytest.raises(RuntimeError, match=r"(?s)does not match the configured architecture\n  shapes differ \(\d+\):\n"
+                       r".*    blocks.0.body.0.0.weight: checkpoint \(16, 16, 1\) vs model \(24, 24, 1\)"):
+        Trainer(tiny_cfg("model.channels=24", f"trainer.resume={tmp_path / 'run' / 'checkpoints' / 'last.pt'}",
+                         run_dir=tmp_path / "other"))
+
+
+def test_missing_train_files_are_reported_before_training(tiny_cfg, tiny_corpus_dir, tmp_path):
+    lines = (tiny_corpus_dir / "train_list.txt").read_text().splitlines()
+    bad = tmp_path / "train.txt"
+    bad.write_text("\n".join(lines + ["syn00001 syn00001/s09/gone.wav", "syn00002 syn00002/s09/gone.wav"]) + "\n")
+    from speakerid.data.lists import MissingFilesError
+
+    with pytest.raises(MissingFilesError, match=r"2 of 38 files do not exist.*\n.*s09/gone.wav"):
+        Trainer(tiny_cfg(f"data.train_list={bad}"))
+    assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+def test_unreadable_audio_during_training_names_the_file(tiny_cfg, tiny_corpus_dir, tmp_path):
+    root = tmp_path / "wav"
+    root.mkdir()
+    all_lines = (tiny_corpus_dir / "train_list.txt").read_text().splitlines()
+    good = all_lines[:3] + all_lines[6:9]  # two speakers
+    import shutil
+
+    for line in good:
+        rel = line.split()[1]
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tiny_corpus_dir / "wav" / rel, root / rel)
+    broken = good[0].split()[1]
+    (root / broken).write_bytes(b"RIFF....not really a wav")
+    lst = tmp_path / "train.txt"
+    lst.write_text("\n".join(good) + "\n")
+    from speakerid.data.audio import AudioError
+
+    with pytest.raises(AudioError, match=broken.replace("/", ".")):
+        train(tiny_cfg(f"data.train_list={lst}", f"data.train_root={root}", "trainer.epochs=1", "data.batch_size=2"))
+
+
+def test_metrics_history_is_json_lines(tiny_cfg, tmp_path):
+    train(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 6 and "val/eer" in records[-1]
