@@ -1,0 +1,88 @@
+"""Property-based fuzzing of the train-list and trial-list parsers: well-formed lists round-trip; any other
+text either parses or fails with ListFormatError naming the file and line, never another exception."""
+
+import re
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from speakerid.data.lists import ListFormatError, read_train_list, read_trials
+
+token = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc")), min_size=1,
+                max_size=12).filter(lambda t: not t.startswith(("#", "/")))
+relpath = st.lists(token, min_size=1, max_size=3).map("/".join)
+
+
+def write(text: str) -> Path:
+    f = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8")
+    f.write(text)
+    f.close()
+    return Path(f.name)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(token, relpath), min_size=1, max_size=30))
+def test_train_list_round_trip(entries):
+    path = write("".join(f"{s} {p}\n" for s, p in entries))
+    speakers = {s for s, _ in entries}
+    if len(speakers) < 2:
+        try:
+            read_train_list(path, "/root")
+        except ListFormatError as e:
+            assert "at least 2 speakers" in str(e)
+        return
+    parsed = read_train_list(path, "/root")
+    assert parsed.paths == [p for _, p in entries]
+    assert parsed.speakers == [s for s, _ in entries]
+    assert parsed.speaker_ids == sorted(speakers)
+    assert [parsed.speaker_ids[i] for i in parsed.labels] == parsed.speakers
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["0", "1"]), relpath, relpath), min_size=1, max_size=30))
+def test_trials_round_trip(entries):
+    path = write("".join(f"{lab} {a} {b}\n" for lab, a, b in entries))
+    labels = {lab for lab, _, _ in entries}
+    try:
+        trials = read_trials(path)
+    except ListFormatError as e:
+        assert labels != {"0", "1"} and "only" in str(e)
+        return
+    assert [(str(t.label), t.enrol, t.test) for t in trials] == entries
+
+
+line = st.one_of(
+    st.text(max_size=40),
+    st.lists(st.one_of(token, st.sampled_from(["0", "1", "2", "-1", "/abs/x.wav", "#", " ", "\t"])),
+             max_size=5).map(" ".join),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(line, max_size=12))
+def test_arbitrary_text_parses_or_names_the_line(lines):
+    path = write("\n".join(lines))
+    for parse in (lambda p: read_train_list(p, "/root"), read_trials):
+        try:
+            parse(path)
+        except ListFormatError as e:
+            message = str(e)
+            assert message.startswith(str(path))
+            m = re.match(re.escape(str(path)) + r":(\d+):", message)
+            if m:  # a line-level problem names a real line of the file
+                number = int(m.group(1))
+                assert 1 <= number <= max(1, len(path.read_text(encoding="utf-8").splitlines()))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(max_size=200))
+def test_binary_garbage_is_a_format_error(data):
+    path = write("")
+    path.write_bytes(data)
+    for parse in (lambda p: read_train_list(p, "/root"), read_trials):
+        try:
+            parse(path)
+        except ListFormatError as e:
+            assert str(path) in str(e)
