@@ -20,10 +20,12 @@ def main(cfg: DictConfig) -> float:
             cfg.run_dir = HydraConfig.get().runtime.output_dir
     try:
         results = train(cfg)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         # Expected user errors (bad config, list, audio or checkpoint): the message says what and where.
         logging.getLogger("speakerid").error("%s: %s", type(e).__name__, e)
         sys.exit(1)
+    if "exit_code" in results:  # stopped by SIGTERM/SIGINT after checkpointing
+        sys.exit(results["exit_code"])
     eer = results.get("val/eer")
     if eer is not None:
         logging.getLogger("speakerid").info(

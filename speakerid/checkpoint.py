@@ -122,3 +122,44 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], w
             lines.append(f"    {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
         raise RuntimeError("\n".join(lines))
     module.load_state_dict(state)
+
+
+class CheckpointDir:
+    """The checkpoints of one run: `step-<N>.pt` for the last `keep` saves, `last.pt` naming the newest
+    (a hard link, so it costs no second write) and `best.pt`. Every file appears atomically."""
+
+    def __init__(self, folder: str | os.PathLike, keep: int = 3):
+        if keep < 1:
+            raise ValueError(f"trainer.keep_checkpoints must be >= 1, got {keep}")
+        self.folder = Path(folder)
+        self.keep = keep
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.folder / "best.pt"
+
+    def save(self, state: dict[str, Any], step: int) -> Path:
+        path = self.folder / f"step-{step:09d}.pt"
+        save_atomic(state, path)
+        self._point_last_at(path, state)
+        for old in sorted(self.folder.glob("step-*.pt"))[:-self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def save_best(self, state: dict[str, Any]) -> Path:
+        save_atomic(state, self.best)
+        return self.best
+
+    def _point_last_at(self, path: Path, state: dict[str, Any]) -> None:
+        tmp = self.folder / f".last.pt.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp)
+        except OSError:  # file systems without hard links: write a second copy
+            save_atomic(state, self.last)
+            return
+        os.replace(tmp, self.last)

@@ -78,6 +78,10 @@ def validate_config(cfg: DictConfig) -> None:
              "trainer.grad_clip_norm", "null (off) or a norm > 0", trainer.grad_clip_norm)
     for key in ("log_every_steps", "eval_every_epochs"):
         _require(_is_int(trainer[key]) and trainer[key] >= 1, f"trainer.{key}", "an integer >= 1", trainer[key])
+    for key in ("keep_checkpoints", "max_nonfinite_steps"):
+        _require(_is_int(trainer[key]) and trainer[key] >= 1, f"trainer.{key}", "an integer >= 1", trainer[key])
+    _require(isinstance(trainer.checkpoint_every_minutes, (int, float)) and trainer.checkpoint_every_minutes >= 0,
+             "trainer.checkpoint_every_minutes", "a number of minutes >= 0 (0 = off)", trainer.checkpoint_every_minutes)
     _require(_is_int(trainer.checkpoint_every_steps) and trainer.checkpoint_every_steps >= 0,
              "trainer.checkpoint_every_steps", "an integer >= 0 (0 = only at epoch ends)",
              trainer.checkpoint_every_steps)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from torch.utils.data import DataLoader
 from speakerid import builders
 from speakerid.checkpoint import (
     FORMAT_VERSION,
+    CheckpointDir,
     library_versions,
     load_checkpoint,
     load_state_strict,
@@ -46,6 +49,7 @@ class Progress:
     position: int = 0         # samples of this epoch's order already consumed
     step: int = 0             # optimizer steps since the start of the run
     best_eer: float = math.inf
+    nonfinite_steps: int = 0  # steps skipped because the loss or a gradient was NaN/inf
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,22 +79,66 @@ def prepare_corpus(data_cfg: DictConfig) -> None:
 
 def find_resume_checkpoint(resume: Any, run_dir: Path) -> Path | None:
     """trainer.resume: false -> None; a path -> that file; true -> the newest last.pt among the runs of
-    this name (sibling folders of this run's folder)."""
+    this name (this run's folder and its siblings), or None when there is none yet, so that a job script
+    can always pass resume=true and be requeued at any moment."""
     if resume is False or resume is None:
         return None
     if resume is True:
-        candidates = [p for p in run_dir.parent.glob("*/checkpoints/last.pt") if run_dir not in p.parents]
-        candidates += list(run_dir.glob("checkpoints/last.pt"))
+        candidates = list(run_dir.parent.glob("*/checkpoints/last.pt"))
         if not candidates:
-            raise FileNotFoundError(
-                f"trainer.resume=true but no earlier run of this name has a checkpoint "
-                f"(looked for {run_dir.parent}/*/checkpoints/last.pt); pass a checkpoint path instead"
-            )
+            log.warning("trainer.resume=true: no checkpoint under %s/*/checkpoints/ yet; starting a new run",
+                        run_dir.parent)
+            return None
         return max(candidates, key=lambda p: p.stat().st_mtime)
     path = Path(str(resume))
     if not path.is_file():
         raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint file")
     return path
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Fail now, not after the first epoch, when the run folder cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(e.errno, f"run folder {run_dir} is not writable ({e.strerror})") from None
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a NaN/inf loss or gradient."""
+
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT into a request to stop after the current step (the trainer then checkpoints and
+    returns); a second signal gets the default behaviour, so a stuck run can still be killed."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    @property
+    def name(self) -> str | None:
+        return signal.Signals(self.received).name if self.received is not None else None
 
 
 class Trainer:
@@ -100,12 +148,13 @@ class Trainer:
         validate_config(cfg)
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.checkpoints = CheckpointDir(self.run_dir / "checkpoints", keep=cfg.trainer.keep_checkpoints)
         resume_path = find_resume_checkpoint(cfg.trainer.resume, self.run_dir)
-        if resume_path is None and (self.ckpt_dir / "last.pt").exists():
+        if resume_path is None and self.checkpoints.last.exists():
             # Never train over a run's checkpoints by accident.
             raise FileExistsError(f"{self.run_dir} already holds a run's checkpoints: resume it with "
                                   f"trainer.resume=true, or give another run_dir")
+        _check_writable(self.run_dir)
         self.device = resolve_device(cfg.trainer.device)
         tcfg = cfg.trainer
         torch.backends.cudnn.benchmark = bool(tcfg.cudnn_benchmark) and not tcfg.deterministic
@@ -125,11 +174,14 @@ class Trainer:
         self.specaugment = builders.build_specaugment(cfg)
         self.model = builders.build_model(cfg).to(self.device)
         self.head = builders.build_head(cfg, num_classes=len(self.speakers)).to(self.device)
-        self.optimizer = builders.build_optimizer(cfg, list(self.model.parameters()) + list(self.head.parameters()))
+        self.parameters = list(self.model.parameters()) + list(self.head.parameters())
+        self.optimizer = builders.build_optimizer(cfg, self.parameters)
         self.scheduler = builders.build_scheduler(cfg, self.optimizer)
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tcfg.precision]
         self.scaler = torch.amp.GradScaler("cuda", enabled=tcfg.precision == "fp16")
         self.progress = Progress()
+        self._nonfinite_in_a_row = 0
+        self._last_save = time.monotonic()
 
         if data.check_files:
             t0 = time.perf_counter()
@@ -181,9 +233,12 @@ class Trainer:
             "versions": library_versions(),
         }
 
-    def save(self, name: str = "last") -> Path:
-        path = self.ckpt_dir / f"{name}.pt"
-        save_atomic(self._state(), path)
+    def save(self, best: bool = False) -> Path:
+        state = self._state()
+        path = self.checkpoints.save(state, self.progress.step)
+        if best:
+            self.checkpoints.save_best(state)
+        self._last_save = time.monotonic()
         return path
 
     def _restore(self, path: Path) -> None:
@@ -203,7 +258,8 @@ class Trainer:
         log.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch + 1, self.progress.step)
 
     # ---------------------------------------------------------------- training
-    def _train_step(self, waves: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    def _train_step(self, waves: torch.Tensor, labels: torch.Tensor) -> tuple[float, float] | None:
+        """One optimizer step; (loss, top1), or None when the step was skipped as non-finite."""
         waves = to_float(waves.to(self.device, non_blocking=True))
         labels = labels.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
@@ -214,25 +270,42 @@ class Trainer:
             loss, top1 = self.head(self.model(features), labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # no-op without fp16; makes the norm below the true one
+        grads = [p.grad for p in self.parameters if p.grad is not None]
         if self.cfg.trainer.grad_clip_norm:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(
-                list(self.model.parameters()) + list(self.head.parameters()), self.cfg.trainer.grad_clip_norm
-            )
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.cfg.trainer.grad_clip_norm)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm(grads)
+        loss_value, grad_value = loss.item(), grad_norm.item()
+        if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
+            # A NaN/inf step is skipped, not applied: the parameters stay those of the last good step.
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()  # with fp16 this lowers the loss scale, as the scaler would itself
+            self.progress.nonfinite_steps += 1
+            self._nonfinite_in_a_row += 1
+            limit = self.cfg.trainer.max_nonfinite_steps
+            log.warning("step %d: non-finite loss (%s) or gradient norm (%s); step skipped (%d in a row)",
+                        self.progress.step + 1, loss_value, grad_value, self._nonfinite_in_a_row)
+            if self._nonfinite_in_a_row >= limit:
+                raise NonFiniteLossError(
+                    f"{self._nonfinite_in_a_row} consecutive steps had a non-finite loss or gradient (limit "
+                    f"trainer.max_nonfinite_steps={limit}); stopped. The last checkpoint, {self.checkpoints.last}, "
+                    f"holds the last good state: lower optim.lr, set trainer.grad_clip_norm, or check the data")
+            return None
+        self._nonfinite_in_a_row = 0
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss.item(), top1.item()
+        return loss_value, top1.item()
 
-    def _train_epoch(self, logger: MetricLogger) -> dict[str, float]:
+    def _train_epoch(self, logger: MetricLogger, stop: StopSignal) -> dict[str, float]:
+        """Train until the end of the epoch, or until a stop signal arrives (then return early)."""
         tcfg = self.cfg.trainer
         batch = self.cfg.data.batch_size
         self.model.train()
         self.head.train()
         self.sampler.set_epoch(self.progress.epoch, start=self.progress.position)
-        epoch_loss = epoch_top1 = 0.0
-        window_loss = window_top1 = 0.0
-        window_steps = 0
-        done = 0
+        epoch = RunningMean()
+        window = RunningMean()
         bar = None
         if tcfg.progress_bar:
             from tqdm import tqdm
@@ -242,36 +315,43 @@ class Trainer:
                        disable=None)  # None: no bar when stderr is not a terminal (logs get epoch lines)
         window_start = time.perf_counter()
         for waves, labels in self.loader:
-            loss, top1 = self._train_step(waves, labels)
+            result = self._train_step(waves, labels)
             self.progress.step += 1
             self.progress.position += batch
-            done += 1
-            epoch_loss += loss
-            epoch_top1 += top1
-            window_loss += loss
-            window_top1 += top1
-            window_steps += 1
+            if result is not None:
+                epoch.add(*result)
+                window.add(*result)
             if self.progress.step % tcfg.log_every_steps == 0:
                 elapsed = time.perf_counter() - window_start
-                logger.log({
-                    "train/loss": window_loss / window_steps,
-                    "train/top1": window_top1 / window_steps,
+                scalars = {
                     "train/lr": self.optimizer.param_groups[0]["lr"],
-                    "train/utterances_per_s": window_steps * batch / elapsed,
-                }, self.progress.step)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{window_loss / window_steps:.3f}", top1=f"{window_top1 / window_steps:.3f}",
-                                    utt_s=f"{window_steps * batch / elapsed:.1f}")
-                window_loss = window_top1 = 0.0
-                window_steps = 0
+                    "train/utterances_per_s": tcfg.log_every_steps * batch / elapsed,
+                    "train/nonfinite_steps": self.progress.nonfinite_steps,
+                }
+                if window.count:
+                    scalars.update({"train/loss": window.loss, "train/top1": window.top1})
+                logger.log(scalars, self.progress.step)
+                if bar is not None and window.count:
+                    bar.set_postfix(loss=f"{window.loss:.3f}", top1=f"{window.top1:.3f}",
+                                    utt_s=f"{scalars['train/utterances_per_s']:.1f}")
+                window = RunningMean()
                 window_start = time.perf_counter()
             if bar is not None:
                 bar.update(1)
-            if tcfg.checkpoint_every_steps and self.progress.step % tcfg.checkpoint_every_steps == 0:
-                self.save("last")
+            if stop.received is not None:
+                break
+            if self._checkpoint_due():
+                self.save()
         if bar is not None:
             bar.close()
-        return {"train/epoch_loss": epoch_loss / max(done, 1), "train/epoch_top1": epoch_top1 / max(done, 1)}
+        return {"train/epoch_loss": epoch.loss, "train/epoch_top1": epoch.top1}
+
+    def _checkpoint_due(self) -> bool:
+        tcfg = self.cfg.trainer
+        if tcfg.checkpoint_every_steps and self.progress.step % tcfg.checkpoint_every_steps == 0:
+            return True
+        minutes = tcfg.checkpoint_every_minutes
+        return bool(minutes) and time.monotonic() - self._last_save >= 60 * minutes
 
     def validate(self) -> dict[str, float]:
         data = self.cfg.data
@@ -282,7 +362,6 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         tcfg = self.cfg.trainer
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
         logger = MetricLogger(self.run_dir)
         log.info("run folder: %s", self.run_dir)
@@ -290,31 +369,66 @@ class Trainer:
                  len(self.train_list), len(self.speakers),
                  sum(p.numel() for p in self.model.parameters()) / 1e6, self.device)
         results: dict[str, Any] = {}
-        try:
-            while self.progress.epoch < tcfg.epochs:
-                t0 = time.perf_counter()
-                results.update(self._train_epoch(logger))
-                self.scheduler.step()
-                self.progress.epoch += 1
-                self.progress.position = 0
-                epoch_time = time.perf_counter() - t0
-                last_epoch = self.progress.epoch == tcfg.epochs
-                if self.trials is not None and (self.progress.epoch % tcfg.eval_every_epochs == 0 or last_epoch):
-                    val = self.validate()
-                    logger.log(val, self.progress.step)
-                    results.update(val)
-                    if val["val/eer"] < self.progress.best_eer:
-                        self.progress.best_eer = val["val/eer"]
-                        self.save("best")
-                self.save("last")
-                logger.flush()
-                summary = ", ".join(f"{k} {v:.4f}" for k, v in results.items() if k.startswith(("train/epoch", "val/")))
-                log.info("epoch %d/%d done in %.1f s: %s", self.progress.epoch, tcfg.epochs, epoch_time, summary)
-        finally:
-            logger.close()
+        self._last_save = time.monotonic()
+        with StopSignal() as stop:
+            try:
+                while self.progress.epoch < tcfg.epochs:
+                    t0 = time.perf_counter()
+                    results.update(self._train_epoch(logger, stop))
+                    if stop.received is not None:
+                        path = self.save()
+                        log.warning(
+                            "%s received: stopped at epoch %d, step %d; checkpoint %s. Resume with the same command "
+                            "plus trainer.resume=true (or trainer.resume=%s)", stop.name, self.progress.epoch + 1,
+                            self.progress.step, path, self.checkpoints.last)
+                        results["interrupted"] = stop.name
+                        results["exit_code"] = 128 + stop.received
+                        break
+                    self.scheduler.step()
+                    self.progress.epoch += 1
+                    self.progress.position = 0
+                    epoch_time = time.perf_counter() - t0
+                    last_epoch = self.progress.epoch == tcfg.epochs
+                    best = False
+                    if self.trials is not None and (self.progress.epoch % tcfg.eval_every_epochs == 0 or last_epoch):
+                        val = self.validate()
+                        logger.log(val, self.progress.step)
+                        results.update(val)
+                        if val["val/eer"] < self.progress.best_eer:
+                            self.progress.best_eer = val["val/eer"]
+                            best = True
+                    self.save(best=best)
+                    logger.flush()
+                    summary = ", ".join(f"{k} {v:.4f}" for k, v in results.items()
+                                        if k.startswith(("train/epoch", "val/")))
+                    log.info("epoch %d/%d done in %.1f s: %s", self.progress.epoch, tcfg.epochs, epoch_time, summary)
+            finally:
+                logger.close()
         results.update({"best/eer": self.progress.best_eer, "epochs": self.progress.epoch,
-                        "steps": self.progress.step, "run_dir": str(self.run_dir)})
+                        "steps": self.progress.step, "nonfinite_steps": self.progress.nonfinite_steps,
+                        "run_dir": str(self.run_dir)})
         return results
+
+
+class RunningMean:
+    """Mean loss and top-1 over the steps added so far."""
+
+    def __init__(self):
+        self.count = 0
+        self._loss = self._top1 = 0.0
+
+    def add(self, loss: float, top1: float) -> None:
+        self.count += 1
+        self._loss += loss
+        self._top1 += top1
+
+    @property
+    def loss(self) -> float:
+        return self._loss / self.count if self.count else math.nan
+
+    @property
+    def top1(self) -> float:
+        return self._top1 / self.count if self.count else math.nan
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

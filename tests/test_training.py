@@ -82,8 +82,10 @@ def test_resume_true_picks_the_latest_run_of_the_same_name(tiny_cfg, tmp_path):
     train(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "runs" / "2026-01-01_00-00-00"))
     trainer = Trainer(tiny_cfg("trainer.epochs=2", "trainer.resume=true", run_dir=tmp_path / "runs" / "2026-01-02_00-00-00"))
     assert trainer.progress.epoch == 1
-    with pytest.raises(FileNotFoundError, match="no earlier run"):
-        Trainer(tiny_cfg("trainer.resume=true", run_dir=tmp_path / "elsewhere" / "x"))
+    # Nothing to resume yet: a new run starts (job scripts can always pass resume=true).
+    assert Trainer(tiny_cfg("trainer.resume=true", run_dir=tmp_path / "elsewhere" / "x")).progress.step == 0
+    with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
+        Trainer(tiny_cfg(f"trainer.resume={tmp_path / 'nope.pt'}", run_dir=tmp_path / "elsewhere" / "y"))
 
 
 def test_refuses_to_train_over_an_existing_run(tiny_cfg, tmp_path):
