@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N files of the list (0: all)")
     parser.add_argument("--batch-size", type=int, default=ExtractionOptions.batch_size)
+    parser.add_argument("--no-multicrop", action="store_true", help="skip the multi-crop run (6x the compute)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -63,8 +64,9 @@ def main() -> None:
     runs = {
         "one-at-a-time": ExtractionOptions(batch_size=1, max_trim=0.0),
         "batched fp32": ExtractionOptions(batch_size=args.batch_size),
-        "multicrop fp32": ExtractionOptions(batch_size=args.batch_size, mode="multicrop"),
     }
+    if not args.no_multicrop:
+        runs["multicrop fp32"] = ExtractionOptions(batch_size=args.batch_size, mode="multicrop")
     if device.type == "cuda":
         runs["batched bf16"] = ExtractionOptions(batch_size=args.batch_size, precision="bf16")
     reference = None

@@ -189,3 +189,19 @@ def test_det_image_draws_the_curve():
     assert curve.sum() > 300  # a line crossing the plot
     cols = np.flatnonzero(curve.any(axis=0))
     assert cols.max() - cols.min() > 150
+
+
+def test_checkpoint_of_another_architecture_names_the_keys():
+    """Every way of using a checkpoint (evaluate, embed, verify, export) builds its extractor here."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose_config
+    from speakerid.builders import build_model, extractor_from_checkpoint
+
+    cfg = compose_config(["debug=tiny"])
+    state = build_model(cfg).state_dict()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["model"]["emb_dim"] = 40  # the weights are 32-d
+    with pytest.raises(RuntimeError, match=r"(?s)does not match the configured architecture.*"
+                       r"embedding.weight: checkpoint \(32, 96\) vs model \(40, 96\)"):
+        extractor_from_checkpoint({"config": config, "model": state})
