@@ -373,7 +373,9 @@ class EvaluationResult:
         p = self.protocol
         return {
             "name": p.name, "trials": str(p.trials), "root": str(p.root), "scoring": p.scoring,
-            "embedding": asdict(p.embedding), "asnorm": asdict(p.asnorm) if p.asnorm.enabled else None,
+            "embedding": asdict(p.embedding),
+            "asnorm": {**asdict(p.asnorm), "cohort_speakers": len(self.cohort.speakers)}
+            if self.cohort is not None else None,
             "n_trials": len(self.trials), "n_files": self.n_files, "labelled": self.labels is not None,
             **(self.metrics or {}),
             "n_extracted": self.n_extracted, "extraction_seconds": self.extraction_seconds,
@@ -407,6 +409,9 @@ class Evaluation:
                     paths = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, num=n).round()]
                 self.cohort_paths += paths
                 self.cohort_speakers += [speaker] * len(paths)
+            if norm.top_k > len(train.speaker_ids):
+                log.warning("AS-norm top_k=%d but the cohort %s has %d speakers: all of them are used (s-norm)",
+                            norm.top_k, norm.cohort_list, len(train.speaker_ids))
         if check_files:
             self.check_files()
 
