@@ -215,8 +215,8 @@ def extract_embeddings(
 ) -> Embeddings:
     """L2-normalised embeddings of each unique file, keyed by its path relative to root: the full utterance
     and, in multicrop mode, `num_crops` crops of `crop_frames`. Files are read by `readers` threads, two
-    batches ahead of the model; by default 4 on a GPU and none on a CPU, where reading in the same thread
-    is cheaper than having readers preempt the model's OpenMP threads (which then spin-wait)."""
+    batches ahead of the model: by default 4 on a GPU, and none on a CPU, whose cores the model's own
+    threads already occupy (files are then read in this thread, between batches)."""
     root = Path(root)
     device = torch.device(device)
     if readers is None:
