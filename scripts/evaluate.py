@@ -5,8 +5,8 @@ validates on): embeddings once per file, cosine or multi-crop scores, optional A
 threshold as JSON beside it, and a DET plot. Embeddings are kept per checkpoint (in <out-dir>/embeddings),
 so scoring other lists or norms does not extract them again.
 
-    python scripts/evaluate.py --checkpoint runs/arsc/<date>/checkpoints/best.pt          # eval=folder:
-                                                  # the trials.txt of the corpus the model was trained on
+    # eval=folder (default): the trials.txt of the corpus the model was trained on
+    python scripts/evaluate.py --checkpoint runs/arsc/<date>/checkpoints/best.pt
     python scripts/evaluate.py --checkpoint best.pt eval=vox1_o eval.dir=/data/voxceleb1
     python scripts/evaluate.py --checkpoint best.pt eval=vox1_o eval.dir=... eval.embedding.mode=multicrop
     python scripts/evaluate.py --checkpoint best.pt eval=vox1_o eval.dir=... eval.asnorm.enabled=true \\
