@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from speakerid.evaluation import EmbeddingExtractor
+from speakerid.evaluation import EmbeddingExtractor, Protocol
 
 
 def build_fbank(cfg: DictConfig) -> nn.Module:
@@ -49,3 +49,28 @@ def extractor_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[EmbeddingExtr
     model = build_model(cfg)
     load_state_strict(model, checkpoint["model"], what="model")
     return EmbeddingExtractor(build_fbank(cfg), model), cfg
+
+
+def build_eval_protocol(cfg: DictConfig) -> Protocol:
+    """The trial protocol of the `eval` group: list, root, embedding and scoring options."""
+    return Protocol.from_config(cfg.eval)
+
+
+def compose_eval_protocol(overrides: list[str], data: Any) -> Protocol:
+    """The protocol of configs/evaluate.yaml with Hydra overrides (`eval=vox1_o`, `eval.dir=...`), with
+    `data` (a training config's data node) resolving interpolations such as ${data.dir}."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from speakerid.config import ConfigError, missing_keys
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=list(overrides))
+    merged = OmegaConf.create({"data": OmegaConf.to_container(data, resolve=True) if not isinstance(data, dict)
+                               else data, "eval": OmegaConf.to_container(cfg.eval, resolve=False)})
+    missing = [k for k in missing_keys(merged) if k.startswith("eval.")]
+    if missing:
+        raise ConfigError("required config values are not set: " + ", ".join(missing)
+                          + f" (e.g. {missing[0]}=/path/to/...)")
+    return Protocol.from_config(merged.eval)

@@ -1,10 +1,13 @@
-"""One place where metrics leave the trainer: TensorBoard scalars plus a JSON-lines history."""
+"""One place where metrics leave the trainer: TensorBoard scalars plus a JSON-lines history, and the
+validation's pictures (a DET curve image, score histograms), which go to TensorBoard only."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+
+import numpy as np
 
 from torch.utils.tensorboard import SummaryWriter
 
@@ -27,6 +30,15 @@ class MetricLogger:
         record = {"step": step, **{k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
+
+    def log_image(self, name: str, image: np.ndarray, step: int) -> None:
+        """An RGB image [height, width, 3], uint8."""
+        if self.enabled:
+            self.writer.add_image(name, image, global_step=step, dataformats="HWC")
+
+    def log_histogram(self, name: str, values: np.ndarray, step: int) -> None:
+        if self.enabled and len(values):
+            self.writer.add_histogram(name, np.asarray(values, dtype=np.float64), global_step=step)
 
     def flush(self) -> None:
         if self.enabled:

@@ -69,11 +69,7 @@ def operating_points(scores, labels) -> OperatingPoints:
     )
 
 
-def compute_eer(scores, labels, return_threshold: bool = False):
-    """Equal error rate as a fraction in [0, 1] (multiply by 100 for %).
-
-    With return_threshold, also the score threshold (accept when score >= threshold) at the crossing."""
-    points = operating_points(scores, labels)
+def _eer(points: OperatingPoints) -> tuple[float, float]:
     # (FRR - FAR) * n_target * n_nontarget, exactly, as integers: strictly decreasing from + to -.
     gap = points.misses * points.n_nontarget - points.false_accepts * points.n_target
     i = int(np.argmax(gap <= 0))
@@ -83,28 +79,49 @@ def compute_eer(scores, labels, return_threshold: bool = False):
     else:
         fraction = gap[i - 1] / (gap[i - 1] - gap[i])
         eer = far[i - 1] + fraction * (far[i] - far[i - 1])
-    eer = float(eer)
-    return (eer, float(points.thresholds[i])) if return_threshold else eer
+    return float(eer), float(points.thresholds[i])
+
+
+def _min_dcf(points: OperatingPoints, p_target: float, c_miss: float, c_fa: float) -> tuple[float, float]:
+    if not 0.0 < p_target < 1.0:
+        raise ValueError(f"p_target must be in (0, 1), got {p_target}")
+    if c_miss <= 0 or c_fa <= 0:
+        raise ValueError(f"c_miss and c_fa must be > 0, got {c_miss}, {c_fa}")
+    cost = c_miss * points.frr * p_target + c_fa * points.far * (1.0 - p_target)
+    i = int(np.argmin(cost))
+    return float(cost[i] / min(c_miss * p_target, c_fa * (1.0 - p_target))), float(points.thresholds[i])
+
+
+def compute_eer(scores, labels, return_threshold: bool = False):
+    """Equal error rate as a fraction in [0, 1] (multiply by 100 for %).
+
+    With return_threshold, also a threshold to use for decisions (accept when score >= threshold): that of
+    the most strict operating point where FRR <= FAR, so there FRR <= EER <= FAR."""
+    eer, threshold = _eer(operating_points(scores, labels))
+    return (eer, threshold) if return_threshold else eer
 
 
 def compute_min_dcf(scores, labels, p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0,
                     return_threshold: bool = False):
     """Minimum normalised detection cost: min over thresholds of
     c_miss*P_miss*p_target + c_fa*P_fa*(1-p_target), divided by min(c_miss*p_target, c_fa*(1-p_target))."""
-    if not 0.0 < p_target < 1.0:
-        raise ValueError(f"p_target must be in (0, 1), got {p_target}")
-    if c_miss <= 0 or c_fa <= 0:
-        raise ValueError(f"c_miss and c_fa must be > 0, got {c_miss}, {c_fa}")
+    min_dcf, threshold = _min_dcf(operating_points(scores, labels), p_target, c_miss, c_fa)
+    return (min_dcf, threshold) if return_threshold else min_dcf
+
+
+def verification_metrics(scores, labels, p_targets=(0.01, 0.05), with_thresholds: bool = False) -> dict[str, float]:
+    """EER and minDCF at each p_target, keyed as they are logged: eer, min_dcf_p0.01, min_dcf_p0.05. The
+    scores are sorted once for all of them. with_thresholds adds eer_threshold, min_dcf_p0.01_threshold, ..."""
     points = operating_points(scores, labels)
-    cost = c_miss * points.frr * p_target + c_fa * points.far * (1.0 - p_target)
-    i = int(np.argmin(cost))
-    min_dcf = float(cost[i] / min(c_miss * p_target, c_fa * (1.0 - p_target)))
-    return (min_dcf, float(points.thresholds[i])) if return_threshold else min_dcf
-
-
-def verification_metrics(scores, labels, p_targets=(0.01, 0.05)) -> dict[str, float]:
-    """EER and minDCF at each p_target, keyed as they are logged: eer, min_dcf_p0.01, min_dcf_p0.05."""
-    metrics = {"eer": compute_eer(scores, labels)}
+    eer, threshold = _eer(points)
+    metrics = {"eer": eer}
+    thresholds = {"eer_threshold": threshold}
     for p in p_targets:
-        metrics[f"min_dcf_p{p:g}"] = compute_min_dcf(scores, labels, p_target=p)
-    return metrics
+        metrics[f"min_dcf_p{p:g}"], thresholds[f"min_dcf_p{p:g}_threshold"] = _min_dcf(points, p, 1.0, 1.0)
+    return {**metrics, **thresholds} if with_thresholds else metrics
+
+
+def det_curve(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    """(FAR, FRR) at every operating point, FAR rising: the points a DET plot draws."""
+    points = operating_points(scores, labels)
+    return points.far, points.frr

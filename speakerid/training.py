@@ -32,11 +32,12 @@ from speakerid.checkpoint import (
 from speakerid.config import validate_config
 from speakerid.data.audio import to_float
 from speakerid.data.dataset import CropDataset, EpochSampler, collate
-from speakerid.data.lists import check_files_exist, read_train_list, read_trials
+from speakerid.data.lists import check_files_exist, read_train_list
 from speakerid.data.synthetic import CorpusSpec, ensure_corpus
-from speakerid.evaluation import EmbeddingExtractor, evaluate_trials
+from speakerid.evaluation import EmbeddingExtractor, Evaluation, EvaluationResult
 from speakerid.features import samples_for_frames
 from speakerid.logger import MetricLogger
+from speakerid.plots import det_image
 
 log = logging.getLogger("speakerid")
 
@@ -165,9 +166,11 @@ class Trainer:
 
         # Lists first (cheap), so that config and list errors come before any audio is touched.
         data = cfg.data
+        # Validation: the protocol of the `eval` group (`~eval` on the command line: no validation).
+        protocol = builders.build_eval_protocol(cfg) if cfg.get("eval") is not None else None
         prepare_corpus(data)
         self.train_list = read_train_list(data.train_list, data.train_root)
-        self.trials = read_trials(data.trials) if data.get("trials") else None
+        self.evaluation = None if protocol is None else Evaluation(protocol, check_files=False, require_labels=True)
         self.speakers = self.train_list.speaker_ids
 
         self.fbank = builders.build_fbank(cfg).to(self.device)
@@ -186,9 +189,8 @@ class Trainer:
         if data.check_files:
             t0 = time.perf_counter()
             check_files_exist(data.train_root, self.train_list.paths, what=f"train list {data.train_list}")
-            if self.trials is not None:
-                files = list(dict.fromkeys(p for t in self.trials for p in (t.enrol, t.test)))
-                check_files_exist(data.trials_root, files, what=f"trial list {data.trials}")
+            if self.evaluation is not None:
+                self.evaluation.check_files()
             log.info("checked %d listed files in %.1f s", len(self.train_list), time.perf_counter() - t0)
 
         self.num_samples = samples_for_frames(data.crop_frames, cfg.features.fbank.hop_length,
@@ -353,12 +355,21 @@ class Trainer:
         minutes = tcfg.checkpoint_every_minutes
         return bool(minutes) and time.monotonic() - self._last_save >= 60 * minutes
 
-    def validate(self) -> dict[str, float]:
+    def validate(self) -> EvaluationResult:
+        """The current model on the `eval` protocol (embeddings, scores, EER and minDCF)."""
         data = self.cfg.data
         extractor = EmbeddingExtractor(self.fbank, self.model)
-        metrics, _ = evaluate_trials(extractor, data.trials_root, self.trials, self.device,
-                                     data.sample_rate, data.resample)
-        return {f"val/{k}": v for k, v in metrics.items()}
+        return self.evaluation.run(extractor, self.device, data.sample_rate, data.resample)
+
+    @staticmethod
+    def _log_validation(logger: MetricLogger, result: EvaluationResult, step: int) -> dict[str, float]:
+        val = {f"val/{k}": result.metrics[k] for k in ("eer", "min_dcf_p0.01", "min_dcf_p0.05")}
+        logger.log(val, step)
+        title = f"{result.protocol.name} ({result.protocol.scoring})"
+        logger.log_image("val/det", det_image(result.scores, result.labels, result.metrics["eer"], title), step)
+        logger.log_histogram("val/scores_target", result.scores[result.labels == 1], step)
+        logger.log_histogram("val/scores_nontarget", result.scores[result.labels == 0], step)
+        return val
 
     def fit(self) -> dict[str, Any]:
         tcfg = self.cfg.trainer
@@ -390,9 +401,9 @@ class Trainer:
                     epoch_time = time.perf_counter() - t0
                     last_epoch = self.progress.epoch == tcfg.epochs
                     best = False
-                    if self.trials is not None and (self.progress.epoch % tcfg.eval_every_epochs == 0 or last_epoch):
-                        val = self.validate()
-                        logger.log(val, self.progress.step)
+                    if self.evaluation is not None and (self.progress.epoch % tcfg.eval_every_epochs == 0
+                                                        or last_epoch):
+                        val = self._log_validation(logger, self.validate(), self.progress.step)
                         results.update(val)
                         if val["val/eer"] < self.progress.best_eer:
                             self.progress.best_eer = val["val/eer"]

@@ -54,3 +54,22 @@ def test_short_training_on_real_speech(tmp_path):
               if "train/loss" in line]
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     assert 0.0 <= results["val/eer"] < 0.5  # better than chance on unseen real speakers
+
+    # Batching by length (the default: utterances cut by at most 0.25% to share a batch) stays faithful to
+    # one-at-a-time full-utterance embeddings of the trained model on real speech.
+    from speakerid.builders import extractor_from_checkpoint
+    from speakerid.checkpoint import load_checkpoint
+    from speakerid.data.lists import trial_files
+    from speakerid.evaluation import ExtractionOptions, extract_embeddings
+    from speakerid.metrics import compute_eer
+    from speakerid.scoring import raw_scores
+
+    extractor, _ = extractor_from_checkpoint(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt"))
+    trials = read_trials(ARSC_DIR / "trials.txt")
+    files = trial_files(trials)
+    batched = extract_embeddings(extractor, ARSC_DIR / "wav", files, options=ExtractionOptions())
+    exact = extract_embeddings(extractor, ARSC_DIR / "wav", files, options=ExtractionOptions(batch_size=1, max_trim=0))
+    cosine = np.einsum("ij,ij->i", batched.full.astype(np.float64), exact.full.astype(np.float64))
+    assert cosine.min() > 0.999
+    labels = np.array([t.label for t in trials])
+    assert abs(compute_eer(raw_scores(batched, trials), labels) - compute_eer(raw_scores(exact, trials), labels)) < 0.001

@@ -8,10 +8,8 @@ from conftest import CONFIGS, compose_config
 from speakerid.config import ConfigError, validate_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
-PATHS = {
-    "data.train_list": "/x/train.txt", "data.train_root": "/x/wav",
-    "data.trials": "/x/trials.txt", "data.trials_root": "/x/wav", "data.dir": "/x",
-}
+PATHS = {"data.train_list": "/x/train.txt", "data.train_root": "/x/wav", "data.dir": "/x", "eval.dir": "/v"}
+EVAL_PROTOCOLS = sorted(p.stem for p in (CONFIGS / "eval").glob("*.yaml") if p.stem != "base")
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -35,6 +33,8 @@ def test_default_is_the_smoke_experiment_on_synthetic_data():
     validate_config(cfg)
     assert cfg.name == "smoke"
     assert cfg.data.generate is not None
+    # validation on the generated corpus's unseen speakers
+    assert (cfg.eval.trials, cfg.eval.root) == (f"{cfg.data.dir}/trials.txt", f"{cfg.data.dir}/wav")
     assert cfg.model.channels == 128
     assert cfg.optim.lr == 0.001 and cfg.optim.weight_decay == 2e-5 and cfg.scheduler.gamma == 0.97
 
@@ -83,3 +83,56 @@ def test_configs_mirror_the_package():
     groups = {p.name for p in CONFIGS.iterdir() if p.is_dir()}
     assert {"data", "model", "head", "optim", "scheduler", "trainer", "experiment"} <= groups
     assert Path(CONFIGS / "train.yaml").is_file()
+
+
+def test_validation_follows_the_corpus_or_the_named_protocol():
+    cfg = compose_config(["experiment=arsc", "data.dir=/corpora/arsc", "run_dir=/tmp/x"])
+    assert (cfg.eval.trials, cfg.eval.root) == ("/corpora/arsc/trials.txt", "/corpora/arsc/wav")
+    assert cfg.eval.asnorm.cohort_list == "/corpora/arsc/train_list.txt"
+    cfg = compose_config(["experiment=vox2_ecapa_c1024", "eval.dir=/vox1", "run_dir=/tmp/x"])
+    assert (cfg.eval.name, cfg.eval.trials, cfg.eval.root) == ("vox1_o_cleaned", "/vox1/veri_test2.txt", "/vox1/wav")
+    assert "trials" not in cfg.data and "trials_root" not in cfg.data  # one place for the protocol
+    assert "eval" not in compose_config(["~eval", "run_dir=/tmp/x"])  # train without validation
+
+
+@pytest.mark.parametrize("protocol", EVAL_PROTOCOLS)
+def test_every_eval_protocol_composes_into_a_valid_protocol(protocol):
+    from speakerid.builders import build_eval_protocol
+
+    cfg = compose_config([f"eval={protocol}", "eval.dir=/v", "run_dir=/tmp/x"])
+    validate_config(cfg)
+    p = build_eval_protocol(cfg)
+    assert p.root == ("/v/wav") and p.trials.startswith("/v/") and p.name
+    assert (p.embedding.mode, p.asnorm.enabled) == ("full", False)
+
+
+def test_vox1_protocols_name_the_official_lists():
+    lists = {p: compose_config([f"eval={p}", "eval.dir=/v"]).eval.trials.split("/")[-1]
+             for p in EVAL_PROTOCOLS if p.startswith("vox1")}
+    assert lists == {
+        "vox1_o": "veri_test2.txt", "vox1_o_orig": "veri_test.txt",
+        "vox1_e": "list_test_all2.txt", "vox1_e_orig": "list_test_all.txt",
+        "vox1_h": "list_test_hard2.txt", "vox1_h_orig": "list_test_hard.txt",
+    }
+
+
+@pytest.mark.parametrize("override,key", [
+    ("eval.embedding.mode=average", "eval.embedding.mode"),
+    ("eval.embedding.num_crops=0", "eval.embedding.num_crops"),
+    ("eval.embedding.max_trim=0.6", "eval.embedding.max_trim"),
+    ("eval.embedding.batch_size=0", "eval.embedding.batch_size"),
+    ("eval.embedding.precision=fp16", "eval.embedding.precision"),
+    ("eval.asnorm.top_k=1", "eval.asnorm.top_k"),
+])
+def test_bad_eval_values_name_the_key(override, key):
+    from speakerid.builders import build_eval_protocol
+
+    cfg = compose_config(["debug=tiny", "run_dir=/tmp/x", "eval.asnorm.enabled=true", override])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build_eval_protocol(cfg)
+
+
+def test_vox1_protocol_without_its_folder_is_named():
+    cfg = compose_config(["eval=vox1_e", "run_dir=/tmp/x"])
+    with pytest.raises(ConfigError, match="eval.dir"):
+        validate_config(cfg)

@@ -103,3 +103,13 @@ def test_arsc_is_clean():
                         min_seconds=1.5, workers=4)
     assert not report.errors, report.summary()
     assert report.stats["train_speakers"] == 18
+
+
+def test_trial_list_without_labels_is_checked(corpus):
+    tmp_path, root, _, _, _ = corpus
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("a/s1/0.wav a/s1/1.wav\na/s1/0.wav b/s1/0.flac\na/s1/0.wav b/s1/0.flac\n")
+    report = check_data(trials=pairs, trials_root=root, workers=2)
+    assert report.stats["trials"] == 3 and report.stats["target_trials"] is None
+    assert any(p.kind == "duplicate" and "trial a/s1/0.wav b/s1/0.flac appears 2 times" in p.detail
+               for p in report.problems)

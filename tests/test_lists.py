@@ -4,8 +4,10 @@ from speakerid.data.lists import (
     ListFormatError,
     MissingFilesError,
     check_files_exist,
+    has_labels,
     read_train_list,
     read_trials,
+    trial_files,
 )
 
 
@@ -49,7 +51,7 @@ def test_trials_parse_and_errors(tmp_path):
     with pytest.raises(ListFormatError, match=r"t2.txt:2: label must be 0 or 1, got '2'"):
         read_trials(write(tmp_path / "t2.txt", "1 a b\n2 a c\n"))
     with pytest.raises(ListFormatError, match=r"t3.txt:1: expected 3 fields"):
-        read_trials(write(tmp_path / "t3.txt", "a/1.wav a/2.wav\n"))
+        read_trials(write(tmp_path / "t3.txt", "a/1.wav\n"))
     with pytest.raises(ListFormatError, match="only"):
         read_trials(write(tmp_path / "t4.txt", "1 a b\n1 a c\n"))
 
@@ -67,3 +69,32 @@ def test_missing_files_reported_with_count_and_first_paths(tmp_path):
     check_files_exist(tmp_path, ["spk/there.wav"], what="ok")
     with pytest.raises(MissingFilesError, match="not a directory"):
         check_files_exist(tmp_path / "nowhere", paths, what="train list")
+
+
+def test_trials_without_labels_are_scores_only(tmp_path):
+    parsed = read_trials(write(tmp_path / "u.txt", "a/1.wav a/2.wav\n# comment\na/1.wav b/1.wav\n"))
+    assert [(t.label, t.enrol, t.test) for t in parsed] == [(None, "a/1.wav", "a/2.wav"), (None, "a/1.wav", "b/1.wav")]
+    assert not has_labels(parsed) and has_labels(read_trials(write(tmp_path / "l.txt", "1 a b\n0 a c\n")))
+    assert trial_files(parsed) == ["a/1.wav", "a/2.wav", "b/1.wav"]
+
+
+@pytest.mark.parametrize("text,match", [
+    ("1 a/1.wav a/2.wav\na/1.wav b/1.wav\n", r"m.txt:2: 2 fields, but line 1 has 3"),
+    ("a/1.wav b/1.wav\n\n0 a/1.wav a/2.wav\n", r"m.txt:3: 3 fields, but line 1 has 2"),
+    ("1 a/1.wav\n", r"m.txt:1: '1 a/1.wav' starts with a label but has only one path"),
+    ("1 a b\n0 a c\n1 a d\nyes a e\n", r"m.txt:4: label must be 0 or 1, got 'yes'"),
+    ("1 a b\n0 a c\n-1 a d\n", r"m.txt:3: label must be 0 or 1, got '-1'"),
+    ("1 a b c d\n", r"m.txt:1: expected 3 fields"),
+])
+def test_trial_format_errors_name_the_line(tmp_path, text, match):
+    with pytest.raises(ListFormatError, match=match):
+        read_trials(write(tmp_path / "m.txt", text))
+
+
+def test_trial_path_prefix_is_stripped_or_reported(tmp_path):
+    lst = write(tmp_path / "p.txt", "1 vox1/wav/id1/a.wav vox1/wav/id1/b.wav\n0 vox1/wav/id1/a.wav vox1/wav/id2/c.wav\n")
+    parsed = read_trials(lst, strip_prefix="vox1/wav/")
+    assert [(t.enrol, t.test) for t in parsed] == [("id1/a.wav", "id1/b.wav"), ("id1/a.wav", "id2/c.wav")]
+    bad = write(tmp_path / "q.txt", "1 vox1/wav/id1/a.wav vox1/wav/id1/b.wav\n0 vox1/wav/id1/a.wav id2/c.wav\n")
+    with pytest.raises(ListFormatError, match=r"q.txt:2: path 'id2/c.wav' does not start with the prefix 'vox1/wav/'"):
+        read_trials(bad, strip_prefix="vox1/wav/")

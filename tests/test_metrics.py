@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from speakerid.metrics import compute_eer, compute_min_dcf, verification_metrics
+from speakerid.metrics import compute_eer, compute_min_dcf, det_curve, verification_metrics
 
 
 def brute_force(scores, labels, p_target=0.01, c_miss=1.0, c_fa=1.0):
@@ -105,3 +105,61 @@ def test_named_metrics_for_logging():
 def test_bad_input(scores, labels, match):
     with pytest.raises(ValueError, match=match):
         compute_eer(scores, labels)
+
+
+def adversarial_sets():
+    """Score sets that break careless implementations: ties everywhere, one target or one non-target,
+    targets all below non-targets, huge and tiny magnitudes."""
+    rng = np.random.default_rng(7)
+    yield "all equal", *trials([0.5] * 7, [0.5] * 13)
+    yield "single target", *trials([0.2], rng.normal(0, 1, 50))
+    yield "single non-target", *trials(rng.normal(0, 1, 50), [0.1])
+    yield "single each, tied", *trials([1.0], [1.0])
+    yield "target below all", *trials([-5.0], rng.normal(0, 1, 30))
+    yield "two values", *trials(rng.integers(0, 2, 40).astype(float), rng.integers(0, 2, 60).astype(float))
+    yield "ties across classes", *trials(np.repeat([0.1, 0.2, 0.3], 5), np.repeat([0.2, 0.3, 0.4], 7))
+    yield "tiny gaps", *trials(1.0 + rng.integers(0, 5, 30) * 1e-15, 1.0 + rng.integers(0, 5, 30) * 1e-15)
+    yield "large", *trials(rng.normal(1e6, 1.0, 25), rng.normal(1e6 - 1, 1.0, 25))
+    for seed in range(6):
+        r = np.random.default_rng(100 + seed)
+        n_t, n_n = r.integers(1, 300), r.integers(1, 300)
+        yield f"random {seed}", *trials(r.normal(0.5, 1, n_t).round(seed % 3), r.normal(0, 1, n_n).round(seed % 3))
+
+
+@pytest.mark.parametrize("name,scores,labels", list(adversarial_sets()), ids=lambda v: v if isinstance(v, str) else "")
+def test_equals_brute_force_to_1e9_on_adversarial_sets(name, scores, labels):
+    order = np.random.default_rng(0).permutation(len(scores))  # input order must not matter
+    scores, labels = scores[order], labels[order]
+    metrics = verification_metrics(scores, labels, p_targets=(0.01, 0.05, 0.5), with_thresholds=True)
+    for p in (0.01, 0.05, 0.5):
+        eer, dcf = brute_force(scores, labels, p_target=p)
+        assert abs(metrics["eer"] - eer) <= 1e-9
+        assert abs(metrics[f"min_dcf_p{p:g}"] - dcf) <= 1e-9
+        assert abs(compute_min_dcf(scores, labels, p_target=p) - dcf) <= 1e-9
+    assert compute_eer(scores, labels) == metrics["eer"]
+    # At the returned threshold (accept when score >= it), FRR <= EER <= FAR: the EER's operating point.
+    t = metrics["eer_threshold"]
+    far = np.mean(scores[labels == 0] >= t)
+    frr = np.mean(scores[labels == 1] < t)
+    assert frr - 1e-12 <= metrics["eer"] <= far + 1e-12
+    # minDCF's threshold reproduces its cost.
+    t = metrics["min_dcf_p0.01_threshold"]
+    cost = 0.01 * np.mean(scores[labels == 1] < t) + 0.99 * np.mean(scores[labels == 0] >= t)
+    assert cost / 0.01 == pytest.approx(metrics["min_dcf_p0.01"], abs=1e-9)
+
+
+def test_hand_worked_threshold_and_min_dcf_at_p005():
+    # sorted: .9T .8N .7T .4T .3N .2N; thresholds .9 .8 .7 .4 .3 .2 give (FAR, FRR):
+    # (0, 2/3) (1/3, 2/3) (1/3, 1/3) (1/3, 0) (2/3, 0) (1, 0)
+    s, y = trials([0.9, 0.7, 0.4], [0.8, 0.3, 0.2])
+    # p=0.05: cost = 0.05 FRR + 0.95 FAR -> best 0.05 * 2/3 at .9; normalised by 0.05 -> 2/3
+    assert compute_min_dcf(s, y, p_target=0.05, return_threshold=True) == (pytest.approx(2 / 3), 0.9)
+    # p=0.9: cost = 0.9 FRR + 0.1 FAR -> best 0.1/3 at .4; normalised by min(0.9, 0.1) -> 1/3
+    assert compute_min_dcf(s, y, p_target=0.9) == pytest.approx(1 / 3)
+
+
+def test_det_curve_points():
+    s, y = trials([0.9, 0.7, 0.4], [0.8, 0.3, 0.2])
+    far, frr = det_curve(s, y)
+    np.testing.assert_allclose(far, [0, 0, 1 / 3, 1 / 3, 1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(frr, [1, 2 / 3, 2 / 3, 1 / 3, 0, 0, 0])

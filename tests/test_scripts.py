@@ -1,6 +1,7 @@
 """The command-line entry points, run as a user runs them."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -27,34 +28,107 @@ def trained_run(tiny_corpus_dir, tmp_path_factory):
 
 def test_evaluate_reproduces_validation_and_writes_scores(trained_run, tiny_corpus_dir, tmp_path):
     run_dir, results = trained_run
-    out = tmp_path / "scores.txt"
+    out = tmp_path / "eval"
     proc = run("scripts/evaluate.py", "--checkpoint", run_dir / "checkpoints" / "last.pt",
-               "--root", tiny_corpus_dir / "wav", "--trials", tiny_corpus_dir / "trials.txt", "--out", out,
+               "--root", tiny_corpus_dir / "wav", "--trials", tiny_corpus_dir / "trials.txt", "--out-dir", out,
                "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert f"EER {100 * results['val/eer']:.2f}%" in proc.stdout
     trials = (tiny_corpus_dir / "trials.txt").read_text().splitlines()
-    lines = out.read_text().splitlines()
+    lines = (out / "trials.cosine.scores.txt").read_text().splitlines()
     assert len(lines) == len(trials)
     for trial, line in zip(trials, lines):
         label, enrol, test = trial.split()
         e, t, score, lab = line.split()
         assert (e, t, lab) == (enrol, test, label) and -1.0 <= float(score) <= 1.0
-    report = json.loads(out.with_suffix(".json").read_text())
+    report = json.loads((out / "trials.cosine.json").read_text())
     assert report["eer"] == pytest.approx(results["val/eer"], abs=1e-9)
     assert report["min_dcf_p0.01"] == pytest.approx(results["val/min_dcf_p0.01"], abs=1e-9)
+    assert report["trials"] == str(tiny_corpus_dir / "trials.txt") and report["scoring"] == "cosine"
+    assert (out / "trials.cosine.det.png").is_file() and report["n_extracted"] == report["n_files"]
+
+
+def test_evaluate_protocols_cache_and_verify(trained_run, tiny_corpus_dir, tmp_path):
+    """The default protocol (eval=folder) is the checkpoint's own corpus; multi-crop + AS-norm re-uses
+    nothing it cannot, a second run extracts nothing; verify applies the run's threshold."""
+    run_dir, results = trained_run
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    out = tmp_path / "eval"
+    proc = run("scripts/evaluate.py", "--checkpoint", ckpt, "--out-dir", out, "--device", "cpu",
+               "eval.embedding.mode=multicrop", "eval.asnorm.enabled=true", "eval.asnorm.top_k=3")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "trials.multicrop5_asnorm3.json").read_text())
+    assert report["trials"] == str(tiny_corpus_dir / "trials.txt")  # ${data.dir} from the checkpoint
+    assert report["asnorm"]["cohort_list"] == str(tiny_corpus_dir / "train_list.txt")
+    assert report["n_extracted"] == 18 + 36  # trial files (multicrop) + cohort files (full)
+    proc = run("scripts/evaluate.py", "--checkpoint", ckpt, "--out-dir", out, "--device", "cpu",
+               "eval.embedding.mode=multicrop", "eval.asnorm.enabled=true", "eval.asnorm.top_k=3")
+    assert proc.returncode == 0 and "all embeddings from the cache" in proc.stdout, proc.stderr
+    assert json.loads((out / "trials.multicrop5_asnorm3.json").read_text())["eer"] == report["eer"]
+
+    same = tiny_corpus_dir / "wav" / "syn00006" / "s00" / "00000.wav"
+    proc = run("scripts/verify.py", "--checkpoint", ckpt, "--threshold-from", out / "trials.multicrop5_asnorm3.json",
+               same, same, "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "same speaker" in proc.stdout and f"threshold {report['eer_threshold']:.4f}" in proc.stdout
+    report["checkpoint_sha256"] = "0" * 64
+    (tmp_path / "other.json").write_text(json.dumps(report))
+    proc = run("scripts/verify.py", "--checkpoint", ckpt, "--threshold-from", tmp_path / "other.json", same, same)
+    assert proc.returncode == 1 and "another checkpoint" in proc.stderr
+
+
+def test_evaluate_scores_a_list_without_labels(trained_run, tiny_corpus_dir, tmp_path):
+    run_dir, _ = trained_run
+    pairs = [line.split()[1:] for line in (tiny_corpus_dir / "trials.txt").read_text().splitlines()[:5]]
+    trials = tmp_path / "pairs.txt"
+    trials.write_text("".join(f"{e} {t}\n" for e, t in pairs))
+    proc = run("scripts/evaluate.py", "--checkpoint", run_dir / "checkpoints" / "last.pt", "--trials", trials,
+               "--root", tiny_corpus_dir / "wav", "--out-dir", tmp_path / "eval", "--no-cache", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "no labels: scores only" in proc.stdout and not re.search(r"EER \d", proc.stdout)
+    lines = (tmp_path / "eval" / "pairs.cosine.scores.txt").read_text().splitlines()
+    assert [line.split()[:2] for line in lines] == pairs and all(len(line.split()) == 3 for line in lines)
+    assert not json.loads((tmp_path / "eval" / "pairs.cosine.json").read_text())["labelled"]
 
 
 def test_evaluate_stops_on_a_trial_naming_a_missing_file(trained_run, tiny_corpus_dir, tmp_path):
     run_dir, _ = trained_run
     trials = tmp_path / "trials.txt"
     trials.write_text((tiny_corpus_dir / "trials.txt").read_text() + "1 syn00006/s00/00000.wav nobody/s0/x.wav\n")
-    out = tmp_path / "scores.txt"
+    out = tmp_path / "eval"
     proc = run("scripts/evaluate.py", "--checkpoint", run_dir / "checkpoints" / "last.pt",
-               "--root", tiny_corpus_dir / "wav", "--trials", trials, "--out", out, "--device", "cpu")
+               "--root", tiny_corpus_dir / "wav", "--trials", trials, "--out-dir", out, "--device", "cpu")
     assert proc.returncode == 1
     assert "1 of" in proc.stderr and "nobody/s0/x.wav" in proc.stderr
     assert not out.exists()
+    trials.write_text("1 syn00006/s00/00000.wav syn00006/s01/00000.wav\n2 syn00006/s00/00000.wav syn00007/s01/00000.wav\n")
+    proc = run("scripts/evaluate.py", "--checkpoint", run_dir / "checkpoints" / "last.pt",
+               "--root", tiny_corpus_dir / "wav", "--trials", trials, "--out-dir", out)
+    assert proc.returncode == 1 and "trials.txt:2: label must be 0 or 1, got '2'" in proc.stderr
+
+
+def test_embed_and_export(trained_run, tiny_corpus_dir, tmp_path):
+    run_dir, _ = trained_run
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    folder = tiny_corpus_dir / "wav" / "syn00006"
+    proc = run("scripts/embed.py", "--checkpoint", ckpt, "--folder", folder, "--out", tmp_path / "e.npz",
+               "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    with np.load(tmp_path / "e.npz", allow_pickle=False) as data:
+        expected = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.wav"))
+        assert list(data["keys"]) == expected and data["full"].shape == (len(expected), 32)
+        np.testing.assert_allclose(np.linalg.norm(data["full"], axis=1), 1.0, atol=1e-5)
+    lst = tmp_path / "files.txt"
+    lst.write_text("syn00006/s00/00000.wav\nsyn00006/s00/gone.wav\n")
+    proc = run("scripts/embed.py", "--checkpoint", ckpt, "--list", lst, "--root", tiny_corpus_dir / "wav",
+               "--out", tmp_path / "f.npz")
+    assert proc.returncode == 1 and "syn00006/s00/gone.wav" in proc.stderr and not (tmp_path / "f.npz").exists()
+
+    proc = run("scripts/export.py", "--checkpoint", ckpt, "--out-dir", tmp_path / "exported",
+               "--check", folder / "s00" / "00000.wav")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "exported" / "extractor.ts").is_file() and (tmp_path / "exported" / "extractor.onnx").is_file()
+    assert "torchscript: largest cosine distance" in proc.stdout and "onnx: largest cosine distance" in proc.stdout
 
 
 def test_prepare_list_scans_voxceleb_layout(tmp_path):

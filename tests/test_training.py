@@ -2,6 +2,7 @@
 scalars, checkpoints hold the full state, and a resumed run continues exactly where it stopped."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,6 +31,13 @@ def test_tiny_run_learns_logs_and_checkpoints(tiny_cfg, tmp_path):
     assert sum(losses[-6:]) / 6 < 0.8 * sum(losses[:6]) / 6
     assert len(scalars["val/eer"]) == 6
     assert scalars["train/lr"][-1] == pytest.approx(0.005 * 0.97 ** 5)
+    # each validation also logs a DET curve image and the target / non-target score histograms
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "histograms": 0})
+    acc.Reload()
+    assert len(acc.Images("val/det")) == 6 and acc.Images("val/det")[-1].width == 480
+    trial_labels = [line.split()[0] for line in Path(cfg.eval.trials).read_text().splitlines()]
+    assert acc.Histograms("val/scores_target")[-1].histogram_value.num == trial_labels.count("1")
+    assert acc.Histograms("val/scores_nontarget")[-1].histogram_value.num == trial_labels.count("0")
 
     assert results["epochs"] == 6 and results["steps"] == 36
     assert results["val/eer"] == pytest.approx(scalars["val/eer"][-1])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from speakerid.data.lists import read_train_list, read_trials
+from speakerid.data.lists import has_labels, read_train_list, read_trials
 
 
 @dataclass
@@ -141,10 +141,12 @@ def check_data(
         parsed_trials = read_trials(trials)
         files = list(dict.fromkeys(p for t in parsed_trials for p in (t.enrol, t.test)))
         report.stats.update({"trials": len(parsed_trials), "trial_files": len(files),
-                             "target_trials": sum(t.label for t in parsed_trials)})
+                             "target_trials": (sum(t.label for t in parsed_trials) if has_labels(parsed_trials)
+                                               else None)})  # None: a list without labels
         for line, n in Counter((t.label, t.enrol, t.test) for t in parsed_trials).items():
             if n > 1:
-                report.add("warning", "duplicate", str(trials), f"trial {' '.join(map(str, line))} appears {n} times")
+                text = " ".join(str(x) for x in line if x is not None)
+                report.add("warning", "duplicate", str(trials), f"trial {text} appears {n} times")
         trial_speakers = {p.split("/")[0] for p in files if "/" in p}
         overlap = sorted(train_speakers & trial_speakers)
         if overlap:

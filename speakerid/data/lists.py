@@ -35,7 +35,7 @@ class TrainList:
 
 @dataclass(frozen=True)
 class Trial:
-    label: int
+    label: int | None     # 1 = same speaker, 0 = different; None in a list without labels (scores only)
     enrol: str
     test: str
 
@@ -81,25 +81,67 @@ def read_train_list(list_file: str | os.PathLike, root: str | os.PathLike) -> Tr
     return TrainList(Path(root), paths, speakers, speaker_ids)
 
 
-def read_trials(list_file: str | os.PathLike) -> list[Trial]:
-    """Parse a VoxCeleb1-style trial list: one `label enrol test` per line, label 1 = same speaker."""
+def read_trials(list_file: str | os.PathLike, strip_prefix: str | None = None) -> list[Trial]:
+    """Parse a VoxCeleb1-style trial list: one `label enrol test` per line (label 1 = same speaker), or
+    `enrol test` on every line for a list without labels (trials are then scored, not measured).
+
+    strip_prefix: a leading path part that every trial path carries and that the data root already
+    includes (e.g. `wav/` in `1 wav/id10270/a.wav wav/id10271/b.wav`); it is removed from each path."""
     list_file = Path(list_file)
     trials: list[Trial] = []
+    labelled: bool | None = None  # set by the first line; every line must agree
+    first_line = 0
     for number, fields in _content_lines(list_file):
-        if len(fields) != 3:
+        if len(fields) not in (2, 3):
             raise ListFormatError(
-                f"{list_file}:{number}: expected 3 fields 'label enrol test', got {len(fields)}: {' '.join(fields)!r}"
+                f"{list_file}:{number}: expected 3 fields 'label enrol test' (or 2, 'enrol test', in a list "
+                f"without labels), got {len(fields)}: {' '.join(fields)!r}"
             )
-        label, enrol, test = fields
-        if label not in ("0", "1"):
-            raise ListFormatError(f"{list_file}:{number}: label must be 0 or 1, got {label!r}")
-        trials.append(Trial(int(label), enrol, test))
+        if labelled is None:
+            labelled, first_line = len(fields) == 3, number
+        elif labelled != (len(fields) == 3):
+            raise ListFormatError(
+                f"{list_file}:{number}: {len(fields)} fields, but line {first_line} has {3 if labelled else 2}; "
+                f"a trial list is either all 'label enrol test' or all 'enrol test'"
+            )
+        if labelled:
+            label, enrol, test = fields
+            if label not in ("0", "1"):
+                raise ListFormatError(f"{list_file}:{number}: label must be 0 or 1, got {label!r}")
+            label = int(label)
+        else:
+            enrol, test = fields
+            if enrol in ("0", "1"):
+                raise ListFormatError(f"{list_file}:{number}: {' '.join(fields)!r} starts with a label but has only "
+                                      f"one path")
+            label = None
+        if strip_prefix:
+            enrol, test = (_strip(list_file, number, p, strip_prefix) for p in (enrol, test))
+        trials.append(Trial(label, enrol, test))
     if not trials:
         raise ListFormatError(f"{list_file}: the trial list has no entries")
-    labels = {t.label for t in trials}
-    if labels != {0, 1}:
-        raise ListFormatError(f"{list_file}: EER needs both target (1) and non-target (0) trials; found only {labels}")
+    if labelled:
+        labels = {t.label for t in trials}
+        if labels != {0, 1}:
+            raise ListFormatError(f"{list_file}: EER needs both target (1) and non-target (0) trials; "
+                                  f"found only {labels}")
     return trials
+
+
+def _strip(list_file: Path, number: int, path: str, prefix: str) -> str:
+    if not path.startswith(prefix):
+        raise ListFormatError(f"{list_file}:{number}: path {path!r} does not start with the prefix {prefix!r} "
+                              f"that eval.strip_prefix removes")
+    return path[len(prefix):]
+
+
+def has_labels(trials: list[Trial]) -> bool:
+    return trials[0].label is not None
+
+
+def trial_files(trials: list[Trial]) -> list[str]:
+    """Unique files named by a trial list, in first-seen order."""
+    return list(dict.fromkeys(p for t in trials for p in (t.enrol, t.test)))
 
 
 def find_missing(root: str | os.PathLike, paths: list[str], workers: int = 16) -> list[str]:

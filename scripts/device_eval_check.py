@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""Embedding-extraction throughput and batching fidelity of a checkpoint on one device (made for a GPU;
+runs on a CPU too). On the files of a trial list it times:
+
+  one-at-a-time    batch 1, no trimming: the reference embeddings
+  batched fp32     the evaluation default (batches of similar length, max_trim 0.25%)
+  batched bf16     the same under bf16 autocast (CUDA only)
+  multicrop fp32   TaoRuijie's protocol: full utterance + 5 crops of 3 s
+
+and for each batched run the cosine similarity of its full-utterance embeddings to the reference
+(minimum and mean over files) and the EER of the list with both (when every file of the list is used).
+
+    python scripts/device_eval_check.py --checkpoint best.pt \\
+        --root ../shared/data/arsc/wav --trials ../shared/data/arsc/trials.txt [--device cuda] [--limit N]
+"""
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from speakerid.builders import extractor_from_checkpoint
+from speakerid.checkpoint import load_checkpoint
+from speakerid.data.lists import check_files_exist, has_labels, read_trials, trial_files
+from speakerid.evaluation import ExtractionOptions, extract_embeddings
+from speakerid.metrics import compute_eer
+from speakerid.scoring import raw_scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--trials", required=True)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--limit", type=int, default=0, help="use only the first N files of the list (0: all)")
+    parser.add_argument("--batch-size", type=int, default=ExtractionOptions.batch_size)
+    parser.add_argument("--no-multicrop", action="store_true", help="skip the multi-crop run (6x the compute)")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    extractor, cfg = extractor_from_checkpoint(load_checkpoint(args.checkpoint))
+    extractor.to(device).eval()
+    trials = read_trials(args.trials)
+    files = trial_files(trials)
+    whole_list = not args.limit or args.limit >= len(files)
+    files = files if whole_list else files[:args.limit]
+    check_files_exist(args.root, files, what=args.trials)
+    rate, resample = cfg.data.sample_rate, cfg.data.resample
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{args.checkpoint}: {sum(p.numel() for p in extractor.parameters()) / 1e6:.2f}M parameters, "
+          f"{len(files)} files, on {name}")
+
+    def timed(options: ExtractionOptions):
+        extract_embeddings(extractor, args.root, files[:8], device, options, rate, resample)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        embeddings = extract_embeddings(extractor, args.root, files, device, options, rate, resample)
+        return embeddings, time.perf_counter() - start
+
+    runs = {
+        "one-at-a-time": ExtractionOptions(batch_size=1, max_trim=0.0),
+        "batched fp32": ExtractionOptions(batch_size=args.batch_size),
+    }
+    if not args.no_multicrop:
+        runs["multicrop fp32"] = ExtractionOptions(batch_size=args.batch_size, mode="multicrop")
+    if device.type == "cuda":
+        runs["batched bf16"] = ExtractionOptions(batch_size=args.batch_size, precision="bf16")
+    reference = None
+    labels = np.array([t.label for t in trials]) if whole_list and has_labels(trials) else None
+    for label, options in runs.items():
+        embeddings, seconds = timed(options)
+        record = {"run": label, "files": len(files), "seconds": round(seconds, 3),
+                  "utterances_per_s": round(len(files) / seconds, 1)}
+        if reference is None:
+            reference = embeddings
+        else:
+            cosine = np.einsum("ij,ij->i", embeddings.full.astype(np.float64), reference.full.astype(np.float64))
+            record.update(min_cosine_to_reference=float(cosine.min()), mean_cosine_to_reference=float(cosine.mean()))
+        if labels is not None:
+            record["eer"] = compute_eer(raw_scores(embeddings, trials, options.mode), labels)
+        print(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Embedding extraction (batching by length, multi-crop), the embedding cache, and an evaluation run end
+to end on small files, each against a one-file-at-a-time reference."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+from speakerid.data.lists import MissingFilesError
+from speakerid.evaluation import (
+    EmbeddingCache,
+    EmbeddingExtractor,
+    Evaluation,
+    ExtractionOptions,
+    Protocol,
+    extract_embeddings,
+    load_embeddings,
+    plan_batches,
+    save_embeddings,
+)
+from speakerid.features import Fbank
+from speakerid.metrics import verification_metrics
+from speakerid.models import ECAPATDNN
+from speakerid.plots import det_image
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    torch.manual_seed(0)
+    model = ECAPATDNN(channels=32, mfa_channels=96, emb_dim=24, se_bottleneck=8, attention_channels=8)
+    # Non-trivial BatchNorm statistics, so that eval mode is not an identity.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return EmbeddingExtractor(Fbank(), model).eval()
+
+
+def one_at_a_time(extractor, wave: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return F.normalize(extractor(torch.from_numpy(wave)[None].float()), dim=1)[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory):
+    """Speech-like test files of chosen lengths (16 kHz): four within 0.2% of each other, then others."""
+    root = tmp_path_factory.mktemp("audio")
+    rng = np.random.default_rng(0)
+    lengths = {"a/1.wav": 32000, "a/2.wav": 32000, "b/1.wav": 31990, "b/2.wav": 31950, "c/1.wav": 30000,
+               "c/2.wav": 20000, "d/1.wav": 12000}
+    t = np.arange(40000) / 16000
+    for i, (rel, n) in enumerate(lengths.items()):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        tone = np.sin(2 * np.pi * (120 + 30 * i) * t * (1 + 0.1 * np.sin(2 * np.pi * 3 * t)))
+        wave = (0.3 * tone + 0.05 * rng.standard_normal(len(t)))[:n]
+        sf.write(str(root / rel), wave.astype(np.float32), 16000, subtype="FLOAT")
+    return root, lengths
+
+
+def read(root, rel):
+    return sf.read(str(root / rel), dtype="float32")[0]
+
+
+@pytest.mark.parametrize("max_trim", [0.0, 0.0025, 0.05])
+def test_plan_batches_bounds_the_cut_and_the_batch(max_trim):
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(16000, 160000, 500)
+    lengths[::7] = lengths[0]  # equal lengths too
+    batches = plan_batches(lengths, batch_size=16, max_batch_samples=16 * 100000, max_trim=max_trim)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))  # every file exactly once
+    for batch in batches:
+        members = lengths[batch]
+        assert len(batch) <= 16
+        assert members.min() >= members.max() * (1 - max_trim)  # nobody loses more than max_trim
+        assert len(batch) == 1 or len(batch) * members.min() <= 16 * 100000
+    if max_trim == 0.0:
+        assert all(len(set(lengths[b].tolist())) == 1 for b in batches)
+    assert max(len(b) for b in batches) > 1  # it does batch
+
+
+def test_batched_extraction_equals_one_at_a_time_on_the_cut_audio(extractor, audio_dir):
+    root, lengths = audio_dir
+    paths = list(lengths)
+    options = ExtractionOptions(batch_size=8, max_trim=0.0025)
+    emb = extract_embeddings(extractor, root, paths + paths[:2], options=options)  # duplicates: once each
+    assert emb.keys == paths and emb.crops is None and emb.full.dtype == np.float32
+    # a/1, a/2, b/1 and b/2 are within 0.25% of 32000 samples: one batch, all cut to 31950.
+    for rel in ("a/1.wav", "a/2.wav", "b/1.wav", "b/2.wav"):
+        expected = one_at_a_time(extractor, read(root, rel)[:31950])
+        assert float(emb.full[emb.index()[rel]] @ expected) > 1 - 1e-6, rel
+    for rel in ("c/1.wav", "c/2.wav", "d/1.wav"):  # alone in their batches: the whole file
+        assert float(emb.full[emb.index()[rel]] @ one_at_a_time(extractor, read(root, rel))) > 1 - 1e-6, rel
+    exact = extract_embeddings(extractor, root, paths, options=ExtractionOptions(max_trim=0.0))
+    for rel in paths:
+        assert float(exact.full[exact.index()[rel]] @ one_at_a_time(extractor, read(root, rel))) > 1 - 1e-6, rel
+
+
+def test_multicrop_embeds_taoruijie_crops(extractor, audio_dir):
+    root, lengths = audio_dir
+    paths = ["a/1.wav", "c/2.wav", "d/1.wav"]  # d/1 (0.75 s) is shorter than a crop: wrap-padded
+    options = ExtractionOptions(mode="multicrop", num_crops=4, crop_frames=100, max_trim=0.0)
+    emb = extract_embeddings(extractor, root, paths, options=options)
+    assert emb.crops.shape == (3, 4, 24)
+    max_audio = 100 * 160 + 240
+    for i, rel in enumerate(paths):
+        audio = read(root, rel)
+        if audio.shape[0] <= max_audio:  # TaoRuijie: numpy.pad(audio, (0, shortage), 'wrap')
+            audio = np.pad(audio, (0, max_audio - audio.shape[0]), "wrap")
+        for j, start in enumerate(np.linspace(0, audio.shape[0] - max_audio, num=4)):
+            expected = one_at_a_time(extractor, audio[int(start):int(start) + max_audio])
+            assert float(emb.crops[i, j] @ expected) > 1 - 1e-6, (rel, j)
+        assert float(emb.full[i] @ one_at_a_time(extractor, read(root, rel))) > 1 - 1e-6
+
+
+def test_embedding_file_round_trip_and_cache(extractor, audio_dir, tmp_path):
+    root, lengths = audio_dir
+    paths = list(lengths)
+    calls = []
+
+    def extract(missing):
+        calls.append(list(missing))
+        return extract_embeddings(extractor, root, missing)
+
+    cache = EmbeddingCache(tmp_path / "emb", "model-1", root, ExtractionOptions(), 16000, False)
+    first, n = cache.get(paths[:4], extract)
+    assert n == 4 and first.keys == paths[:4]
+    again, n = cache.get(paths[2:], extract)  # two cached, three new
+    assert n == 3 and calls[-1] == paths[4:] and again.keys == paths[2:]
+    np.testing.assert_array_equal(again.select(paths[2:4]).full, first.select(paths[2:4]).full)
+    assert cache.get(paths, extract)[1] == 0 and len(calls) == 2  # nothing left to extract
+    stored, meta = load_embeddings(cache.path)  # readable with numpy alone, no pickle
+    assert sorted(stored.keys) == sorted(paths) and meta["model"] == "model-1"
+    other = EmbeddingCache(tmp_path / "emb", "model-2", root, ExtractionOptions(), 16000, False)
+    assert other.path == cache.path and other.get(paths[:1], extract)[1] == 1  # another model: not mixed in
+    assert load_embeddings(cache.path)[0].keys == paths[:1]
+    assert not list((tmp_path / "emb").glob(".*tmp"))
+    with np.load(cache.path, allow_pickle=False) as data:
+        assert set(data.files) == {"keys", "full", "meta"}
+    save_embeddings(tmp_path / "x.npz", first, {"a": 1})
+    loaded, meta = load_embeddings(tmp_path / "x.npz")
+    assert loaded.keys == first.keys and meta == {"a": 1}
+    np.testing.assert_array_equal(loaded.full, first.full)
+
+
+def write_list(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_evaluation_scores_measures_and_handles_lists_without_labels(extractor, audio_dir, tmp_path):
+    root, lengths = audio_dir
+    pairs = [("1", "a/1.wav", "a/2.wav"), ("0", "a/1.wav", "c/1.wav"), ("1", "c/1.wav", "c/2.wav"),
+             ("0", "b/1.wav", "d/1.wav"), ("1", "b/1.wav", "b/2.wav"), ("0", "a/2.wav", "d/1.wav")]
+    labelled = write_list(tmp_path / "l.txt", [" ".join(p) for p in pairs])
+    protocol = Protocol(name="small", trials=str(labelled), root=str(root),
+                        embedding=ExtractionOptions(max_trim=0.0))
+    result = Evaluation(protocol).run(extractor)
+    reference = {rel: one_at_a_time(extractor, read(root, rel)) for rel in lengths}
+    expected = np.array([reference[e] @ reference[t] for _, e, t in pairs], dtype=np.float64)
+    np.testing.assert_allclose(result.scores, expected, atol=1e-5)
+    labels = np.array([int(p[0]) for p in pairs])
+    assert result.metrics["eer"] == verification_metrics(result.scores, labels)["eer"]
+    assert result.n_files == 7 and result.n_extracted == 7
+    report = result.report()
+    assert report["name"] == "small" and report["scoring"] == "cosine" and report["labelled"]
+
+    unlabelled = write_list(tmp_path / "u.txt", [f"{e} {t}" for _, e, t in pairs])
+    result = Evaluation(Protocol(name="u", trials=str(unlabelled), root=str(root))).run(extractor)
+    assert result.metrics is None and result.labels is None and len(result.scores) == 6
+    assert not result.report()["labelled"] and "eer" not in result.report()
+
+
+def test_missing_trial_files_are_listed_before_any_audio_is_read(audio_dir, tmp_path):
+    root, _ = audio_dir
+    trials = write_list(tmp_path / "t.txt", ["1 a/1.wav a/2.wav", "0 a/1.wav x/gone.wav", "0 y/gone.wav a/2.wav"])
+    with pytest.raises(MissingFilesError, match=r"(?s)2 of 4 files do not exist.*x/gone.wav.*y/gone.wav"):
+        Evaluation(Protocol(name="t", trials=str(trials), root=str(root)))
+
+
+def test_det_image_draws_the_curve():
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(2, 1, 500), rng.normal(0, 1, 500)]
+    labels = np.r_[np.ones(500), np.zeros(500)]
+    image = det_image(scores, labels, eer=0.16, title="x", size=300)
+    assert image.shape == (300, 300, 3) and image.dtype == np.uint8
+    curve = np.all(image == (31, 119, 180), axis=2)
+    assert curve.sum() > 300  # a line crossing the plot
+    cols = np.flatnonzero(curve.any(axis=0))
+    assert cols.max() - cols.min() > 150
+
+
+def test_checkpoint_of_another_architecture_names_the_keys():
+    """Every way of using a checkpoint (evaluate, embed, verify, export) builds its extractor here."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose_config
+    from speakerid.builders import build_model, extractor_from_checkpoint
+
+    cfg = compose_config(["debug=tiny"])
+    state = build_model(cfg).state_dict()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["model"]["emb_dim"] = 40  # the weights are 32-d
+    with pytest.raises(RuntimeError, match=r"(?s)does not match the configured architecture.*"
+                       r"embedding.weight: checkpoint \(32, 96\) vs model \(40, 96\)"):
+        extractor_from_checkpoint({"config": config, "model": state})

@@ -1,0 +1,103 @@
+"""Scoring against independent float64 references: cosine, TaoRuijie's multi-crop average (his matrix
+formula, written out), per-speaker cohort means and AS-norm (WeSpeaker's recipe, with loops)."""
+
+import numpy as np
+import pytest
+
+from speakerid.data.lists import Trial
+from speakerid.scoring import Embeddings, as_norm, raw_scores, speaker_means
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.fixture
+def setup():
+    rng = np.random.default_rng(3)
+    n, dim, crops = 12, 16, 5
+    keys = [f"spk{i % 4}/u{i}.wav" for i in range(n)]
+    emb = Embeddings(keys, unit(rng.normal(size=(n, dim))).astype(np.float32),
+                     unit(rng.normal(size=(n, crops, dim))).astype(np.float32))
+    trials = [Trial(int(i % 4 == j % 4), keys[i], keys[j]) for i in range(n) for j in range(n) if i < j]
+    return emb, trials
+
+
+def test_cosine_scores(setup):
+    emb, trials = setup
+    ref = {k: e.astype(np.float64) for k, e in zip(emb.keys, emb.full)}
+    expected = [float(ref[t.enrol] @ ref[t.test] / np.linalg.norm(ref[t.enrol]) / np.linalg.norm(ref[t.test]))
+                for t in trials]
+    np.testing.assert_allclose(raw_scores(emb, trials, "full"), expected, rtol=0, atol=1e-12)
+
+
+def test_multicrop_scores_follow_taoruijie(setup):
+    emb, trials = setup
+    index = emb.index()
+    expected = []
+    for t in trials:
+        # ECAPAModel.eval_network: score_1 = mean(e11 @ e21.T) over full embeddings [1, d];
+        # score_2 = mean(e12 @ e22.T) over the crop embeddings [5, d]; score = (score_1 + score_2) / 2
+        e11, e21 = unit(emb.full[index[t.enrol]][None].astype(np.float64)), unit(emb.full[index[t.test]][None].astype(np.float64))
+        e12, e22 = unit(emb.crops[index[t.enrol]].astype(np.float64)), unit(emb.crops[index[t.test]].astype(np.float64))
+        expected.append((np.mean(e11 @ e21.T) + np.mean(e12 @ e22.T)) / 2)
+    np.testing.assert_allclose(raw_scores(emb, trials, "multicrop"), expected, rtol=0, atol=1e-12)
+
+
+def test_speaker_means_are_renormalised_means():
+    rng = np.random.default_rng(0)
+    full = unit(rng.normal(size=(7, 8)))
+    speakers = ["b", "a", "b", "c", "a", "b", "c"]
+    cohort = speaker_means(Embeddings([f"u{i}" for i in range(7)], full), speakers)
+    assert cohort.speakers == ["a", "b", "c"]
+    for i, s in enumerate(cohort.speakers):
+        mean = full[[j for j, x in enumerate(speakers) if x == s]].mean(axis=0)
+        np.testing.assert_allclose(cohort.embeddings[i], mean / np.linalg.norm(mean), atol=1e-12)
+
+
+def reference_as_norm(emb, trials, cohort_vectors, top_k, mode):
+    """WeSpeaker score_norm.py, per trial, in float64: the top_k cohort scores of each side, their mean and
+    population standard deviation, 0.5 * ((s - m_e) / sd_e + (s - m_t) / sd_t)."""
+    index = emb.index()
+    full64, crops64 = unit(emb.full.astype(np.float64)), unit(emb.crops.astype(np.float64))
+
+    def score(a, b_full, b_crops):
+        i = index[a]
+        full = float(full64[i] @ b_full)
+        if mode == "full":
+            return full
+        crops = float(np.mean(crops64[i] @ np.atleast_2d(b_crops).T))
+        return (full + crops) / 2
+
+    def stats(key):
+        cohort_scores = sorted((score(key, c, c) for c in cohort_vectors), reverse=True)[:top_k]
+        return np.mean(cohort_scores), np.std(cohort_scores)
+
+    out = []
+    for t in trials:
+        j = index[t.test]
+        s = score(t.enrol, full64[j], crops64[j])
+        (me, se), (mt, st) = stats(t.enrol), stats(t.test)
+        out.append(0.5 * ((s - me) / se + (s - mt) / st))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("mode", ["full", "multicrop"])
+@pytest.mark.parametrize("top_k", [2, 5, 30])  # 30 > cohort size: all of it (plain s-norm)
+def test_as_norm_matches_float64_reference(setup, mode, top_k):
+    emb, trials = setup
+    rng = np.random.default_rng(1)
+    cohort_emb = Embeddings([f"c{i}" for i in range(40)], unit(rng.normal(size=(40, 16))))
+    cohort = speaker_means(cohort_emb, [f"s{i % 9}" for i in range(40)])
+    got = as_norm(raw_scores(emb, trials, mode), emb, trials, cohort, top_k, mode)
+    expected = reference_as_norm(emb, trials, cohort.embeddings, top_k, mode)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+
+
+def test_as_norm_rejects_a_cohort_of_another_model(setup):
+    emb, trials = setup
+    cohort = speaker_means(Embeddings(["a", "b"], unit(np.ones((2, 8)))), ["x", "y"])
+    with pytest.raises(ValueError, match="different models"):
+        as_norm(raw_scores(emb, trials), emb, trials, cohort, 2)
+    with pytest.raises(ValueError, match="top_k must be >= 2"):
+        as_norm(raw_scores(emb, trials), emb, trials, speaker_means(emb, emb.keys), 1)
