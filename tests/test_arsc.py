@@ -67,9 +67,11 @@ def test_short_training_on_real_speech(tmp_path):
     extractor, _ = extractor_from_checkpoint(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt"))
     trials = read_trials(ARSC_DIR / "trials.txt")
     files = trial_files(trials)
-    batched = extract_embeddings(extractor, ARSC_DIR / "wav", files, options=ExtractionOptions())
     exact = extract_embeddings(extractor, ARSC_DIR / "wav", files, options=ExtractionOptions(batch_size=1, max_trim=0))
-    cosine = np.einsum("ij,ij->i", batched.full.astype(np.float64), exact.full.astype(np.float64))
-    assert cosine.min() > 0.999
+    # results["val/eer"] is the last validation: these weights, batched with the default options.
     labels = np.array([t.label for t in trials])
-    assert abs(compute_eer(raw_scores(batched, trials), labels) - compute_eer(raw_scores(exact, trials), labels)) < 0.001
+    assert abs(results["val/eer"] - compute_eer(raw_scores(exact, trials), labels)) < 0.001
+    subset = files[::4]
+    batched = extract_embeddings(extractor, ARSC_DIR / "wav", subset, options=ExtractionOptions())
+    cosine = np.einsum("ij,ij->i", batched.full.astype(np.float64), exact.select(subset).full.astype(np.float64))
+    assert cosine.min() > 0.999
