@@ -121,10 +121,22 @@ class Trainer:
         self.trials = read_trials(data.trials) if data.get("trials") else None
         self.speakers = self.train_list.speaker_ids
 
+        self.num_samples = samples_for_frames(data.crop_frames, cfg.features.fbank.hop_length,
+                                              cfg.features.fbank.win_length)
+        self.speed = builders.build_speed_perturb(cfg, len(self.speakers), self.num_samples)
+        if self.speed is not None:
+            self.speed.to(self.device)
+        num_classes = self.speed.num_classes if self.speed is not None else len(self.speakers)
         self.fbank = builders.build_fbank(cfg).to(self.device)
         self.specaugment = builders.build_specaugment(cfg)
         self.model = builders.build_model(cfg).to(self.device)
-        self.head = builders.build_head(cfg, num_classes=len(self.speakers)).to(self.device)
+        self.head = builders.build_head(cfg, num_classes=num_classes).to(self.device)
+        # The training step calls these; with trainer.compile they are compiled wrappers of the same
+        # modules (checkpoints and validation use the plain modules).
+        self.train_model, self.train_head = self.model, self.head
+        if tcfg.compile:
+            self.train_model = torch.compile(self.model, dynamic=False)
+            self.train_head = torch.compile(self.head, dynamic=False)
         self.optimizer = builders.build_optimizer(cfg, list(self.model.parameters()) + list(self.head.parameters()))
         self.scheduler = builders.build_scheduler(cfg, self.optimizer)
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tcfg.precision]
@@ -139,9 +151,14 @@ class Trainer:
                 check_files_exist(data.trials_root, files, what=f"trial list {data.trials}")
             log.info("checked %d listed files in %.1f s", len(self.train_list), time.perf_counter() - t0)
 
-        self.num_samples = samples_for_frames(data.crop_frames, cfg.features.fbank.hop_length,
-                                              cfg.features.fbank.win_length)
-        self.dataset = CropDataset(self.train_list, self.num_samples, data.sample_rate, data.resample,
+        # Noise and RIR banks are read here, once, after the cheap list checks.
+        self.noise_reverb = builders.build_noise_reverb(cfg, self.num_samples)
+        if self.noise_reverb is not None:
+            self.noise_reverb.to(self.device)
+
+        # Workers only read crops (longer ones when speed perturbation will shorten them on the device).
+        read_samples = self.speed.input_samples if self.speed is not None else self.num_samples
+        self.dataset = CropDataset(self.train_list, read_samples, data.sample_rate, data.resample,
                                    data.sample_dtype)
         self.sampler = EpochSampler(len(self.dataset), seed=cfg.seed)
         workers = resolve_num_workers(data.num_workers, self.device)
@@ -152,9 +169,9 @@ class Trainer:
             collate_fn=collate,
             num_workers=workers,
             drop_last=True,  # BatchNorm needs more than one sample, and steps stay equal in size
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-            prefetch_factor=4 if workers else None,
+            pin_memory=bool(data.pin_memory) and self.device.type == "cuda",
+            persistent_workers=bool(data.persistent_workers) and workers > 0,
+            prefetch_factor=int(data.prefetch_factor) if workers else None,
             # Its own generator, so creating loader iterators never consumes the global RNG.
             generator=torch.Generator().manual_seed(cfg.seed),
         )
@@ -203,15 +220,27 @@ class Trainer:
         log.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch + 1, self.progress.step)
 
     # ---------------------------------------------------------------- training
-    def _train_step(self, waves: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    def _augment(self, waves: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms as loaded -> float32 crops on the device, speed-perturbed, reverberated and noised."""
         waves = to_float(waves.to(self.device, non_blocking=True))
         labels = labels.to(self.device, non_blocking=True)
+        if self.speed is not None:
+            waves, labels = self.speed(waves, labels)
+        if self.noise_reverb is not None:
+            waves = self.noise_reverb(waves)
+        return waves, labels
+
+    def _train_step(self, waves: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; returns (loss, top1) as detached device tensors, so that the host does not
+        wait for the device at every step (reading them is left to the logging steps)."""
+        with torch.no_grad():
+            waves, labels = self._augment(waves, labels)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             with torch.no_grad():
                 features = self.fbank(waves)
                 if self.specaugment is not None:
                     features = self.specaugment(features)
-            loss, top1 = self.head(self.model(features), labels)
+            loss, top1 = self.train_head(self.train_model(features), labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.trainer.grad_clip_norm:
@@ -221,7 +250,7 @@ class Trainer:
             )
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss.item(), top1.item()
+        return loss.detach(), top1.detach()
 
     def _train_epoch(self, logger: MetricLogger) -> dict[str, float]:
         tcfg = self.cfg.trainer
@@ -229,8 +258,9 @@ class Trainer:
         self.model.train()
         self.head.train()
         self.sampler.set_epoch(self.progress.epoch, start=self.progress.position)
-        epoch_loss = epoch_top1 = 0.0
-        window_loss = window_top1 = 0.0
+        zero = torch.zeros((), device=self.device)
+        epoch_loss = epoch_top1 = zero
+        window_loss = window_top1 = zero
         window_steps = 0
         done = 0
         bar = None
@@ -246,23 +276,24 @@ class Trainer:
             self.progress.step += 1
             self.progress.position += batch
             done += 1
-            epoch_loss += loss
-            epoch_top1 += top1
-            window_loss += loss
-            window_top1 += top1
+            epoch_loss = epoch_loss + loss
+            epoch_top1 = epoch_top1 + top1
+            window_loss = window_loss + loss
+            window_top1 = window_top1 + top1
             window_steps += 1
             if self.progress.step % tcfg.log_every_steps == 0:
+                mean_loss, mean_top1 = (window_loss / window_steps).item(), (window_top1 / window_steps).item()
                 elapsed = time.perf_counter() - window_start
                 logger.log({
-                    "train/loss": window_loss / window_steps,
-                    "train/top1": window_top1 / window_steps,
+                    "train/loss": mean_loss,
+                    "train/top1": mean_top1,
                     "train/lr": self.optimizer.param_groups[0]["lr"],
                     "train/utterances_per_s": window_steps * batch / elapsed,
                 }, self.progress.step)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{window_loss / window_steps:.3f}", top1=f"{window_top1 / window_steps:.3f}",
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", top1=f"{mean_top1:.3f}",
                                     utt_s=f"{window_steps * batch / elapsed:.1f}")
-                window_loss = window_top1 = 0.0
+                window_loss = window_top1 = zero
                 window_steps = 0
                 window_start = time.perf_counter()
             if bar is not None:
@@ -271,7 +302,8 @@ class Trainer:
                 self.save("last")
         if bar is not None:
             bar.close()
-        return {"train/epoch_loss": epoch_loss / max(done, 1), "train/epoch_top1": epoch_top1 / max(done, 1)}
+        return {"train/epoch_loss": (epoch_loss / max(done, 1)).item(),
+                "train/epoch_top1": (epoch_top1 / max(done, 1)).item()}
 
     def validate(self) -> dict[str, float]:
         data = self.cfg.data
