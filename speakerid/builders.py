@@ -58,7 +58,7 @@ def build_noise_reverb(cfg: DictConfig, crop: int) -> NoiseReverb | None:
             raise AugmentConfigError(f"augment.categories.{name}.files={files} must be [low, high] with 1 <= low <= high")
         categories[name] = NoiseCategory((float(snr[0]), float(snr[1])), (int(files[0]), int(files[1])))
     return _build_noise_reverb(
-        choices, categories, aug.musan_dir, aug.rir_dir, crop, sample_rate=cfg.data.sample_rate,
+        choices, categories, aug.get("musan_dir"), aug.get("rir_dir"), crop, sample_rate=cfg.data.sample_rate,
         max_file_seconds=aug.max_file_seconds, rir_max_seconds=aug.rir_max_seconds, bank_dtype=aug.bank_dtype,
         max_bank_mb=aug.max_bank_mb,
     )

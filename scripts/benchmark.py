@@ -1,0 +1,293 @@
+#!/usr/bin/env python
+"""Throughput of the training pipeline, in utterances/s, every stage in one run on one machine:
+
+  (a) loading only          the trainer's DataLoader (workers read crops, collate, pin)
+  (b) augmentation+features one batch on the device: speed / noise / reverberation (when on), fbank, SpecAugment
+  (c) training step         one batch on the device: fbank, SpecAugment, model, AAM head, backward, optimizer
+  (d) whole training loop   the trainer's loader and train step together, augmentation as configured
+  peer                      (c) with SpeechBrain's ECAPA_TDNN (channels [C]*4 + [3C], 256-d) in place of our
+                            model: the same fbank, head, optimizer, batch, crop, precision and step code
+
+Everything is built by the real trainer from the real configs (experiment `arsc`, with model.channels,
+data.batch_size, ... overridden), so the numbers are those of `python train.py`.
+
+    # CPU, the real-speech corpus with its MUSAN-style noise and RIRs
+    python scripts/benchmark.py --data ../shared/data/arsc --augment on --device cpu --batch-size 16
+    # GPU, a generated corpus (no data needed), bf16 + torch.compile
+    python scripts/benchmark.py --data synthetic --augment on --device cuda --precision bf16 --compile \\
+        --batch-size 256 --steps 100
+
+It prints a table and writes the numbers, the settings and the machine to --out (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="synthetic",
+                   help="'synthetic' (generated under --synthetic-dir) or a corpus folder with wav/ and "
+                        "train_list.txt (e.g. ../shared/data/arsc)")
+    p.add_argument("--synthetic-dir", default=str(REPO / "data" / "bench_synthetic"))
+    p.add_argument("--synthetic-speakers", type=int, default=200)
+    p.add_argument("--synthetic-utterances", type=int, default=24, help="per speaker")
+    p.add_argument("--augment", choices=["on", "off"], default="on")
+    p.add_argument("--musan-dir", default=None, help="default: <data>/musan, else generated synthetic noise")
+    p.add_argument("--rir-dir", default=None, help="default: <data>/RIRS_NOISES, else generated synthetic RIRs")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile our model and head (trainer.compile)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--channels", type=int, default=1024)
+    p.add_argument("--crop-frames", type=int, default=200)
+    p.add_argument("--steps", type=int, default=8, help="timed batches per stage")
+    p.add_argument("--warmup", type=int, default=2, help="untimed batches before each stage")
+    p.add_argument("--workers", default="auto", help="loader processes: auto or a number")
+    p.add_argument("--sample-dtype", choices=["int16", "float32"], default="int16")
+    p.add_argument("--peer", choices=["on", "off"], default="on", help="time SpeechBrain's ECAPA_TDNN step")
+    p.add_argument("--stages", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
+    p.add_argument("--out", default="benchmark.json")
+    p.add_argument("--override", nargs="*", default=[], help="extra config overrides (key=value)")
+    return p.parse_args(argv)
+
+
+def corpus_and_noise(args) -> tuple[Path, str | None, str | None]:
+    from speakerid.data.synthetic import CorpusSpec, ensure_corpus
+    from speakerid.data.synthetic_noise import NoiseSpec, ensure_noise_corpus
+
+    if args.data == "synthetic":
+        root = Path(args.synthetic_dir)
+        spec = CorpusSpec(seed=7, train_speakers=args.synthetic_speakers, test_speakers=2, sessions=4,
+                          utterances_per_session=max(1, args.synthetic_utterances // 4))
+        t0 = time.perf_counter()
+        ensure_corpus(root, spec)
+        print(f"synthetic corpus {root} ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    else:
+        root = Path(args.data)
+    if args.augment == "off":
+        return root, None, None
+    musan, rir = args.musan_dir, args.rir_dir
+    if musan is None and (root / "musan").is_dir():
+        musan = str(root / "musan")
+    if rir is None and (root / "RIRS_NOISES").is_dir():
+        rir = str(root / "RIRS_NOISES")
+    if musan is None or rir is None:
+        generated = ensure_noise_corpus(Path(args.synthetic_dir) / "noise", NoiseSpec())
+        musan, rir = musan or generated["musan_dir"], rir or generated["rir_dir"]
+    return root, musan, rir
+
+
+def build_trainer(args, root: Path, musan: str | None, rir: str | None, run_dir: Path):
+    from hydra import compose, initialize_config_dir
+
+    from speakerid.training import Trainer
+
+    overrides = [
+        "experiment=arsc", f"data.dir={root}", f"run_dir={run_dir}",
+        f"model.channels={args.channels}", "model.emb_dim=256", f"data.batch_size={args.batch_size}",
+        f"data.crop_frames={args.crop_frames}", f"data.num_workers={args.workers}",
+        f"data.sample_dtype={args.sample_dtype}", f"trainer.device={args.device}",
+        f"trainer.precision={args.precision}", f"trainer.compile={str(args.compile).lower()}",
+        "trainer.progress_bar=false", "trainer.epochs=1000",
+    ]
+    if args.augment == "on":
+        overrides += ["augment=musan_rir", f"augment.musan_dir={musan}", f"augment.rir_dir={rir}"]
+    overrides += args.override
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    return Trainer(cfg), overrides
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def endless(trainer) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The trainer's batches, epoch after epoch, as the training loop gets them."""
+    epoch = 0
+    while True:
+        trainer.sampler.set_epoch(epoch)
+        yield from trainer.loader
+        epoch += 1
+
+
+def timed(fn, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
+    """(seconds per call over `steps` calls after `warmup` calls, seconds of the warm-up)."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t1 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t1) / steps, t1 - t0
+
+
+class SpeechBrainPeer(torch.nn.Module):
+    """SpeechBrain's ECAPA_TDNN behind our model's interface: features [B, 80, T] -> embeddings [B, 256]."""
+
+    def __init__(self, channels: int, emb_dim: int = 256, in_dim: int = 80):
+        super().__init__()
+        from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+
+        self.net = ECAPA_TDNN(in_dim, lin_neurons=emb_dim, channels=[channels] * 4 + [3 * channels])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features.transpose(1, 2)).squeeze(1)
+
+
+def machine(device: torch.device) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                           if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    stages = set(args.stages.split(","))
+    root, musan, rir = corpus_and_noise(args)
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer, overrides = build_trainer(args, root, musan, rir, Path(tmp) / "run")
+        ours_params = sum(p.numel() for p in trainer.model.parameters()) / 1e6
+        device = trainer.device
+        batch = args.batch_size
+        rows: dict[str, dict] = {}
+
+        def record(key, label, seconds_per_batch, warmup_s=None):
+            rows[key] = {"stage": label, "utterances_per_s": batch / seconds_per_batch,
+                         "ms_per_batch": 1000 * seconds_per_batch}
+            if warmup_s is not None:
+                rows[key]["warmup_s"] = warmup_s
+            print(f"  {label:<44} {batch / seconds_per_batch:10.1f} utt/s", flush=True)
+
+        print(f"device {device}, {args.precision}{' + compile' if args.compile else ''}, C={args.channels}, "
+              f"batch {batch}, crop {args.crop_frames} frames, {trainer.loader.num_workers} loader workers, "
+              f"augmentation {args.augment}", flush=True)
+        trainer.model.train()
+        trainer.head.train()
+
+        if "a" in stages:
+            batches = endless(trainer)
+            per, _ = timed(lambda: next(batches), args.steps, args.warmup, device)
+            record("loading", "(a) loading only", per)
+            del batches
+
+        waves, labels = next(iter(trainer.loader))
+        waves, labels = waves.to(device), labels.to(device)
+
+        if "b" in stages:
+            def augment_and_features():
+                with torch.no_grad():
+                    w, _ = trainer._augment(waves, labels)
+                    f = trainer.fbank(w)
+                    if trainer.specaugment is not None:
+                        f = trainer.specaugment(f)
+                return f
+
+            per, _ = timed(augment_and_features, args.steps, args.warmup, device)
+            record("augment_features", "(b) augmentation + features" if args.augment == "on" else "(b) features",
+                   per)
+
+        # Steps on one fixed batch, without speed / noise / reverberation: the model's own cost.
+        clean = waves[:, :trainer.num_samples].contiguous()
+
+        def step_without_augmentation():
+            speed, noise_reverb = trainer.speed, trainer.noise_reverb
+            trainer.speed = trainer.noise_reverb = None
+            try:
+                trainer._train_step(clean, labels)
+            finally:
+                trainer.speed, trainer.noise_reverb = speed, noise_reverb
+
+        if "c" in stages:
+            per, warm = timed(step_without_augmentation, args.steps, args.warmup, device)
+            record("step", "(c) training step (ours)", per, warm)
+
+        if "d" in stages:
+            batches = endless(trainer)
+
+            def loop_step():
+                w, y = next(batches)
+                trainer._train_step(w, y)
+
+            per, warm = timed(loop_step, args.steps, args.warmup, device)
+            record("loop", "(d) whole training loop" + (" with augmentation" if args.augment == "on" else ""),
+                   per, warm)
+            del batches
+
+        if args.peer == "on":
+            from speakerid import builders
+
+            try:
+                peer = SpeechBrainPeer(args.channels).to(device)
+            except ImportError as e:  # our numbers still count; say why the peer's are missing
+                print(f"  peer skipped: SpeechBrain cannot be imported ({e}); pip install -e '.[bench]'")
+                rows["peer_step"] = {"stage": "peer: SpeechBrain ECAPA_TDNN step", "error": str(e)}
+                peer = None
+        if args.peer == "on" and peer is not None:
+            head = builders.build_head(trainer.cfg, num_classes=trainer.head.num_classes).to(device)
+            optimizer = builders.build_optimizer(trainer.cfg, list(peer.parameters()) + list(head.parameters()))
+            peer.train()
+            head.train()
+            # The same step code with the peer's model swapped in (eager: SpeechBrain's own training is).
+            trainer.model = trainer.train_model = peer
+            trainer.head = trainer.train_head = head
+            trainer.optimizer = optimizer
+            per, warm = timed(step_without_augmentation, args.steps, args.warmup, device)
+            record("peer_step", "peer: SpeechBrain ECAPA_TDNN step (eager)", per, warm)
+            rows["peer_step"]["parameters_m"] = sum(p.numel() for p in peer.parameters()) / 1e6
+
+    ratios = {}
+    if "step" in rows and "utterances_per_s" in rows.get("peer_step", {}):
+        ratios["step_ours_over_peer"] = rows["step"]["utterances_per_s"] / rows["peer_step"]["utterances_per_s"]
+    if "loop" in rows and "step" in rows:
+        ratios["loop_over_step"] = rows["loop"]["utterances_per_s"] / rows["step"]["utterances_per_s"]
+    for name, value in ratios.items():
+        print(f"  {name:<44} {value:10.2f}")
+    load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"load average at start {load_start and round(load_start[0], 2)}, end {load_end and round(load_end[0], 2)}")
+    result = {
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "settings": vars(args), "config_overrides": overrides, "device": str(device), "machine": machine(device),
+        "data": str(root), "musan_dir": musan, "rir_dir": rir, "num_classes": int(trainer.head.num_classes),
+        "our_parameters_m": ours_params, "stages": rows, "ratios": ratios,
+        "load_average_start": load_start, "load_average_end": load_end,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(f".{out.name}.tmp")
+    tmp_out.write_text(json.dumps(result, indent=2))
+    os.replace(tmp_out, out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
