@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=8, help="timed batches per stage")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches before each stage")
     p.add_argument("--workers", default="auto", help="loader processes: auto or a number")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads of the main process (default: torch's, the CPU count)")
     p.add_argument("--sample-dtype", choices=["int16", "float32"], default="int16")
     p.add_argument("--peer", choices=["on", "off"], default="on", help="time SpeechBrain's ECAPA_TDNN step")
     p.add_argument("--stages", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
@@ -171,6 +173,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     stages = set(args.stages.split(","))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     root, musan, rir = corpus_and_noise(args)
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """Config -> objects. Every object the trainer and the evaluation use is built here, from the config groups
-of the same name (`model`, `head`, `features`, `augment`, `optim`, `scheduler`); values that come from the data, such
-as the number of speakers, are passed at build time."""
+of the same name (`model`, `head`, `features`, `augment`, `optim`, `scheduler`); values that come from the
+data, such as the number of speakers, are passed at build time."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from speakerid.augment import AugmentConfigError, NoiseCategory, NoiseReverb, SpeedPerturb
+from speakerid.augment import NoiseCategory, NoiseReverb, SpeedPerturb
 from speakerid.augment import build_noise_reverb as _build_noise_reverb
 from speakerid.evaluation import EmbeddingExtractor
 
@@ -38,25 +38,11 @@ def build_speed_perturb(cfg: DictConfig, num_speakers: int, crop: int) -> SpeedP
 
 def build_noise_reverb(cfg: DictConfig, crop: int) -> NoiseReverb | None:
     """Noise and reverberation from the augment group (banks read here, once), or None when no choice
-    applies anything."""
+    applies anything. Ranges were checked by validate_config."""
     aug = cfg.augment
-    choices = {}
-    for name, choice in aug.choices.items():
-        if set(choice) != {"weight", "apply"}:
-            raise AugmentConfigError(f"augment.choices.{name} must have exactly the keys weight and apply, "
-                                     f"got {sorted(choice)}")
-        choices[name] = (float(choice.weight), list(choice.apply))
-    categories = {}
-    for name, category in aug.categories.items():
-        if set(category) != {"snr_db", "files"}:
-            raise AugmentConfigError(f"augment.categories.{name} must have exactly the keys snr_db and files, "
-                                     f"got {sorted(category)}")
-        snr, files = list(category.snr_db), list(category.files)
-        if len(snr) != 2 or snr[0] > snr[1]:
-            raise AugmentConfigError(f"augment.categories.{name}.snr_db={snr} must be [low, high] in dB")
-        if len(files) != 2 or not 1 <= files[0] <= files[1]:
-            raise AugmentConfigError(f"augment.categories.{name}.files={files} must be [low, high] with 1 <= low <= high")
-        categories[name] = NoiseCategory((float(snr[0]), float(snr[1])), (int(files[0]), int(files[1])))
+    choices = {name: (float(c.weight), list(c.apply)) for name, c in aug.choices.items()}
+    categories = {name: NoiseCategory(tuple(map(float, c.snr_db)), tuple(map(int, c.files)))
+                  for name, c in aug.categories.items()}
     return _build_noise_reverb(
         choices, categories, aug.get("musan_dir"), aug.get("rir_dir"), crop, sample_rate=cfg.data.sample_rate,
         max_file_seconds=aug.max_file_seconds, rir_max_seconds=aug.rir_max_seconds, bank_dtype=aug.bank_dtype,

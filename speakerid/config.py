@@ -93,12 +93,16 @@ def validate_config(cfg: DictConfig) -> None:
 def _validate_augment(aug: DictConfig) -> None:
     """Ranges of the augment group (the folders are checked when the banks are built)."""
     for name, choice in aug.choices.items():
+        _require(set(choice) == {"weight", "apply"}, f"augment.choices.{name}", "{weight: w, apply: [...]}",
+                 OmegaConf.to_container(choice))
         weight = choice.get("weight")
         _require(isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight >= 0,
                  f"augment.choices.{name}.weight", "a number >= 0", weight)
     _require(sum(float(c.weight) for c in aug.choices.values()) > 0, "augment.choices",
              "at least one choice with a weight > 0", OmegaConf.to_container(aug.choices))
     for name, category in aug.categories.items():
+        _require(set(category) == {"snr_db", "files"}, f"augment.categories.{name}",
+                 "{snr_db: [lo, hi], files: [lo, hi]}", OmegaConf.to_container(category))
         snr = list(category.get("snr_db") or [])
         _require(len(snr) == 2 and all(isinstance(v, (int, float)) for v in snr) and snr[0] <= snr[1],
                  f"augment.categories.{name}.snr_db", "[low, high] in dB with low <= high", snr)

@@ -53,3 +53,9 @@ def test_bad_augment_values_name_the_key(override, message):
 def test_bad_loader_and_speed_switches_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         validate_config(cfg_with(override))
+
+
+def test_a_choice_with_a_misspelt_key_is_named():
+    with pytest.raises(ConfigError, match=r"augment.choices.babble=\{'weight': 1, 'aply'"):
+        validate_config(cfg_with("augment=musan_rir", "augment.musan_dir=/m", "augment.rir_dir=/r",
+                                 "~augment.choices.babble", "+augment.choices.babble={weight:1,aply:[speech]}"))
