@@ -388,6 +388,11 @@ def build_noise_reverb(
             f"{sum(len(found[c]) for c in used)} files, {len(rirs)} RIRs) > augment.max_bank_mb={max_bank_mb}; "
             f"raise the cap, cut files with augment.max_file_seconds, or point augment.musan_dir at a subset")
 
+    for c in used:
+        if len(found[c]) < categories[c].files[1]:
+            log.warning("augment: %s has %d files but augment.categories.%s.files asks for up to %d per "
+                        "utterance; using at most %d", Path(musan_dir) / c, len(found[c]), c,
+                        categories[c].files[1], len(found[c]))
     banks = {c: NoiseBank(_read_all(found[c], sample_rate, max_samples), crop, dtype) for c in used}
     rir_bank = load_rir_bank(rirs, sample_rate, rir_max_seconds) if rirs else None
     module = NoiseReverb(choices, {c: categories[c] for c in used}, banks, rir_bank, crop)

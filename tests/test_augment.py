@@ -302,3 +302,12 @@ def test_arsc_banks_as_distributed(caplog):
     torch.testing.assert_close(module.rirs.double().square().sum(dim=1), torch.ones(40, dtype=torch.float64))
     out = module(torch.randn(8, 32240) * 0.05)
     assert torch.isfinite(out).all()
+
+
+def test_babble_larger_than_the_folder_is_capped_with_a_warning(noise_dirs, caplog):
+    with caplog.at_level(logging.WARNING, logger="speakerid"):
+        module = build_noise_reverb({"babble": (1, ["speech"])}, {"speech": NoiseCategory((13, 20), (3, 50))},
+                                    noise_dirs["musan_dir"], None, CROP)
+    assert "has 10 files but augment.categories.speech.files asks for up to 50" in caplog.text
+    counts = module.draw(500).counts["speech"]
+    assert counts.min() == 3 and counts.max() == 10
