@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample-dtype", choices=["int16", "float32"], default="int16")
     p.add_argument("--peer", choices=["on", "off"], default="on", help="time SpeechBrain's ECAPA_TDNN step")
     p.add_argument("--stages", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
-    p.add_argument("--out", default="benchmark.json")
+    p.add_argument("--out", default=None, help="JSON to write (default: runs/benchmark/<date_time>.json)")
     p.add_argument("--override", nargs="*", default=[], help="extra config overrides (key=value)")
     return p.parse_args(argv)
 
@@ -284,7 +284,7 @@ def main(argv=None) -> int:
         "our_parameters_m": ours_params, "stages": rows, "ratios": ratios,
         "load_average_start": load_start, "load_average_end": load_end,
     }
-    out = Path(args.out)
+    out = Path(args.out or REPO / "runs" / "benchmark" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.name}.tmp")
     tmp_out.write_text(json.dumps(result, indent=2))

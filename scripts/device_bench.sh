@@ -11,15 +11,16 @@
 #     && echo /.bench_noise/ >> .git/info/exclude
 # Then run it with carry [".whl"] (or [".whl", ".bench_noise"]):
 #   bash scripts/device_bench.sh
-# Results: one JSON per run and the printed tables under $OUT (or bench_out/).
+# Results: one JSON per run and the printed tables (tables.txt) under $OUT (or runs/device_bench/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
-OUT_DIR=${OUT:-bench_out}
+OUT_DIR=${OUT:-runs/device_bench}
 mkdir -p "$OUT_DIR"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT_DIR/gpu.txt"
 nproc | tee "$OUT_DIR/cpus.txt"
+df -h /dev/shm | tee "$OUT_DIR/shm.txt"  # loader workers hand batches over in shared memory
 
 NOISE=()
 if [ -d .bench_noise/musan ]; then NOISE=(--musan-dir .bench_noise/musan --rir-dir .bench_noise/RIRS_NOISES); fi

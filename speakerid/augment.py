@@ -249,7 +249,9 @@ class NoiseReverb(nn.Module):
         if len(weights) == 0 or (weights < 0).any() or weights.sum() <= 0:
             raise AugmentConfigError("augment.choices: weights must be >= 0 with a positive sum")
         table = torch.tensor([[c in apply for c in self.components] for _, apply in choices.values()])
-        self.register_buffer("probabilities", (weights / weights.sum()).float(), persistent=False)
+        probabilities = weights / weights.sum()
+        self.register_buffer("probabilities", probabilities.float(), persistent=False)
+        self.register_buffer("cumulative", torch.cumsum(probabilities, 0).float(), persistent=False)
         self.register_buffer("choice_table", table, persistent=False)
         self.register_buffer("rirs", rirs, persistent=False)
         self.max_files = {c: min(cat.files[1], banks[c].num_files) for c, cat in self.categories.items()}
@@ -262,7 +264,9 @@ class NoiseReverb(nn.Module):
 
     def draw(self, batch: int) -> AugmentPlan:
         device = self.probabilities.device
-        choice = torch.multinomial(self.probabilities, batch, replacement=True)
+        # Inverse-CDF draw (a zero weight is an empty interval): no host sync on a GPU.
+        u = torch.rand(batch, device=device)
+        choice = torch.searchsorted(self.cumulative, u, right=True).clamp_(max=len(self.cumulative) - 1)
         plan = AugmentPlan(choice=choice, uses=self.choice_table[choice])
         for name, category in self.categories.items():
             bank = self.banks[name]

@@ -311,3 +311,10 @@ def test_babble_larger_than_the_folder_is_capped_with_a_warning(noise_dirs, capl
     assert "has 10 files but augment.categories.speech.files asks for up to 50" in caplog.text
     counts = module.draw(500).counts["speech"]
     assert counts.min() == 3 and counts.max() == 10
+
+
+def test_a_zero_weight_choice_is_never_drawn(noise_dirs):
+    module = build_noise_reverb({"none": (1, []), "never": (0, ["noise"]), "noise": (1, ["noise"])},
+                                TAORUIJIE_CATEGORIES, noise_dirs["musan_dir"], None, CROP)
+    counts = torch.bincount(module.draw(5000).choice, minlength=3)
+    assert counts[1] == 0 and counts[0] > 2000 and counts[2] > 2000
