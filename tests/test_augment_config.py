@@ -59,3 +59,18 @@ def test_a_choice_with_a_misspelt_key_is_named():
     with pytest.raises(ConfigError, match=r"augment.choices.babble=\{'weight': 1, 'aply'"):
         validate_config(cfg_with("augment=musan_rir", "augment.musan_dir=/m", "augment.rir_dir=/r",
                                  "~augment.choices.babble", "+augment.choices.babble={weight:1,aply:[speech]}"))
+
+
+def test_train_py_names_a_missing_noise_folder_without_a_traceback(tiny_corpus_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "debug=tiny", f"data.dir={tiny_corpus_dir}", "augment=musan_rir",
+         f"augment.musan_dir={tmp_path / 'nope'}", f"augment.rir_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 1
+    assert f"augment.musan_dir={tmp_path / 'nope'} is not a directory" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
