@@ -57,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--crop-frames", type=int, default=200)
     p.add_argument("--steps", type=int, default=8, help="timed batches per stage")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches before each stage")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="interleaved rounds of all stages; each stage reports its median over rounds "
+                        "(use 3 or more on a shared machine)")
     p.add_argument("--workers", default="auto", help="loader processes: auto or a number")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads of the main process (default: torch's, the CPU count)")
@@ -120,9 +123,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def endless(trainer) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The trainer's batches, epoch after epoch, as the training loop gets them."""
-    epoch = 0
+def endless(trainer, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The trainer's batches, epoch after epoch from `epoch`, as the training loop gets them."""
     while True:
         trainer.sampler.set_epoch(epoch)
         yield from trainer.loader
@@ -183,46 +185,29 @@ def main(argv=None) -> int:
         device = trainer.device
         batch = args.batch_size
         rows: dict[str, dict] = {}
-
-        def record(key, label, seconds_per_batch, warmup_s=None):
-            rows[key] = {"stage": label, "utterances_per_s": batch / seconds_per_batch,
-                         "ms_per_batch": 1000 * seconds_per_batch}
-            if warmup_s is not None:
-                rows[key]["warmup_s"] = warmup_s
-            print(f"  {label:<44} {batch / seconds_per_batch:10.1f} utt/s", flush=True)
-
         print(f"device {device}, {args.precision}{' + compile' if args.compile else ''}, C={args.channels}, "
               f"batch {batch}, crop {args.crop_frames} frames, {trainer.loader.num_workers} loader workers, "
-              f"augmentation {args.augment}", flush=True)
+              f"{torch.get_num_threads()} torch threads, augmentation {args.augment}, {args.rounds} round(s)",
+              flush=True)
         trainer.model.train()
         trainer.head.train()
-
-        if "a" in stages:
-            batches = endless(trainer)
-            per, _ = timed(lambda: next(batches), args.steps, args.warmup, device)
-            record("loading", "(a) loading only", per)
-            del batches
-
         waves, labels = next(iter(trainer.loader))
         waves, labels = waves.to(device), labels.to(device)
-
-        if "b" in stages:
-            def augment_and_features():
-                with torch.no_grad():
-                    w, _ = trainer._augment(waves, labels)
-                    f = trainer.fbank(w)
-                    if trainer.specaugment is not None:
-                        f = trainer.specaugment(f)
-                return f
-
-            per, _ = timed(augment_and_features, args.steps, args.warmup, device)
-            record("augment_features", "(b) augmentation + features" if args.augment == "on" else "(b) features",
-                   per)
-
-        # Steps on one fixed batch, without speed / noise / reverberation: the model's own cost.
         clean = waves[:, :trainer.num_samples].contiguous()
+        epochs = iter(range(10**9))  # every loader round starts a fresh epoch: an empty prefetch queue
+
+        def fresh_batches():
+            batches = endless(trainer, next(epochs) * 1000)
+            return lambda: next(batches)
+
+        def augment_and_features():
+            with torch.no_grad():
+                w, _ = trainer._augment(waves, labels)
+                f = trainer.fbank(w)
+                return trainer.specaugment(f) if trainer.specaugment is not None else f
 
         def step_without_augmentation():
+            """The trainer's step on one fixed batch, without speed / noise / reverberation."""
             speed, noise_reverb = trainer.speed, trainer.noise_reverb
             trainer.speed = trainer.noise_reverb = None
             try:
@@ -230,43 +215,77 @@ def main(argv=None) -> int:
             finally:
                 trainer.speed, trainer.noise_reverb = speed, noise_reverb
 
-        if "c" in stages:
-            per, warm = timed(step_without_augmentation, args.steps, args.warmup, device)
-            record("step", "(c) training step (ours)", per, warm)
-
-        if "d" in stages:
-            batches = endless(trainer)
+        def loop_steps():
+            next_batch = fresh_batches()
 
             def loop_step():
-                w, y = next(batches)
-                trainer._train_step(w, y)
+                trainer._train_step(*next_batch())
+            return loop_step
 
-            per, warm = timed(loop_step, args.steps, args.warmup, device)
-            record("loop", "(d) whole training loop" + (" with augmentation" if args.augment == "on" else ""),
-                   per, warm)
-            del batches
+        ours = (trainer.model, trainer.train_model, trainer.head, trainer.train_head, trainer.optimizer)
 
+        def use(objects):
+            trainer.model, trainer.train_model, trainer.head, trainer.train_head, trainer.optimizer = objects
+
+        peer_objects = None
         if args.peer == "on":
             from speakerid import builders
 
             try:
-                peer = SpeechBrainPeer(args.channels).to(device)
+                peer = SpeechBrainPeer(args.channels).to(device).train()
+                head = builders.build_head(trainer.cfg, num_classes=trainer.head.num_classes).to(device).train()
+                optimizer = builders.build_optimizer(trainer.cfg, list(peer.parameters()) + list(head.parameters()))
+                # Eager, as SpeechBrain trains; the same step code with its model swapped in.
+                peer_objects = (peer, peer, head, head, optimizer)
+                peer_params = sum(p.numel() for p in peer.parameters()) / 1e6
             except ImportError as e:  # our numbers still count; say why the peer's are missing
                 print(f"  peer skipped: SpeechBrain cannot be imported ({e}); pip install -e '.[bench]'")
                 rows["peer_step"] = {"stage": "peer: SpeechBrain ECAPA_TDNN step", "error": str(e)}
-                peer = None
-        if args.peer == "on" and peer is not None:
-            head = builders.build_head(trainer.cfg, num_classes=trainer.head.num_classes).to(device)
-            optimizer = builders.build_optimizer(trainer.cfg, list(peer.parameters()) + list(head.parameters()))
-            peer.train()
-            head.train()
-            # The same step code with the peer's model swapped in (eager: SpeechBrain's own training is).
-            trainer.model = trainer.train_model = peer
-            trainer.head = trainer.train_head = head
-            trainer.optimizer = optimizer
-            per, warm = timed(step_without_augmentation, args.steps, args.warmup, device)
-            record("peer_step", "peer: SpeechBrain ECAPA_TDNN step (eager)", per, warm)
-            rows["peer_step"]["parameters_m"] = sum(p.numel() for p in peer.parameters()) / 1e6
+
+        def peer_step():
+            use(peer_objects)
+            try:
+                step_without_augmentation()
+            finally:
+                use(ours)
+
+        # (key, label, make the per-call function for a round, warm up in every round)
+        stages_to_run = []
+        if "a" in stages:
+            stages_to_run.append(("loading", "(a) loading only", fresh_batches, True))
+        if "b" in stages:
+            stages_to_run.append(("augment_features", "(b) augmentation + features" if args.augment == "on"
+                                  else "(b) features", lambda: augment_and_features, False))
+        if "c" in stages:
+            stages_to_run.append(("step", "(c) training step (ours)", lambda: step_without_augmentation, False))
+        if "d" in stages:
+            stages_to_run.append(("loop", "(d) whole training loop" + (" with augmentation" if args.augment == "on"
+                                                                       else ""), loop_steps, True))
+        if peer_objects is not None:
+            stages_to_run.append(("peer_step", "peer: SpeechBrain ECAPA_TDNN step (eager)", lambda: peer_step, False))
+
+        # Rounds interleave the stages, so that a change of load on a shared machine affects all alike;
+        # each stage reports the median over rounds.
+        per_round: dict[str, list[float]] = {key: [] for key, *_ in stages_to_run}
+        warmups: dict[str, float] = {}
+        for r in range(args.rounds):
+            for key, label, make, warm_every_round in stages_to_run:
+                per, warm = timed(make(), args.steps, args.warmup if (r == 0 or warm_every_round) else 0, device)
+                per_round[key].append(per)
+                warmups.setdefault(key, warm)
+        for key, label, *_ in stages_to_run:
+            seconds = sorted(per_round[key])
+            median = seconds[len(seconds) // 2] if len(seconds) % 2 else sum(seconds[len(seconds) // 2 - 1:
+                                                                                   len(seconds) // 2 + 1]) / 2
+            rows[key] = {"stage": label, "utterances_per_s": batch / median, "ms_per_batch": 1000 * median,
+                         "utterances_per_s_by_round": [batch / t for t in per_round[key]],
+                         "first_warmup_s": warmups[key]}
+            spread = ""
+            if args.rounds > 1:
+                spread = f"  (rounds {min(batch / t for t in seconds):.1f}-{max(batch / t for t in seconds):.1f})"
+            print(f"  {label:<44} {batch / median:10.1f} utt/s{spread}", flush=True)
+        if "peer_step" in rows and peer_objects is not None:
+            rows["peer_step"]["parameters_m"] = peer_params
 
     ratios = {}
     if "step" in rows and "utterances_per_s" in rows.get("peer_step", {}):
