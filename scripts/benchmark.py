@@ -268,7 +268,9 @@ def main(argv=None) -> int:
         # each stage reports the median over rounds.
         per_round: dict[str, list[float]] = {key: [] for key, *_ in stages_to_run}
         warmups: dict[str, float] = {}
+        load_by_round = []
         for r in range(args.rounds):
+            load_by_round.append(os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
             for key, label, make, warm_every_round in stages_to_run:
                 per, warm = timed(make(), args.steps, args.warmup if (r == 0 or warm_every_round) else 0, device)
                 per_round[key].append(per)
@@ -287,21 +289,24 @@ def main(argv=None) -> int:
         if "peer_step" in rows and peer_objects is not None:
             rows["peer_step"]["parameters_m"] = peer_params
 
-    ratios = {}
-    if "step" in rows and "utterances_per_s" in rows.get("peer_step", {}):
-        ratios["step_ours_over_peer"] = rows["step"]["utterances_per_s"] / rows["peer_step"]["utterances_per_s"]
-    if "loop" in rows and "step" in rows:
-        ratios["loop_over_step"] = rows["loop"]["utterances_per_s"] / rows["step"]["utterances_per_s"]
-    for name, value in ratios.items():
-        print(f"  {name:<44} {value:10.2f}")
+    # Ratios of medians, and per round (stages of one round ran minutes apart at most).
+    ratios, ratios_by_round = {}, {}
+    for name, top, bottom in (("step_ours_over_peer", "step", "peer_step"), ("loop_over_step", "loop", "step")):
+        if "utterances_per_s" in rows.get(top, {}) and "utterances_per_s" in rows.get(bottom, {}):
+            ratios[name] = rows[top]["utterances_per_s"] / rows[bottom]["utterances_per_s"]
+            ratios_by_round[name] = [a / b for a, b in zip(rows[top]["utterances_per_s_by_round"],
+                                                           rows[bottom]["utterances_per_s_by_round"])]
+            by_round = ", ".join(f"{r:.2f}" for r in ratios_by_round[name])
+            print(f"  {name:<44} {ratios[name]:10.2f}" + (f"  (by round {by_round})" if args.rounds > 1 else ""))
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
-    print(f"load average at start {load_start and round(load_start[0], 2)}, end {load_end and round(load_end[0], 2)}")
+    print(f"1-min load average at the start of each round: {', '.join(f'{x:.2f}' for x in load_by_round if x is not None)}"
+          f"; at the end {load_end and round(load_end[0], 2)}")
     result = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "settings": vars(args), "config_overrides": overrides, "device": str(device), "machine": machine(device),
         "data": str(root), "musan_dir": musan, "rir_dir": rir, "num_classes": int(trainer.head.num_classes),
-        "our_parameters_m": ours_params, "stages": rows, "ratios": ratios,
-        "load_average_start": load_start, "load_average_end": load_end,
+        "our_parameters_m": ours_params, "stages": rows, "ratios": ratios, "ratios_by_round": ratios_by_round,
+        "load_average_start": load_start, "load_average_end": load_end, "load_1min_by_round": load_by_round,
     }
     out = Path(args.out or REPO / "runs" / "benchmark" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
