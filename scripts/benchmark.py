@@ -68,6 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stages", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
     p.add_argument("--out", default=None, help="JSON to write (default: runs/benchmark/<date_time>.json)")
     p.add_argument("--override", nargs="*", default=[], help="extra config overrides (key=value)")
+    p.add_argument("--prepare-only", action="store_true", help="generate the corpus / noise and exit")
     return p.parse_args(argv)
 
 
@@ -178,6 +179,9 @@ def main(argv=None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     root, musan, rir = corpus_and_noise(args)
+    if args.prepare_only:
+        print(f"data {root}, musan {musan}, rirs {rir}")
+        return 0
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     with tempfile.TemporaryDirectory() as tmp:
         trainer, overrides = build_trainer(args, root, musan, rir, Path(tmp) / "run")
