@@ -253,6 +253,8 @@ class NoiseReverb(nn.Module):
         self.register_buffer("probabilities", probabilities.float(), persistent=False)
         self.register_buffer("cumulative", torch.cumsum(probabilities, 0).float(), persistent=False)
         self.register_buffer("choice_table", table, persistent=False)
+        # u at or past the rounded total maps to the last choice that can be drawn, never a zero weight.
+        self.last_choice = int(torch.nonzero(weights > 0).max())
         self.register_buffer("rirs", rirs, persistent=False)
         self.max_files = {c: min(cat.files[1], banks[c].num_files) for c, cat in self.categories.items()}
 
@@ -266,7 +268,7 @@ class NoiseReverb(nn.Module):
         device = self.probabilities.device
         # Inverse-CDF draw (a zero weight is an empty interval): no host sync on a GPU.
         u = torch.rand(batch, device=device)
-        choice = torch.searchsorted(self.cumulative, u, right=True).clamp_(max=len(self.cumulative) - 1)
+        choice = torch.searchsorted(self.cumulative, u, right=True).clamp_(max=self.last_choice)
         plan = AugmentPlan(choice=choice, uses=self.choice_table[choice])
         for name, category in self.categories.items():
             bank = self.banks[name]

@@ -318,3 +318,8 @@ def test_a_zero_weight_choice_is_never_drawn(noise_dirs):
                                 TAORUIJIE_CATEGORIES, noise_dirs["musan_dir"], None, CROP)
     counts = torch.bincount(module.draw(5000).choice, minlength=3)
     assert counts[1] == 0 and counts[0] > 2000 and counts[2] > 2000
+    last_zero = build_noise_reverb({"none": (1, []), "noise": (2, ["noise"]), "never": (0, ["noise"])},
+                                   TAORUIJIE_CATEGORIES, noise_dirs["musan_dir"], None, CROP)
+    last_zero.cumulative[-1] = 0.9999  # as if rounding left the total short of 1
+    torch.manual_seed(9)
+    assert last_zero.draw(20000).choice.max() == 1
