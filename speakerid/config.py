@@ -60,6 +60,13 @@ def validate_config(cfg: DictConfig) -> None:
     _require(data.num_workers == "auto" or (_is_int(data.num_workers) and data.num_workers >= 0),
              "data.num_workers", "'auto' or an integer >= 0", data.num_workers)
 
+    for key in ("pin_memory", "persistent_workers"):
+        _require(isinstance(data[key], bool), f"data.{key}", "true or false", data[key])
+    _require(_is_int(data.prefetch_factor) and data.prefetch_factor >= 1, "data.prefetch_factor",
+             "an integer >= 1 (batches each loader process prepares ahead)", data.prefetch_factor)
+    _require(isinstance(trainer.compile, bool), "trainer.compile", "true or false", trainer.compile)
+    _validate_augment(cfg.augment)
+
     _require(isinstance(head.m, (int, float)) and 0 <= head.m < math.pi / 2, "head.m",
              "an angular margin in radians in [0, pi/2)", head.m)
     _require(isinstance(head.s, (int, float)) and head.s > 0, "head.s", "a logit scale > 0", head.s)
@@ -85,3 +92,36 @@ def validate_config(cfg: DictConfig) -> None:
     _require(_is_int(trainer.checkpoint_every_steps) and trainer.checkpoint_every_steps >= 0,
              "trainer.checkpoint_every_steps", "an integer >= 0 (0 = only at epoch ends)",
              trainer.checkpoint_every_steps)
+
+
+def _validate_augment(aug: DictConfig) -> None:
+    """Ranges of the augment group (the folders are checked when the banks are built)."""
+    for name, choice in aug.choices.items():
+        _require(set(choice) == {"weight", "apply"}, f"augment.choices.{name}", "{weight: w, apply: [...]}",
+                 OmegaConf.to_container(choice))
+        weight = choice.get("weight")
+        _require(isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight >= 0,
+                 f"augment.choices.{name}.weight", "a number >= 0", weight)
+    _require(sum(float(c.weight) for c in aug.choices.values()) > 0, "augment.choices",
+             "at least one choice with a weight > 0", OmegaConf.to_container(aug.choices))
+    for name, category in aug.categories.items():
+        _require(set(category) == {"snr_db", "files"}, f"augment.categories.{name}",
+                 "{snr_db: [lo, hi], files: [lo, hi]}", OmegaConf.to_container(category))
+        snr = list(category.get("snr_db") or [])
+        _require(len(snr) == 2 and all(isinstance(v, (int, float)) for v in snr) and snr[0] <= snr[1],
+                 f"augment.categories.{name}.snr_db", "[low, high] in dB with low <= high", snr)
+        files = list(category.get("files") or [])
+        _require(len(files) == 2 and all(_is_int(v) for v in files) and 1 <= files[0] <= files[1],
+                 f"augment.categories.{name}.files", "[low, high] integers with 1 <= low <= high", files)
+    for key in ("max_file_seconds", "rir_max_seconds"):
+        _require(aug[key] is None or (isinstance(aug[key], (int, float)) and aug[key] > 0), f"augment.{key}",
+                 "null or a duration > 0 in seconds", aug[key])
+    _require(aug.bank_dtype in ("int16", "float32"), "augment.bank_dtype", "int16 or float32", aug.bank_dtype)
+    _require(isinstance(aug.max_bank_mb, (int, float)) and aug.max_bank_mb > 0, "augment.max_bank_mb",
+             "a size > 0 in MB", aug.max_bank_mb)
+    factors = list(aug.speed.factors)
+    _require(len(factors) >= 1 and len(set(factors)) == len(factors)
+             and all(isinstance(f, (int, float)) and 0.5 <= f <= 2.0 for f in factors),
+             "augment.speed.factors", "distinct speed factors in [0.5, 2.0], e.g. [0.9, 1.0, 1.1]", factors)
+    _require(isinstance(aug.speed.speakers_as_new, bool), "augment.speed.speakers_as_new", "true or false",
+             aug.speed.speakers_as_new)

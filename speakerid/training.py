@@ -173,17 +173,34 @@ class Trainer:
         self.evaluation = None if protocol is None else Evaluation(protocol, check_files=False, require_labels=True)
         self.speakers = self.train_list.speaker_ids
 
+        self.num_samples = samples_for_frames(data.crop_frames, cfg.features.fbank.hop_length,
+                                              cfg.features.fbank.win_length)
+        self.speed = builders.build_speed_perturb(cfg, len(self.speakers), self.num_samples)
+        if self.speed is not None:
+            self.speed.to(self.device)
+        num_classes = self.speed.num_classes if self.speed is not None else len(self.speakers)
         self.fbank = builders.build_fbank(cfg).to(self.device)
         self.specaugment = builders.build_specaugment(cfg)
         self.model = builders.build_model(cfg).to(self.device)
-        self.head = builders.build_head(cfg, num_classes=len(self.speakers)).to(self.device)
+        self.head = builders.build_head(cfg, num_classes=num_classes).to(self.device)
+        # The training step calls these; with trainer.compile they are compiled wrappers of the same
+        # modules (checkpoints and validation use the plain modules).
+        self.train_model, self.train_head = self.model, self.head
+        if tcfg.compile:
+            self.train_model = torch.compile(self.model, dynamic=False)
+            self.train_head = torch.compile(self.head, dynamic=False)
         self.parameters = list(self.model.parameters()) + list(self.head.parameters())
-        self.optimizer = builders.build_optimizer(cfg, self.parameters)
+        self.optimizer = builders.build_optimizer(cfg, self.parameters, self.device)
         self.scheduler = builders.build_scheduler(cfg, self.optimizer)
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tcfg.precision]
-        self.scaler = torch.amp.GradScaler("cuda", enabled=tcfg.precision == "fp16")
+        # A loss scaler at every precision: besides fp16's dynamic scaling, it is what skips a step whose
+        # gradient is NaN/inf, without the host waiting for the device when the optimizer is fused. At
+        # fp32/bf16 its scale stays a power of two <= 1, which leaves the results bit-identical.
+        fp16 = tcfg.precision == "fp16"
+        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0**16 if fp16 else 1.0,
+                                           growth_interval=2000 if fp16 else 2**30)
         self.progress = Progress()
-        self._nonfinite_in_a_row = 0
+        self.nonfinite = NonFiniteCounter(self.device)
         self._last_save = time.monotonic()
 
         if data.check_files:
@@ -193,9 +210,14 @@ class Trainer:
                 self.evaluation.check_files()
             log.info("checked %d listed files in %.1f s", len(self.train_list), time.perf_counter() - t0)
 
-        self.num_samples = samples_for_frames(data.crop_frames, cfg.features.fbank.hop_length,
-                                              cfg.features.fbank.win_length)
-        self.dataset = CropDataset(self.train_list, self.num_samples, data.sample_rate, data.resample,
+        # Noise and RIR banks are read here, once, after the cheap list checks.
+        self.noise_reverb = builders.build_noise_reverb(cfg, self.num_samples)
+        if self.noise_reverb is not None:
+            self.noise_reverb.to(self.device)
+
+        # Workers only read crops (longer ones when speed perturbation will shorten them on the device).
+        read_samples = self.speed.input_samples if self.speed is not None else self.num_samples
+        self.dataset = CropDataset(self.train_list, read_samples, data.sample_rate, data.resample,
                                    data.sample_dtype)
         self.sampler = EpochSampler(len(self.dataset), seed=cfg.seed)
         workers = resolve_num_workers(data.num_workers, self.device)
@@ -206,9 +228,9 @@ class Trainer:
             collate_fn=collate,
             num_workers=workers,
             drop_last=True,  # BatchNorm needs more than one sample, and steps stay equal in size
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-            prefetch_factor=4 if workers else None,
+            pin_memory=bool(data.pin_memory) and self.device.type == "cuda",
+            persistent_workers=bool(data.persistent_workers) and workers > 0,
+            prefetch_factor=int(data.prefetch_factor) if workers else None,
             # Its own generator, so creating loader iterators never consumes the global RNG.
             generator=torch.Generator().manual_seed(cfg.seed),
         )
@@ -221,6 +243,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def _state(self) -> dict[str, Any]:
+        self.progress.nonfinite_steps = self.nonfinite.total
         return {
             "format_version": FORMAT_VERSION,
             "model": self.model.state_dict(),
@@ -256,48 +279,44 @@ class Trainer:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.progress = Progress(**checkpoint["progress"])
+        self.nonfinite = NonFiniteCounter(self.device, total=self.progress.nonfinite_steps)
         set_rng_state(checkpoint["rng"])
         log.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch + 1, self.progress.step)
 
     # ---------------------------------------------------------------- training
-    def _train_step(self, waves: torch.Tensor, labels: torch.Tensor) -> tuple[float, float] | None:
-        """One optimizer step; (loss, top1), or None when the step was skipped as non-finite."""
+    def _augment(self, waves: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms as loaded -> float32 crops on the device, speed-perturbed, reverberated and noised."""
         waves = to_float(waves.to(self.device, non_blocking=True))
         labels = labels.to(self.device, non_blocking=True)
+        if self.speed is not None:
+            waves, labels = self.speed(waves, labels)
+        if self.noise_reverb is not None:
+            waves = self.noise_reverb(waves)
+        return waves, labels
+
+    def _train_step(self, waves: torch.Tensor, labels: torch.Tensor) -> StepResult:
+        """One optimizer step. Its results stay on the device (the host reads them at logging steps only,
+        so it never waits for the device here). A step whose gradient is NaN/inf (a NaN/inf loss gives
+        one) is skipped by the loss scaler: parameters and optimizer state stay those of the last good
+        step."""
+        with torch.no_grad():
+            waves, labels = self._augment(waves, labels)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             with torch.no_grad():
                 features = self.fbank(waves)
                 if self.specaugment is not None:
                     features = self.specaugment(features)
-            loss, top1 = self.head(self.model(features), labels)
+            loss, top1 = self.train_head(self.train_model(features), labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)  # no-op without fp16; makes the norm below the true one
-        grads = [p.grad for p in self.parameters if p.grad is not None]
+        self.scaler.unscale_(self.optimizer)
         if self.cfg.trainer.grad_clip_norm:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.cfg.trainer.grad_clip_norm)
         else:
-            grad_norm = torch.nn.utils.get_total_norm(grads)
-        loss_value, grad_value = loss.item(), grad_norm.item()
-        if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
-            # A NaN/inf step is skipped, not applied: the parameters stay those of the last good step.
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.update()  # with fp16 this lowers the loss scale, as the scaler would itself
-            self.progress.nonfinite_steps += 1
-            self._nonfinite_in_a_row += 1
-            limit = self.cfg.trainer.max_nonfinite_steps
-            log.warning("step %d: non-finite loss (%s) or gradient norm (%s); step skipped (%d in a row)",
-                        self.progress.step + 1, loss_value, grad_value, self._nonfinite_in_a_row)
-            if self._nonfinite_in_a_row >= limit:
-                raise NonFiniteLossError(
-                    f"{self._nonfinite_in_a_row} consecutive steps had a non-finite loss or gradient (limit "
-                    f"trainer.max_nonfinite_steps={limit}); stopped. The last checkpoint, {self.checkpoints.last}, "
-                    f"holds the last good state: lower optim.lr, set trainer.grad_clip_norm, or check the data")
-            return None
-        self._nonfinite_in_a_row = 0
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.parameters if p.grad is not None])
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss_value, top1.item()
+        return StepResult(loss.detach(), top1.detach(), torch.isfinite(grad_norm))
 
     def _train_epoch(self, logger: MetricLogger, stop: StopSignal) -> dict[str, float]:
         """Train until the end of the epoch, or until a stop signal arrives (then return early)."""
@@ -306,8 +325,8 @@ class Trainer:
         self.model.train()
         self.head.train()
         self.sampler.set_epoch(self.progress.epoch, start=self.progress.position)
-        epoch = RunningMean()
-        window = RunningMean()
+        epoch = DeviceMeans(self.device)
+        window = DeviceMeans(self.device)
         bar = None
         if tcfg.progress_bar:
             from tqdm import tqdm
@@ -320,23 +339,25 @@ class Trainer:
             result = self._train_step(waves, labels)
             self.progress.step += 1
             self.progress.position += batch
-            if result is not None:
-                epoch.add(*result)
-                window.add(*result)
+            epoch.add(result)
+            window.add(result)
+            self.nonfinite.add(result.finite)
             if self.progress.step % tcfg.log_every_steps == 0:
+                loss, top1, skipped = window.read()
                 elapsed = time.perf_counter() - window_start
                 scalars = {
                     "train/lr": self.optimizer.param_groups[0]["lr"],
                     "train/utterances_per_s": tcfg.log_every_steps * batch / elapsed,
-                    "train/nonfinite_steps": self.progress.nonfinite_steps,
+                    "train/nonfinite_steps": self.nonfinite.total,
                 }
-                if window.count:
-                    scalars.update({"train/loss": window.loss, "train/top1": window.top1})
+                if not math.isnan(loss):
+                    scalars.update({"train/loss": loss, "train/top1": top1})
                 logger.log(scalars, self.progress.step)
-                if bar is not None and window.count:
-                    bar.set_postfix(loss=f"{window.loss:.3f}", top1=f"{window.top1:.3f}",
+                if bar is not None and not math.isnan(loss):
+                    bar.set_postfix(loss=f"{loss:.3f}", top1=f"{top1:.3f}",
                                     utt_s=f"{scalars['train/utterances_per_s']:.1f}")
-                window = RunningMean()
+                self._check_nonfinite(skipped)
+                window = DeviceMeans(self.device)
                 window_start = time.perf_counter()
             if bar is not None:
                 bar.update(1)
@@ -346,7 +367,20 @@ class Trainer:
                 self.save()
         if bar is not None:
             bar.close()
-        return {"train/epoch_loss": epoch.loss, "train/epoch_top1": epoch.top1}
+        loss, top1, skipped = epoch.read()
+        self._check_nonfinite(0)
+        return {"train/epoch_loss": loss, "train/epoch_top1": top1}
+
+    def _check_nonfinite(self, skipped_in_window: int) -> None:
+        if skipped_in_window:
+            log.warning("step %d: %d of the last steps had a NaN/inf loss or gradient and were skipped "
+                        "(%d in the run)", self.progress.step, skipped_in_window, self.nonfinite.total)
+        limit = self.cfg.trainer.max_nonfinite_steps
+        if self.nonfinite.in_a_row >= limit:
+            raise NonFiniteLossError(
+                f"{self.nonfinite.in_a_row} consecutive steps had a non-finite loss or gradient (limit "
+                f"trainer.max_nonfinite_steps={limit}); stopped. The last checkpoint, {self.checkpoints.last}, "
+                f"holds the last good state: lower optim.lr, set trainer.grad_clip_norm, or check the data")
 
     def _checkpoint_due(self) -> bool:
         tcfg = self.cfg.trainer
@@ -416,30 +450,58 @@ class Trainer:
             finally:
                 logger.close()
         results.update({"best/eer": self.progress.best_eer, "epochs": self.progress.epoch,
-                        "steps": self.progress.step, "nonfinite_steps": self.progress.nonfinite_steps,
+                        "steps": self.progress.step, "nonfinite_steps": self.nonfinite.total,
                         "run_dir": str(self.run_dir)})
         return results
 
 
-class RunningMean:
-    """Mean loss and top-1 over the steps added so far."""
+@dataclass
+class StepResult:
+    loss: torch.Tensor    # scalar, on the device
+    top1: torch.Tensor
+    finite: torch.Tensor  # bool: False when the step was skipped
 
-    def __init__(self):
-        self.count = 0
-        self._loss = self._top1 = 0.0
 
-    def add(self, loss: float, top1: float) -> None:
-        self.count += 1
-        self._loss += loss
-        self._top1 += top1
+class DeviceMeans:
+    """Mean loss and top-1 over the applied steps, summed on the device and read once."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top1, applied steps
+        self.steps = 0
+
+    def add(self, result: StepResult) -> None:
+        applied = result.finite.to(torch.float64)
+        self.sums += torch.stack([torch.where(result.finite, result.loss.double(), 0.0),
+                                  torch.where(result.finite, result.top1.double(), 0.0), applied])
+        self.steps += 1
+
+    def read(self) -> tuple[float, float, int]:
+        """(mean loss, mean top1, skipped steps); NaN means when no step was applied."""
+        loss, top1, applied = self.sums.tolist()
+        if applied == 0:
+            return math.nan, math.nan, self.steps
+        return loss / applied, top1 / applied, self.steps - int(applied)
+
+
+class NonFiniteCounter:
+    """Skipped (non-finite) steps, in total and in a row, counted on the device."""
+
+    def __init__(self, device: torch.device, total: int = 0):
+        self._total = torch.tensor(total, dtype=torch.int64, device=device)
+        self._in_a_row = torch.zeros((), dtype=torch.int64, device=device)
+
+    def add(self, finite: torch.Tensor) -> None:
+        bad = (~finite).to(torch.int64)
+        self._total += bad
+        self._in_a_row = (self._in_a_row + 1) * bad
 
     @property
-    def loss(self) -> float:
-        return self._loss / self.count if self.count else math.nan
+    def total(self) -> int:
+        return int(self._total.item())
 
     @property
-    def top1(self) -> float:
-        return self._top1 / self.count if self.count else math.nan
+    def in_a_row(self) -> int:
+        return int(self._in_a_row.item())
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

@@ -146,3 +146,61 @@ def test_metrics_history_is_json_lines(tiny_cfg, tmp_path):
     train(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 6 and "val/eer" in records[-1]
+
+
+@pytest.fixture(scope="module")
+def noise_dirs(tmp_path_factory):
+    from speakerid.data.synthetic_noise import NoiseSpec, ensure_noise_corpus
+
+    return ensure_noise_corpus(tmp_path_factory.mktemp("noise"), NoiseSpec(seconds=1.0, rirs=4))
+
+
+def augment_overrides(noise_dirs):
+    return ["augment=musan_rir", f"augment.musan_dir={noise_dirs['musan_dir']}",
+            f"augment.rir_dir={noise_dirs['rir_dir']}", "augment.speed.factors=[0.9,1.0,1.1]",
+            "augment.speed.speakers_as_new=true"]
+
+
+def test_resume_continues_exactly_with_augmentation(tiny_cfg, tmp_path, noise_dirs):
+    """Noise, reverberation and speed draws come from RNG state that the checkpoint restores, so a run
+    resumed mid-epoch ends with the same parameters as an uninterrupted one."""
+    aug = augment_overrides(noise_dirs)
+    straight = Trainer(tiny_cfg(*aug, "trainer.epochs=2", run_dir=tmp_path / "straight"))
+    # The augmentation is really on: speed-perturbed copies are new classes, and the inputs change.
+    assert straight.head.num_classes == 3 * 6 and straight.noise_reverb is not None
+    waves, labels = next(iter(straight.loader))
+    state = torch.get_rng_state()
+    augmented, _ = straight._augment(waves, labels)
+    torch.set_rng_state(state)  # leave the run's random stream as it was
+    assert augmented.shape == (6, straight.num_samples) and waves.shape[1] == straight.speed.input_samples
+    assert not torch.allclose(augmented, waves[:, :straight.num_samples].float(), atol=1e-3)
+    straight.fit()
+
+    # A run interrupted after step 4 of epoch 1 (of 6 steps), with a checkpoint written at that step.
+    mid = Trainer(tiny_cfg(*aug, "trainer.epochs=1", "trainer.checkpoint_every_steps=4", run_dir=tmp_path / "mid"))
+    original_step = mid._train_step
+    calls = {"n": 0}
+
+    class Stop(Exception):
+        pass
+
+    def step_then_stop(*args):
+        if calls["n"] == 4:
+            raise Stop
+        calls["n"] += 1
+        return original_step(*args)
+
+    mid._train_step = step_then_stop
+    with pytest.raises(Stop):
+        mid.fit()
+    resumed = Trainer(tiny_cfg(*aug, "trainer.epochs=2", f"trainer.resume={tmp_path / 'mid' / 'checkpoints' / 'last.pt'}",
+                               run_dir=tmp_path / "second"))
+    assert resumed.progress.step == 4 and resumed.progress.position == 24
+    resumed.fit()
+
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "second" / "checkpoints" / "last.pt")
+    assert a["progress"] == b["progress"]
+    for part in ("model", "head"):
+        for name, tensor in a[part].items():
+            torch.testing.assert_close(b[part][name], tensor, rtol=0, atol=0, msg=name)

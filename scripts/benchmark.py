@@ -1,0 +1,328 @@
+#!/usr/bin/env python
+"""Throughput of the training pipeline, in utterances/s, every stage in one run on one machine:
+
+  (a) loading only          the trainer's DataLoader (workers read crops, collate, pin)
+  (b) augmentation+features one batch on the device: speed / noise / reverberation (when on), fbank, SpecAugment
+  (c) training step         one batch on the device: fbank, SpecAugment, model, AAM head, backward, optimizer
+  (d) whole training loop   the trainer's loader and train step together, augmentation as configured
+  peer                      (c) with SpeechBrain's ECAPA_TDNN (channels [C]*4 + [3C], 256-d) in place of our
+                            model: the same fbank, head, optimizer, batch, crop, precision and step code
+
+Everything is built by the real trainer from the real configs (experiment `arsc`, with model.channels,
+data.batch_size, ... overridden), so the numbers are those of `python train.py`.
+
+    # CPU, the real-speech corpus with its MUSAN-style noise and RIRs
+    python scripts/benchmark.py --data ../shared/data/arsc --augment on --device cpu --batch-size 16
+    # GPU, a generated corpus (no data needed), bf16 + torch.compile
+    python scripts/benchmark.py --data synthetic --augment on --device cuda --precision bf16 --compile \\
+        --batch-size 256 --steps 100
+
+It prints a table and writes the numbers, the settings and the machine to --out (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="synthetic",
+                   help="'synthetic' (generated under --synthetic-dir) or a corpus folder with wav/ and "
+                        "train_list.txt (e.g. ../shared/data/arsc)")
+    p.add_argument("--synthetic-dir", default=str(REPO / "data" / "bench_synthetic"))
+    p.add_argument("--synthetic-speakers", type=int, default=200)
+    p.add_argument("--synthetic-utterances", type=int, default=24, help="per speaker")
+    p.add_argument("--augment", choices=["on", "off"], default="on")
+    p.add_argument("--musan-dir", default=None, help="default: <data>/musan, else generated synthetic noise")
+    p.add_argument("--rir-dir", default=None, help="default: <data>/RIRS_NOISES, else generated synthetic RIRs")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile our model and head (trainer.compile)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--channels", type=int, default=1024)
+    p.add_argument("--crop-frames", type=int, default=200)
+    p.add_argument("--steps", type=int, default=8, help="timed batches per stage")
+    p.add_argument("--warmup", type=int, default=2, help="untimed batches before each stage")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="interleaved rounds of all stages; each stage reports its median over rounds "
+                        "(use 3 or more on a shared machine)")
+    p.add_argument("--workers", default="auto", help="loader processes: auto or a number")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads of the main process (default: torch's, the CPU count)")
+    p.add_argument("--sample-dtype", choices=["int16", "float32"], default="int16")
+    p.add_argument("--peer", choices=["on", "off"], default="on", help="time SpeechBrain's ECAPA_TDNN step")
+    p.add_argument("--stages", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
+    p.add_argument("--out", default=None, help="JSON to write (default: runs/benchmark/<date_time>.json)")
+    p.add_argument("--override", nargs="*", default=[], help="extra config overrides (key=value)")
+    p.add_argument("--prepare-only", action="store_true", help="generate the corpus / noise and exit")
+    return p.parse_args(argv)
+
+
+def corpus_and_noise(args) -> tuple[Path, str | None, str | None]:
+    from speakerid.data.synthetic import CorpusSpec, ensure_corpus
+    from speakerid.data.synthetic_noise import NoiseSpec, ensure_noise_corpus
+
+    if args.data == "synthetic":
+        root = Path(args.synthetic_dir)
+        spec = CorpusSpec(seed=7, train_speakers=args.synthetic_speakers, test_speakers=2, sessions=4,
+                          utterances_per_session=max(1, args.synthetic_utterances // 4))
+        t0 = time.perf_counter()
+        ensure_corpus(root, spec)
+        print(f"synthetic corpus {root} ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    else:
+        root = Path(args.data)
+    if args.augment == "off":
+        return root, None, None
+    musan, rir = args.musan_dir, args.rir_dir
+    if musan is None and (root / "musan").is_dir():
+        musan = str(root / "musan")
+    if rir is None and (root / "RIRS_NOISES").is_dir():
+        rir = str(root / "RIRS_NOISES")
+    if musan is None or rir is None:
+        generated = ensure_noise_corpus(Path(args.synthetic_dir) / "noise", NoiseSpec())
+        musan, rir = musan or generated["musan_dir"], rir or generated["rir_dir"]
+    return root, musan, rir
+
+
+def build_trainer(args, root: Path, musan: str | None, rir: str | None, run_dir: Path):
+    from hydra import compose, initialize_config_dir
+
+    from speakerid.training import Trainer
+
+    overrides = [
+        "experiment=arsc", f"data.dir={root}", f"run_dir={run_dir}",
+        f"model.channels={args.channels}", "model.emb_dim=256", f"data.batch_size={args.batch_size}",
+        f"data.crop_frames={args.crop_frames}", f"data.num_workers={args.workers}",
+        f"data.sample_dtype={args.sample_dtype}", f"trainer.device={args.device}",
+        f"trainer.precision={args.precision}", f"trainer.compile={str(args.compile).lower()}",
+        "trainer.progress_bar=false", "trainer.epochs=1000",
+    ]
+    if args.augment == "on":
+        overrides += ["augment=musan_rir", f"augment.musan_dir={musan}", f"augment.rir_dir={rir}"]
+    overrides += args.override
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    return Trainer(cfg), overrides
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def endless(trainer, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The trainer's batches, epoch after epoch from `epoch`, as the training loop gets them."""
+    while True:
+        trainer.sampler.set_epoch(epoch)
+        yield from trainer.loader
+        epoch += 1
+
+
+def timed(fn, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
+    """(seconds per call over `steps` calls after `warmup` calls, seconds of the warm-up)."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t1 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t1) / steps, t1 - t0
+
+
+class SpeechBrainPeer(torch.nn.Module):
+    """SpeechBrain's ECAPA_TDNN behind our model's interface: features [B, 80, T] -> embeddings [B, 256]."""
+
+    def __init__(self, channels: int, emb_dim: int = 256, in_dim: int = 80):
+        super().__init__()
+        from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+
+        self.net = ECAPA_TDNN(in_dim, lin_neurons=emb_dim, channels=[channels] * 4 + [3 * channels])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features.transpose(1, 2)).squeeze(1)
+
+
+def machine(device: torch.device) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                           if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    stages = set(args.stages.split(","))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    root, musan, rir = corpus_and_noise(args)
+    if args.prepare_only:
+        print(f"data {root}, musan {musan}, rirs {rir}")
+        return 0
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer, overrides = build_trainer(args, root, musan, rir, Path(tmp) / "run")
+        ours_params = sum(p.numel() for p in trainer.model.parameters()) / 1e6
+        device = trainer.device
+        batch = args.batch_size
+        rows: dict[str, dict] = {}
+        print(f"device {device}, {args.precision}{' + compile' if args.compile else ''}, C={args.channels}, "
+              f"batch {batch}, crop {args.crop_frames} frames, {trainer.loader.num_workers} loader workers, "
+              f"{torch.get_num_threads()} torch threads, augmentation {args.augment}, {args.rounds} round(s)",
+              flush=True)
+        trainer.model.train()
+        trainer.head.train()
+        waves, labels = next(iter(trainer.loader))
+        waves, labels = waves.to(device), labels.to(device)
+        clean = waves[:, :trainer.num_samples].contiguous()
+        epochs = iter(range(10**9))  # every loader round starts a fresh epoch: an empty prefetch queue
+
+        def fresh_batches():
+            batches = endless(trainer, next(epochs) * 1000)
+            return lambda: next(batches)
+
+        def augment_and_features():
+            with torch.no_grad():
+                w, _ = trainer._augment(waves, labels)
+                f = trainer.fbank(w)
+                return trainer.specaugment(f) if trainer.specaugment is not None else f
+
+        def step_without_augmentation():
+            """The trainer's step on one fixed batch, without speed / noise / reverberation."""
+            speed, noise_reverb = trainer.speed, trainer.noise_reverb
+            trainer.speed = trainer.noise_reverb = None
+            try:
+                trainer._train_step(clean, labels)
+            finally:
+                trainer.speed, trainer.noise_reverb = speed, noise_reverb
+
+        def loop_steps():
+            next_batch = fresh_batches()
+
+            def loop_step():
+                trainer._train_step(*next_batch())
+            return loop_step
+
+        ours = (trainer.model, trainer.train_model, trainer.head, trainer.train_head, trainer.optimizer,
+                trainer.parameters)
+
+        def use(objects):
+            (trainer.model, trainer.train_model, trainer.head, trainer.train_head, trainer.optimizer,
+             trainer.parameters) = objects
+
+        peer_objects = None
+        if args.peer == "on":
+            from speakerid import builders
+
+            try:
+                peer = SpeechBrainPeer(args.channels).to(device).train()
+                head = builders.build_head(trainer.cfg, num_classes=trainer.head.num_classes).to(device).train()
+                parameters = list(peer.parameters()) + list(head.parameters())
+                optimizer = builders.build_optimizer(trainer.cfg, parameters, device)
+                # Eager, as SpeechBrain trains; the same step code with its model swapped in.
+                peer_objects = (peer, peer, head, head, optimizer, parameters)
+                peer_params = sum(p.numel() for p in peer.parameters()) / 1e6
+            except ImportError as e:  # our numbers still count; say why the peer's are missing
+                print(f"  peer skipped: SpeechBrain cannot be imported ({e}); pip install -e '.[bench]'")
+                rows["peer_step"] = {"stage": "peer: SpeechBrain ECAPA_TDNN step", "error": str(e)}
+
+        def peer_step():
+            use(peer_objects)
+            try:
+                step_without_augmentation()
+            finally:
+                use(ours)
+
+        # (key, label, make the per-call function for a round, warm up in every round)
+        stages_to_run = []
+        if "a" in stages:
+            stages_to_run.append(("loading", "(a) loading only", fresh_batches, True))
+        if "b" in stages:
+            stages_to_run.append(("augment_features", "(b) augmentation + features" if args.augment == "on"
+                                  else "(b) features", lambda: augment_and_features, False))
+        if "c" in stages:
+            stages_to_run.append(("step", "(c) training step (ours)", lambda: step_without_augmentation, False))
+        if "d" in stages:
+            stages_to_run.append(("loop", "(d) whole training loop" + (" with augmentation" if args.augment == "on"
+                                                                       else ""), loop_steps, True))
+        if peer_objects is not None:
+            stages_to_run.append(("peer_step", "peer: SpeechBrain ECAPA_TDNN step (eager)", lambda: peer_step, False))
+
+        # Rounds interleave the stages, so that a change of load on a shared machine affects all alike;
+        # each stage reports the median over rounds.
+        per_round: dict[str, list[float]] = {key: [] for key, *_ in stages_to_run}
+        warmups: dict[str, float] = {}
+        load_by_round = []
+        for r in range(args.rounds):
+            load_by_round.append(os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
+            for key, label, make, warm_every_round in stages_to_run:
+                per, warm = timed(make(), args.steps, args.warmup if (r == 0 or warm_every_round) else 0, device)
+                per_round[key].append(per)
+                warmups.setdefault(key, warm)
+        for key, label, *_ in stages_to_run:
+            seconds = sorted(per_round[key])
+            median = seconds[len(seconds) // 2] if len(seconds) % 2 else sum(seconds[len(seconds) // 2 - 1:
+                                                                                   len(seconds) // 2 + 1]) / 2
+            rows[key] = {"stage": label, "utterances_per_s": batch / median, "ms_per_batch": 1000 * median,
+                         "utterances_per_s_by_round": [batch / t for t in per_round[key]],
+                         "first_warmup_s": warmups[key]}
+            spread = ""
+            if args.rounds > 1:
+                spread = f"  (rounds {min(batch / t for t in seconds):.1f}-{max(batch / t for t in seconds):.1f})"
+            print(f"  {label:<44} {batch / median:10.1f} utt/s{spread}", flush=True)
+        if "peer_step" in rows and peer_objects is not None:
+            rows["peer_step"]["parameters_m"] = peer_params
+
+    # Ratios of medians, and per round (stages of one round ran minutes apart at most).
+    ratios, ratios_by_round = {}, {}
+    for name, top, bottom in (("step_ours_over_peer", "step", "peer_step"), ("loop_over_step", "loop", "step")):
+        if "utterances_per_s" in rows.get(top, {}) and "utterances_per_s" in rows.get(bottom, {}):
+            ratios[name] = rows[top]["utterances_per_s"] / rows[bottom]["utterances_per_s"]
+            ratios_by_round[name] = [a / b for a, b in zip(rows[top]["utterances_per_s_by_round"],
+                                                           rows[bottom]["utterances_per_s_by_round"])]
+            by_round = ", ".join(f"{r:.2f}" for r in ratios_by_round[name])
+            print(f"  {name:<44} {ratios[name]:10.2f}" + (f"  (by round {by_round})" if args.rounds > 1 else ""))
+    load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"1-min load average at the start of each round: {', '.join(f'{x:.2f}' for x in load_by_round if x is not None)}"
+          f"; at the end {load_end and round(load_end[0], 2)}")
+    result = {
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "settings": vars(args), "config_overrides": overrides, "device": str(device), "machine": machine(device),
+        "data": str(root), "musan_dir": musan, "rir_dir": rir, "num_classes": int(trainer.head.num_classes),
+        "our_parameters_m": ours_params, "stages": rows, "ratios": ratios, "ratios_by_round": ratios_by_round,
+        "load_average_start": load_start, "load_average_end": load_end, "load_1min_by_round": load_by_round,
+    }
+    out = Path(args.out or REPO / "runs" / "benchmark" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(f".{out.name}.tmp")
+    tmp_out.write_text(json.dumps(result, indent=2))
+    os.replace(tmp_out, out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""Augmentation checked against independent float64 re-derivations: the SNR of the added noise, the
+noise segments themselves, reverberation as a direct convolution, the frequencies of the choices, speed
+perturbation's change of duration; and the banks are read from disk once."""
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from scipy import stats
+
+from conftest import ARSC_DIR, requires_arsc
+from speakerid import augment as aug
+from speakerid.augment import (
+    BankTooLargeError,
+    NoiseBank,
+    NoiseCategory,
+    NoiseReverb,
+    SpeedPerturb,
+    build_noise_reverb,
+    change_speed,
+    fft_size,
+)
+from speakerid.data.synthetic_noise import NoiseSpec, ensure_noise_corpus
+
+CROP = 4000
+TAORUIJIE_CHOICES = {"none": (1, []), "reverb": (1, ["reverb"]), "babble": (1, ["speech"]),
+                     "music": (1, ["music"]), "noise": (1, ["noise"]), "tv": (1, ["speech", "music"])}
+TAORUIJIE_CATEGORIES = {"noise": NoiseCategory((0, 15), (1, 1)), "speech": NoiseCategory((13, 20), (3, 8)),
+                        "music": NoiseCategory((5, 15), (1, 1))}
+
+
+@pytest.fixture(scope="module")
+def noise_dirs(tmp_path_factory):
+    # Files from 0.15 s to 1 s: some shorter than the crop (wrapped), most longer (random offsets).
+    return ensure_noise_corpus(tmp_path_factory.mktemp("noise"), NoiseSpec(seconds=1.0, min_seconds=0.15, rirs=8))
+
+
+@pytest.fixture(scope="module")
+def module(noise_dirs):
+    return build_noise_reverb(TAORUIJIE_CHOICES, TAORUIJIE_CATEGORIES, noise_dirs["musan_dir"],
+                              noise_dirs["rir_dir"], CROP, bank_dtype="float32")
+
+
+def speech_like(batch, rng):
+    """Signals whose power differs by 40 dB across the batch, so the SNR scaling is really exercised."""
+    x = rng.standard_normal((batch, CROP)) * np.sin(np.linspace(0, 20, CROP)) ** 2
+    return torch.from_numpy((x * 10 ** rng.uniform(-2, 0, (batch, 1))).astype(np.float32))
+
+
+def test_fft_size_is_the_smallest_5_smooth_number_at_least_n():
+    def smooth(k):
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        return k == 1
+
+    for n in list(range(1, 600)) + [32240 + 15999]:
+        expected = next(k for k in range(n, 2 * n + 2) if smooth(k))
+        assert fft_size(n) == expected, n
+
+
+def test_added_noise_has_the_drawn_snr(module):
+    torch.manual_seed(0)
+    x = speech_like(400, np.random.default_rng(0))
+    plan = module.draw(len(x))
+    out = module.apply(x, plan).double()
+    x64 = x.double()
+    checked = {"noise": 0, "speech": 0, "music": 0}
+    for b in range(len(x)):
+        applied = [c for c, used in zip(module.components, plan.uses[b].tolist()) if used]
+        if len(applied) != 1 or applied[0] == "reverb":
+            continue
+        category = applied[0]
+        snr = 10 * math.log10(x64[b].square().mean() / (out[b] - x64[b]).square().mean())
+        assert snr == pytest.approx(plan.snr_db[category][b].item(), abs=0.1)
+        lo, hi = TAORUIJIE_CATEGORIES[category].snr_db
+        assert lo <= plan.snr_db[category][b].item() <= hi
+        checked[category] += 1
+    assert min(checked.values()) >= 30, checked
+
+
+def test_tv_adds_babble_and_music_each_at_its_own_snr(module):
+    torch.manual_seed(1)
+    x = speech_like(200, np.random.default_rng(1))
+    plan = module.draw(len(x))
+    out = module.apply(x, plan)
+    power = x.square().mean(dim=1, keepdim=True)
+    babble, music = module.noise("speech", plan, power), module.noise("music", plan, power)
+    tv = [b for b in range(len(x)) if module.choice_names[plan.choice[b]] == "tv"]
+    assert len(tv) > 15
+    for b in tv:
+        torch.testing.assert_close(out[b], x[b] + babble[b] + music[b])
+        for noise, category in ((babble, "speech"), (music, "music")):
+            snr = 10 * math.log10(power[b].item() / noise[b].double().square().mean().item())
+            assert snr == pytest.approx(plan.snr_db[category][b].item(), abs=0.1)
+
+
+def test_noise_segments_match_a_float64_rederivation_from_the_files(module, noise_dirs):
+    """Independently of the bank: read the files, find each drawn segment (wrapping short files), give each
+    unit power, sum the drawn number of files, scale to the SNR."""
+    from pathlib import Path
+
+    files = {c: sorted((Path(noise_dirs["musan_dir"]) / c).rglob("*.wav")) for c in ("speech", "noise")}
+    clips = {c: [sf.read(str(p), dtype="float64")[0] for p in ps] for c, ps in files.items()}
+    lengths_seen = [len(c) for cs in clips.values() for c in cs]
+    assert min(lengths_seen) < CROP < max(lengths_seen)  # both wrapped and randomly offset segments
+    torch.manual_seed(2)
+    x = speech_like(32, np.random.default_rng(2))
+    plan = module.draw(len(x))
+    power = x.double().square().mean(dim=1)
+    for category in ("speech", "noise"):
+        got = module.noise(category, plan, x.square().mean(dim=1, keepdim=True)).double().numpy()
+        lengths = [max(len(c), CROP) for c in clips[category]]
+        bank_starts = np.cumsum([0] + lengths[:-1])
+        counts = plan.counts[category]
+        low, high = TAORUIJIE_CATEGORIES[category].files
+        assert counts.min() >= low and counts.max() <= high
+        for b in range(len(x)):
+            mix = np.zeros(CROP)
+            used_files = []
+            for k in range(counts[b].item()):
+                start = plan.starts[category][b, k].item()
+                f = int(np.searchsorted(bank_starts, start, side="right") - 1)
+                offset = start - bank_starts[f]
+                assert 0 <= offset <= lengths[f] - CROP
+                clip = clips[category][f]
+                segment = clip[(offset + np.arange(CROP)) % len(clip)]  # short files wrap
+                mix += segment / np.sqrt(np.mean(segment ** 2))
+                used_files.append(f)
+            assert len(set(used_files)) == len(used_files)  # distinct files within one babble
+            snr = plan.snr_db[category][b].item()
+            expected = mix * np.sqrt(power[b].item() / (np.mean(mix ** 2) * 10 ** (snr / 10)))
+            np.testing.assert_allclose(got[b], expected, rtol=0, atol=2e-5 * np.abs(expected).max())
+
+
+def test_reverberation_equals_a_float64_direct_convolution(module, noise_dirs):
+    from pathlib import Path
+
+    rir_paths = sorted((Path(noise_dirs["rir_dir"]) / "simulated_rirs").rglob("*.wav"))
+    torch.manual_seed(3)
+    x = speech_like(48, np.random.default_rng(3))
+    plan = module.draw(len(x))
+    out = module.apply(x, plan).double().numpy()
+    reverb = [b for b in range(len(x)) if module.choice_names[plan.choice[b]] == "reverb"]
+    assert len(reverb) >= 4
+    for b in reverb:
+        rir = sf.read(str(rir_paths[plan.rir[b].item()]), dtype="float64")[0]
+        rir = rir / np.sqrt(np.sum(rir ** 2))
+        expected = np.convolve(x[b].double().numpy(), rir)[:CROP]
+        np.testing.assert_allclose(out[b], expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+        assert not np.allclose(out[b], x[b].numpy(), atol=1e-3 * np.abs(expected).max())
+
+
+def test_choice_frequencies_match_the_configured_weights(noise_dirs):
+    choices = {"none": (4, []), "reverb": (3, ["reverb"]), "noise": (2, ["noise"]), "tv": (1, ["speech", "music"])}
+    module = build_noise_reverb(choices, TAORUIJIE_CATEGORIES, noise_dirs["musan_dir"], noise_dirs["rir_dir"],
+                                CROP)
+    torch.manual_seed(4)
+    draws = torch.cat([module.draw(500).choice for _ in range(40)])  # 20,000 utterances
+    counts = torch.bincount(draws, minlength=4).numpy()
+    expected = np.array([0.4, 0.3, 0.2, 0.1]) * len(draws)
+    # Goodness of fit at the 0.1% level, and each count within 4 binomial standard deviations.
+    assert stats.chisquare(counts, expected).pvalue > 1e-3, counts
+    sd = np.sqrt(len(draws) * np.array([0.4, 0.3, 0.2, 0.1]) * np.array([0.6, 0.7, 0.8, 0.9]))
+    assert np.all(np.abs(counts - expected) < 4 * sd), counts
+    plan = module.draw(2000)
+    for name, (_, apply) in choices.items():
+        rows = plan.uses[plan.choice == module.choice_names.index(name)]
+        assert rows.shape[0] > 0
+        assert (rows == torch.tensor([c in apply for c in module.components])).all()
+    # The babble size is uniform over [3, 8] too.
+    files = torch.bincount(plan.counts["speech"], minlength=9)[3:].numpy()
+    assert stats.chisquare(files).pvalue > 1e-3 and files.sum() == 2000
+
+
+def test_missing_category_is_skipped_with_one_warning(noise_dirs, tmp_path, caplog):
+    import shutil
+
+    musan = tmp_path / "musan"
+    shutil.copytree(noise_dirs["musan_dir"], musan)
+    shutil.rmtree(musan / "music")
+    with caplog.at_level(logging.WARNING, logger="speakerid"):
+        module = build_noise_reverb(TAORUIJIE_CHOICES, TAORUIJIE_CATEGORIES, musan, noise_dirs["rir_dir"], CROP)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "no music folder" in warnings[0].getMessage()
+    # "music" could do nothing and is dropped; "tv" keeps its babble; the rest share the weight.
+    assert module.choice_names == ["none", "reverb", "babble", "noise", "tv"]
+    torch.testing.assert_close(module.probabilities, torch.full((5,), 0.2))
+    assert module.choice_table[4].tolist() == [c == "speech" for c in module.components]
+    out = module(speech_like(8, np.random.default_rng(5)))
+    assert out.shape == (8, CROP) and torch.isfinite(out).all()
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+def test_bank_size_cap_stops_before_reading_files(noise_dirs, monkeypatch):
+    def no_reading(*args, **kwargs):
+        raise AssertionError("files were read before the size check")
+
+    monkeypatch.setattr(aug, "_read_all", no_reading)
+    with pytest.raises(BankTooLargeError, match=r"would take \d+ MB .* > augment.max_bank_mb=0.1"):
+        build_noise_reverb(TAORUIJIE_CHOICES, TAORUIJIE_CATEGORIES, noise_dirs["musan_dir"], noise_dirs["rir_dir"],
+                           CROP, max_bank_mb=0.1)
+
+
+def test_no_file_is_read_while_augmenting(module, monkeypatch):
+    def no_reading(*args, **kwargs):
+        raise AssertionError("an augmentation file was read per batch")
+
+    monkeypatch.setattr(sf, "read", no_reading)
+    monkeypatch.setattr(sf, "SoundFile", no_reading)
+    monkeypatch.setattr(sf, "info", no_reading)
+    out = module(speech_like(16, np.random.default_rng(6)))
+    assert out.shape == (16, CROP)
+
+
+def test_int16_bank_keeps_segments_within_quantisation(noise_dirs):
+    """The default int16 bank gives the same noise as a float32 one up to 16-bit rounding."""
+    rng = np.random.default_rng(7)
+    clips = [rng.standard_normal(n) * 0.01 for n in (CROP // 2, 3 * CROP)]
+    exact, quantised = NoiseBank(clips, CROP, torch.float32), NoiseBank(clips, CROP, torch.int16)
+    starts = torch.tensor([0, CROP, CROP + 10, 3 * CROP])  # file 0 (wrap-padded to CROP), file 1
+    a, b = exact.segments(starts), quantised.segments(starts)
+    for row in range(len(starts)):
+        scale = (a[row] * b[row]).sum() / (b[row] * b[row]).sum()  # peak normalisation differs per file
+        torch.testing.assert_close(b[row] * scale, a[row], rtol=0, atol=float(a[row].abs().max()) * 2e-4)
+
+
+def test_bad_choice_configs_name_the_choice(noise_dirs):
+    with pytest.raises(aug.AugmentConfigError, match="babble.*'music'.*no bank|augment.noise does not define"):
+        build_noise_reverb({"babble": (1, ["speach"])}, TAORUIJIE_CATEGORIES, noise_dirs["musan_dir"],
+                           noise_dirs["rir_dir"], CROP)
+    with pytest.raises(aug.AugmentConfigError, match="rir_dir is not set"):
+        build_noise_reverb({"r": (1, ["reverb"])}, {}, None, None, CROP)
+    assert build_noise_reverb({"none": (1, [])}, {}, None, None, CROP) is None
+
+
+# --------------------------------------------------------------------------------------------- speed
+def tone_and_click(n, frequency=1000.0, click=6000, sample_rate=16000):
+    t = np.arange(n) / sample_rate
+    x = 0.3 * np.sin(2 * np.pi * frequency * t)
+    x[click] += 1.0
+    return torch.from_numpy(x.astype(np.float32))
+
+
+def dominant_frequency(x, sample_rate=16000):
+    x = x.double().numpy()
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return np.fft.rfftfreq(len(x), 1 / sample_rate)[np.argmax(spectrum)]
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_speed_changes_duration_by_the_factor(factor):
+    n, click = 32000, 6000
+    impulse = torch.zeros(n)
+    impulse[click] = 1.0
+    y = change_speed(impulse, factor)
+    assert abs(len(y) - n / factor) <= 1                                # duration / factor
+    assert abs(int(torch.argmax(y.abs())) - click / factor) <= 1        # an event at t moves to t / factor
+    tone = change_speed(tone_and_click(n, 1000.0, click=0) - tone_and_click(n, 0.0, click=0), factor)
+    assert dominant_frequency(tone) == pytest.approx(1000.0 * factor, abs=1.0)  # pitch x factor
+
+
+def test_speed_perturb_keeps_the_crop_and_relabels_new_speakers():
+    crop, n_speakers = 8000, 5
+    module = SpeedPerturb([1.1, 1.0, 0.9], crop, n_speakers, speakers_as_new=True)
+    assert module.factors == [1.0, 0.9, 1.1] and module.input_samples == math.ceil(crop * 1.1)
+    assert module.num_classes == 15
+    x = torch.stack([tone_and_click(module.input_samples, 500.0 + 100 * b, click=3000) for b in range(60)])
+    labels = torch.arange(60) % n_speakers
+    torch.manual_seed(8)
+    out, new_labels = module(x, labels)
+    assert out.shape == (60, crop)
+    offsets = (new_labels - labels) // n_speakers
+    assert set(offsets.tolist()) == {0, 1, 2}
+    for b in range(60):
+        factor = module.factors[offsets[b]]
+        expected = change_speed(x[b, :math.ceil(crop * factor)], factor)[:crop]
+        torch.testing.assert_close(out[b], expected)
+        assert dominant_frequency(out[b]) == pytest.approx((500.0 + 100 * b) * factor, abs=2.5)
+    same, _ = SpeedPerturb([0.9, 1.0, 1.1], crop, n_speakers)(x, labels)
+    assert same.shape == (60, crop)
+
+
+def test_speed_labels_unchanged_without_new_speakers():
+    module = SpeedPerturb([0.9, 1.0, 1.1], 1000, 4, speakers_as_new=False)
+    labels = torch.tensor([0, 1, 2, 3])
+    _, out = module(torch.zeros(4, module.input_samples), labels)
+    assert torch.equal(out, labels) and module.num_classes == 4
+
+
+# --------------------------------------------------------------------------------------------- arsc
+@requires_arsc()
+def test_arsc_banks_as_distributed(caplog):
+    with caplog.at_level(logging.WARNING, logger="speakerid"):
+        module = build_noise_reverb(TAORUIJIE_CHOICES, TAORUIJIE_CATEGORIES, ARSC_DIR / "musan",
+                                    ARSC_DIR / "RIRS_NOISES", 32240)
+    assert "no music folder" in caplog.text
+    assert set(module.banks) == {"noise", "speech"} and module.rirs.shape[0] == 40
+    torch.testing.assert_close(module.rirs.double().square().sum(dim=1), torch.ones(40, dtype=torch.float64))
+    out = module(torch.randn(8, 32240) * 0.05)
+    assert torch.isfinite(out).all()
+
+
+def test_babble_larger_than_the_folder_is_capped_with_a_warning(noise_dirs, caplog):
+    with caplog.at_level(logging.WARNING, logger="speakerid"):
+        module = build_noise_reverb({"babble": (1, ["speech"])}, {"speech": NoiseCategory((13, 20), (3, 50))},
+                                    noise_dirs["musan_dir"], None, CROP)
+    assert "has 10 files but augment.categories.speech.files asks for up to 50" in caplog.text
+    counts = module.draw(500).counts["speech"]
+    assert counts.min() == 3 and counts.max() == 10
+
+
+def test_a_zero_weight_choice_is_never_drawn(noise_dirs):
+    module = build_noise_reverb({"none": (1, []), "never": (0, ["noise"]), "noise": (1, ["noise"])},
+                                TAORUIJIE_CATEGORIES, noise_dirs["musan_dir"], None, CROP)
+    counts = torch.bincount(module.draw(5000).choice, minlength=3)
+    assert counts[1] == 0 and counts[0] > 2000 and counts[2] > 2000
+    last_zero = build_noise_reverb({"none": (1, []), "noise": (2, ["noise"]), "never": (0, ["noise"])},
+                                   TAORUIJIE_CATEGORIES, noise_dirs["musan_dir"], None, CROP)
+    last_zero.cumulative[-1] = 0.9999  # as if rounding left the total short of 1
+    torch.manual_seed(9)
+    assert last_zero.draw(20000).choice.max() == 1

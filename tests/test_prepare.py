@@ -1,0 +1,131 @@
+"""Data preparation as a user runs it: Kaldi data directories to train lists, VoxCeleb2 m4a to wav/flac."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import REPO
+from speakerid.data.lists import read_train_list
+from speakerid.data.prepare import KaldiFormatError, read_kaldi_data_dir
+
+FFMPEG = shutil.which("ffmpeg")
+requires_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (apt-get install ffmpeg)")
+
+
+def run(*args, env=None, cwd=REPO):
+    script, *rest = args
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, rest)], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+def kaldi_dir(tmp_path):
+    audio = tmp_path / "audio"
+    for rel in ["spkB/u3.wav", "spkA/sess1/u1.flac", "spkA/sess2/u2.wav"]:
+        (audio / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(audio / rel), np.zeros(160, dtype=np.int16), 16000)
+    data = tmp_path / "data" / "train"
+    data.mkdir(parents=True)
+    # Absolute and relative (to the Kaldi recipe folder, tmp_path) paths; ids in any order.
+    (data / "wav.scp").write_text(f"u3 {audio}/spkB/u3.wav\nu1 audio/spkA/sess1/u1.flac\n\n"
+                                  f"u2 {audio}/spkA/sess2/u2.wav\n")
+    (data / "utt2spk").write_text("u1 spkA\nu2 spkA\nu3 spkB\n")
+    return data, audio
+
+
+def test_kaldi_data_dir_becomes_a_train_list(tmp_path):
+    data, audio = kaldi_dir(tmp_path)
+    out = tmp_path / "list.txt"
+    proc = run("scripts/prepare_list.py", "--kaldi", data, "--out", out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == ("spkA spkA/sess1/u1.flac\nspkA spkA/sess2/u2.wav\nspkB spkB/u3.wav\n")
+    assert f"data.train_root={audio}" in proc.stdout and "3 utterances of 2 speakers" in proc.stdout
+    listed = read_train_list(out, audio)  # the list the trainer reads, with every file present
+    assert listed.speaker_ids == ["spkA", "spkB"] and all((audio / p).is_file() for p in listed.paths)
+
+    proc = run("scripts/prepare_list.py", "--kaldi", data, "--out", out, "--root", tmp_path, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text().splitlines()[0] == "spkA audio/spkA/sess1/u1.flac"
+
+
+@pytest.mark.parametrize("wav_scp, utt2spk, message", [
+    ("u1 sox a.wav -t wav - |\n", "u1 s\n", r"wav.scp:1: .* is a command"),
+    ("u1 a.wav\nu2 b.wav\n", "u1 s\n", r"wav.scp:2: utterance 'u2' has no line in utt2spk"),
+    ("u1 a.wav\nu1 b.wav\n", "u1 s\n", r"wav.scp:2: utterance id 'u1' repeats line 1"),
+    ("u1 a.wav\n", "u1 s\nu9 s\n", r"utt2spk: 1 utterances have no audio in wav.scp, e.g. u9"),
+    ("u1\n", "u1 s\n", r"wav.scp:1: expected '<utterance-id> <audio path>'"),
+    ("u1 a.wav\n", "u1 s t\n", r"utt2spk:1: expected one speaker id"),
+])
+def test_kaldi_errors_name_file_and_line(tmp_path, wav_scp, utt2spk, message):
+    (tmp_path / "wav.scp").write_text(wav_scp)
+    (tmp_path / "utt2spk").write_text(utt2spk)
+    with pytest.raises(KaldiFormatError, match=message):
+        read_kaldi_data_dir(tmp_path, base=tmp_path)
+
+
+def test_kaldi_segments_are_refused(tmp_path):
+    for name in ("wav.scp", "utt2spk", "segments"):
+        (tmp_path / name).write_text("u1 x\n")
+    with pytest.raises(KaldiFormatError, match="segments"):
+        read_kaldi_data_dir(tmp_path)
+
+
+def test_conversion_says_clearly_when_ffmpeg_is_missing(tmp_path):
+    (tmp_path / "src" / "id1" / "v").mkdir(parents=True)
+    (tmp_path / "src" / "id1" / "v" / "00001.m4a").write_bytes(b"")
+    empty_path = tmp_path / "bin"
+    empty_path.mkdir()
+    env = {**os.environ, "PATH": str(empty_path)}
+    proc = run("scripts/convert_voxceleb2.py", "--src", tmp_path / "src", "--dst", tmp_path / "dst", env=env)
+    assert proc.returncode == 1
+    assert "ffmpeg was not found on PATH" in proc.stderr and "apt-get install ffmpeg" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "dst").exists()
+
+
+def make_m4a(path, seconds, frequency, rate=44100):
+    """An AAC m4a like VoxCeleb2's (made with ffmpeg from a stereo tone at another sample rate)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    tone = 0.3 * np.sin(2 * np.pi * frequency * t)
+    wav = path.with_suffix(".src.wav")
+    sf.write(str(wav), np.stack([tone, tone], axis=1), rate)
+    subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error", "-y", "-i", str(wav), "-c:a", "aac", str(path)],
+                   check=True)
+    wav.unlink()
+
+
+@requires_ffmpeg
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_m4a_conversion_is_parallel_resumable_and_correct(tmp_path, fmt):
+    src, dst = tmp_path / "aac", tmp_path / "out"
+    make_m4a(src / "id1" / "vidA" / "00001.m4a", 1.5, 440.0)
+    make_m4a(src / "id2" / "vidB" / "00001.m4a", 2.0, 1000.0)
+    (src / "id2" / "vidB" / "00002.m4a").write_bytes(b"not an m4a file")
+    proc = run("scripts/convert_voxceleb2.py", "--src", src, "--dst", dst, "--format", fmt, "--workers", "2")
+    assert proc.returncode == 1  # one broken input
+    assert "2 converted, 0 already there, 1 failed" in proc.stdout
+    assert "id2/vidB/00002.m4a" in proc.stderr and "run the same command again" in proc.stderr
+    assert not (dst / "id2" / "vidB" / f"00002.{fmt}").exists()
+    assert not list(dst.rglob("*.part"))
+
+    for rel, seconds, frequency in [("id1/vidA/00001", 1.5, 440.0), ("id2/vidB/00001", 2.0, 1000.0)]:
+        audio, rate = sf.read(str(dst / f"{rel}.{fmt}"))
+        info = sf.info(str(dst / f"{rel}.{fmt}"))
+        assert rate == 16000 and info.channels == 1 and info.subtype == "PCM_16"
+        assert len(audio) / rate == pytest.approx(seconds, abs=0.03)
+        spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+        assert np.fft.rfftfreq(len(audio), 1 / rate)[np.argmax(spectrum)] == pytest.approx(frequency, abs=2)
+
+    # Resumable: finished files are skipped; a stale partial file from an interrupted run is redone.
+    (dst / "id1" / "vidA" / f"00001.{fmt}").unlink()
+    (dst / "id1" / "vidA" / f".00001.{fmt}.part").write_bytes(b"half")
+    (src / "id2" / "vidB" / "00002.m4a").unlink()
+    proc = run("scripts/convert_voxceleb2.py", "--src", src, "--dst", dst, "--format", fmt)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 converted, 1 already there, 0 failed" in proc.stdout
+    assert sf.info(str(dst / "id1" / "vidA" / f"00001.{fmt}")).frames == pytest.approx(24000, abs=500)
+    assert not list(dst.rglob("*.part"))
