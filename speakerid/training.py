@@ -66,8 +66,9 @@ def resolve_num_workers(value: Any, device: torch.device) -> int:
     if value != "auto":
         return int(value)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    # On a GPU the loader must keep up with a fast step; on a CPU the workers compete with the step for cores.
-    return min(16, max(1, cpus - 1)) if device.type == "cuda" else min(2, max(0, cpus // 2))
+    # Workers only read crops (augmentation runs on the device), so a few keep up with a fast GPU; more would
+    # take the cores the main thread needs to launch the device's work. On a CPU they compete with the step.
+    return min(8, max(1, cpus // 2)) if device.type == "cuda" else min(2, max(0, cpus // 2))
 
 
 def prepare_corpus(data_cfg: DictConfig) -> None:
@@ -214,6 +215,9 @@ class Trainer:
         self.noise_reverb = builders.build_noise_reverb(cfg, self.num_samples)
         if self.noise_reverb is not None:
             self.noise_reverb.to(self.device)
+            # Its many elementwise passes over the batch fuse well: compiled along with the model.
+            self.apply_noise_reverb = (torch.compile(self.noise_reverb.apply, dynamic=False) if tcfg.compile
+                                       else self.noise_reverb.apply)
 
         # Workers only read crops (longer ones when speed perturbation will shorten them on the device).
         read_samples = self.speed.input_samples if self.speed is not None else self.num_samples
@@ -267,7 +271,8 @@ class Trainer:
         return path
 
     def _restore(self, path: Path) -> None:
-        checkpoint = load_checkpoint(path, map_location=self.device)
+        # Loaded on the CPU: RNG states must stay there; load_state_dict moves the rest to the device.
+        checkpoint = load_checkpoint(path, map_location="cpu")
         if checkpoint["speakers"] != list(self.speakers):
             raise RuntimeError(
                 f"{path}: the checkpoint was trained on {len(checkpoint['speakers'])} speakers that differ from "
@@ -291,7 +296,7 @@ class Trainer:
         if self.speed is not None:
             waves, labels = self.speed(waves, labels)
         if self.noise_reverb is not None:
-            waves = self.noise_reverb(waves)
+            waves = self.apply_noise_reverb(waves, self.noise_reverb.draw(waves.shape[0]))
         return waves, labels
 
     def _train_step(self, waves: torch.Tensor, labels: torch.Tensor) -> StepResult:
