@@ -78,6 +78,13 @@ def broadcast_object(obj: Any, env: DistEnv, src: int = 0) -> Any:
     return box[0]
 
 
+def broadcast_buffers(module: torch.nn.Module, env: DistEnv) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) everywhere: DDP averages gradients, not these."""
+    if env.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:
     """True when the flag is set on any rank (e.g. a stop signal that reached only some ranks)."""
     if not env.enabled:

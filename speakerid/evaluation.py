@@ -42,9 +42,10 @@ from speakerid.data.lists import (
     read_trials,
     trial_files,
 )
+from speakerid.distributed import DistEnv, all_gather_objects
 from speakerid.features import samples_for_frames
 from speakerid.metrics import verification_metrics
-from speakerid.scoring import Cohort, Embeddings, as_norm, raw_scores, speaker_means
+from speakerid.scoring import Cohort, Embeddings, as_norm, merge_embeddings, raw_scores, speaker_means
 
 log = logging.getLogger("speakerid")
 
@@ -425,7 +426,9 @@ class Evaluation:
 
     def run(self, extractor: nn.Module, device: torch.device | str = "cpu", sample_rate: int = 16000,
             resample: bool = False, cache_dir: str | os.PathLike | None = None, model_id: str | None = None,
-            progress: bool = False) -> EvaluationResult:
+            progress: bool = False, dist: DistEnv = DistEnv()) -> EvaluationResult:
+        """With several processes (torchrun) each embeds its share of the files and all of them get every
+        embedding, so every rank computes the same scores and metrics."""
         protocol = self.protocol
         options = protocol.embedding
         extracted = 0
@@ -434,7 +437,13 @@ class Evaluation:
             nonlocal extracted
 
             def extract(missing: list[str]) -> Embeddings:
-                return extract_embeddings(extractor, root, missing, device, opts, sample_rate, resample, progress)
+                if not dist.enabled:
+                    return extract_embeddings(extractor, root, missing, device, opts, sample_rate, resample,
+                                              progress)
+                mine = missing[dist.rank::dist.world_size]
+                part = (extract_embeddings(extractor, root, mine, device, opts, sample_rate, resample, progress)
+                        if mine else None)
+                return merge_embeddings([p for p in all_gather_objects(part, dist) if p is not None]).select(missing)
 
             if cache_dir is None:
                 extracted += len(paths)

@@ -59,6 +59,12 @@ class Embeddings:
         raise ValueError(f"unknown scoring mode {mode!r}: full or multicrop")
 
 
+def merge_embeddings(parts: list[Embeddings]) -> Embeddings:
+    """One Embeddings of disjoint parts (e.g. the shares of several processes), in the parts' order."""
+    crops = None if parts[0].crops is None else np.concatenate([p.crops for p in parts])
+    return Embeddings([k for p in parts for k in p.keys], np.concatenate([p.full for p in parts]), crops)
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     return x / np.linalg.norm(x, axis=-1, keepdims=True)

@@ -3,6 +3,7 @@ returns its final metrics."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from speakerid import builders
@@ -34,6 +36,18 @@ from speakerid.data.audio import to_float
 from speakerid.data.dataset import CropDataset, EpochSampler, collate
 from speakerid.data.lists import check_files_exist, read_train_list
 from speakerid.data.synthetic import CorpusSpec, ensure_corpus
+from speakerid.distributed import (
+    DistEnv,
+    ShardedSampler,
+    all_gather_objects,
+    any_rank,
+    barrier,
+    broadcast_buffers,
+    broadcast_object,
+    env_from_torchrun,
+    init_process_group,
+    shutdown,
+)
 from speakerid.evaluation import EmbeddingExtractor, Evaluation, EvaluationResult
 from speakerid.features import samples_for_frames
 from speakerid.logger import MetricLogger
@@ -53,12 +67,15 @@ class Progress:
     nonfinite_steps: int = 0  # steps skipped because the loss or a gradient was NaN/inf
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, dist: DistEnv = DistEnv()) -> torch.device:
+    """trainer.device; under torchrun each process takes the GPU of its local rank."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"trainer.device={name} but CUDA is not available on this machine (use cpu or auto)")
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
     return device
 
 
@@ -149,7 +166,13 @@ class Trainer:
     def __init__(self, cfg: DictConfig):
         validate_config(cfg)
         self.cfg = cfg
-        self.run_dir = Path(cfg.run_dir)
+        self.dist = env_from_torchrun()
+        self.device = resolve_device(cfg.trainer.device, self.dist)
+        init_process_group(self.dist, self.device)
+        if not self.dist.is_main:  # one process speaks for the run
+            log.setLevel(logging.WARNING)
+        # Processes started a second apart can name different dated folders: all use rank 0's.
+        self.run_dir = Path(broadcast_object(str(cfg.run_dir), self.dist))
         self.checkpoints = CheckpointDir(self.run_dir / "checkpoints", keep=cfg.trainer.keep_checkpoints)
         resume_path = find_resume_checkpoint(cfg.trainer.resume, self.run_dir)
         if resume_path is None and self.checkpoints.last.exists():
@@ -157,7 +180,6 @@ class Trainer:
             raise FileExistsError(f"{self.run_dir} already holds a run's checkpoints: resume it with "
                                   f"trainer.resume=true, or give another run_dir")
         _check_writable(self.run_dir)
-        self.device = resolve_device(cfg.trainer.device)
         tcfg = cfg.trainer
         torch.backends.cudnn.benchmark = bool(tcfg.cudnn_benchmark) and not tcfg.deterministic
         if tcfg.deterministic:
@@ -169,7 +191,9 @@ class Trainer:
         data = cfg.data
         # Validation: the protocol of the `eval` group (`~eval` on the command line: no validation).
         protocol = builders.build_eval_protocol(cfg) if cfg.get("eval") is not None else None
-        prepare_corpus(data)
+        if self.dist.is_main:
+            prepare_corpus(data)
+        barrier(self.dist)
         self.train_list = read_train_list(data.train_list, data.train_root)
         self.evaluation = None if protocol is None else Evaluation(protocol, check_files=False, require_labels=True)
         self.speakers = self.train_list.speaker_ids
@@ -184,12 +208,20 @@ class Trainer:
         self.specaugment = builders.build_specaugment(cfg)
         self.model = builders.build_model(cfg).to(self.device)
         self.head = builders.build_head(cfg, num_classes=num_classes).to(self.device)
-        # The training step calls these; with trainer.compile they are compiled wrappers of the same
-        # modules (checkpoints and validation use the plain modules).
+        if self.dist.rank:  # the same initial weights everywhere, but each rank its own augmentation draws
+            torch.manual_seed(cfg.seed + 1000 * self.dist.rank)
+        # The training step calls these; they are the same modules wrapped for DDP (gradients averaged over
+        # ranks) and/or torch.compile. Checkpoints and validation use the plain modules.
         self.train_model, self.train_head = self.model, self.head
+        if self.dist.enabled:
+            if tcfg.sync_batchnorm and self.device.type == "cuda":
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            ids = [self.device] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+            self.train_head = DistributedDataParallel(self.head, device_ids=ids)
         if tcfg.compile:
-            self.train_model = torch.compile(self.model, dynamic=False)
-            self.train_head = torch.compile(self.head, dynamic=False)
+            self.train_model = torch.compile(self.train_model, dynamic=False)
+            self.train_head = torch.compile(self.train_head, dynamic=False)
         self.parameters = list(self.model.parameters()) + list(self.head.parameters())
         self.optimizer = builders.build_optimizer(cfg, self.parameters, self.device)
         self.scheduler = builders.build_scheduler(cfg, self.optimizer)
@@ -223,11 +255,15 @@ class Trainer:
         read_samples = self.speed.input_samples if self.speed is not None else self.num_samples
         self.dataset = CropDataset(self.train_list, read_samples, data.sample_rate, data.resample,
                                    data.sample_dtype)
+        # data.batch_size is the global batch: with W processes each takes its 1/W share of every batch
+        # that a single process would take, so the data per step and the per-epoch schedule do not change.
         self.sampler = EpochSampler(len(self.dataset), seed=cfg.seed)
+        if self.dist.enabled:
+            self.sampler = ShardedSampler(self.sampler, data.batch_size, self.dist)
         workers = resolve_num_workers(data.num_workers, self.device)
         self.loader = DataLoader(
             self.dataset,
-            batch_size=data.batch_size,
+            batch_size=data.batch_size // self.dist.world_size,
             sampler=self.sampler,
             collate_fn=collate,
             num_workers=workers,
@@ -256,17 +292,24 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "progress": asdict(self.progress),
-            "rng": rng_state(),
+            "rng": rng_state(),  # replaced in save() by the states of every rank
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "speakers": list(self.speakers),
             "versions": library_versions(),
         }
 
     def save(self, best: bool = False) -> Path:
-        state = self._state()
-        path = self.checkpoints.save(state, self.progress.step)
-        if best:
-            self.checkpoints.save_best(state)
+        """Checkpoint (rank 0 writes; every rank takes part, as each contributes its RNG state)."""
+        broadcast_buffers(self.model, self.dist)  # BatchNorm statistics as rank 0 has them
+        rngs = all_gather_objects(rng_state(), self.dist)
+        path = self.checkpoints.last
+        if self.dist.is_main:
+            state = self._state()
+            state["rng"], state["rng_per_rank"] = rngs[0], rngs
+            path = self.checkpoints.save(state, self.progress.step)
+            if best:
+                self.checkpoints.save_best(state)
+        barrier(self.dist)
         self._last_save = time.monotonic()
         return path
 
@@ -285,7 +328,13 @@ class Trainer:
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.progress = Progress(**checkpoint["progress"])
         self.nonfinite = NonFiniteCounter(self.device, total=self.progress.nonfinite_steps)
-        set_rng_state(checkpoint["rng"])
+        per_rank = checkpoint.get("rng_per_rank", [checkpoint["rng"]])
+        if len(per_rank) == self.dist.world_size:
+            set_rng_state(per_rank[self.dist.rank])
+        else:  # another number of processes: rank 0 continues the saved stream, the others are reseeded
+            set_rng_state(checkpoint["rng"])
+            if self.dist.rank:
+                torch.manual_seed(self.cfg.seed + 1000 * self.dist.rank + self.progress.step)
         log.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch + 1, self.progress.step)
 
     # ---------------------------------------------------------------- training
@@ -333,7 +382,7 @@ class Trainer:
         epoch = DeviceMeans(self.device)
         window = DeviceMeans(self.device)
         bar = None
-        if tcfg.progress_bar:
+        if tcfg.progress_bar and self.dist.is_main:
             from tqdm import tqdm
 
             bar = tqdm(total=self.steps_per_epoch, initial=self.progress.position // batch,
@@ -347,8 +396,9 @@ class Trainer:
             epoch.add(result)
             window.add(result)
             self.nonfinite.add(result.finite)
-            if self.progress.step % tcfg.log_every_steps == 0:
-                loss, top1, skipped = window.read()
+            log_step = self.progress.step % tcfg.log_every_steps == 0
+            if log_step:
+                loss, top1, skipped = window.read(self.dist)
                 elapsed = time.perf_counter() - window_start
                 scalars = {
                     "train/lr": self.optimizer.param_groups[0]["lr"],
@@ -366,13 +416,13 @@ class Trainer:
                 window_start = time.perf_counter()
             if bar is not None:
                 bar.update(1)
-            if stop.received is not None:
+            if self._stop_requested(stop, log_step):
                 break
-            if self._checkpoint_due():
+            if self._checkpoint_due(log_step):
                 self.save()
         if bar is not None:
             bar.close()
-        loss, top1, skipped = epoch.read()
+        loss, top1, skipped = epoch.read(self.dist)
         self._check_nonfinite(0)
         return {"train/epoch_loss": loss, "train/epoch_top1": top1}
 
@@ -387,18 +437,42 @@ class Trainer:
                 f"trainer.max_nonfinite_steps={limit}); stopped. The last checkpoint, {self.checkpoints.last}, "
                 f"holds the last good state: lower optim.lr, set trainer.grad_clip_norm, or check the data")
 
-    def _checkpoint_due(self) -> bool:
+    def close(self) -> None:
+        """End the process group, after the DDP wrappers: their destructors still talk to it (destroyed
+        the other way round, a process can abort at exit)."""
+        if self.dist.enabled:
+            self.train_model = self.train_head = None
+            gc.collect()
+            shutdown(self.dist)
+
+    def _stop_requested(self, stop: StopSignal, log_step: bool) -> bool:
+        """A SIGTERM/SIGINT was received. With several processes they must stop at the same step, so the
+        flag is agreed on at logging steps (one collective there, none at every step)."""
+        if not self.dist.enabled:
+            return stop.received is not None
+        if not log_step:
+            return False
+        if any_rank(stop.received is not None, self.dist, self.device):
+            stop.received = stop.received or signal.SIGTERM
+            return True
+        return False
+
+    def _checkpoint_due(self, log_step: bool) -> bool:
         tcfg = self.cfg.trainer
         if tcfg.checkpoint_every_steps and self.progress.step % tcfg.checkpoint_every_steps == 0:
             return True
         minutes = tcfg.checkpoint_every_minutes
-        return bool(minutes) and time.monotonic() - self._last_save >= 60 * minutes
+        if not minutes or (self.dist.enabled and not log_step):
+            return False
+        # Clocks differ between processes: rank 0 decides for all of them.
+        return broadcast_object(time.monotonic() - self._last_save >= 60 * minutes, self.dist)
 
     def validate(self) -> EvaluationResult:
         """The current model on the `eval` protocol (embeddings, scores, EER and minDCF)."""
         data = self.cfg.data
         extractor = EmbeddingExtractor(self.fbank, self.model)
-        return self.evaluation.run(extractor, self.device, data.sample_rate, data.resample)
+        broadcast_buffers(self.model, self.dist)  # every rank embeds with rank 0's BatchNorm statistics
+        return self.evaluation.run(extractor, self.device, data.sample_rate, data.resample, dist=self.dist)
 
     @staticmethod
     def _log_validation(logger: MetricLogger, result: EvaluationResult, step: int) -> dict[str, float]:
@@ -412,12 +486,14 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         tcfg = self.cfg.trainer
-        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
-        logger = MetricLogger(self.run_dir)
+        if self.dist.is_main:
+            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+        logger = MetricLogger(self.run_dir, enabled=self.dist.is_main)
         log.info("run folder: %s", self.run_dir)
-        log.info("%d utterances of %d speakers; model %.2fM parameters on %s",
+        log.info("%d utterances of %d speakers; model %.2fM parameters on %s%s",
                  len(self.train_list), len(self.speakers),
-                 sum(p.numel() for p in self.model.parameters()) / 1e6, self.device)
+                 sum(p.numel() for p in self.model.parameters()) / 1e6, self.device,
+                 f" x {self.dist.world_size} processes" if self.dist.enabled else "")
         results: dict[str, Any] = {}
         self._last_save = time.monotonic()
         with StopSignal() as stop:
@@ -480,12 +556,17 @@ class DeviceMeans:
                                   torch.where(result.finite, result.top1.double(), 0.0), applied])
         self.steps += 1
 
-    def read(self) -> tuple[float, float, int]:
-        """(mean loss, mean top1, skipped steps); NaN means when no step was applied."""
-        loss, top1, applied = self.sums.tolist()
+    def read(self, dist: DistEnv = DistEnv()) -> tuple[float, float, int]:
+        """(mean loss, mean top1, skipped steps) over every rank; NaN means when no step was applied."""
+        sums = self.sums
+        if dist.enabled:
+            sums = sums.clone()
+            torch.distributed.all_reduce(sums)
+        loss, top1, applied = sums.tolist()
         if applied == 0:
             return math.nan, math.nan, self.steps
-        return loss / applied, top1 / applied, self.steps - int(applied)
+        # Gradients are averaged over ranks, so a step is skipped on all of them or on none.
+        return loss / applied, top1 / applied, self.steps - round(applied / dist.world_size)
 
 
 class NonFiniteCounter:
@@ -511,4 +592,8 @@ class NonFiniteCounter:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train as configured and return the final metrics (train/epoch_loss, val/eer, best/eer, ...)."""
-    return Trainer(cfg).fit()
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
