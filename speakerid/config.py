@@ -57,6 +57,9 @@ def validate_config(cfg: DictConfig) -> None:
     _require(_is_int(data.sample_rate) and data.sample_rate >= 8000, "data.sample_rate", "an integer >= 8000 (Hz)",
              data.sample_rate)
     _require(data.sample_dtype in ("float32", "int16"), "data.sample_dtype", "float32 or int16", data.sample_dtype)
+    _require(data.get("bad_audio", "error") in ("error", "skip"), "data.bad_audio",
+             "error (stop at a bad audio file, naming it) or skip (replace it, log it and count it)",
+             data.get("bad_audio"))
     _require(data.num_workers == "auto" or (_is_int(data.num_workers) and data.num_workers >= 0),
              "data.num_workers", "'auto' or an integer >= 0", data.num_workers)
 

@@ -126,6 +126,11 @@ def _check_writable(run_dir: Path) -> None:
         raise OSError(e.errno, f"run folder {run_dir} is not writable ({e.strerror})") from None
 
 
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 16), b""))
+
+
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a NaN/inf loss or gradient."""
 
@@ -253,8 +258,9 @@ class Trainer:
 
         # Workers only read crops (longer ones when speed perturbation will shorten them on the device).
         read_samples = self.speed.input_samples if self.speed is not None else self.num_samples
+        self.skip_log = self.run_dir / "skipped_files.txt"
         self.dataset = CropDataset(self.train_list, read_samples, data.sample_rate, data.resample,
-                                   data.sample_dtype)
+                                   data.sample_dtype, bad_audio=data.bad_audio, skip_log=self.skip_log)
         # data.batch_size is the global batch: with W processes each takes its 1/W share of every batch
         # that a single process would take, so the data per step and the per-epoch schedule do not change.
         self.sampler = EpochSampler(len(self.dataset), seed=cfg.seed)
@@ -405,6 +411,8 @@ class Trainer:
                     "train/utterances_per_s": tcfg.log_every_steps * batch / elapsed,
                     "train/nonfinite_steps": self.nonfinite.total,
                 }
+                if self.dist.is_main and self.skip_log.exists():
+                    scalars["train/skipped_files"] = _count_lines(self.skip_log)
                 if not math.isnan(loss):
                     scalars.update({"train/loss": loss, "train/top1": top1})
                 logger.log(scalars, self.progress.step)

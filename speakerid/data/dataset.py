@@ -14,15 +14,24 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from speakerid.data.audio import read_crop
+from speakerid.data.audio import AudioError, read_crop
 from speakerid.data.lists import TrainList
 
 
 class CropDataset(Dataset):
-    """Random fixed-length crops of the utterances of a train list, with their speaker labels."""
+    """Random fixed-length crops of the utterances of a train list, with their speaker labels.
+
+    A file that cannot be used (unreadable, truncated, empty, wrong rate, multi-channel, NaN/inf samples)
+    is an AudioError naming it with bad_audio="error"; with "skip", another utterance drawn from the same
+    crop seed takes its place (so runs stay reproducible) and the file is appended to `skip_log`."""
+
+    MAX_REPLACEMENTS = 20
 
     def __init__(self, train_list: TrainList, num_samples: int, sample_rate: int = 16000,
-                 resample: bool = False, dtype: str = "float32"):
+                 resample: bool = False, dtype: str = "float32", bad_audio: str = "error",
+                 skip_log: str | os.PathLike | None = None):
+        if bad_audio not in ("error", "skip"):
+            raise ValueError(f"data.bad_audio must be 'error' or 'skip', got {bad_audio!r}")
         self.root = train_list.root
         self.paths = train_list.paths
         self.labels = np.asarray(train_list.labels, dtype=np.int64)
@@ -30,21 +39,40 @@ class CropDataset(Dataset):
         self.sample_rate = sample_rate
         self.resample = resample
         self.dtype = dtype
+        self.bad_audio = bad_audio
+        self.skip_log = None if skip_log is None else str(skip_log)
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _read(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        path = os.path.join(self.root, self.paths[index])
+        samples = read_crop(path, self.num_samples, rng, sample_rate=self.sample_rate, resample=self.resample,
+                            dtype=self.dtype)
+        if samples.dtype != np.int16 and not np.isfinite(samples).all():
+            raise AudioError(f"{path}: contains NaN or infinite samples")
+        return samples
+
     def __getitem__(self, item: tuple[int, int]) -> tuple[np.ndarray, int]:
         index, crop_seed = item
-        samples = read_crop(
-            os.path.join(self.root, self.paths[index]),
-            self.num_samples,
-            np.random.default_rng(crop_seed),
-            sample_rate=self.sample_rate,
-            resample=self.resample,
-            dtype=self.dtype,
-        )
-        return samples, int(self.labels[index])
+        rng = np.random.default_rng(crop_seed)
+        for _ in range(self.MAX_REPLACEMENTS):
+            try:
+                return self._read(index, rng), int(self.labels[index])
+            except AudioError as e:
+                if self.bad_audio == "error":
+                    raise
+                self._log_skip(e)
+                index = int(rng.integers(len(self.paths)))
+        raise AudioError(f"{self.MAX_REPLACEMENTS} files in a row could not be read (data.bad_audio=skip); the "
+                         f"last one: {self.paths[index]}. Check the corpus with scripts/check_data.py")
+
+    def _log_skip(self, error: AudioError) -> None:
+        # Loader workers are separate processes: each appends one whole line (O_APPEND), which the
+        # trainer counts for TensorBoard.
+        if self.skip_log is not None:
+            with open(self.skip_log, "a", encoding="utf-8") as f:
+                f.write(" ".join(str(error).split()) + "\n")
 
 
 def collate(batch: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
