@@ -23,7 +23,6 @@ It prints a table and writes the numbers, the settings and the machine to --out 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -316,10 +315,9 @@ def main(argv=None) -> int:
         "load_average_start": load_start, "load_average_end": load_end, "load_1min_by_round": load_by_round,
     }
     out = Path(args.out or REPO / "runs" / "benchmark" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(f".{out.name}.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2))
-    os.replace(tmp_out, out)
+    from speakerid.io import write_json_atomic
+
+    write_json_atomic(out, result)
     print(f"wrote {out}")
     return 0
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import platform
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from speakerid.io import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -62,31 +63,15 @@ def _as_tuple(value):
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, fsync it, then rename over `path`: a crash or a full
-    disk leaves the previous file intact and never a half-written one under the final name."""
+    """torch.save through speakerid.io.atomic_write: a crash or a full disk leaves the previous file intact
+    and never a half-written one under the final name."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror}); the previous "
-                                   f"checkpoint, if any, is intact") from e
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    except OSError as e:
+        raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror or e}); the previous "
+                               f"checkpoint, if any, is intact") from e
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +43,7 @@ from speakerid.data.lists import (
 )
 from speakerid.distributed import DistEnv, all_gather_objects
 from speakerid.features import samples_for_frames
+from speakerid.io import atomic_write, write_json_atomic, write_text_atomic
 from speakerid.metrics import verification_metrics
 from speakerid.scoring import Cohort, Embeddings, as_norm, merge_embeddings, raw_scores, speaker_means
 
@@ -285,22 +285,12 @@ def extract_embeddings(
 def save_embeddings(path: str | os.PathLike, embeddings: Embeddings, meta: dict[str, Any] | None = None) -> None:
     """An .npz with `keys` (utterance paths), `full` [n, dim], `crops` [n, num_crops, dim] when present and
     `meta` (JSON), readable with numpy alone (np.load(path) without pickle). Written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"keys": np.array(embeddings.keys, dtype=str), "full": embeddings.full,
               "meta": np.array(json.dumps(meta or {}, sort_keys=True))}
     if embeddings.crops is not None:
         arrays["crops"] = embeddings.crops
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def load_embeddings(path: str | os.PathLike) -> tuple[Embeddings, dict[str, Any]]:
@@ -474,25 +464,11 @@ class Evaluation:
 
 
 # ------------------------------------------------------------------------------------------- outputs
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_scores(path: str | os.PathLike, trials: list[Trial], scores: np.ndarray) -> None:
     """Score file `enrol test score label` (`enrol test score` for a list without labels), written atomically."""
     lines = [f"{t.enrol} {t.test} {s:.6f}" + ("" if t.label is None else f" {t.label}") for t, s in zip(trials, scores)]
-    _write_text_atomic(Path(path), "\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def write_json(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    _write_text_atomic(Path(path), json.dumps(record, indent=2) + "\n")
+    write_json_atomic(path, record)

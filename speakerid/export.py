@@ -11,29 +11,15 @@ uses torch.export (torch.onnx.export with dynamo=True) with the batch and sample
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from speakerid.io import atomic_path
 
 ONNX_OPSET = 18
-
-
-@contextmanager
-def _atomic_path(path: Path):
-    """Yield a temporary path in path's folder; rename it to path when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _example(sample_rate: int) -> torch.Tensor:
@@ -50,7 +36,7 @@ def export_torchscript(extractor: nn.Module, path: str | os.PathLike, sample_rat
         warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean",
                                 category=torch.jit.TracerWarning)
         traced = torch.jit.trace(extractor, _example(sample_rate))
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         torch.jit.save(traced, str(tmp))
     return path
 
@@ -72,7 +58,7 @@ def export_onnx(extractor: nn.Module, path: str | os.PathLike, sample_rate: int 
     for key, value in {"sample_rate": str(sample_rate), "output": "speaker embedding, not normalised (cosine)",
                        **(metadata or {})}.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
     return path
 

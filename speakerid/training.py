@@ -28,7 +28,6 @@ from speakerid.checkpoint import (
     load_checkpoint,
     load_state_strict,
     rng_state,
-    save_atomic,
     set_rng_state,
 )
 from speakerid.config import validate_config

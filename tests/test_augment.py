@@ -17,7 +17,6 @@ from speakerid.augment import (
     BankTooLargeError,
     NoiseBank,
     NoiseCategory,
-    NoiseReverb,
     SpeedPerturb,
     build_noise_reverb,
     change_speed,

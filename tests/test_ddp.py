@@ -4,7 +4,6 @@ checkpoints once (rank 0), validates with embeddings gathered from both ranks, a
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 

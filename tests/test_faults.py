@@ -17,7 +17,7 @@ import torch
 
 from conftest import REPO
 from speakerid.checkpoint import CheckpointDir, load_checkpoint
-from speakerid.training import NonFiniteLossError, Trainer, train
+from speakerid.training import NonFiniteLossError, Trainer
 
 # Runs train.py in-process after arming a fault: SIGKILL ourselves inside the N-th checkpoint write, after
 # the temporary file is complete and before it is renamed over the final name.

@@ -6,7 +6,6 @@ Problems are `error`s (training or evaluation would fail or be invalid) or `warn
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from speakerid.data.lists import has_labels, read_train_list, read_trials
+from speakerid.io import write_json_atomic
 
 
 @dataclass
@@ -54,11 +54,7 @@ class DataReport:
         return "\n".join(lines)
 
     def write_json(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps({"stats": self.stats, "problems": [asdict(p) for p in self.problems]}, indent=1))
-        os.replace(tmp, path)
+        write_json_atomic(path, {"stats": self.stats, "problems": [asdict(p) for p in self.problems]}, indent=1)
 
 
 def _inspect(path: Path, sample_rate: int, min_seconds: float, deep: bool) -> list[tuple[str, str, str]]:

@@ -10,6 +10,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from speakerid.io import write_text_atomic
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 
@@ -43,11 +44,7 @@ def scan_voxceleb_folder(root: str | os.PathLike, extensions=AUDIO_EXTENSIONS) -
 
 
 def write_train_list(entries: list[tuple[str, str]], out: str | os.PathLike) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("".join(f"{speaker} {path}\n" for speaker, path in entries))
-    os.replace(tmp, out)
+    write_text_atomic(out, "".join(f"{speaker} {path}\n" for speaker, path in entries))
 
 
 # --------------------------------------------------------------------------------------------- Kaldi

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from speakerid.io import write_json_atomic, write_text_atomic
 
 SAMPLE_RATE = 16000
 _N_FFT = 512
@@ -279,13 +280,7 @@ def ensure_corpus(root: str | os.PathLike, spec: CorpusSpec = CorpusSpec(), work
     train_lines = [f"{_speaker_id(i)} {rel}" for i in range(spec.train_speakers) for rel in per_speaker[i]]
     test_utterances = {_speaker_id(i): per_speaker[i] for i in range(spec.train_speakers, total)}
     trials = _make_trials(test_utterances, np.random.default_rng([spec.seed, 10**6]))
-    _write_text(root / "train_list.txt", train_lines)
-    _write_text(root / "trials.txt", trials)
-    _write_text(marker, [json.dumps({"fingerprint": spec.fingerprint(), "spec": asdict(spec)}, indent=2)])
+    write_text_atomic(root / "train_list.txt", "\n".join(train_lines) + "\n")
+    write_text_atomic(root / "trials.txt", "\n".join(trials) + "\n")
+    write_json_atomic(marker, {"fingerprint": spec.fingerprint(), "spec": asdict(spec)})
     return paths
-
-
-def _write_text(path: Path, lines: list[str]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)

@@ -17,6 +17,7 @@ import numpy as np
 import soundfile as sf
 
 from speakerid.data.synthetic import SAMPLE_RATE, draw_voice, synthesize
+from speakerid.io import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,5 @@ def ensure_noise_corpus(root: str | os.PathLike, spec: NoiseSpec = NoiseSpec()) 
         room = f"Room{i // 4 + 1:03d}"
         _write(root / "RIRS_NOISES" / "simulated_rirs" / "smallroom" / room / f"{room}-{i % 4 + 1:05d}.wav",
                _rir(rng))
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"spec": asdict(spec)}, indent=2))
-    os.replace(tmp, marker)
+    write_json_atomic(marker, {"spec": asdict(spec)})
     return paths
