@@ -31,6 +31,7 @@ from speakerid.config import ConfigError
 from speakerid.data.audio import AudioError
 from speakerid.data.lists import ListFormatError, MissingFilesError
 from speakerid.evaluation import Evaluation, file_digest, save_embeddings, write_json, write_scores
+from speakerid.io import atomic_write
 from speakerid.plots import det_image
 from speakerid.scoring import Embeddings
 
@@ -95,8 +96,9 @@ def main(argv=None) -> int:
         report["cohort"] = str(cohort_path.resolve())
     if result.metrics is not None:
         det_path = Path(f"{stem}.det.png")
-        Image.fromarray(det_image(result.scores, result.labels, result.metrics["eer"],
-                                  f"{protocol.name} ({protocol.scoring})")).save(det_path)
+        with atomic_write(det_path, "wb") as f:
+            Image.fromarray(det_image(result.scores, result.labels, result.metrics["eer"],
+                                      f"{protocol.name} ({protocol.scoring})")).save(f, format="PNG")
         report["det_plot"] = str(det_path.resolve())
     json_path = Path(f"{stem}.json")
     write_json(json_path, report)

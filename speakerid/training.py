@@ -49,6 +49,7 @@ from speakerid.distributed import (
 )
 from speakerid.evaluation import EmbeddingExtractor, Evaluation, EvaluationResult
 from speakerid.features import samples_for_frames
+from speakerid.io import write_text_atomic
 from speakerid.logger import MetricLogger
 from speakerid.plots import det_image
 
@@ -494,7 +495,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         tcfg = self.cfg.trainer
         if self.dist.is_main:
-            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+            write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
         logger = MetricLogger(self.run_dir, enabled=self.dist.is_main)
         log.info("run folder: %s", self.run_dir)
         log.info("%d utterances of %d speakers; model %.2fM parameters on %s%s",
