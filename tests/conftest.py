@@ -46,6 +46,25 @@ def tiny_cfg(tiny_corpus_dir, tmp_path):
     return make
 
 
+def small_extractor(channels: int, emb_dim: int):
+    """A small random ECAPA-TDNN extractor in eval mode with non-trivial BatchNorm statistics (so that eval
+    mode is not an identity), for tests that compare two ways of computing the same embeddings."""
+    import torch
+
+    from speakerid.evaluation import EmbeddingExtractor
+    from speakerid.features import Fbank
+    from speakerid.models import ECAPATDNN
+
+    torch.manual_seed(0)
+    model = ECAPATDNN(channels=channels, mfa_channels=3 * channels, emb_dim=emb_dim,
+                      se_bottleneck=channels // 4, attention_channels=channels // 4)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return EmbeddingExtractor(Fbank(), model).eval()
+
+
 def requires_arsc():
     return pytest.mark.skipif(
         not (ARSC_DIR / "train_list.txt").is_file(),

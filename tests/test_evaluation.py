@@ -7,10 +7,10 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from conftest import small_extractor
 from speakerid.data.lists import MissingFilesError
 from speakerid.evaluation import (
     EmbeddingCache,
-    EmbeddingExtractor,
     Evaluation,
     ExtractionOptions,
     Protocol,
@@ -19,22 +19,13 @@ from speakerid.evaluation import (
     plan_batches,
     save_embeddings,
 )
-from speakerid.features import Fbank
 from speakerid.metrics import verification_metrics
-from speakerid.models import ECAPATDNN
 from speakerid.plots import det_image
 
 
 @pytest.fixture(scope="module")
 def extractor():
-    torch.manual_seed(0)
-    model = ECAPATDNN(channels=32, mfa_channels=96, emb_dim=24, se_bottleneck=8, attention_channels=8)
-    # Non-trivial BatchNorm statistics, so that eval mode is not an identity.
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return EmbeddingExtractor(Fbank(), model).eval()
+    return small_extractor(channels=32, emb_dim=24)
 
 
 def one_at_a_time(extractor, wave: np.ndarray) -> np.ndarray:

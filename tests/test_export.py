@@ -6,23 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ARSC_DIR
+from conftest import ARSC_DIR, small_extractor
 from speakerid.data.audio import read_full
-from speakerid.evaluation import EmbeddingExtractor
 from speakerid.export import OnnxExtractor, export_onnx, export_torchscript, load_torchscript
-from speakerid.features import Fbank
-from speakerid.models import ECAPATDNN
 
 
 @pytest.fixture(scope="module")
 def extractor():
-    torch.manual_seed(0)
-    model = ECAPATDNN(channels=64, mfa_channels=192, emb_dim=48, se_bottleneck=16, attention_channels=16)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return EmbeddingExtractor(Fbank(), model).eval()
+    return small_extractor(channels=64, emb_dim=48)
 
 
 @pytest.fixture(scope="module")

@@ -57,9 +57,14 @@ def test_tiny_run_learns_logs_and_checkpoints(tiny_cfg, tmp_path):
     assert not list(run_dir.glob("checkpoints/*.tmp"))
 
 
-def final_parameters(run_dir):
-    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    return ckpt
+def assert_same_final_state(run_a, run_b):
+    """The last checkpoints of two runs hold the same progress and bit-identical model and head."""
+    a = load_checkpoint(run_a / "checkpoints" / "last.pt")
+    b = load_checkpoint(run_b / "checkpoints" / "last.pt")
+    assert a["progress"] == b["progress"]
+    for part in ("model", "head"):
+        for name, tensor in a[part].items():
+            torch.testing.assert_close(b[part][name], tensor, rtol=0, atol=0, msg=name)
 
 
 def test_resume_continues_exactly(tiny_cfg, tmp_path):
@@ -77,12 +82,7 @@ def test_resume_continues_exactly(tiny_cfg, tmp_path):
     assert resumed.scheduler.last_epoch == 1
     results = resumed.fit()
 
-    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
-    b = load_checkpoint(tmp_path / "second" / "checkpoints" / "last.pt")
-    assert a["progress"] == b["progress"]
-    for part in ("model", "head"):
-        for name, tensor in a[part].items():
-            torch.testing.assert_close(b[part][name], tensor, rtol=0, atol=0, msg=name)
+    assert_same_final_state(tmp_path / "straight", tmp_path / "second")
     assert results["val/eer"] == straight["val/eer"]
 
 
@@ -198,9 +198,4 @@ def test_resume_continues_exactly_with_augmentation(tiny_cfg, tmp_path, noise_di
     assert resumed.progress.step == 4 and resumed.progress.position == 24
     resumed.fit()
 
-    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
-    b = load_checkpoint(tmp_path / "second" / "checkpoints" / "last.pt")
-    assert a["progress"] == b["progress"]
-    for part in ("model", "head"):
-        for name, tensor in a[part].items():
-            torch.testing.assert_close(b[part][name], tensor, rtol=0, atol=0, msg=name)
+    assert_same_final_state(tmp_path / "straight", tmp_path / "second")
