@@ -1,6 +1,9 @@
 """Embedding extraction (batching by length, multi-crop), the embedding cache, and an evaluation run end
 to end on small files, each against a one-file-at-a-time reference."""
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -128,11 +131,36 @@ def test_embedding_file_round_trip_and_cache(extractor, audio_dir, tmp_path):
     assert load_embeddings(cache.path)[0].keys == paths[:1]
     assert not list((tmp_path / "emb").glob(".*tmp"))
     with np.load(cache.path, allow_pickle=False) as data:
-        assert set(data.files) == {"keys", "full", "meta"}
+        assert set(data.files) == {"keys", "full", "meta", "stamps"}
     save_embeddings(tmp_path / "x.npz", first, {"a": 1})
     loaded, meta = load_embeddings(tmp_path / "x.npz")
     assert loaded.keys == first.keys and meta == {"a": 1}
     np.testing.assert_array_equal(loaded.full, first.full)
+
+
+def test_cache_embeds_a_changed_file_again(extractor, audio_dir, tmp_path):
+    src, lengths = audio_dir
+    root = tmp_path / "audio"
+    shutil.copytree(src, root)
+    paths = list(lengths)[:3]
+    cache = EmbeddingCache(tmp_path / "emb", "model-1", root, ExtractionOptions(), 16000, False)
+    extract = lambda missing: extract_embeddings(extractor, root, missing)  # noqa: E731
+    before, n = cache.get(paths, extract)
+    assert n == 3
+
+    # Same length, other content, and a modification time that certainly differs.
+    wave, sr = sf.read(str(root / paths[1]), dtype="float32")
+    noise = 0.1 * np.random.default_rng(1).standard_normal(len(wave)).astype(np.float32)
+    sf.write(str(root / paths[1]), noise, sr, subtype="FLOAT")
+    st = os.stat(root / paths[1])
+    os.utime(root / paths[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    after, n = cache.get(paths, extract)
+    assert n == 1  # only the changed file
+    np.testing.assert_array_equal(after.select([paths[0], paths[2]]).full, before.select([paths[0], paths[2]]).full)
+    assert not np.allclose(after.select([paths[1]]).full, before.select([paths[1]]).full, atol=1e-3)
+    np.testing.assert_allclose(after.select([paths[1]]).full[0], one_at_a_time(extractor, read(root, paths[1])),
+                               atol=1e-5)
+    assert cache.get(paths, extract)[1] == 0
 
 
 def write_list(path, lines):
