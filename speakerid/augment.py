@@ -99,7 +99,7 @@ def _file_info(path: Path) -> tuple[int, int]:
     return info.frames, info.samplerate
 
 
-def _read(path: Path, sample_rate: int, max_samples: int | None) -> np.ndarray:
+def read_resampled(path: Path, sample_rate: int, max_samples: int | None = None) -> np.ndarray:
     """A file as float32 at sample_rate, at most max_samples long (read only that much from disk)."""
     frames, rate = _file_info(path)
     read = frames if max_samples is None else min(frames, math.ceil(max_samples * rate / sample_rate))
@@ -114,7 +114,7 @@ def _read(path: Path, sample_rate: int, max_samples: int | None) -> np.ndarray:
 
 def _read_all(paths: Sequence[Path], sample_rate: int, max_samples: int | None) -> list[np.ndarray]:
     with ThreadPoolExecutor(max_workers=8) as pool:  # libsndfile decodes outside the GIL
-        return list(pool.map(lambda p: _read(p, sample_rate, max_samples), paths))
+        return list(pool.map(lambda p: read_resampled(p, sample_rate, max_samples), paths))
 
 
 # --------------------------------------------------------------------------------------------- banks
