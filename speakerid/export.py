@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
 from speakerid.io import atomic_path
 
 ONNX_OPSET = 18

@@ -10,6 +10,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from speakerid.io import write_text_atomic
 
 AUDIO_EXTENSIONS = (".wav", ".flac")

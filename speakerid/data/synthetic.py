@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
 from speakerid.io import write_json_atomic, write_text_atomic
 
 SAMPLE_RATE = 16000
