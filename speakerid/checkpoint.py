@@ -148,3 +148,45 @@ class CheckpointDir:
             save_atomic(state, self.last)
             return
         os.replace(tmp, self.last)
+
+
+def average_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
+    """A checkpoint whose model and head are the element-wise mean of those of `paths` (WeSpeaker averages
+    the last checkpoints of a run before scoring). Floating-point tensors are averaged in float64 and stored
+    in their own dtype; integer buffers (BatchNorm's num_batches_tracked) keep the newest value. The result
+    holds the newest checkpoint's config, speakers and progress, but no optimizer, scheduler or RNG state:
+    it is for evaluation and export, not for resuming."""
+    if len(paths) < 2:
+        raise ValueError(f"averaging needs at least two checkpoints, got {len(paths)}")
+    seen: dict[tuple[int, int], str | os.PathLike] = {}
+    for p in paths:  # last.pt is a hard link to the newest step-<N>.pt: the same file must not count twice
+        st = os.stat(p)
+        if (st.st_dev, st.st_ino) in seen:
+            raise ValueError(f"{p} and {seen[(st.st_dev, st.st_ino)]} are the same file")
+        seen[(st.st_dev, st.st_ino)] = p
+    checkpoints = [load_checkpoint(p) for p in paths]
+    newest = max(range(len(paths)), key=lambda i: checkpoints[i]["progress"]["step"])
+    reference = checkpoints[newest]
+    for path, ckpt in zip(paths, checkpoints):
+        for part in ("model", "head"):
+            ours, theirs = reference[part], ckpt[part]
+            differ = sorted(k for k in set(ours) | set(theirs)
+                            if k not in ours or k not in theirs or ours[k].shape != theirs[k].shape)
+            if differ:
+                raise ValueError(f"{path}: its {part} differs from that of {paths[newest]} "
+                                 f"({len(differ)} keys, e.g. {differ[0]}); only checkpoints of one run average")
+        if ckpt["speakers"] != reference["speakers"]:
+            raise ValueError(f"{path}: trained on other speakers than {paths[newest]}")
+    averaged = {k: v for k, v in reference.items() if k not in ("optimizer", "scheduler", "scaler", "rng",
+                                                                   "rng_per_rank")}
+    for part in ("model", "head"):
+        state = {}
+        for key, newest_tensor in reference[part].items():
+            if newest_tensor.is_floating_point():
+                total = sum(ckpt[part][key].double() for ckpt in checkpoints)
+                state[key] = (total / len(checkpoints)).to(newest_tensor.dtype)
+            else:
+                state[key] = newest_tensor.clone()
+        averaged[part] = state
+    averaged["averaged_from"] = [str(Path(p).resolve()) for p in paths]
+    return averaged

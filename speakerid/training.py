@@ -322,6 +322,9 @@ class Trainer:
     def _restore(self, path: Path) -> None:
         # Loaded on the CPU: RNG states must stay there; load_state_dict moves the rest to the device.
         checkpoint = load_checkpoint(path, map_location="cpu")
+        if "averaged_from" in checkpoint:
+            raise RuntimeError(f"{path} averages {len(checkpoint['averaged_from'])} checkpoints: it has no "
+                               f"optimizer or RNG state to resume from; resume from one of them")
         if checkpoint["speakers"] != list(self.speakers):
             raise RuntimeError(
                 f"{path}: the checkpoint was trained on {len(checkpoint['speakers'])} speakers that differ from "

@@ -8,9 +8,11 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from conftest import REPO
-from speakerid.training import train
+from speakerid.checkpoint import load_checkpoint
+from speakerid.training import Trainer, train
 
 
 def run(*args, cwd=REPO):
@@ -154,3 +156,35 @@ def test_train_py_reports_bad_config_without_a_traceback(tmp_path):
     assert proc.returncode == 1
     assert "head.m=2.0 is not allowed" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_average_checkpoints_evaluates_but_does_not_resume(trained_run, tiny_cfg, tmp_path):
+    run_dir, _ = trained_run
+    steps = sorted((run_dir / "checkpoints").glob("step-*.pt"))
+    assert len(steps) == 2  # the ends of epochs 1 and 2
+    out = tmp_path / "avg.pt"
+    proc = run("scripts/average_checkpoints.py", "--out", out, *steps)
+    assert proc.returncode == 0, proc.stderr
+
+    a, b, avg = (load_checkpoint(p) for p in (*steps, out))
+    assert avg["progress"] == b["progress"] and avg["config"] == b["config"] and "optimizer" not in avg
+    for part in ("model", "head"):
+        assert set(avg[part]) == set(a[part])
+        for key, tensor in avg[part].items():
+            if tensor.is_floating_point():  # float64 re-derivation of the mean
+                expected = (a[part][key].double() + b[part][key].double()) / 2
+                torch.testing.assert_close(tensor.double(), expected, rtol=2**-23, atol=1e-12, msg=key)  # float32 rounding
+            else:
+                assert torch.equal(tensor, b[part][key]), key
+    proc = run("scripts/evaluate.py", "--checkpoint", out, "--out-dir", tmp_path / "eval", "--device", "cpu")
+    assert proc.returncode == 0 and "EER" in proc.stdout, proc.stderr
+
+    proc = run("scripts/average_checkpoints.py", "--out", tmp_path / "x.pt", steps[-1], run_dir / "checkpoints" / "last.pt")
+    assert proc.returncode == 1 and "are the same file" in proc.stderr
+    other = dict(a, model={k: v for k, v in a["model"].items() if not k.startswith("emb_bn.")})
+    torch.save(other, tmp_path / "other.pt")
+    proc = run("scripts/average_checkpoints.py", "--out", tmp_path / "x.pt", steps[-1], tmp_path / "other.pt")
+    assert proc.returncode == 1 and "only checkpoints of one run average" in proc.stderr
+    assert not (tmp_path / "x.pt").exists()
+    with pytest.raises(RuntimeError, match="no optimizer or RNG state"):
+        Trainer(tiny_cfg(f"trainer.resume={out}", run_dir=tmp_path / "resumed"))
