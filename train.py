@@ -10,10 +10,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from speakerid.configs import SEARCH_PATH
 from speakerid.training import train
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+@hydra.main(version_base="1.3", config_path=SEARCH_PATH, config_name="train")
 def main(cfg: DictConfig) -> float:
     if cfg.run_dir is None:
         with open_dict(cfg):

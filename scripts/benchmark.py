@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Throughput of the training pipeline, in utterances/s, every stage in one run on one machine:
 
-  (a) loading only          the trainer's DataLoader (workers read crops, collate, pin)
+  (a) loading only          the run's DataLoader (workers read crops, collate, pin)
   (b) augmentation+features one batch on the device: speed / noise / reverberation (when on), fbank, SpecAugment
   (c) training step         one batch on the device: fbank, SpecAugment, model, AAM head, backward, optimizer
-  (d) whole training loop   the trainer's loader and train step together, augmentation as configured
+  (d) whole training loop   the run's loader and TrainingStep together, augmentation as configured
   peer                      (c) with SpeechBrain's ECAPA_TDNN (channels [C]*4 + [3C], 256-d) in place of our
                             model: the same fbank, head, optimizer, batch, crop, precision and step code
 
@@ -33,6 +33,9 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+
+from speakerid.training import TrainingStep
+from speakerid.training.setup import crop_samples
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,10 +100,9 @@ def corpus_and_noise(args) -> tuple[Path, str | None, str | None]:
     return root, musan, rir
 
 
-def build_trainer(args, root: Path, musan: str | None, rir: str | None, run_dir: Path):
-    from hydra import compose, initialize_config_dir
-
-    from speakerid.training import Trainer
+def build_run(args, root: Path, musan: str | None, rir: str | None, run_dir: Path):
+    from speakerid.configs import compose
+    from speakerid.training import setup_run
 
     overrides = [
         "experiment=arsc", f"data.dir={root}", f"run_dir={run_dir}",
@@ -113,9 +115,7 @@ def build_trainer(args, root: Path, musan: str | None, rir: str | None, run_dir:
     if args.augment == "on":
         overrides += ["augment=musan_rir", f"augment.musan_dir={musan}", f"augment.rir_dir={rir}"]
     overrides += args.override
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    return Trainer(cfg), overrides
+    return setup_run(compose("train", overrides)), overrides
 
 
 def sync(device: torch.device) -> None:
@@ -123,11 +123,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def endless(trainer, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The trainer's batches, epoch after epoch from `epoch`, as the training loop gets them."""
+def endless(run, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The run's batches, epoch after epoch from `epoch`, as the training loop gets them."""
     while True:
-        trainer.sampler.set_epoch(epoch)
-        yield from trainer.loader
+        run.loader.sampler.set_epoch(epoch)
+        yield from run.loader.loader
         epoch += 1
 
 
@@ -183,77 +183,62 @@ def main(argv=None) -> int:
         return 0
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     with tempfile.TemporaryDirectory() as tmp:
-        trainer, overrides = build_trainer(args, root, musan, rir, Path(tmp) / "run")
-        ours_params = sum(p.numel() for p in trainer.model.parameters()) / 1e6
-        device = trainer.device
+        run, overrides = build_run(args, root, musan, rir, Path(tmp) / "run")
+        ours_params = sum(p.numel() for p in run.parts.model.parameters()) / 1e6
+        device = run.env.device
         batch = args.batch_size
         rows: dict[str, dict] = {}
         print(f"device {device}, {args.precision}{' + compile' if args.compile else ''}, C={args.channels}, "
-              f"batch {batch}, crop {args.crop_frames} frames, {trainer.loader.num_workers} loader workers, "
+              f"batch {batch}, crop {args.crop_frames} frames, {run.loader.loader.num_workers} loader workers, "
               f"{torch.get_num_threads()} torch threads, augmentation {args.augment}, {args.rounds} round(s)",
               flush=True)
-        trainer.model.train()
-        trainer.head.train()
-        waves, labels = next(iter(trainer.loader))
+        run.parts.model.train()
+        run.parts.head.train()
+        waves, labels = next(iter(run.loader.loader))
         waves, labels = waves.to(device), labels.to(device)
-        clean = waves[:, :trainer.num_samples].contiguous()
+        clean = waves[:, :crop_samples(run.cfg)].contiguous()
         epochs = iter(range(10**9))  # every loader round starts a fresh epoch: an empty prefetch queue
 
         def fresh_batches():
-            batches = endless(trainer, next(epochs) * 1000)
+            batches = endless(run, next(epochs) * 1000)
             return lambda: next(batches)
 
         def augment_and_features():
-            with torch.no_grad():
-                w, _ = trainer._augment(waves, labels)
-                f = trainer.fbank(w)
-                return trainer.specaugment(f) if trainer.specaugment is not None else f
+            return run.step.features(run.step.augment(waves, labels)[0])
 
         def step_without_augmentation():
-            """The trainer's step on one fixed batch, without speed / noise / reverberation."""
-            speed, noise_reverb = trainer.speed, trainer.noise_reverb
-            trainer.speed = trainer.noise_reverb = None
-            try:
-                trainer._train_step(clean, labels)
-            finally:
-                trainer.speed, trainer.noise_reverb = speed, noise_reverb
+            """The run's step on one fixed batch, without speed / noise / reverberation."""
+            run.step(clean, labels, augment=False)
 
         def loop_steps():
             next_batch = fresh_batches()
 
             def loop_step():
-                trainer._train_step(*next_batch())
+                run.step(*next_batch())
             return loop_step
 
-        ours = (trainer.model, trainer.train_model, trainer.head, trainer.train_head, trainer.optimizer,
-                trainer.parameters)
-
-        def use(objects):
-            (trainer.model, trainer.train_model, trainer.head, trainer.train_head, trainer.optimizer,
-             trainer.parameters) = objects
-
-        peer_objects = None
+        peer_training_step = None
         if args.peer == "on":
             from speakerid import builders
 
             try:
                 peer = SpeechBrainPeer(args.channels).to(device).train()
-                head = builders.build_head(trainer.cfg, num_classes=trainer.head.num_classes).to(device).train()
+                head = builders.build_head(run.cfg, num_classes=run.parts.head.num_classes).to(device).train()
                 parameters = list(peer.parameters()) + list(head.parameters())
-                optimizer = builders.build_optimizer(trainer.cfg, parameters, device)
+                optimizer = builders.build_optimizer(run.cfg, parameters, device)
                 # Eager, as SpeechBrain trains; the same step code with its model swapped in.
-                peer_objects = (peer, peer, head, head, optimizer, parameters)
+                peer_training_step = TrainingStep(
+                    device=device, fbank=run.parts.fbank, specaugment=run.parts.specaugment, speed=None,
+                    noise_reverb=None, model=peer, head=head, parameters=parameters, optimizer=optimizer,
+                    scaler=run.optimisation.scaler, precision=run.cfg.trainer.precision,
+                    grad_clip_norm=run.cfg.trainer.grad_clip_norm)
                 peer_params = sum(p.numel() for p in peer.parameters()) / 1e6
             except ImportError as e:  # our numbers still count; say why the peer's are missing
                 print(f"  peer skipped: SpeechBrain cannot be imported ({e}); pip install -e '.[bench]'")
                 rows["peer_step"] = {"stage": "peer: SpeechBrain ECAPA_TDNN step", "error": str(e)}
 
         def peer_step():
-            use(peer_objects)
-            try:
-                step_without_augmentation()
-            finally:
-                use(ours)
+            peer_training_step(clean, labels, augment=False)
 
         # (key, label, make the per-call function for a round, warm up in every round)
         stages_to_run = []
@@ -267,7 +252,7 @@ def main(argv=None) -> int:
         if "d" in stages:
             stages_to_run.append(("loop", "(d) whole training loop" + (" with augmentation" if args.augment == "on"
                                                                        else ""), loop_steps, True))
-        if peer_objects is not None:
+        if peer_training_step is not None:
             stages_to_run.append(("peer_step", "peer: SpeechBrain ECAPA_TDNN step (eager)", lambda: peer_step, False))
 
         # Rounds interleave the stages, so that a change of load on a shared machine affects all alike;
@@ -292,7 +277,7 @@ def main(argv=None) -> int:
             if args.rounds > 1:
                 spread = f"  (rounds {min(batch / t for t in seconds):.1f}-{max(batch / t for t in seconds):.1f})"
             print(f"  {label:<44} {batch / median:10.1f} utt/s{spread}", flush=True)
-        if "peer_step" in rows and peer_objects is not None:
+        if "peer_step" in rows and peer_training_step is not None:
             rows["peer_step"]["parameters_m"] = peer_params
 
     # Ratios of medians, and per round (stages of one round ran minutes apart at most).
@@ -310,7 +295,7 @@ def main(argv=None) -> int:
     result = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "settings": vars(args), "config_overrides": overrides, "device": str(device), "machine": machine(device),
-        "data": str(root), "musan_dir": musan, "rir_dir": rir, "num_classes": int(trainer.head.num_classes),
+        "data": str(root), "musan_dir": musan, "rir_dir": rir, "num_classes": int(run.parts.head.num_classes),
         "our_parameters_m": ours_params, "stages": rows, "ratios": ratios, "ratios_by_round": ratios_by_round,
         "load_average_start": load_start, "load_average_end": load_end, "load_1min_by_round": load_by_round,
     }

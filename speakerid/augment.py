@@ -138,13 +138,13 @@ class NoiseBank(nn.Module):
     batch of segments is one indexing of a sliding-window view: no per-utterance work, no index tensors
     of crop size."""
 
-    def __init__(self, clips: Sequence[np.ndarray], crop: int, dtype: torch.dtype = torch.int16):
+    def __init__(self, clips: Sequence[np.ndarray], crop_samples: int, dtype: torch.dtype = torch.int16):
         super().__init__()
         pieces, lengths = [], []
         for clip in clips:
             clip = np.asarray(clip, dtype=np.float32)
-            if len(clip) < crop:
-                clip = np.pad(clip, (0, crop - len(clip)), mode="wrap")
+            if len(clip) < crop_samples:
+                clip = np.pad(clip, (0, crop_samples - len(clip)), mode="wrap")
             if dtype == torch.int16:
                 # Peak-normalised before quantising, so quiet recordings keep their resolution (every
                 # segment is rescaled to its SNR anyway).
@@ -152,7 +152,7 @@ class NoiseBank(nn.Module):
                 clip = np.round(clip / peak * 32767.0).astype(np.int16) if peak > 0 else clip.astype(np.int16)
             pieces.append(torch.from_numpy(np.ascontiguousarray(clip)).to(dtype))
             lengths.append(len(clip))
-        self.crop = crop
+        self.crop_samples = crop_samples
         self.register_buffer("data", torch.cat(pieces), persistent=False)
         lengths_t = torch.tensor(lengths, dtype=torch.long)
         self.register_buffer("lengths", lengths_t, persistent=False)
@@ -164,13 +164,13 @@ class NoiseBank(nn.Module):
 
     def draw_starts(self, files: torch.Tensor) -> torch.Tensor:
         """Absolute bank positions of one random crop-long segment inside each of `files`."""
-        span = (self.lengths[files] - self.crop + 1).to(torch.float64)
+        span = (self.lengths[files] - self.crop_samples + 1).to(torch.float64)
         offset = (torch.rand(files.shape, device=files.device, dtype=torch.float64) * span).long()
         return self.starts[files] + offset
 
     def segments(self, starts: torch.Tensor) -> torch.Tensor:
         """float32 [*starts.shape, crop] slices of the bank beginning at `starts`."""
-        return self.data.unfold(0, self.crop, 1)[starts].float()
+        return self.data.unfold(0, self.crop_samples, 1)[starts].float()
 
 
 def fft_size(n: int) -> int:
@@ -227,10 +227,10 @@ class NoiseReverb(nn.Module):
         categories: Mapping[str, NoiseCategory],
         banks: Mapping[str, NoiseBank],
         rirs: torch.Tensor | None,
-        crop: int,
+        crop_samples: int,
     ):
         super().__init__()
-        self.crop = crop
+        self.crop_samples = crop_samples
         self.categories = dict(categories)
         self.banks = nn.ModuleDict(banks)
         self.components = [REVERB] + list(self.categories)
@@ -298,13 +298,13 @@ class NoiseReverb(nn.Module):
         return mix * torch.sqrt(target_power / noise_power.clamp_min(1e-20))
 
     def apply(self, waves: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
-        if waves.dim() != 2 or waves.shape[1] != self.crop:
-            raise ValueError(f"NoiseReverb expects waves [batch, {self.crop}], got {tuple(waves.shape)}")
+        if waves.dim() != 2 or waves.shape[1] != self.crop_samples:
+            raise ValueError(f"NoiseReverb expects waves [batch, {self.crop_samples}], got {tuple(waves.shape)}")
         x = waves.float()
         # Every utterance is computed and the result picked by mask: static shapes and no host sync,
         # which matters more on a GPU than the few wasted FLOPs.
         if plan.rir is not None:
-            reverberant = fft_convolve(x, self.rirs[plan.rir], self.crop)
+            reverberant = fft_convolve(x, self.rirs[plan.rir], self.crop_samples)
             x = torch.where(plan.uses[:, :1], reverberant, x)
         speech_power = x.square().mean(dim=1, keepdim=True)
         out = x
@@ -335,7 +335,7 @@ def build_noise_reverb(
     categories: Mapping[str, NoiseCategory],
     musan_dir: str | os.PathLike | None,
     rir_dir: str | os.PathLike | None,
-    crop: int,
+    crop_samples: int,
     sample_rate: int = 16000,
     max_file_seconds: float | None = None,
     rir_max_seconds: float | None = None,
@@ -384,7 +384,7 @@ def build_noise_reverb(
         raise AugmentConfigError(f"augment.bank_dtype={bank_dtype!r} is not allowed: int16 or float32")
     max_samples = None if max_file_seconds is None else int(round(max_file_seconds * sample_rate))
     rir_max = None if rir_max_seconds is None else int(round(rir_max_seconds * sample_rate))
-    noise_samples = {c: _bank_samples(found[c], sample_rate, max_samples, crop) for c in used}
+    noise_samples = {c: _bank_samples(found[c], sample_rate, max_samples, crop_samples) for c in used}
     rir_longest = _bank_samples(rirs, sample_rate, rir_max, 0, longest=True) if rirs else 0
     mb = (sum(noise_samples.values()) * dtype.itemsize + len(rirs) * rir_longest * 4) / 2**20
     if mb > max_bank_mb:
@@ -399,9 +399,9 @@ def build_noise_reverb(
             log.warning("augment: %s has %d files but augment.categories.%s.files asks for up to %d per "
                         "utterance; using at most %d", Path(musan_dir) / c, len(found[c]), c,
                         categories[c].files[1], len(found[c]))
-    banks = {c: NoiseBank(_read_all(found[c], sample_rate, max_samples), crop, dtype) for c in used}
+    banks = {c: NoiseBank(_read_all(found[c], sample_rate, max_samples), crop_samples, dtype) for c in used}
     rir_bank = load_rir_bank(rirs, sample_rate, rir_max_seconds) if rirs else None
-    module = NoiseReverb(choices, {c: categories[c] for c in used}, banks, rir_bank, crop)
+    module = NoiseReverb(choices, {c: categories[c] for c in used}, banks, rir_bank, crop_samples)
     log.info("augment: %.0f MB of banks in memory; %s", mb, module.extra_repr())
     return module
 
@@ -423,24 +423,24 @@ def change_speed(waveform: torch.Tensor, factor: float, sample_rate: int = 16000
 class SpeedPerturb(nn.Module):
     """Speed perturbation of a batch of crops (WeSpeaker: 0.9 / 1.0 / 1.1, one factor per utterance).
 
-    The loader reads `input_samples` per utterance (crop * max factor), and every utterance leaves as
-    `crop` samples, so the model always sees the same crop length. With speakers_as_new, the speed-changed
+    The loader reads `read_samples` per utterance (crop_samples * max factor), and every utterance leaves
+    as `crop_samples` samples, so the model always sees the same crop length. With speakers_as_new, the speed-changed
     copies of a speaker are classes of their own: label + num_speakers * (position of the factor, 1.0
     first), so the head needs num_speakers * len(factors) classes.
     """
 
-    def __init__(self, factors: Sequence[float], crop: int, num_speakers: int, speakers_as_new: bool = False,
-                 sample_rate: int = 16000):
+    def __init__(self, factors: Sequence[float], crop_samples: int, num_speakers: int,
+                 speakers_as_new: bool = False, sample_rate: int = 16000):
         super().__init__()
         factors = [float(f) for f in factors]
         if not factors or any(not 0.5 <= f <= 2.0 for f in factors) or len(set(factors)) != len(factors):
             raise AugmentConfigError(f"augment.speed.factors={factors}: give distinct factors in [0.5, 2.0]")
         # 1.0 first, so the original speakers keep their class indices.
         self.factors = sorted(factors, key=lambda f: (f != 1.0, f))
-        self.crop = crop
+        self.crop_samples = crop_samples
         self.num_speakers = num_speakers
         self.speakers_as_new = speakers_as_new
-        self.input_samples = math.ceil(crop * max(self.factors))
+        self.read_samples = math.ceil(crop_samples * max(self.factors))
         self.resamplers = nn.ModuleList(_speed_resampler(f, sample_rate) if f != 1.0 else nn.Identity()
                                         for f in self.factors)
 
@@ -449,17 +449,17 @@ class SpeedPerturb(nn.Module):
         return self.num_speakers * (len(self.factors) if self.speakers_as_new else 1)
 
     def perturb(self, waves: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
-        """waves [B, input_samples] -> [B, crop]; utterance b changed by factors[choice[b]]."""
+        """waves [B, read_samples] -> [B, crop_samples]; utterance b changed by factors[choice[b]]."""
         out = None
         for i, (factor, resample) in enumerate(zip(self.factors, self.resamplers)):
-            needed = math.ceil(self.crop * factor)
-            changed = resample(waves[:, :needed])[:, :self.crop]
+            needed = math.ceil(self.crop_samples * factor)
+            changed = resample(waves[:, :needed])[:, :self.crop_samples]
             out = changed if out is None else torch.where((choice == i).unsqueeze(1), changed, out)
         return out
 
     def forward(self, waves: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if waves.dim() != 2 or waves.shape[1] != self.input_samples:
-            raise ValueError(f"SpeedPerturb expects waves [batch, {self.input_samples}], got {tuple(waves.shape)}")
+        if waves.dim() != 2 or waves.shape[1] != self.read_samples:
+            raise ValueError(f"SpeedPerturb expects waves [batch, {self.read_samples}], got {tuple(waves.shape)}")
         choice = torch.randint(0, len(self.factors), (waves.shape[0],), device=waves.device)
         waves = self.perturb(waves.float(), choice)
         if self.speakers_as_new:

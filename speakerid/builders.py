@@ -27,16 +27,16 @@ def build_specaugment(cfg: DictConfig) -> nn.Module | None:
     return instantiate({k: v for k, v in spec.items() if k != "enabled"})
 
 
-def build_speed_perturb(cfg: DictConfig, num_speakers: int, crop: int) -> SpeedPerturb | None:
+def build_speed_perturb(cfg: DictConfig, num_speakers: int, crop_samples: int) -> SpeedPerturb | None:
     """Speed perturbation from augment.speed, or None when its only factor is 1.0."""
     speed = cfg.augment.speed
     if list(speed.factors) == [1.0]:
         return None
-    return SpeedPerturb(list(speed.factors), crop, num_speakers, bool(speed.speakers_as_new),
+    return SpeedPerturb(list(speed.factors), crop_samples, num_speakers, bool(speed.speakers_as_new),
                         cfg.data.sample_rate)
 
 
-def build_noise_reverb(cfg: DictConfig, crop: int) -> NoiseReverb | None:
+def build_noise_reverb(cfg: DictConfig, crop_samples: int) -> NoiseReverb | None:
     """Noise and reverberation from the augment group (banks read here, once), or None when no choice
     applies anything. Ranges were checked by validate_config."""
     aug = cfg.augment
@@ -44,7 +44,7 @@ def build_noise_reverb(cfg: DictConfig, crop: int) -> NoiseReverb | None:
     categories = {name: NoiseCategory(tuple(map(float, c.snr_db)), tuple(map(int, c.files)))
                   for name, c in aug.categories.items()}
     return _build_noise_reverb(
-        choices, categories, aug.get("musan_dir"), aug.get("rir_dir"), crop, sample_rate=cfg.data.sample_rate,
+        choices, categories, aug.get("musan_dir"), aug.get("rir_dir"), crop_samples, sample_rate=cfg.data.sample_rate,
         max_file_seconds=aug.max_file_seconds, rir_max_seconds=aug.rir_max_seconds, bank_dtype=aug.bank_dtype,
         max_bank_mb=aug.max_bank_mb,
     )
@@ -93,14 +93,10 @@ def build_eval_protocol(cfg: DictConfig) -> Protocol:
 def compose_eval_protocol(overrides: list[str], data: Any) -> Protocol:
     """The protocol of configs/evaluate.yaml with Hydra overrides (`eval=vox1_o`, `eval.dir=...`), with
     `data` (a training config's data node) resolving interpolations such as ${data.dir}."""
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-
     from speakerid.config import ConfigError, missing_keys
+    from speakerid.configs import compose
 
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
-        cfg = compose(config_name="evaluate", overrides=list(overrides))
+    cfg = compose("evaluate", overrides)
     merged = OmegaConf.create({"data": OmegaConf.to_container(data, resolve=True) if not isinstance(data, dict)
                                else data, "eval": OmegaConf.to_container(cfg.eval, resolve=False)})
     missing = [k for k in missing_keys(merged) if k.startswith("eval.")]

@@ -79,10 +79,10 @@ def validate_config(cfg: DictConfig) -> None:
     _require(_is_int(trainer.epochs) and trainer.epochs >= 1, "trainer.epochs", "an integer >= 1", trainer.epochs)
     _require(trainer.precision in ("fp32", "bf16", "fp16"), "trainer.precision", "fp32, bf16 or fp16",
              trainer.precision)
-    if trainer.precision != "fp32":
+    if trainer.precision == "fp16":  # CPU autocast has bf16 (slow, but the same arithmetic), not fp16
         on_cuda = str(trainer.device).startswith("cuda") or (trainer.device == "auto" and torch.cuda.is_available())
-        _require(on_cuda, "trainer.precision", "bf16/fp16 autocast needs a CUDA device; this run is on the CPU "
-                 "(use trainer.precision=fp32)", trainer.precision)
+        _require(on_cuda, "trainer.precision", "fp16 autocast needs a CUDA device; this run is on the CPU "
+                 "(use trainer.precision=fp32, or bf16)", trainer.precision)
     _require(trainer.grad_clip_norm is None or (isinstance(trainer.grad_clip_norm, (int, float))
                                                 and trainer.grad_clip_norm > 0),
              "trainer.grad_clip_norm", "null (off) or a norm > 0", trainer.grad_clip_norm)

@@ -6,17 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
+CONFIGS = REPO / "speakerid" / "configs"
 ARSC_DIR = Path(os.environ.get("SPEAKERID_ARSC_DIR", REPO.parent / "shared" / "data" / "arsc"))
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides or [])
+    from speakerid.configs import compose
+
+    return compose("train", overrides or [])
 
 
 @pytest.fixture(scope="session")

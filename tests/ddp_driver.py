@@ -15,39 +15,36 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 
 from speakerid.distributed import all_gather_objects
-from speakerid.training import Trainer
+from speakerid.configs import compose
+from speakerid.training import setup_run
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     out, steps, overrides = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    trainer = Trainer(cfg)
+    run = setup_run(compose("train", overrides))
     if os.environ.get("SPEAKERID_TEST_FROZEN_BN") == "1":
-        for module in trainer.model.modules():
+        for module in run.parts.model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.eval()
-    trainer.sampler.set_epoch(0)
+    run.loader.sampler.set_epoch(0)
     rank_spread = []
-    initial = flat = torch.cat([p.detach().flatten() for p in trainer.parameters]).double().numpy()
-    for _, (waves, labels) in zip(range(steps), trainer.loader):
-        trainer._train_step(waves, labels)
-        flat = torch.cat([p.detach().flatten() for p in trainer.parameters]).double().numpy()
-        everyone = all_gather_objects(flat, trainer.dist)
+    initial = flat = torch.cat([p.detach().flatten() for p in run.parts.parameters]).double().numpy()
+    for _, (waves, labels) in zip(range(steps), run.loader.loader):
+        run.step(waves, labels)
+        flat = torch.cat([p.detach().flatten() for p in run.parts.parameters]).double().numpy()
+        everyone = all_gather_objects(flat, run.env.dist)
         rank_spread.append(max(float(np.abs(x - everyone[0]).max()) for x in everyone))
-    if trainer.dist.is_main:
+    if run.env.dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / "initial.npy", initial)
         np.save(out / "params.npy", flat)
         (out / "info.json").write_text(json.dumps({
-            "world_size": trainer.dist.world_size, "steps": len(rank_spread), "rank_spread": rank_spread,
-            "per_rank_batch": trainer.loader.batch_size}))
-    trainer.close()
+            "world_size": run.env.dist.world_size, "steps": len(rank_spread), "rank_spread": rank_spread,
+            "per_rank_batch": run.loader.loader.batch_size}))
+    run.close()
 
 
 if __name__ == "__main__":

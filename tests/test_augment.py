@@ -265,9 +265,9 @@ def test_speed_changes_duration_by_the_factor(factor):
 def test_speed_perturb_keeps_the_crop_and_relabels_new_speakers():
     crop, n_speakers = 8000, 5
     module = SpeedPerturb([1.1, 1.0, 0.9], crop, n_speakers, speakers_as_new=True)
-    assert module.factors == [1.0, 0.9, 1.1] and module.input_samples == math.ceil(crop * 1.1)
+    assert module.factors == [1.0, 0.9, 1.1] and module.read_samples == math.ceil(crop * 1.1)
     assert module.num_classes == 15
-    x = torch.stack([tone_and_click(module.input_samples, 500.0 + 100 * b, click=3000) for b in range(60)])
+    x = torch.stack([tone_and_click(module.read_samples, 500.0 + 100 * b, click=3000) for b in range(60)])
     labels = torch.arange(60) % n_speakers
     torch.manual_seed(8)
     out, new_labels = module(x, labels)
@@ -286,7 +286,7 @@ def test_speed_perturb_keeps_the_crop_and_relabels_new_speakers():
 def test_speed_labels_unchanged_without_new_speakers():
     module = SpeedPerturb([0.9, 1.0, 1.1], 1000, 4, speakers_as_new=False)
     labels = torch.tensor([0, 1, 2, 3])
-    _, out = module(torch.zeros(4, module.input_samples), labels)
+    _, out = module(torch.zeros(4, module.read_samples), labels)
     assert torch.equal(out, labels) and module.num_classes == 4
 
 

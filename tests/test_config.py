@@ -57,7 +57,7 @@ def test_paper_defaults_of_the_groups():
     ("trainer.epochs=0", "trainer.epochs"),
     ("trainer.precision=fp8", "trainer.precision"),
     ("data.bad_audio=ignore", "data.bad_audio"),
-    ("trainer.precision=bf16", "trainer.precision"),  # trainer.device=cpu in debug=tiny
+    ("trainer.precision=fp16", "trainer.precision"),  # trainer.device=cpu in debug=tiny
     ("trainer.grad_clip_norm=-1", "trainer.grad_clip_norm"),
     ("trainer.log_every_steps=0", "trainer.log_every_steps"),
 ])

@@ -17,7 +17,7 @@ import torch
 
 from conftest import REPO
 from speakerid.checkpoint import CheckpointDir, load_checkpoint
-from speakerid.training import NonFiniteLossError, Trainer
+from speakerid.training import NonFiniteLossError, setup_run
 
 # Runs train.py in-process after arming a fault: SIGKILL ourselves inside the N-th checkpoint write, after
 # the temporary file is complete and before it is renamed over the final name.
@@ -123,8 +123,8 @@ def test_sigterm_checkpoints_and_says_how_to_resume(tiny_corpus_dir, tmp_path):
 
 
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tiny_cfg, tmp_path):
-    trainer = Trainer(tiny_cfg("trainer.epochs=2", "trainer.max_nonfinite_steps=4", run_dir=tmp_path / "run"))
-    real_forward = trainer.head.forward
+    trainer = setup_run(tiny_cfg("trainer.epochs=2", "trainer.max_nonfinite_steps=4", run_dir=tmp_path / "run"))
+    real_forward = trainer.parts.head.forward
     calls = {"n": 0}
     snapshots = {}
 
@@ -132,19 +132,19 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tiny_cfg, tmp_path
         calls["n"] += 1
         loss, top1 = real_forward(embeddings, labels)
         if calls["n"] in (3, 4):
-            snapshots[calls["n"]] = [p.detach().clone() for p in trainer.parameters]
+            snapshots[calls["n"]] = [p.detach().clone() for p in trainer.parts.parameters]
             return loss * float("nan"), top1
         if calls["n"] == 5:  # a finite loss with an infinite gradient
-            snapshots[5] = [p.detach().clone() for p in trainer.parameters]
+            snapshots[5] = [p.detach().clone() for p in trainer.parts.parameters]
             embeddings.register_hook(lambda g: g * float("inf"))
             loss, top1 = real_forward(embeddings, labels)
             assert torch.isfinite(loss)
             return loss, top1
         if calls["n"] == 6:
-            snapshots[6] = [p.detach().clone() for p in trainer.parameters]
+            snapshots[6] = [p.detach().clone() for p in trainer.parts.parameters]
         return loss, top1
 
-    trainer.head.forward = sometimes_nan
+    trainer.parts.head.forward = sometimes_nan
     results = trainer.fit()
     assert results["nonfinite_steps"] == 3 and results["epochs"] == 2
     for before, after in ((3, 4), (4, 5), (5, 6)):  # the skipped steps changed nothing
@@ -156,9 +156,9 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tiny_cfg, tmp_path
     # All steps NaN: after 3 in a row the run stops, and the last good checkpoint is untouched.
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     before = load_checkpoint(last)["progress"]
-    again = Trainer(tiny_cfg("trainer.epochs=4", "trainer.max_nonfinite_steps=3", f"trainer.resume={last}",
+    again = setup_run(tiny_cfg("trainer.epochs=4", "trainer.max_nonfinite_steps=3", f"trainer.resume={last}",
                              run_dir=tmp_path / "run2"))
-    again.head.forward = lambda e, l: (real_forward(e, l)[0] * float("nan"), torch.tensor(0.0))
+    again.parts.head.forward = lambda e, l: (real_forward(e, l)[0] * float("nan"), torch.tensor(0.0))
     with pytest.raises(NonFiniteLossError, match=r"3 consecutive steps.*trainer.max_nonfinite_steps=3"):
         again.fit()
     assert load_checkpoint(last)["progress"] == before
@@ -196,4 +196,4 @@ def test_unwritable_run_folder_fails_before_training(tiny_cfg, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(OSError, match="is not writable"):
-        Trainer(tiny_cfg(run_dir=blocker / "run"))
+        setup_run(tiny_cfg(run_dir=blocker / "run"))

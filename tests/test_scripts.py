@@ -12,7 +12,7 @@ import torch
 
 from conftest import REPO
 from speakerid.checkpoint import load_checkpoint
-from speakerid.training import Trainer, train
+from speakerid.training import setup_run, train
 
 
 def run(*args, cwd=REPO):
@@ -187,4 +187,4 @@ def test_average_checkpoints_evaluates_but_does_not_resume(trained_run, tiny_cfg
     assert proc.returncode == 1 and "only checkpoints of one run average" in proc.stderr
     assert not (tmp_path / "x.pt").exists()
     with pytest.raises(RuntimeError, match="no optimizer or RNG state"):
-        Trainer(tiny_cfg(f"trainer.resume={out}", run_dir=tmp_path / "resumed"))
+        setup_run(tiny_cfg(f"trainer.resume={out}", run_dir=tmp_path / "resumed"))

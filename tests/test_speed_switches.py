@@ -1,72 +1,97 @@
-"""Speed switches give the fp32 results within tolerance: torch.compile (trainer.compile) and bf16
-autocast. cudnn.benchmark only exists on CUDA (checked there; skipped on a CPU). channels-last is not
-offered: PyTorch defines it for 4-D tensors only, and ECAPA-TDNN's Conv1d weights and activations are 3-D."""
+"""Speed switches, each set through the config of a real run: torch.compile (trainer.compile) and bf16
+autocast (trainer.precision=bf16, run on the CPU's bf16 autocast) give the fp32 step within tolerance;
+trainer.cudnn_benchmark reaches cuDNN (and its outputs match the default algorithms on CUDA). channels-last
+is not offered: PyTorch defines it for 4-D tensors only, and ECAPA-TDNN's Conv1d tensors are 3-D."""
 
 import copy
 
 import pytest
 import torch
 
-from speakerid.training import Trainer
+from speakerid.training import setup_run
 
 
-def one_step(trainer, waves, labels):
+def one_step(run, waves, labels):
     torch.manual_seed(0)
-    result = trainer._train_step(waves, labels)
+    result = run.step(waves, labels)
     assert result.finite.item()
-    return result.loss.item(), {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    return result.loss.item(), {k: v.detach().clone() for k, v in run.parts.model.state_dict().items()}
+
+
+def same_weights(target, source):
+    target.parts.model.load_state_dict(source.parts.model.state_dict())
+    target.parts.head.load_state_dict(source.parts.head.state_dict())
 
 
 @pytest.mark.slow
 def test_compiled_training_step_matches_eager(tiny_cfg, tmp_path):
     # SGD, not Adam: Adam divides by the gradient's own size, so parameters whose true gradient is zero
     # (biases before a BatchNorm or a softmax over time) move by +-lr on rounding noise in either mode.
-    eager = Trainer(tiny_cfg("optim=sgd", run_dir=tmp_path / "eager"))
-    compiled = Trainer(tiny_cfg("optim=sgd", "trainer.compile=true", run_dir=tmp_path / "compiled"))
-    compiled.model.load_state_dict(eager.model.state_dict())
-    compiled.head.load_state_dict(eager.head.state_dict())
-    assert compiled.train_model is not compiled.model  # the step really goes through torch.compile
-    waves, labels = next(iter(eager.loader))
+    eager = setup_run(tiny_cfg("optim=sgd", run_dir=tmp_path / "eager"))
+    compiled = setup_run(tiny_cfg("optim=sgd", "trainer.compile=true", run_dir=tmp_path / "compiled"))
+    same_weights(compiled, eager)
+    assert compiled.parts.train_model is not compiled.parts.model  # the step really goes through torch.compile
+    waves, labels = next(iter(eager.loader.loader))
     for _ in range(2):  # the second step runs the compiled graph with updated weights and optimizer state
         loss_e, params_e = one_step(eager, waves, labels)
         loss_c, params_c = one_step(compiled, waves, labels)
         assert loss_c == pytest.approx(loss_e, rel=1e-4, abs=1e-5)
         for name, value in params_e.items():
             torch.testing.assert_close(params_c[name], value, rtol=1e-4, atol=1e-5, msg=name)
-    assert list(compiled.model.state_dict()) == list(eager.model.state_dict())  # no _orig_mod. in checkpoints
+    assert list(compiled.parts.model.state_dict()) == list(eager.parts.model.state_dict())  # no _orig_mod. keys
 
 
-def test_bf16_autocast_forward_matches_fp32(tiny_cfg, tmp_path):
-    """The mechanism of trainer.precision=bf16 (autocast around model and head; the fbank and the margin
-    arithmetic stay in float32), run on the CPU's bf16 autocast: same loss and embeddings within bf16's
-    precision."""
-    trainer = Trainer(tiny_cfg(run_dir=tmp_path / "run"))
-    trainer.model.eval()  # batch statistics aside, the same function
-    waves, labels = next(iter(trainer.loader))
-    features = trainer.fbank(waves.float())
-    with torch.no_grad():
-        emb32 = trainer.model(features)
-        loss32, _ = trainer.head(emb32, labels)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            features16 = trainer.fbank(waves.float())
-            emb16 = trainer.model(features16)
-            loss16, _ = trainer.head(emb16, labels)
-    assert features16.dtype == torch.float32
-    torch.testing.assert_close(features16, features)
-    assert emb16.dtype == torch.bfloat16
-    cosine = torch.nn.functional.cosine_similarity(emb16.float(), emb32, dim=1)
-    assert cosine.min() > 0.99
-    assert loss16.dtype == torch.float32 and loss16.item() == pytest.approx(loss32.item(), rel=0.05)
+def test_bf16_training_step_matches_fp32(tiny_cfg, tmp_path):
+    """trainer.precision=bf16: the model runs in bf16, the fbank and the margin arithmetic in float32; the
+    step's loss and its parameter update are those of fp32 within bf16's precision."""
+    fp32 = setup_run(tiny_cfg("optim=sgd", run_dir=tmp_path / "fp32"))
+    bf16 = setup_run(tiny_cfg("optim=sgd", "trainer.precision=bf16", run_dir=tmp_path / "bf16"))
+    same_weights(bf16, fp32)
+    seen = {}
+    bf16.parts.fbank.register_forward_hook(lambda m, i, out: seen.__setitem__("features", out.dtype))
+    bf16.parts.model.register_forward_hook(lambda m, i, out: seen.__setitem__("embeddings", out.dtype))
+    start = {k: v.clone() for k, v in fp32.parts.model.state_dict().items()}
+    waves, labels = next(iter(fp32.loader.loader))
+    loss32, params32 = one_step(fp32, waves, labels)
+    loss16, params16 = one_step(bf16, waves, labels)
+    assert seen == {"features": torch.float32, "embeddings": torch.bfloat16}
+    assert loss16 == pytest.approx(loss32, rel=0.02)
+    update32 = torch.cat([(params32[k] - start[k]).flatten() for k in start if start[k].is_floating_point()])
+    update16 = torch.cat([(params16[k] - start[k]).flatten() for k in start if start[k].is_floating_point()])
+    assert torch.nn.functional.cosine_similarity(update16, update32, dim=0) > 0.98
+    assert (update16 - update32).norm() < 0.2 * update32.norm()
+
+
+@pytest.fixture
+def global_torch_flags():
+    """trainer.cudnn_benchmark and trainer.deterministic set process-wide flags: restore them after."""
+    benchmark, deterministic = torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.backends.cudnn.benchmark = benchmark
+    torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.mark.parametrize("benchmark,deterministic,expected", [
+    (True, False, True), (False, False, False), (True, True, False)])
+def test_cudnn_benchmark_follows_the_config(tiny_cfg, tmp_path, global_torch_flags, benchmark, deterministic,
+                                            expected):
+    torch.backends.cudnn.benchmark = not expected
+    setup_run(tiny_cfg(f"trainer.cudnn_benchmark={benchmark}", f"trainer.deterministic={deterministic}",
+                       run_dir=tmp_path / "run"))
+    assert torch.backends.cudnn.benchmark is expected
+    assert torch.are_deterministic_algorithms_enabled() is deterministic
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="cudnn.benchmark only applies on CUDA")
-def test_cudnn_benchmark_matches_default_algorithms(tiny_cfg, tmp_path):
-    trainer = Trainer(tiny_cfg("trainer.device=cuda", run_dir=tmp_path / "run"))
-    trainer.model.eval()
+def test_cudnn_benchmark_matches_default_algorithms(tiny_cfg, tmp_path, global_torch_flags):
     features = torch.randn(8, 80, 200, device="cuda")
     outputs = []
     for benchmark in (False, True):
-        torch.backends.cudnn.benchmark = benchmark
+        run = setup_run(tiny_cfg("trainer.device=cuda", f"trainer.cudnn_benchmark={benchmark}",
+                                 run_dir=tmp_path / f"run{benchmark}"))
+        assert torch.backends.cudnn.benchmark is benchmark
+        torch.manual_seed(0)
+        model = copy.deepcopy(run.parts.model).eval()
         with torch.no_grad():
-            outputs.append(copy.deepcopy(trainer.model)(features))
+            outputs.append(model(features))
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-4)

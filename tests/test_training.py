@@ -9,7 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from speakerid.checkpoint import load_checkpoint
-from speakerid.training import Trainer, train
+from speakerid.training import setup_run, train
 
 
 def tensorboard_scalars(run_dir):
@@ -72,14 +72,14 @@ def test_resume_continues_exactly(tiny_cfg, tmp_path):
     train(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "first"))
     first = load_checkpoint(tmp_path / "first" / "checkpoints" / "last.pt")
 
-    resumed = Trainer(tiny_cfg("trainer.epochs=3", f"trainer.resume={tmp_path / 'first' / 'checkpoints' / 'last.pt'}",
+    resumed = setup_run(tiny_cfg("trainer.epochs=3", f"trainer.resume={tmp_path / 'first' / 'checkpoints' / 'last.pt'}",
                                run_dir=tmp_path / "second"))
-    assert resumed.progress.epoch == 1 and resumed.progress.step == 6 and resumed.progress.position == 0
-    state = resumed.optimizer.state_dict()
+    assert resumed.state.progress.epoch == 1 and resumed.state.progress.step == 6 and resumed.state.progress.position == 0
+    state = resumed.optimisation.optimizer.state_dict()
     for key, saved in first["optimizer"]["state"].items():
         for name in ("exp_avg", "exp_avg_sq", "step"):
             torch.testing.assert_close(state["state"][key][name], saved[name], rtol=0, atol=0)
-    assert resumed.scheduler.last_epoch == 1
+    assert resumed.optimisation.scheduler.last_epoch == 1
     results = resumed.fit()
 
     assert_same_final_state(tmp_path / "straight", tmp_path / "second")
@@ -88,25 +88,25 @@ def test_resume_continues_exactly(tiny_cfg, tmp_path):
 
 def test_resume_true_picks_the_latest_run_of_the_same_name(tiny_cfg, tmp_path):
     train(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "runs" / "2026-01-01_00-00-00"))
-    trainer = Trainer(tiny_cfg("trainer.epochs=2", "trainer.resume=true", run_dir=tmp_path / "runs" / "2026-01-02_00-00-00"))
-    assert trainer.progress.epoch == 1
+    trainer = setup_run(tiny_cfg("trainer.epochs=2", "trainer.resume=true", run_dir=tmp_path / "runs" / "2026-01-02_00-00-00"))
+    assert trainer.state.progress.epoch == 1
     # Nothing to resume yet: a new run starts (job scripts can always pass resume=true).
-    assert Trainer(tiny_cfg("trainer.resume=true", run_dir=tmp_path / "elsewhere" / "x")).progress.step == 0
+    assert setup_run(tiny_cfg("trainer.resume=true", run_dir=tmp_path / "elsewhere" / "x")).state.progress.step == 0
     with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
-        Trainer(tiny_cfg(f"trainer.resume={tmp_path / 'nope.pt'}", run_dir=tmp_path / "elsewhere" / "y"))
+        setup_run(tiny_cfg(f"trainer.resume={tmp_path / 'nope.pt'}", run_dir=tmp_path / "elsewhere" / "y"))
 
 
 def test_refuses_to_train_over_an_existing_run(tiny_cfg, tmp_path):
     train(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
     with pytest.raises(FileExistsError, match="trainer.resume=true"):
-        Trainer(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
+        setup_run(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
 
 
 def test_resume_with_another_architecture_names_the_keys(tiny_cfg, tmp_path):
     train(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
     with pytest.raises(RuntimeError, match=r"(?s)does not match the configured architecture\n  shapes differ \(\d+\):\n"
                        r".*    blocks.0.body.0.0.weight: checkpoint \(16, 16, 1\) vs model \(24, 24, 1\)"):
-        Trainer(tiny_cfg("model.channels=24", f"trainer.resume={tmp_path / 'run' / 'checkpoints' / 'last.pt'}",
+        setup_run(tiny_cfg("model.channels=24", f"trainer.resume={tmp_path / 'run' / 'checkpoints' / 'last.pt'}",
                          run_dir=tmp_path / "other"))
 
 
@@ -117,7 +117,7 @@ def test_missing_train_files_are_reported_before_training(tiny_cfg, tiny_corpus_
     from speakerid.data.lists import MissingFilesError
 
     with pytest.raises(MissingFilesError, match=r"2 of 38 files do not exist.*\n.*s09/gone.wav"):
-        Trainer(tiny_cfg(f"data.train_list={bad}"))
+        setup_run(tiny_cfg(f"data.train_list={bad}"))
     assert not (tmp_path / "run" / "tensorboard").exists()
 
 
@@ -165,20 +165,20 @@ def test_resume_continues_exactly_with_augmentation(tiny_cfg, tmp_path, noise_di
     """Noise, reverberation and speed draws come from RNG state that the checkpoint restores, so a run
     resumed mid-epoch ends with the same parameters as an uninterrupted one."""
     aug = augment_overrides(noise_dirs)
-    straight = Trainer(tiny_cfg(*aug, "trainer.epochs=2", run_dir=tmp_path / "straight"))
+    straight = setup_run(tiny_cfg(*aug, "trainer.epochs=2", run_dir=tmp_path / "straight"))
     # The augmentation is really on: speed-perturbed copies are new classes, and the inputs change.
-    assert straight.head.num_classes == 3 * 6 and straight.noise_reverb is not None
-    waves, labels = next(iter(straight.loader))
+    assert straight.parts.head.num_classes == 3 * 6 and straight.noise_reverb is not None
+    waves, labels = next(iter(straight.loader.loader))
     state = torch.get_rng_state()
-    augmented, _ = straight._augment(waves, labels)
+    augmented, _ = straight.step.augment(waves, labels)
     torch.set_rng_state(state)  # leave the run's random stream as it was
-    assert augmented.shape == (6, straight.num_samples) and waves.shape[1] == straight.speed.input_samples
-    assert not torch.allclose(augmented, waves[:, :straight.num_samples].float(), atol=1e-3)
+    assert augmented.shape == (6, straight.speed.crop_samples) and waves.shape[1] == straight.speed.read_samples
+    assert not torch.allclose(augmented, waves[:, :straight.speed.crop_samples].float(), atol=1e-3)
     straight.fit()
 
     # A run interrupted after step 4 of epoch 1 (of 6 steps), with a checkpoint written at that step.
-    mid = Trainer(tiny_cfg(*aug, "trainer.epochs=1", "trainer.checkpoint_every_steps=4", run_dir=tmp_path / "mid"))
-    original_step = mid._train_step
+    mid = setup_run(tiny_cfg(*aug, "trainer.epochs=1", "trainer.checkpoint_every_steps=4", run_dir=tmp_path / "mid"))
+    original_step = mid.step
     calls = {"n": 0}
 
     class Stop(Exception):
@@ -190,12 +190,12 @@ def test_resume_continues_exactly_with_augmentation(tiny_cfg, tmp_path, noise_di
         calls["n"] += 1
         return original_step(*args)
 
-    mid._train_step = step_then_stop
+    mid.step = step_then_stop
     with pytest.raises(Stop):
         mid.fit()
-    resumed = Trainer(tiny_cfg(*aug, "trainer.epochs=2", f"trainer.resume={tmp_path / 'mid' / 'checkpoints' / 'last.pt'}",
+    resumed = setup_run(tiny_cfg(*aug, "trainer.epochs=2", f"trainer.resume={tmp_path / 'mid' / 'checkpoints' / 'last.pt'}",
                                run_dir=tmp_path / "second"))
-    assert resumed.progress.step == 4 and resumed.progress.position == 24
+    assert resumed.state.progress.step == 4 and resumed.state.progress.position == 24
     resumed.fit()
 
     assert_same_final_state(tmp_path / "straight", tmp_path / "second")

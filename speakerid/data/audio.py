@@ -49,20 +49,20 @@ def _resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.nda
 
 def read_crop(
     path: str | os.PathLike,
-    num_samples: int,
+    crop_samples: int,
     rng: np.random.Generator,
     sample_rate: int = 16000,
     resample: bool = False,
     dtype: str = "float32",
 ) -> np.ndarray:
-    """A random crop of `num_samples` samples (at `sample_rate`) of a mono file, read by seeking; files
+    """A random crop of `crop_samples` samples (at `sample_rate`) of a mono file, read by seeking; files
     shorter than the crop are wrap-padded. `dtype` int16 halves the bytes moved out of loader workers."""
     try:
         with sf.SoundFile(str(path)) as f:
             frames, rate, channels = f.frames, f.samplerate, f.channels
             _check(path, frames, rate, channels, sample_rate, resample)
-            # Crop length in the file's own rate, so that resampling yields num_samples.
-            source_len = num_samples if rate == sample_rate else int(np.ceil(num_samples * rate / sample_rate))
+            # Crop length in the file's own rate, so that resampling yields crop_samples.
+            source_len = crop_samples if rate == sample_rate else int(np.ceil(crop_samples * rate / sample_rate))
             start = int(rng.integers(0, frames - source_len + 1)) if frames > source_len else 0
             if start:
                 f.seek(start)
@@ -78,7 +78,7 @@ def read_crop(
         samples = _resample(samples, rate, sample_rate)
         if dtype == "int16":
             samples = np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)
-    return wrap_pad(samples, num_samples)
+    return wrap_pad(samples, crop_samples)
 
 
 def read_full(path: str | os.PathLike, sample_rate: int = 16000, resample: bool = False) -> np.ndarray:

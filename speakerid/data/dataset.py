@@ -27,7 +27,7 @@ class CropDataset(Dataset):
 
     MAX_REPLACEMENTS = 20
 
-    def __init__(self, train_list: TrainList, num_samples: int, sample_rate: int = 16000,
+    def __init__(self, train_list: TrainList, crop_samples: int, sample_rate: int = 16000,
                  resample: bool = False, dtype: str = "float32", bad_audio: str = "error",
                  skip_log: str | os.PathLike | None = None):
         if bad_audio not in ("error", "skip"):
@@ -35,7 +35,7 @@ class CropDataset(Dataset):
         self.root = train_list.root
         self.paths = train_list.paths
         self.labels = np.asarray(train_list.labels, dtype=np.int64)
-        self.num_samples = num_samples
+        self.crop_samples = crop_samples
         self.sample_rate = sample_rate
         self.resample = resample
         self.dtype = dtype
@@ -47,7 +47,7 @@ class CropDataset(Dataset):
 
     def _read(self, index: int, rng: np.random.Generator) -> np.ndarray:
         path = os.path.join(self.root, self.paths[index])
-        samples = read_crop(path, self.num_samples, rng, sample_rate=self.sample_rate, resample=self.resample,
+        samples = read_crop(path, self.crop_samples, rng, sample_rate=self.sample_rate, resample=self.resample,
                             dtype=self.dtype)
         if samples.dtype != np.int16 and not np.isfinite(samples).all():
             raise AudioError(f"{path}: contains NaN or infinite samples")
