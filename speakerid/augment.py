@@ -35,6 +35,8 @@ import torch
 import torchaudio
 from torch import nn
 
+from speakerid.config import BANK_DTYPES, check_choice_weights, check_one_of, check_speed_factors
+
 log = logging.getLogger("speakerid")
 
 AUDIO_SUFFIXES = (".wav", ".flac")
@@ -245,9 +247,8 @@ class NoiseReverb(nn.Module):
                     raise AugmentConfigError(f"augment.choices.{name} applies {component!r} but there is no "
                                              f"bank of that category")
         self.choice_names = list(choices)
+        check_choice_weights({name: weight for name, (weight, _) in choices.items()})
         weights = torch.tensor([float(w) for w, _ in choices.values()], dtype=torch.float64)
-        if len(weights) == 0 or (weights < 0).any() or weights.sum() <= 0:
-            raise AugmentConfigError("augment.choices: weights must be >= 0 with a positive sum")
         table = torch.tensor([[c in apply for c in self.components] for _, apply in choices.values()])
         probabilities = weights / weights.sum()
         self.register_buffer("probabilities", probabilities.float(), persistent=False)
@@ -379,9 +380,8 @@ def build_noise_reverb(
         return None
 
     used = sorted({c for _, apply in choices.values() for c in apply} - {REVERB})
-    dtype = {"int16": torch.int16, "float32": torch.float32}.get(bank_dtype)
-    if dtype is None:
-        raise AugmentConfigError(f"augment.bank_dtype={bank_dtype!r} is not allowed: int16 or float32")
+    check_one_of(bank_dtype, BANK_DTYPES, "augment.bank_dtype")
+    dtype = {"int16": torch.int16, "float32": torch.float32}[bank_dtype]
     max_samples = None if max_file_seconds is None else int(round(max_file_seconds * sample_rate))
     rir_max = None if rir_max_seconds is None else int(round(rir_max_seconds * sample_rate))
     noise_samples = {c: _bank_samples(found[c], sample_rate, max_samples, crop_samples) for c in used}
@@ -432,9 +432,8 @@ class SpeedPerturb(nn.Module):
     def __init__(self, factors: Sequence[float], crop_samples: int, num_speakers: int,
                  speakers_as_new: bool = False, sample_rate: int = 16000):
         super().__init__()
+        check_speed_factors(list(factors))
         factors = [float(f) for f in factors]
-        if not factors or any(not 0.5 <= f <= 2.0 for f in factors) or len(set(factors)) != len(factors):
-            raise AugmentConfigError(f"augment.speed.factors={factors}: give distinct factors in [0.5, 2.0]")
         # 1.0 first, so the original speakers keep their class indices.
         self.factors = sorted(factors, key=lambda f: (f != 1.0, f))
         self.crop_samples = crop_samples

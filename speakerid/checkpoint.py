@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from speakerid.config import check_int_at_least
 from speakerid.io import atomic_write
 
 FORMAT_VERSION = 1
@@ -114,8 +115,7 @@ class CheckpointDir:
     (a hard link, so it costs no second write) and `best.pt`. Every file appears atomically."""
 
     def __init__(self, folder: str | os.PathLike, keep: int = 3):
-        if keep < 1:
-            raise ValueError(f"trainer.keep_checkpoints must be >= 1, got {keep}")
+        check_int_at_least(keep, 1, "trainer.keep_checkpoints")
         self.folder = Path(folder)
         self.keep = keep
 

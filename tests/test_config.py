@@ -60,6 +60,10 @@ def test_paper_defaults_of_the_groups():
     ("trainer.precision=fp16", "trainer.precision"),  # trainer.device=cpu in debug=tiny
     ("trainer.grad_clip_norm=-1", "trainer.grad_clip_norm"),
     ("trainer.log_every_steps=0", "trainer.log_every_steps"),
+    ("model.channels=-1", "model.channels"),
+    ("model.channels=abc", "model.channels"),
+    ("model.dilations=[2,0,4]", "model.dilations"),
+    ("features.fbank.hop_length=0", "features.fbank.hop_length"),
 ])
 def test_bad_values_name_the_key(override, key):
     cfg = compose_config(["debug=tiny", "run_dir=/tmp/x", override])
@@ -137,3 +141,13 @@ def test_vox1_protocol_without_its_folder_is_named():
     cfg = compose_config(["eval=vox1_e", "run_dir=/tmp/x"])
     with pytest.raises(ConfigError, match="eval.dir"):
         validate_config(cfg)
+
+
+def test_a_sample_rate_below_twice_f_max_names_both_keys():
+    """8 kHz audio with the default f_max=7600 would give empty Mel bands (only a torchaudio warning)."""
+    cfg = compose_config(["debug=tiny", "run_dir=/tmp/x", "data.sample_rate=8000"])
+    with pytest.raises(ConfigError, match=r"features\.fbank\.f_max=7600.0 is not allowed: .*4000\] Hz.*"
+                                          r"data\.sample_rate=8000.*features\.fbank\.f_max=3800"):
+        validate_config(cfg)
+    validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", "data.sample_rate=8000",
+                                    "features.fbank.f_max=3800"]))

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from speakerid.config import BAD_AUDIO_POLICIES, check_one_of
 from speakerid.data.audio import AudioError, read_crop
 from speakerid.data.lists import TrainList
 
@@ -30,8 +31,7 @@ class CropDataset(Dataset):
     def __init__(self, train_list: TrainList, crop_samples: int, sample_rate: int = 16000,
                  resample: bool = False, dtype: str = "float32", bad_audio: str = "error",
                  skip_log: str | os.PathLike | None = None):
-        if bad_audio not in ("error", "skip"):
-            raise ValueError(f"data.bad_audio must be 'error' or 'skip', got {bad_audio!r}")
+        check_one_of(bad_audio, BAD_AUDIO_POLICIES, "data.bad_audio")
         self.root = train_list.root
         self.paths = train_list.paths
         self.labels = np.asarray(train_list.labels, dtype=np.int64)
