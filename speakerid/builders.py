@@ -75,13 +75,66 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer):
     return instantiate(cfg.scheduler)(optimizer=optimizer)
 
 
-def extractor_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[EmbeddingExtractor, DictConfig]:
-    """The embedding extractor (fbank + model) of a checkpoint, built from the config saved inside it."""
+class UnsafeFileConfigError(RuntimeError):
+    """A config read from a file would make speakerid build something other than its own classes."""
+
+
+def _file_buildable() -> dict[str, set[str]]:
+    """Per config node, the `_target_`s a file's config may name: the project's own encoders, heads and
+    features, under their public and their module paths. Compared as strings: importing a named module to
+    check it would already run its code."""
+    import speakerid.losses
+    import speakerid.models
+    from speakerid.features import Fbank
+
+    def names(package, public: list[str]) -> set[str]:
+        classes = [getattr(package, name) for name in public]
+        return ({f"{package.__name__}.{c.__name__}" for c in classes}
+                | {f"{c.__module__}.{c.__qualname__}" for c in classes})
+
+    return {"model": names(speakerid.models, speakerid.models.__all__),
+            "head": names(speakerid.losses, speakerid.losses.__all__),
+            "features.fbank": {"speakerid.features.Fbank", f"{Fbank.__module__}.{Fbank.__qualname__}"}}
+
+
+def check_file_config(cfg: DictConfig, nodes: tuple[str, ...], source: str) -> None:
+    """Refuse, before anything is built, a config read from a file (a checkpoint's) that would make
+    instantiate call anything but the project's own classes: a `_target_` off the allow-list, a nested
+    `_target_` (instantiate builds those too) or an interpolation (resolvers run code of their own)."""
+    allowed = _file_buildable()
+    for node in nodes:
+        value = OmegaConf.to_container(OmegaConf.select(cfg, node), resolve=False)
+        target = value.get("_target_") if isinstance(value, dict) else None
+        if target not in allowed[node]:
+            raise UnsafeFileConfigError(f"{source}: its config names {node}._target_={target!r}, which speakerid does not "
+                             f"build from a file (allowed: {', '.join(sorted(allowed[node]))})")
+
+        def walk(item, path):
+            if isinstance(item, dict):
+                for k, v in item.items():
+                    if path and k in ("_target_", "_partial_", "_args_"):
+                        raise UnsafeFileConfigError(f"{source}: its config has a nested {path}.{k}, which speakerid does not "
+                                         f"build from a file")
+                    walk(v, f"{path}.{k}" if path else k)
+            elif isinstance(item, list):
+                for i, v in enumerate(item):
+                    walk(v, f"{path}.{i}")
+            elif isinstance(item, str) and "${" in item:
+                raise UnsafeFileConfigError(f"{source}: its config value {node}.{path}={item!r} is an interpolation, which "
+                                 f"speakerid does not resolve from a file")
+        walk({k: v for k, v in value.items() if k != "_target_"}, "")
+
+
+def extractor_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint"
+                              ) -> tuple[EmbeddingExtractor, DictConfig]:
+    """The embedding extractor (fbank + model) of a checkpoint, built from the config saved inside it once
+    that config is known to name only the project's own classes."""
     from speakerid.checkpoint import load_state_strict
 
     cfg = OmegaConf.create(checkpoint["config"])
+    check_file_config(cfg, ("model", "features.fbank"), source)
     model = build_model(cfg)
-    load_state_strict(model, checkpoint["model"], what="model")
+    load_state_strict(model, checkpoint["model"], what=f"{source} model")
     return EmbeddingExtractor(build_fbank(cfg), model), cfg
 
 
