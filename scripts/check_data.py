@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """Check a train list and a trial list before training: existence, readability, sample rate, channels,
-duration, duplicates, speakers with too few utterances, overlap between train and trial speakers.
+duration (short training files, trial files too short to embed), duplicates, speakers with too few
+utterances, overlap between train and trial speakers, a UTF-8 byte-order mark. A malformed list line or a
+path that is absolute or goes up with `..` stops the check with the file and line.
 Prints a summary, writes a JSON report, exits 1 when there are errors.
 
     python scripts/check_data.py --train-list L --train-root R --trials T --trials-root R2 --report check.json
@@ -11,7 +13,7 @@ import argparse
 import sys
 import time
 
-from speakerid.data.check import check_data
+from speakerid.data.check import MIN_TRIAL_SECONDS, check_data
 from speakerid.data.lists import ListFormatError
 
 
@@ -23,6 +25,8 @@ def main(argv=None) -> int:
     parser.add_argument("--trials-root")
     parser.add_argument("--sample-rate", type=int, default=16000)
     parser.add_argument("--min-seconds", type=float, default=2.0, help="warn about training files shorter than this")
+    parser.add_argument("--min-trial-seconds", type=float, default=MIN_TRIAL_SECONDS,
+                        help="trial files shorter than this are an error (too short to embed)")
     parser.add_argument("--min-utterances", type=int, default=2, help="warn about speakers with fewer utterances")
     parser.add_argument("--deep", action="store_true", help="decode every file (slower)")
     parser.add_argument("--workers", type=int, default=16)
@@ -35,7 +39,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         report = check_data(args.train_list, args.train_root, args.trials, args.trials_root, args.sample_rate,
-                            args.min_seconds, args.min_utterances, args.deep, args.workers)
+                            args.min_seconds, args.min_utterances, args.deep, args.workers,
+                            min_trial_seconds=args.min_trial_seconds)
     except (ListFormatError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """The data check finds each kind of bad file and list problem, with the file named."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -9,8 +10,9 @@ import pytest
 import soundfile as sf
 
 from conftest import ARSC_DIR, REPO, requires_arsc
-from speakerid.data.check import check_data
+from speakerid.data.check import check_data, short_files, warn_short_training_files
 from speakerid.data.lists import ListFormatError
+from speakerid.features import samples_for_frames
 
 
 def tone(seconds=2.5, rate=16000):
@@ -113,3 +115,84 @@ def test_trial_list_without_labels_is_checked(corpus):
     assert report.stats["trials"] == 3 and report.stats["target_trials"] is None
     assert any(p.kind == "duplicate" and "trial a/s1/0.wav b/s1/0.flac appears 2 times" in p.detail
                for p in report.problems)
+
+
+def test_a_byte_order_mark_is_a_warning_naming_the_list(corpus):
+    tmp_path, root, train_list, trials, _ = corpus
+    plain = check_data(train_list, root, trials, root, workers=2)
+    assert "bom" not in {p.kind for p in plain.problems}
+    train_list.write_bytes(b"\xef\xbb\xbf" + train_list.read_bytes())
+    trials.write_bytes(b"\xef\xbb\xbf" + trials.read_bytes())
+    report = check_data(train_list, root, trials, root, workers=2)
+    boms = [p for p in report.problems if p.kind == "bom"]
+    assert {(p.severity, p.where) for p in boms} == {("warning", str(train_list)), ("warning", str(trials))}
+    assert "byte-order mark" in boms[0].detail and "without BOM" in boms[0].detail
+    assert report.stats == {**plain.stats}  # the BOM is not a speaker, nor part of a label
+    assert len(report.problems) == len(plain.problems) + 2
+
+
+def test_trial_files_that_evaluation_cannot_embed_are_errors(corpus):
+    tmp_path, root, _, _, bad = corpus
+    (root / "c/s1").mkdir(parents=True)
+    sf.write(str(root / "c/s1/blip.wav"), tone(0.015), 16000)  # below the 257 samples the fbank needs
+    sf.write(str(root / "c/s1/brief.wav"), tone(0.09), 16000)
+    sf.write(str(root / "c/s1/enough.wav"), tone(0.11), 16000)
+    files = ["c/s1/blip.wav", "c/s1/brief.wav", "c/s1/enough.wav"] + [bad[k] for k in (
+        "unreadable", "empty", "sample_rate", "channels", "non_finite", "corrupt")]
+    trials = tmp_path / "hard_trials.txt"
+    trials.write_text("".join(f"{i % 2} a/s1/0.wav {f}\n" for i, f in enumerate(files)))
+    report = check_data(trials=trials, trials_root=root, deep=True, workers=2)
+    found = {(p.kind, p.where.split("/wav/")[-1]): p for p in report.problems}
+    for kind in ("unreadable", "empty", "sample_rate", "channels", "non_finite", "corrupt"):
+        assert found[(kind, bad[kind])].severity == "error", kind
+    assert found[("too_short", "c/s1/blip.wav")].severity == "error"
+    assert found[("too_short", "c/s1/brief.wav")].detail == "0.090 s, shorter than 0.10 s (too short to embed)"
+    assert not any(where == "c/s1/enough.wav" for _, where in found)
+    assert not any(p.kind == "too_short" for p in check_data(trials=trials, trials_root=root, workers=2,
+                                                              min_trial_seconds=0.01).problems)
+
+
+@pytest.mark.parametrize("path,why", [("../outside.wav", "goes up with '..'"), ("/tmp/outside.wav", "is absolute")])
+def test_script_reports_paths_outside_the_root(tmp_path, path, why):
+    trials = tmp_path / "trials.txt"
+    trials.write_text(f"1 a/1.wav a/2.wav\n0 a/1.wav {path}\n")
+    proc = subprocess.run([sys.executable, "scripts/check_data.py", "--trials", trials, "--trials-root", tmp_path,
+                           "--report", tmp_path / "r.json"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"error: {trials}:2: path '{path}' {why}: paths must be relative to the root and stay inside it" \
+        in proc.stderr
+
+
+def test_script_reports_a_byte_order_mark_and_a_trial_file_too_short(corpus):
+    tmp_path, root, _, _, _ = corpus
+    sf.write(str(root / "b/s1/blip.wav"), tone(0.05), 16000)
+    trials = tmp_path / "bom_trials.txt"
+    trials.write_bytes("\ufeff1 a/s1/0.wav a/s1/1.wav\n0 a/s1/0.wav b/s1/blip.wav\n".encode())
+    proc = subprocess.run([sys.executable, "scripts/check_data.py", "--trials", trials, "--trials-root", root,
+                           "--report", tmp_path / "r.json"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert "WARNING bom: 1" in proc.stdout and f"{trials}: starts with a UTF-8 byte-order mark" in proc.stdout
+    assert "ERROR too_short: 1" in proc.stdout and "b/s1/blip.wav: 0.050 s, shorter than 0.10 s" in proc.stdout
+
+
+def test_short_training_files_are_found_from_headers_and_logged(tmp_path, caplog):
+    lengths = {"a/long.wav": 32000, "a/tenth.wav": 3224, "b/short.wav": 3223, "b/tiny.flac": 800, "b/8k.wav": 1000}
+    for rel, n in lengths.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(tmp_path / rel), tone(n / 16000), 8000 if "8k" in rel else 16000)
+    (tmp_path / "a/garbage.wav").write_bytes(b"not audio" * 10)
+    paths = list(lengths) + ["a/garbage.wav", "a/missing.wav", "b/tiny.flac"]
+    # 1000 samples at 8 kHz are 2000 at 16 kHz once resampled; unreadable and missing files are left out.
+    assert short_files(tmp_path, paths, 3224, 16000, workers=3) == [("b/short.wav", 3223), ("b/tiny.flac", 800),
+                                                                     ("b/8k.wav", 2000)]
+    crop = samples_for_frames(200)  # the 2 s training crop: 32240 samples, a tenth is 3224
+    with caplog.at_level(logging.WARNING, logger="speakerid"):
+        assert len(warn_short_training_files(tmp_path, paths, crop, 16000, workers=2)) == 3
+    [record] = caplog.records
+    assert record.name == "speakerid" and record.getMessage().startswith(
+        "3 of 7 training files are shorter than a tenth of the 2.0 s crop and are repeated to fill it, "
+        "e.g. b/short.wav (0.201 s)")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="speakerid"):
+        assert warn_short_training_files(tmp_path, ["a/long.wav", "a/tenth.wav"], crop, 16000) == []
+    assert not caplog.records

@@ -1,3 +1,6 @@
+import logging
+import re
+
 import pytest
 
 from speakerid.data.lists import (
@@ -7,7 +10,10 @@ from speakerid.data.lists import (
     has_labels,
     read_train_list,
     read_trials,
+    starts_with_bom,
     trial_files,
+    warn_duplicate_paths,
+    warn_duplicate_trials,
 )
 
 
@@ -98,3 +104,76 @@ def test_trial_path_prefix_is_stripped_or_reported(tmp_path):
     bad = write(tmp_path / "q.txt", "1 vox1/wav/id1/a.wav vox1/wav/id1/b.wav\n0 vox1/wav/id1/a.wav id2/c.wav\n")
     with pytest.raises(ListFormatError, match=r"q.txt:2: path 'id2/c.wav' does not start with the prefix 'vox1/wav/'"):
         read_trials(bad, strip_prefix="vox1/wav/")
+
+
+BOM = "\ufeff"
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_speaker(tmp_path):
+    lst = tmp_path / "bom.txt"
+    lst.write_bytes(f"{BOM}syn00000 syn00000/a.wav\nsyn00001 syn00001/b.wav\nsyn00000 syn00000/c.wav\n".encode())
+    parsed = read_train_list(lst, tmp_path)
+    assert parsed.speaker_ids == ["syn00000", "syn00001"] and parsed.labels == [0, 1, 0]
+    assert starts_with_bom(lst) and not starts_with_bom(write(tmp_path / "plain.txt", "a a/1.wav\n"))
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_label(tmp_path):
+    lst = tmp_path / "bom_trials.txt"
+    lst.write_bytes(f"{BOM}0 a/1.wav b/1.wav\n1 a/1.wav a/2.wav\n".encode())
+    assert [(t.label, t.enrol) for t in read_trials(lst)] == [(0, "a/1.wav"), (1, "a/1.wav")]
+    unlabelled = tmp_path / "bom_pairs.txt"
+    unlabelled.write_bytes(f"{BOM}a/1.wav b/1.wav\n".encode())
+    assert read_trials(unlabelled)[0].enrol == "a/1.wav"
+
+
+@pytest.mark.parametrize("path,why", [
+    ("../other/x.wav", "goes up with '..'"),
+    ("spk/../../x.wav", "goes up with '..'"),
+    ("/etc/passwd", "is absolute"),
+])
+def test_paths_outside_the_root_are_refused(tmp_path, path, why):
+    expected = rf"{{}}:2: path '{re.escape(path)}' {why}: paths must be relative to the root and stay inside it"
+    train = write(tmp_path / "train.txt", f"a a/1.wav\nb {path}\n")
+    with pytest.raises(ListFormatError, match=expected.format("train.txt")):
+        read_train_list(train, tmp_path)
+    trials = write(tmp_path / "trials.txt", f"1 a/1.wav a/2.wav\n0 a/1.wav {path}\n")
+    with pytest.raises(ListFormatError, match=expected.format("trials.txt")):
+        read_trials(trials)
+    pairs = write(tmp_path / "pairs.txt", f"a/1.wav a/2.wav\n{path} a/1.wav\n")
+    with pytest.raises(ListFormatError, match=expected.format("pairs.txt")):
+        read_trials(pairs)
+
+
+def test_paths_are_checked_after_the_prefix_is_stripped(tmp_path):
+    lst = write(tmp_path / "p.txt", "1 /data/wav/a/1.wav /data/wav/a/2.wav\n0 /data/wav/a/1.wav /data/wav/../b.wav\n")
+    with pytest.raises(ListFormatError, match=r"p.txt:2: path '../b.wav' goes up"):
+        read_trials(lst, strip_prefix="/data/wav/")
+    ok = write(tmp_path / "q.txt", "1 /data/wav/a/1.wav /data/wav/a/2.wav\n0 /data/wav/a/1.wav /data/wav/b/1.wav\n")
+    assert read_trials(ok, strip_prefix="/data/wav/")[1].test == "b/1.wav"
+    assert read_train_list(write(tmp_path / "dots.txt", "a a/..x.wav\nb b/x..wav\n"), tmp_path).paths[0] == "a/..x.wav"
+
+
+def test_duplicate_train_lines_are_logged_with_count_and_example(tmp_path, caplog):
+    lst = write(tmp_path / "dup.txt", "a a/1.wav\nb b/1.wav\na a/1.wav\nb b/1.wav\na a/1.wav\nb b/2.wav\n")
+    train = read_train_list(lst, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="speakerid"):
+        assert warn_duplicate_paths(lst, train) == {"a/1.wav": 3, "b/1.wav": 2}
+    [record] = caplog.records
+    assert record.name == "speakerid" and record.levelno == logging.WARNING
+    assert (f"train list {lst}: 2 files are listed more than once (3 extra lines), e.g. a/1.wav 3 times"
+            in record.getMessage())
+    caplog.clear()
+    assert warn_duplicate_paths(lst, read_train_list(write(tmp_path / "ok.txt", "a a/1.wav\nb b/1.wav\n"),
+                                                     tmp_path)) == {}
+    assert not caplog.records
+
+
+def test_duplicate_trials_are_logged_with_count_and_example(tmp_path, caplog):
+    lst = write(tmp_path / "dup_trials.txt", "1 a/1.wav a/2.wav\n0 a/1.wav b/1.wav\n0 a/1.wav b/1.wav\n"
+                                             "1 a/1.wav a/2.wav\n0 b/1.wav a/1.wav\n")
+    with caplog.at_level(logging.WARNING, logger="speakerid"):
+        dups = warn_duplicate_trials(lst, read_trials(lst))
+    assert {t.line(): n for t, n in dups.items()} == {"1 a/1.wav a/2.wav": 2, "0 a/1.wav b/1.wav": 2}
+    [record] = caplog.records
+    assert (f"trial list {lst}: 2 trials appear more than once (2 extra lines), e.g. '1 a/1.wav a/2.wav' 2 times"
+            in record.getMessage())

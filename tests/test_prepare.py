@@ -67,6 +67,14 @@ def test_kaldi_errors_name_file_and_line(tmp_path, wav_scp, utt2spk, message):
         read_kaldi_data_dir(tmp_path, base=tmp_path)
 
 
+def test_kaldi_files_with_a_byte_order_mark_are_read(tmp_path):
+    """A BOM (as Windows editors write) is not part of the first utterance id."""
+    (tmp_path / "wav.scp").write_bytes("\ufeffu1 a/1.wav\nu2 b/2.wav\n".encode())
+    (tmp_path / "utt2spk").write_bytes("\ufeffu2 spkB\nu1 spkA\n".encode())
+    assert read_kaldi_data_dir(tmp_path, base=tmp_path) == [("spkA", str(tmp_path / "a/1.wav")),
+                                                             ("spkB", str(tmp_path / "b/2.wav"))]
+
+
 def test_kaldi_segments_are_refused(tmp_path):
     for name in ("wav.scp", "utt2spk", "segments"):
         (tmp_path / name).write_text("u1 x\n")

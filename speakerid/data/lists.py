@@ -3,10 +3,23 @@ file, the line and what is wrong."""
 
 from __future__ import annotations
 
+import codecs
+import logging
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Hashable, Iterable, TypeVar
+
+log = logging.getLogger("speakerid")
+
+# UTF-8, with a leading byte-order mark (which Windows editors write) accepted and dropped: read as plain
+# UTF-8 it would become part of the first speaker id or label.
+LIST_ENCODING = "utf-8-sig"
+
+T = TypeVar("T")
+H = TypeVar("H", bound=Hashable)
 
 
 class ListFormatError(ValueError):
@@ -39,11 +52,15 @@ class Trial:
     enrol: str
     test: str
 
+    def line(self) -> str:
+        """The trial as a list line."""
+        return " ".join(([] if self.label is None else [str(self.label)]) + [self.enrol, self.test])
+
 
 def _content_lines(list_file: Path):
     """Yield (line_number, fields) for non-blank, non-comment lines."""
     try:
-        with open(list_file, encoding="utf-8") as f:
+        with open(list_file, encoding=LIST_ENCODING) as f:
             for number, line in enumerate(f, start=1):
                 stripped = line.strip()
                 if not stripped or stripped.startswith("#"):
@@ -53,6 +70,24 @@ def _content_lines(list_file: Path):
         raise FileNotFoundError(f"{list_file}: list file does not exist") from None
     except UnicodeDecodeError as e:
         raise ListFormatError(f"{list_file}: not a UTF-8 text file ({e})") from None
+
+
+def starts_with_bom(list_file: str | os.PathLike) -> bool:
+    """Whether a file starts with a UTF-8 byte-order mark (accepted by the readers here, not by every tool)."""
+    with open(list_file, "rb") as f:
+        return f.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8
+
+
+def _check_inside_root(list_file: Path, number: int, path: str) -> None:
+    """A list path is joined to a root: an absolute one or one with `..` would open files outside it."""
+    if os.path.isabs(path):
+        why = "is absolute"
+    elif ".." in Path(path).parts:
+        why = "goes up with '..'"
+    else:
+        return
+    raise ListFormatError(f"{list_file}:{number}: path {path!r} {why}: paths must be relative to the root and stay "
+                          f"inside it")
 
 
 def read_train_list(list_file: str | os.PathLike, root: str | os.PathLike) -> TrainList:
@@ -67,10 +102,7 @@ def read_train_list(list_file: str | os.PathLike, root: str | os.PathLike) -> Tr
                 f"{' '.join(fields)!r}"
             )
         speaker, path = fields
-        if os.path.isabs(path):
-            raise ListFormatError(
-                f"{list_file}:{number}: path {path!r} is absolute; train-list paths are relative to data.root"
-            )
+        _check_inside_root(list_file, number, path)
         speakers.append(speaker)
         paths.append(path)
     if not paths:
@@ -117,6 +149,8 @@ def read_trials(list_file: str | os.PathLike, strip_prefix: str | None = None) -
             label = None
         if strip_prefix:
             enrol, test = (_strip(list_file, number, p, strip_prefix) for p in (enrol, test))
+        for path in (enrol, test):
+            _check_inside_root(list_file, number, path)
         trials.append(Trial(label, enrol, test))
     if not trials:
         raise ListFormatError(f"{list_file}: the trial list has no entries")
@@ -144,13 +178,48 @@ def trial_files(trials: list[Trial]) -> list[str]:
     return list(dict.fromkeys(p for t in trials for p in (t.enrol, t.test)))
 
 
-def find_missing(root: str | os.PathLike, paths: list[str], workers: int = 16) -> list[str]:
-    """Relative paths that do not exist under root, in input order. Threads hide the latency of network
-    file systems when a million files are checked."""
+def repeated(items: Iterable[H]) -> dict[H, int]:
+    """Items that occur more than once, with their counts, in first-seen order."""
+    return {item: n for item, n in Counter(items).items() if n > 1}
+
+
+def warn_duplicate_paths(list_file: str | os.PathLike, train: TrainList) -> dict[str, int]:
+    """Log a warning when a train list names a file more than once (each copy is drawn as an utterance of
+    its own, so the file weighs more in training); returns {path: count} of the repeated paths."""
+    dups = repeated(train.paths)
+    if dups:
+        path, n = next(iter(dups.items()))
+        log.warning("train list %s: %d files are listed more than once (%d extra lines), e.g. %s %d times; each "
+                    "copy is drawn as a separate utterance. Remove the repeated lines (scripts/check_data.py "
+                    "lists them all)", list_file, len(dups), sum(dups.values()) - len(dups), path, n)
+    return dups
+
+
+def warn_duplicate_trials(list_file: str | os.PathLike, trials: list[Trial]) -> dict[Trial, int]:
+    """Log a warning when a trial list repeats a trial (each copy counts in the EER and minDCF); returns
+    {trial: count} of the repeated trials."""
+    dups = repeated(trials)
+    if dups:
+        trial, n = next(iter(dups.items()))
+        log.warning("trial list %s: %d trials appear more than once (%d extra lines), e.g. '%s' %d times; each "
+                    "copy counts in the EER and minDCF. Remove the repeated lines (scripts/check_data.py lists "
+                    "them all)", list_file, len(dups), sum(dups.values()) - len(dups), trial.line(), n)
+    return dups
+
+
+def map_files(fn: Callable[[Path], T], root: str | os.PathLike, paths: list[str], workers: int = 16,
+              chunksize: int = 64) -> list[T]:
+    """fn(root / path) for each path, in input order, on `workers` threads: file-system calls and libsndfile
+    release the GIL, so threads hide the latency of network file systems when a million files are checked."""
     root = Path(root)
-    unique = list(dict.fromkeys(paths))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        exists = list(pool.map(lambda p: os.path.isfile(root / p), unique, chunksize=256))
+        return list(pool.map(lambda p: fn(root / p), paths, chunksize=chunksize))
+
+
+def find_missing(root: str | os.PathLike, paths: list[str], workers: int = 16) -> list[str]:
+    """Relative paths that do not exist under root, in input order."""
+    unique = list(dict.fromkeys(paths))
+    exists = map_files(os.path.isfile, root, unique, workers, chunksize=256)
     return [p for p, ok in zip(unique, exists) if not ok]
 
 

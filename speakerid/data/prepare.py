@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from speakerid.data.lists import LIST_ENCODING
 from speakerid.io import write_text_atomic
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
@@ -58,7 +59,7 @@ def _read_kaldi_table(path: Path, what: str) -> dict[str, tuple[int, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (a Kaldi data directory needs wav.scp and utt2spk)")
     table: dict[str, tuple[int, str]] = {}
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding=LIST_ENCODING) as f:
         for number, line in enumerate(f, start=1):
             stripped = line.strip()
             if not stripped:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -251,24 +253,97 @@ def _make_trials(test_utterances: dict[str, list[str]], rng: np.random.Generator
     return [lines[i] for i in order]
 
 
+# A folder speakerid generated carries this marker: its spec's fingerprint and whether generation finished.
+# Only such a folder (or an empty one) is ever written into, so a data.dir that names a real corpus is not
+# overwritten.
+MARKER = ".speakerid-synthetic.json"
+_LEGACY_MARKER = "corpus.json"  # the marker before MARKER: written last, so present only when complete
+_LISTS = ("train_list.txt", "trials.txt")
+_OWN_NAMES = {MARKER, _LEGACY_MARKER, *_LISTS, "wav"}
+# Temporary files of an atomic write (speakerid.io) that a kill left behind.
+_OWN_TEMP = re.compile(r"\.(" + "|".join(re.escape(n) for n in sorted(_OWN_NAMES - {"wav"})) + r")\..+\.tmp")
+# Folders other speakerid generators put inside a corpus folder (scripts/benchmark.py: noise/), by marker.
+_GENERATED_SUBFOLDER_MARKERS = ("noise_corpus.json",)
+_SPEAKER_FOLDER = re.compile(r"syn\d{5}")
+
+
+class ForeignFolderError(FileExistsError):
+    """The folder chosen for a synthetic corpus holds files that speakerid did not generate."""
+
+
+def _is_own_entry(root: Path, name: str) -> bool:
+    return (name in _OWN_NAMES or _OWN_TEMP.fullmatch(name) is not None
+            or any((root / name / m).is_file() for m in _GENERATED_SUBFOLDER_MARKERS))
+
+
+def _generation_record(root: Path) -> dict | None:
+    """What the marker of a generated folder says ({'fingerprint', 'complete', ...}), or None without one."""
+    if (root / MARKER).is_file():
+        try:
+            record = json.loads((root / MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = None
+        return record if isinstance(record, dict) else {"complete": False}  # ours, but unreadable: regenerate
+    try:
+        record = json.loads((root / _LEGACY_MARKER).read_text(encoding="utf-8"))
+        fingerprint = CorpusSpec(**record["spec"]).fingerprint()
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    # Recognised only when its fingerprint is the one its own spec gives, as ensure_corpus wrote it.
+    return {**record, "complete": True} if record.get("fingerprint") == fingerprint else None
+
+
+def _claim(root: Path) -> dict | None:
+    """The generation record of root, None when root is empty or does not exist; ForeignFolderError when
+    root holds anything speakerid did not generate."""
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"{root} is a file; the synthetic corpus is generated into a folder")
+    names = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    if not names:
+        return None
+    record = _generation_record(root)
+    foreign = names if record is None else [n for n in names if not _is_own_entry(root, n)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ForeignFolderError(
+            f"data.dir={root} holds files that speakerid did not generate ({shown}): the synthetic data config "
+            f"(data=synthetic, debug=tiny: data.generate is set) generates a corpus there and would overwrite them. "
+            f"Point data.dir at an empty folder or one speakerid generated, or train on the corpus that is there "
+            f"with data=folder (with debug=tiny, also data.generate=null)")
+    return record
+
+
+def _write_record(root: Path, spec: CorpusSpec, complete: bool) -> None:
+    write_json_atomic(root / MARKER, {"generator": "speakerid.data.synthetic", "fingerprint": spec.fingerprint(),
+                                      "spec": asdict(spec), "complete": complete})
+
+
 def ensure_corpus(root: str | os.PathLike, spec: CorpusSpec = CorpusSpec(), workers: int | None = None) -> dict:
     """Generate the corpus under root unless a complete one with the same spec is there already.
 
-    Returns {'root', 'train_list', 'trials'}. Files are written first and the marker last, so an
-    interrupted generation is redone rather than used half-written.
+    Returns {'root', 'train_list', 'trials'}. Only an empty (or missing) folder or one speakerid generated
+    is written into; any other raises ForeignFolderError before anything is written. The marker is
+    rewritten as incomplete before the first file and as complete after the last, so an interrupted
+    generation is redone rather than used half-written, whatever was there before.
     """
     root = Path(root)
-    marker = root / "corpus.json"
-    paths = {"root": str(root / "wav"), "train_list": str(root / "train_list.txt"),
-             "trials": str(root / "trials.txt")}
-    if marker.exists():
-        try:
-            if json.loads(marker.read_text()).get("fingerprint") == spec.fingerprint():
-                return paths
-        except (json.JSONDecodeError, OSError):
-            pass
+    paths = {"root": str(root / "wav"), "train_list": str(root / _LISTS[0]), "trials": str(root / _LISTS[1])}
+    record = _claim(root)
+    if (record is not None and record.get("complete") is True and record.get("fingerprint") == spec.fingerprint()
+            and all((root / name).is_file() for name in _LISTS)):
+        if not (root / MARKER).is_file():  # a corpus generated before MARKER: recognised, now marked
+            _write_record(root, spec, complete=True)
+            (root / _LEGACY_MARKER).unlink()
+        return paths
+    root.mkdir(parents=True, exist_ok=True)
+    _write_record(root, spec, complete=False)
+    (root / _LEGACY_MARKER).unlink(missing_ok=True)
     wav_root = root / "wav"
-    wav_root.mkdir(parents=True, exist_ok=True)
+    if wav_root.is_dir():  # the speakers of an earlier spec, which the new lists would not name
+        for folder in wav_root.iterdir():
+            if folder.is_dir() and _SPEAKER_FOLDER.fullmatch(folder.name):
+                shutil.rmtree(folder)
+    wav_root.mkdir(exist_ok=True)
     total = spec.train_speakers + spec.test_speakers
     jobs = [(wav_root, spec, i) for i in range(total)]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
@@ -281,7 +356,7 @@ def ensure_corpus(root: str | os.PathLike, spec: CorpusSpec = CorpusSpec(), work
     train_lines = [f"{_speaker_id(i)} {rel}" for i in range(spec.train_speakers) for rel in per_speaker[i]]
     test_utterances = {_speaker_id(i): per_speaker[i] for i in range(spec.train_speakers, total)}
     trials = _make_trials(test_utterances, np.random.default_rng([spec.seed, 10**6]))
-    write_text_atomic(root / "train_list.txt", "\n".join(train_lines) + "\n")
-    write_text_atomic(root / "trials.txt", "\n".join(trials) + "\n")
-    write_json_atomic(marker, {"fingerprint": spec.fingerprint(), "spec": asdict(spec)})
+    write_text_atomic(root / _LISTS[0], "\n".join(train_lines) + "\n")
+    write_text_atomic(root / _LISTS[1], "\n".join(trials) + "\n")
+    _write_record(root, spec, complete=True)
     return paths
