@@ -60,6 +60,12 @@ def check_choice_weights(weights: dict[str, Any], key: str = "augment.choices") 
     require(sum(float(w) for w in weights.values()) > 0, key, "at least one choice with a weight > 0", weights)
 
 
+def check_folder_name(value: Any, key: str) -> None:
+    """A name that becomes one folder or file name (run names, list names): never a path out of its parent."""
+    require(isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
+            and "\0" not in value, key, "a plain name (no '/', not '..'): it names one folder or file", value)
+
+
 BANK_DTYPES = ("int16", "float32")
 BAD_AUDIO_POLICIES = ("error", "skip")
 SAMPLE_DTYPES = ("float32", "int16")
@@ -94,6 +100,7 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.get("run_dir") is None:
         raise ConfigError("run_dir is not set (train.py sets it from Hydra's run dir; set it when calling train())")
 
+    check_folder_name(cfg.name, "name")
     data, trainer, head = cfg.data, cfg.trainer, cfg.head
     require(is_int(data.batch_size) and data.batch_size >= 2, "data.batch_size", "an integer >= 2 "
             "(BatchNorm needs at least 2 utterances per batch)", data.batch_size)

@@ -200,9 +200,25 @@ class Loop:
         data = run.cfg.data
         extractor = EmbeddingExtractor(run.parts.fbank, run.parts.model)
         broadcast_buffers(run.parts.model, run.env.dist)  # every rank embeds with rank 0's BatchNorm statistics
-        result = run.lists.evaluation.run(extractor, run.env.device, data.sample_rate, data.resample,
-                                          dist=run.env.dist)
+        # cuDNN would autotune every new utterance length, which never pays off over a trial list.
+        benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+        try:
+            result = run.lists.evaluation.run(extractor, run.env.device, data.sample_rate, data.resample,
+                                              dist=run.env.dist)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
         return log_validation(self.logger, result, run.state.progress.step)
+
+    def validate_and_save(self, results: dict[str, Any]) -> None:
+        """Validate the epoch just saved, then save it again with the result (and as best.pt when best)."""
+        progress = self.run.state.progress
+        val = self.validate()
+        results.update(val)
+        progress.pending_validation = False
+        best = val["val/eer"] < progress.best_eer
+        if best:
+            progress.best_eer = val["val/eer"]
+        self.save(best=best)
 
 
 def log_validation(logger: MetricLogger, result: EvaluationResult, step: int) -> dict[str, float]:
@@ -232,35 +248,36 @@ def fit(run: Run) -> dict[str, Any]:
     with StopSignal() as stop:
         loop = Loop(run, logger, stop)
         try:
-            while progress.epoch < tcfg.epochs:
+            if progress.pending_validation:  # resumed from a checkpoint written before its validation
+                loop.validate_and_save(results)
+            while not loop.stop_requested(log_step=True) and progress.epoch < tcfg.epochs:  # ranks agree
                 t0 = time.perf_counter()
                 results.update(loop.train_epoch())
                 if stop.received is not None:
-                    path = loop.save()
-                    log.warning(
-                        "%s received: stopped at epoch %d, step %d; checkpoint %s. Resume with the same command "
-                        "plus trainer.resume=true (or trainer.resume=%s)", stop.name, progress.epoch + 1,
-                        progress.step, path, state.checkpoints.last)
-                    results["interrupted"] = stop.name
-                    results["exit_code"] = 128 + stop.received
+                    loop.save()
                     break
                 run.optimisation.scheduler.step()
                 progress.epoch += 1
                 progress.position = 0
                 epoch_time = time.perf_counter() - t0
-                best = False
-                if run.lists.evaluation is not None and (progress.epoch % tcfg.eval_every_epochs == 0
-                                                         or progress.epoch == tcfg.epochs):
-                    val = loop.validate()
-                    results.update(val)
-                    if val["val/eer"] < progress.best_eer:
-                        progress.best_eer = val["val/eer"]
-                        best = True
-                loop.save(best=best)
+                validate = run.lists.evaluation is not None and (progress.epoch % tcfg.eval_every_epochs == 0
+                                                                 or progress.epoch == tcfg.epochs)
+                # The epoch is saved before validation reads a file: a validation that fails or is stopped
+                # never costs training.
+                progress.pending_validation = validate
+                loop.save()
+                if validate:
+                    loop.validate_and_save(results)
                 logger.flush()
                 summary = ", ".join(f"{k} {v:.4f}" for k, v in results.items()
                                     if k.startswith(("train/epoch", "val/")))
                 log.info("epoch %d/%d done in %.1f s: %s", progress.epoch, tcfg.epochs, epoch_time, summary)
+            if stop.received is not None:  # during training or during a validation
+                log.warning("%s received: stopped at epoch %d, step %d; checkpoint %s. Resume with the same "
+                            "command plus trainer.resume=true (or trainer.resume=%s)", stop.name,
+                            progress.epoch + 1, progress.step, state.checkpoints.last, state.checkpoints.last)
+                results["interrupted"] = stop.name
+                results["exit_code"] = 128 + stop.received
         finally:
             logger.close()
     results.update({"best/eer": progress.best_eer, "epochs": progress.epoch, "steps": progress.step,

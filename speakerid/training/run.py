@@ -49,7 +49,7 @@ def setup_run(cfg: DictConfig) -> Run:
     errors before any audio is read, and the audio banks before the first step."""
     validate_config(cfg)
     env = setup.setup_environment(cfg)                                   # processes, device, seeds
-    checkpoints, resume_from = setup.setup_run_folder(cfg, env)          # never over another run
+    checkpoints, resume_from, checkpoint = setup.setup_run_folder(cfg, env)  # never over another run
     lists = setup.setup_lists(cfg, env)                                  # train list and trials, checked
     speed = setup.setup_speed_perturbation(cfg, env, len(lists.speakers))
     num_classes = speed.num_classes if speed is not None else len(lists.speakers)
@@ -66,8 +66,8 @@ def setup_run(cfg: DictConfig) -> Run:
                         compile=cfg.trainer.compile)
     state = RunState(cfg, env.dist, env.device, checkpoints, parts.model, parts.head, optimisation.optimizer,
                      optimisation.scheduler, optimisation.scaler, lists.speakers)
-    if resume_from is not None:
-        state.restore(resume_from)
+    if checkpoint is not None:
+        state.restore(resume_from, checkpoint)
     return Run(cfg, env, lists, parts, optimisation, speed, noise_reverb, loader, step, state)
 
 

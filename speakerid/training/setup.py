@@ -23,7 +23,8 @@ from speakerid import builders
 from speakerid.augment import NoiseReverb, SpeedPerturb
 from speakerid.checkpoint import CheckpointDir
 from speakerid.data.dataset import CropDataset, EpochSampler, collate
-from speakerid.data.lists import TrainList, check_files_exist, read_train_list
+from speakerid.data.check import warn_short_training_files
+from speakerid.data.lists import TrainList, check_files_exist, read_train_list, warn_duplicate_paths
 from speakerid.data.synthetic import CorpusSpec, ensure_corpus
 from speakerid.distributed import (
     DistEnv,
@@ -36,7 +37,7 @@ from speakerid.distributed import (
 )
 from speakerid.evaluation import Evaluation
 from speakerid.features import samples_for_frames
-from speakerid.training.state import check_writable, find_resume_checkpoint
+from speakerid.training.state import check_writable, find_resume_checkpoint, load_resume_checkpoint
 
 log = logging.getLogger("speakerid")
 
@@ -90,16 +91,18 @@ def setup_environment(cfg: DictConfig) -> Environment:
     return Environment(dist, device, run_dir)
 
 
-def setup_run_folder(cfg: DictConfig, env: Environment) -> tuple[CheckpointDir, Path | None]:
-    """The run's checkpoint folder, and the checkpoint to resume from (None for a new run). Never trains
-    over another run's checkpoints, and fails now when the folder cannot be written."""
+def setup_run_folder(cfg: DictConfig, env: Environment) -> tuple[CheckpointDir, Path | None, dict | None]:
+    """The run's checkpoint folder, and the checkpoint to resume from with its path (None for a new run).
+    Never trains over another run's checkpoints, and fails now when the folder cannot be written or the
+    run to resume has already finished (RunFinished)."""
     checkpoints = CheckpointDir(env.run_dir / "checkpoints", keep=cfg.trainer.keep_checkpoints)
     resume_from = find_resume_checkpoint(cfg.trainer.resume, env.run_dir)
     if resume_from is None and checkpoints.last.exists():
         raise FileExistsError(f"{env.run_dir} already holds a run's checkpoints: resume it with "
                               f"trainer.resume=true, or give another run_dir")
+    checkpoint = None if resume_from is None else load_resume_checkpoint(resume_from, cfg.trainer.epochs)
     check_writable(env.run_dir)
-    return checkpoints, resume_from
+    return checkpoints, resume_from, checkpoint
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -132,10 +135,14 @@ def setup_lists(cfg: DictConfig, env: Environment) -> Lists:
         prepare_corpus(data)
     barrier(env.dist)
     train_list = read_train_list(data.train_list, data.train_root)
+    if env.dist.is_main:
+        warn_duplicate_paths(data.train_list, train_list)
     evaluation = None if protocol is None else Evaluation(protocol, check_files=False, require_labels=True)
     if data.check_files:
         t0 = time.perf_counter()
         check_files_exist(data.train_root, train_list.paths, what=f"train list {data.train_list}")
+        if env.dist.is_main:
+            warn_short_training_files(data.train_root, train_list.paths, crop_samples(cfg), data.sample_rate)
         if evaluation is not None:
             evaluation.check_files()
         log.info("checked %d listed files in %.1f s", len(train_list), time.perf_counter() - t0)

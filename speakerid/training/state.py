@@ -38,6 +38,9 @@ class Progress:
     step: int = 0             # optimizer steps since the start of the run
     best_eer: float = math.inf
     nonfinite_steps: int = 0  # steps skipped because the loss or a gradient was NaN/inf
+    # Set in the checkpoint written at an epoch's end before validating, so that a run stopped during
+    # validation (or by it failing) validates that epoch first when resumed.
+    pending_validation: bool = False
 
 
 class NonFiniteCounter:
@@ -62,23 +65,63 @@ class NonFiniteCounter:
         return int(self._in_a_row.item())
 
 
+class RunFinished(Exception):
+    """trainer.resume found the run already trained to trainer.epochs: there is nothing to do."""
+
+
+RESUME_KEYS = ("trainer.resume",)  # overrides that may differ between a run and its resumption
+
+
+def run_overrides(run_dir: Path) -> list[str] | None:
+    """The command-line overrides Hydra recorded for a run (.hydra/overrides.yaml), less trainer.resume;
+    None for a run started without Hydra (train(cfg) from Python)."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    overrides = OmegaConf.to_container(OmegaConf.load(path))
+    return sorted(o for o in overrides if not o.lstrip("+~").startswith(tuple(f"{k}=" for k in RESUME_KEYS)))
+
+
 def find_resume_checkpoint(resume: Any, run_dir: Path) -> Path | None:
-    """trainer.resume: false -> None; a path -> that file; true -> the newest last.pt among the runs of
-    this name (this run's folder and its siblings), or None when there is none yet, so that a job script
-    can always pass resume=true and be requeued at any moment."""
+    """trainer.resume: false -> None; a path -> that file; true -> the newest last.pt among the runs of this
+    name (the sibling folders of this run, multirun jobs included) started with the same overrides, or None
+    when there is none yet, so that a job script can always pass resume=true and be requeued at any
+    moment. Runs with other overrides (another job of a sweep, another setting) are never picked up."""
     if resume is False or resume is None:
         return None
     if resume is True:
-        candidates = list(run_dir.parent.glob("*/checkpoints/last.pt"))
+        ours = run_overrides(run_dir)
+        candidates, others = [], []
+        for last in run_dir.parent.glob("*/checkpoints/last.pt"):
+            theirs = run_overrides(last.parent.parent)
+            (candidates if ours is None or theirs == ours else others).append(last)
+        if others:
+            log.info("trainer.resume=true: %d run(s) of this name were started with other overrides and are "
+                     "not resumed (e.g. %s)", len(others), others[0].parent.parent)
         if not candidates:
-            log.warning("trainer.resume=true: no checkpoint under %s/*/checkpoints/ yet; starting a new run",
-                        run_dir.parent)
+            log.warning("trainer.resume=true: no checkpoint of a run with these overrides under %s/*/checkpoints/ "
+                        "yet; starting a new run", run_dir.parent)
             return None
         return max(candidates, key=lambda p: p.stat().st_mtime)
     path = Path(str(resume))
     if not path.is_file():
         raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint file")
     return path
+
+
+def claim_run_folder(parent: str | os.PathLike, stamp: str) -> str:
+    """Create a new folder under `parent` named `stamp` (or `stamp_2`, `stamp_3`, ... when taken) and return
+    its name. mkdir is atomic, so two runs started in the same second (a job array) never share one."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        name = stamp if n == 1 else f"{stamp}_{n}"
+        try:
+            (parent / name).mkdir()
+            return name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: no free run folder name for {stamp}")
 
 
 def check_writable(run_dir: Path) -> None:
@@ -139,12 +182,8 @@ class RunState:
         barrier(self.dist)
         return path
 
-    def restore(self, path: Path) -> None:
-        # Loaded on the CPU: RNG states must stay there; load_state_dict moves the rest to the device.
-        checkpoint = load_checkpoint(path, map_location="cpu")
-        if "averaged_from" in checkpoint:
-            raise RuntimeError(f"{path} averages {len(checkpoint['averaged_from'])} checkpoints: it has no "
-                               f"optimizer or RNG state to resume from; resume from one of them")
+    def restore(self, path: Path, checkpoint: dict[str, Any]) -> None:
+        """Put `checkpoint` (loaded from `path` by load_resume_checkpoint) into the run's objects."""
         if checkpoint["speakers"] != self.speakers:
             raise RuntimeError(
                 f"{path}: the checkpoint was trained on {len(checkpoint['speakers'])} speakers that differ from "
@@ -165,3 +204,24 @@ class RunState:
             if self.dist.rank:
                 torch.manual_seed(self.cfg.seed + 1000 * self.dist.rank + self.progress.step)
         log.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch + 1, self.progress.step)
+
+
+RESUME_PARTS = ("model", "head", "optimizer", "scheduler", "scaler", "progress", "rng", "speakers")
+
+
+def load_resume_checkpoint(path: Path, epochs: int) -> dict[str, Any]:
+    """The checkpoint to resume from, loaded on the CPU (RNG states must stay there; load_state_dict moves
+    the rest to the device), checked to hold a training state and to have epochs left to train."""
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    if "averaged_from" in checkpoint:
+        raise RuntimeError(f"{path} averages {len(checkpoint['averaged_from'])} checkpoints: it has no "
+                           f"optimizer or RNG state to resume from; resume from one of them")
+    missing = [part for part in RESUME_PARTS if part not in checkpoint]
+    if missing:
+        raise RuntimeError(f"{path}: not a training checkpoint that can be resumed (it has no "
+                           f"{', '.join(missing)}); resume from a run's checkpoints/last.pt or step-*.pt")
+    done = checkpoint["progress"]["epoch"]
+    if done >= epochs and not checkpoint["progress"].get("pending_validation", False):
+        raise RunFinished(f"{path}: this run already finished ({done} of {epochs} epochs); nothing to do. "
+                          f"To train it longer, give trainer.resume={path} trainer.epochs=<more than {done}>")
+    return checkpoint

@@ -1,0 +1,138 @@
+"""A run never writes where another run (or the user's data) lives: run folders are claimed atomically,
+trainer.resume=true picks up only a run of the same name and overrides and says when it has finished, a
+validation that fails or is interrupted never costs the epoch, and bad run names or roots are errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+from speakerid.checkpoint import load_checkpoint
+from speakerid.data.audio import AudioError
+from speakerid.training import setup_run, train
+from speakerid.training.state import claim_run_folder
+
+
+def train_py(*args, timeout=300):
+    return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_claiming_is_atomic_under_a_race(tmp_path):
+    names, barrier = [], threading.Barrier(16)
+
+    def claim():
+        barrier.wait()
+        names.append(claim_run_folder(tmp_path / "runs", "2026-01-01_00-00-00"))
+
+    threads = [threading.Thread(target=claim) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(names)) == 16 and "2026-01-01_00-00-00" in names and "2026-01-01_00-00-00_16" in names
+
+
+@pytest.mark.slow
+def test_runs_started_together_get_their_own_folders_and_resume_true_finds_finished_runs(tiny_corpus_dir,
+                                                                                         tmp_path):
+    args = ["debug=tiny", f"data.dir={tiny_corpus_dir}", f"runs_root={tmp_path}", "trainer.epochs=1", "~eval"]
+    procs = [subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    runs = sorted((tmp_path / "debug").iterdir())
+    assert len(runs) == 2, runs  # Hydra's second-resolution names would have collided
+    for run in runs:
+        assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"] == 6
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 6  # no interleaved lines
+
+    proc = train_py(*args, "trainer.resume=true")
+    assert proc.returncode == 0, proc.stderr
+    assert "already finished (1 of 1 epochs); nothing to do" in proc.stderr + proc.stdout
+    assert sorted((tmp_path / "debug").iterdir()) == runs  # no new, empty run folder
+
+    # Another setting is another run: it is not resumed, it starts.
+    proc = train_py(*args, "trainer.resume=true", "head.m=0.3")
+    assert proc.returncode == 0, proc.stderr
+    assert "started with other overrides and are not resumed" in proc.stderr + proc.stdout
+    assert len(list((tmp_path / "debug").iterdir())) == 3
+
+
+@pytest.mark.slow
+def test_multirun_jobs_resume_only_their_own_run(tiny_corpus_dir, tmp_path):
+    args = ["-m", "debug=tiny", f"data.dir={tiny_corpus_dir}", f"runs_root={tmp_path}", "trainer.epochs=1", "~eval",
+            "head.m=0.1,0.2", "trainer.resume=true"]
+    first = train_py(*args, timeout=600)
+    assert first.returncode == 0, first.stderr
+    jobs = sorted(p for p in (tmp_path / "debug").iterdir() if p.is_dir())
+    assert len(jobs) == 2
+    margins = {load_checkpoint(j / "checkpoints" / "last.pt")["config"]["head"]["m"] for j in jobs}
+    assert margins == {0.1, 0.2}
+    again = train_py(*args, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert (again.stderr + again.stdout).count("already finished (1 of 1 epochs)") == 2
+    assert sorted(p for p in (tmp_path / "debug").iterdir() if p.is_dir()) == jobs
+
+
+def test_bad_run_names_and_roots_are_errors_before_anything_is_written(tmp_path):
+    proc = train_py("debug=tiny", f"runs_root={tmp_path}", "name=../escaped")
+    assert proc.returncode == 1 and "name='../escaped' is not allowed" in proc.stderr, proc.stderr
+    assert not (tmp_path.parent / "escaped").exists() and not list(tmp_path.iterdir())
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    proc = train_py("debug=tiny", f"runs_root={blocker}/runs")
+    assert proc.returncode == 1 and "cannot create a run folder" in proc.stderr and "runs_root" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_failed_validation_keeps_the_epoch_and_resume_validates_it(tiny_cfg, tmp_path, monkeypatch):
+    run = setup_run(tiny_cfg("trainer.epochs=2", run_dir=tmp_path / "first"))
+    monkeypatch.setattr(run.lists.evaluation, "run", lambda *a, **k: (_ for _ in ()).throw(
+        AudioError("trials/x.wav: cannot read audio")))
+    with pytest.raises(AudioError):
+        run.fit()
+    saved = load_checkpoint(tmp_path / "first" / "checkpoints" / "last.pt")["progress"]
+    assert saved["epoch"] == 1 and saved["step"] == 6 and saved["pending_validation"] is True
+
+    resumed = setup_run(tiny_cfg("trainer.epochs=2", f"trainer.resume={tmp_path / 'first' / 'checkpoints' / 'last.pt'}",
+                                 run_dir=tmp_path / "second"))
+    calls = []
+    original = resumed.lists.evaluation.run
+    monkeypatch.setattr(resumed.lists.evaluation, "run", lambda *a, **k: calls.append(1) or original(*a, **k))
+    results = resumed.fit()
+    assert len(calls) == 2 and results["epochs"] == 2  # the pending validation of epoch 1, then epoch 2's
+    straight = train(tiny_cfg("trainer.epochs=2", run_dir=tmp_path / "straight"))
+    assert results["val/eer"] == straight["val/eer"]
+
+
+def test_a_signal_during_the_last_validation_stops_with_the_exit_code(tiny_cfg, tmp_path, monkeypatch):
+    run = setup_run(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
+    original = run.lists.evaluation.run
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(run.lists.evaluation, "run", interrupted)
+    results = run.fit()
+    assert results["exit_code"] == 128 + signal.SIGTERM and results["interrupted"] == "SIGTERM"
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["progress"]
+    assert saved["epoch"] == 1 and saved["pending_validation"] is False and saved["best_eer"] == results["val/eer"]
+
+
+def test_a_checkpoint_without_an_optimizer_is_named(tiny_cfg, tmp_path):
+    train(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    del checkpoint["optimizer"]
+    torch.save(checkpoint, tmp_path / "no-optimizer.pt")
+    with pytest.raises(RuntimeError, match=r"no-optimizer.pt: not a training checkpoint that can be resumed "
+                                           r"\(it has no optimizer\)"):
+        setup_run(tiny_cfg("trainer.epochs=2", f"trainer.resume={tmp_path / 'no-optimizer.pt'}",
+                           run_dir=tmp_path / "other"))
