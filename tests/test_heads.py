@@ -243,12 +243,12 @@ def test_weights_are_xavier_normal_with_k_rows_per_class():
 
 @pytest.mark.parametrize("make,key", [
     (lambda: AMSoftmax(10, 16, m=-0.1), "head.m"),
-    (lambda: AMSoftmax(10, 16, m=1.0), r"head.m \(cosine margin\) must be in \[0, 1\)"),
+    (lambda: AMSoftmax(10, 16, m=1.0), r"head.m.*cosine margin.*\[0, 1\)"),
     (lambda: AMSoftmax(10, 16, s=0.0), "head.s"),
     (lambda: AMSoftmax(10, 16, s=float("inf")), "head.s"),
     (lambda: AMSoftmax(10, 16, m=True), "head.m"),
     (lambda: AMSoftmax(1, 16), "head.num_classes"),
-    (lambda: SubCenterAAM(10, 16, m=math.pi / 2), r"head.m \(angular margin, radians\)"),
+    (lambda: SubCenterAAM(10, 16, m=math.pi / 2), r"head.m.*angular margin.*\[0, pi/2\)"),
     (lambda: SubCenterAAM(10, 16, s=-1.0), "head.s"),
     (lambda: SubCenterAAM(10, 0), "head.emb_dim"),
     (lambda: SubCenterAAM(10, 16, sub_centers=0), "head.sub_centers"),
