@@ -5,6 +5,7 @@ arguments with the same message. A message names the key, the value and what is 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
@@ -34,18 +35,35 @@ def check_one_of(value: Any, allowed: Iterable[str], key: str, meaning: str = ""
     require(value in allowed, key, " or ".join(allowed) + (f" ({meaning})" if meaning else ""), value)
 
 
-def check_int_at_least(value: Any, minimum: int, key: str, meaning: str = "") -> None:
+def check_int_at_least(value: Any, minimum: int, key: str, meaning: str = "") -> int:
     require(is_int(value) and value >= minimum, key, f"an integer >= {minimum}" + (f" ({meaning})" if meaning else ""),
             value)
+    return value
 
 
-def check_margin(value: Any, key: str = "head.m") -> None:
-    """An angular margin: cos(theta + m) stays a penalty only for m < pi/2."""
-    require(is_number(value) and 0 <= value < math.pi / 2, key, "an angular margin in radians in [0, pi/2)", value)
+@dataclass(frozen=True)
+class MarginRange:
+    """Margins in [0, upper). The upper bound is where the target logit of an embedding lying exactly on its
+    class centre stops being positive, i.e. no better than an orthogonal class (cosine 0)."""
+
+    upper: float
+    upper_text: str  # how the bound reads in a message
+    meaning: str
 
 
-def check_scale(value: Any, key: str = "head.s") -> None:
-    require(is_number(value) and value > 0, key, "a logit scale > 0", value)
+ANGULAR_MARGIN = MarginRange(math.pi / 2, "pi/2", "an angular margin in radians")  # cos(0 + m) > 0
+COSINE_MARGIN = MarginRange(1.0, "1", "a cosine margin")                           # cos(0) - m > 0
+
+
+def check_margin(value: Any, margin_range: MarginRange = ANGULAR_MARGIN, key: str = "head.m") -> float:
+    require(is_number(value) and 0 <= value < margin_range.upper, key,
+            f"{margin_range.meaning} in [0, {margin_range.upper_text})", value)
+    return float(value)
+
+
+def check_scale(value: Any, key: str = "head.s") -> float:
+    require(is_number(value) and math.isfinite(value) and value > 0, key, "a logit scale > 0", value)
+    return float(value)
 
 
 def check_speed_factors(factors: list, key: str = "augment.speed.factors") -> None:
@@ -124,7 +142,7 @@ def validate_config(cfg: DictConfig) -> None:
     _validate_model(cfg.model)
 
     if "m" in head:
-        check_margin(head.m)
+        check_margin(head.m, _margin_range(head))
     if "s" in head:
         check_scale(head.s)
     lr = cfg.optim.get("lr")
@@ -194,3 +212,13 @@ def _validate_model(model: DictConfig) -> None:
         require(all(is_int(v) and v >= 1 for v in values), f"model.{key}",
                 "a positive integer" + (" for each item" if OmegaConf.is_list(value) else ""),
                 OmegaConf.to_container(value) if OmegaConf.is_list(value) else value)
+
+
+def _margin_range(head: DictConfig) -> MarginRange:
+    """The head class's own margin range (AM-softmax's margin is a cosine, the others' an angle)."""
+    from hydra.utils import get_class
+
+    try:
+        return getattr(get_class(head._target_), "margin_range", ANGULAR_MARGIN)
+    except Exception as e:  # an unknown class: instantiate would fail on it too, say so now
+        raise ConfigError(f"head._target_={head._target_!r} cannot be imported ({e})") from None

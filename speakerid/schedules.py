@@ -12,47 +12,39 @@ iteration (n - 1) * epoch_iter), so its `increase_start_epoch: 20` is 19 here; i
 from __future__ import annotations
 
 import math
-import numbers
 from abc import ABC, abstractmethod
 
 import torch
 
-
-def _require(ok: bool, key: str, expectation: str, value: object) -> None:
-    if not ok:
-        raise ValueError(f"{key} must be {expectation}, got {value!r}")
+from speakerid.config import is_int, is_number, require
 
 
 def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return is_number(value) and math.isfinite(value)
 
 
 def _check_epoch(epoch: float) -> None:
-    _require(_is_real(epoch) and epoch >= 0, "epoch", "a finite number >= 0 (epochs done)", epoch)
+    require(_is_real(epoch) and epoch >= 0, "epoch", "a finite number >= 0 (epochs done)", epoch)
 
 
 def _check_lr_span(initial_lr: float, final_lr: float, final_may_be_zero: bool) -> None:
-    _require(_is_real(initial_lr) and initial_lr > 0, "scheduler.initial_lr", "a learning rate > 0", initial_lr)
+    require(_is_real(initial_lr) and initial_lr > 0, "scheduler.initial_lr", "a learning rate > 0", initial_lr)
     low = "0 <=" if final_may_be_zero else "0 <"
-    _require(_is_real(final_lr) and (final_lr >= 0 if final_may_be_zero else final_lr > 0)
+    require(_is_real(final_lr) and (final_lr >= 0 if final_may_be_zero else final_lr > 0)
              and final_lr <= initial_lr, "scheduler.final_lr", f"a learning rate with {low} final_lr <= "
              f"initial_lr = {initial_lr}", final_lr)
 
 
 def _check_epochs(epochs: float, warm_up_epochs: float) -> None:
-    _require(_is_real(epochs) and epochs > 0, "scheduler.epochs", "a number of epochs > 0", epochs)
-    _require(_is_real(warm_up_epochs) and 0 <= warm_up_epochs <= epochs, "scheduler.warm_up_epochs",
+    require(_is_real(epochs) and epochs > 0, "scheduler.epochs", "a number of epochs > 0", epochs)
+    require(_is_real(warm_up_epochs) and 0 <= warm_up_epochs <= epochs, "scheduler.warm_up_epochs",
              f"a number of epochs in [0, epochs = {epochs}]", warm_up_epochs)
 
 
 def epoch_at(step: int, steps_per_epoch: int) -> float:
     """Fractional epochs done after `step` optimizer steps, when an epoch takes `steps_per_epoch` of them."""
-    _require(_is_int(step) and step >= 0, "step", "an integer >= 0", step)
-    _require(_is_int(steps_per_epoch) and steps_per_epoch >= 1, "steps_per_epoch", "an integer >= 1", steps_per_epoch)
+    require(is_int(step) and step >= 0, "step", "an integer >= 0", step)
+    require(is_int(steps_per_epoch) and steps_per_epoch >= 1, "steps_per_epoch", "an integer >= 1", steps_per_epoch)
     return step / steps_per_epoch
 
 
@@ -148,9 +140,9 @@ class StepDecay(LRSchedule):
     ECAPA-TDNN recipe: gamma 0.97, step_size 1), evaluated at any point of the epoch."""
 
     def __init__(self, initial_lr: float, gamma: float = 0.97, step_size: int = 1):
-        _require(_is_real(initial_lr) and initial_lr > 0, "scheduler.initial_lr", "a learning rate > 0", initial_lr)
-        _require(_is_real(gamma) and 0 < gamma <= 1, "scheduler.gamma", "a factor in (0, 1]", gamma)
-        _require(_is_int(step_size) and step_size >= 1, "scheduler.step_size", "an integer number of epochs >= 1",
+        require(_is_real(initial_lr) and initial_lr > 0, "scheduler.initial_lr", "a learning rate > 0", initial_lr)
+        require(_is_real(gamma) and 0 < gamma <= 1, "scheduler.gamma", "a factor in (0, 1]", gamma)
+        require(is_int(step_size) and step_size >= 1, "scheduler.step_size", "an integer number of epochs >= 1",
                  step_size)
         self.initial_lr, self.gamma, self.step_size = float(initial_lr), float(gamma), int(step_size)
 
@@ -180,16 +172,16 @@ class MarginSchedule:
 
     def __init__(self, increase_start_epoch: float, fix_start_epoch: float, initial_margin: float = 0.0,
                  final_margin: float = 0.2, increase_type: str = "exp"):
-        _require(_is_real(initial_margin) and initial_margin >= 0, "margin_schedule.initial_margin",
+        require(_is_real(initial_margin) and initial_margin >= 0, "margin_schedule.initial_margin",
                  "a margin >= 0", initial_margin)
-        _require(_is_real(final_margin) and final_margin >= initial_margin, "margin_schedule.final_margin",
+        require(_is_real(final_margin) and final_margin >= initial_margin, "margin_schedule.final_margin",
                  f"a margin >= initial_margin = {initial_margin}", final_margin)
-        _require(_is_real(increase_start_epoch) and increase_start_epoch >= 0, "margin_schedule.increase_start_epoch",
+        require(_is_real(increase_start_epoch) and increase_start_epoch >= 0, "margin_schedule.increase_start_epoch",
                  "a number of epochs >= 0", increase_start_epoch)
-        _require(_is_real(fix_start_epoch) and fix_start_epoch >= increase_start_epoch,
+        require(_is_real(fix_start_epoch) and fix_start_epoch >= increase_start_epoch,
                  "margin_schedule.fix_start_epoch", f"a number of epochs >= increase_start_epoch = "
                  f"{increase_start_epoch}", fix_start_epoch)
-        _require(increase_type in self.INCREASE_TYPES, "margin_schedule.increase_type",
+        require(increase_type in self.INCREASE_TYPES, "margin_schedule.increase_type",
                  " or ".join(self.INCREASE_TYPES), increase_type)
         self.initial_margin, self.final_margin = float(initial_margin), float(final_margin)
         self.increase_start_epoch, self.fix_start_epoch = float(increase_start_epoch), float(fix_start_epoch)

@@ -10,7 +10,7 @@ import math
 import torch
 
 from speakerid.losses.margin_head import MarginHead, additive_angular, sine_of
-from speakerid.losses.ranges import ANGULAR_MARGIN
+from speakerid.config import ANGULAR_MARGIN
 
 
 class AAMSoftmax(MarginHead):

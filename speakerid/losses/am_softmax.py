@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from speakerid.losses.margin_head import MarginHead
-from speakerid.losses.ranges import COSINE_MARGIN
+from speakerid.config import COSINE_MARGIN
 
 
 class AMSoftmax(MarginHead):

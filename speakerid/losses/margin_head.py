@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speakerid.losses.ranges import MarginRange, check_int, check_margin, check_scale
+from speakerid.config import MarginRange, check_int_at_least, check_margin, check_scale
 
 
 class MarginHead(nn.Module, ABC):
@@ -26,8 +26,8 @@ class MarginHead(nn.Module, ABC):
 
     def __init__(self, num_classes: int, emb_dim: int, m: float, s: float, centers_per_class: int = 1):
         super().__init__()
-        self.num_classes = check_int(num_classes, 2, "head.num_classes (speakers in the training list)")
-        self.emb_dim = check_int(emb_dim, 1, "head.emb_dim")
+        self.num_classes = check_int_at_least(num_classes, 2, "head.num_classes (speakers in the training list)")
+        self.emb_dim = check_int_at_least(emb_dim, 1, "head.emb_dim")
         self.s = check_scale(s)
         self.weight = nn.Parameter(torch.empty(num_classes * centers_per_class, emb_dim))
         nn.init.xavier_normal_(self.weight, gain=1.0)

@@ -8,7 +8,7 @@ import math
 import torch
 
 from speakerid.losses.margin_head import MarginHead, additive_angular, sine_of
-from speakerid.losses.ranges import ANGULAR_MARGIN, check_int, check_margin
+from speakerid.config import ANGULAR_MARGIN, check_int_at_least, check_margin
 
 # WeSpeaker scales the top-k penalty with the margin, reaching `top_k_margin` at this margin (its final 0.2).
 TOP_K_MARGIN_AT = 0.2
@@ -49,13 +49,13 @@ class SubCenterAAM(MarginHead):
 
     def __init__(self, num_classes: int, emb_dim: int = 256, m: float = 0.2, s: float = 32.0, sub_centers: int = 3,
                  top_k: int = 5, top_k_margin: float = 0.06, easy_margin: bool = False):
-        super().__init__(num_classes, emb_dim, m, s, centers_per_class=check_int(sub_centers, 1, "head.sub_centers"))
+        super().__init__(num_classes, emb_dim, m, s, centers_per_class=check_int_at_least(sub_centers, 1, "head.sub_centers"))
         self.sub_centers = sub_centers
-        self.top_k = check_int(top_k, 0, "head.top_k")
+        self.top_k = check_int_at_least(top_k, 0, "head.top_k")
         if top_k > num_classes - 1:
             raise ValueError(f"head.top_k must be at most num_classes - 1 = {num_classes - 1} (the non-target "
                              f"classes), got {top_k}")
-        self.top_k_margin = check_margin(top_k_margin, ANGULAR_MARGIN, key="head.top_k_margin")
+        self.top_k_margin = check_margin(top_k_margin, ANGULAR_MARGIN, "head.top_k_margin")
         if not isinstance(easy_margin, bool):
             raise ValueError(f"head.easy_margin must be true or false, got {easy_margin!r}")
         self.easy_margin = easy_margin
