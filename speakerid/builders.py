@@ -14,6 +14,7 @@ from torch import nn
 from speakerid.augment import NoiseCategory, NoiseReverb, SpeedPerturb
 from speakerid.augment import build_noise_reverb as _build_noise_reverb
 from speakerid.evaluation import EmbeddingExtractor, Protocol
+from speakerid.schedules import LRSchedule, MarginSchedule
 
 
 def build_fbank(cfg: DictConfig) -> nn.Module:
@@ -71,8 +72,14 @@ def build_optimizer(cfg: DictConfig, parameters, device: torch.device | None = N
     return instantiate(cfg.optim)(params=parameters, **extra)
 
 
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer):
-    return instantiate(cfg.scheduler)(optimizer=optimizer)
+def build_lr_schedule(cfg: DictConfig) -> LRSchedule:
+    """The learning rate as a function of epochs done (speakerid.schedules), applied every step."""
+    return instantiate(cfg.scheduler)
+
+
+def build_margin_schedule(cfg: DictConfig) -> MarginSchedule | None:
+    """The head's margin as a function of epochs done, or None when head.m stays fixed."""
+    return None if cfg.get("margin_schedule") is None else instantiate(cfg.margin_schedule)
 
 
 class UnsafeFileConfigError(RuntimeError):

@@ -31,14 +31,14 @@ def _check_lr_span(initial_lr: float, final_lr: float, final_may_be_zero: bool) 
     require(_is_real(initial_lr) and initial_lr > 0, "scheduler.initial_lr", "a learning rate > 0", initial_lr)
     low = "0 <=" if final_may_be_zero else "0 <"
     require(_is_real(final_lr) and (final_lr >= 0 if final_may_be_zero else final_lr > 0)
-             and final_lr <= initial_lr, "scheduler.final_lr", f"a learning rate with {low} final_lr <= "
-             f"initial_lr = {initial_lr}", final_lr)
+            and final_lr <= initial_lr, "scheduler.final_lr", f"a learning rate with {low} final_lr <= "
+            f"initial_lr = {initial_lr}", final_lr)
 
 
 def _check_epochs(epochs: float, warm_up_epochs: float) -> None:
     require(_is_real(epochs) and epochs > 0, "scheduler.epochs", "a number of epochs > 0", epochs)
     require(_is_real(warm_up_epochs) and 0 <= warm_up_epochs <= epochs, "scheduler.warm_up_epochs",
-             f"a number of epochs in [0, epochs = {epochs}]", warm_up_epochs)
+            f"a number of epochs in [0, epochs = {epochs}]", warm_up_epochs)
 
 
 def epoch_at(step: int, steps_per_epoch: int) -> float:
@@ -143,7 +143,7 @@ class StepDecay(LRSchedule):
         require(_is_real(initial_lr) and initial_lr > 0, "scheduler.initial_lr", "a learning rate > 0", initial_lr)
         require(_is_real(gamma) and 0 < gamma <= 1, "scheduler.gamma", "a factor in (0, 1]", gamma)
         require(is_int(step_size) and step_size >= 1, "scheduler.step_size", "an integer number of epochs >= 1",
-                 step_size)
+                step_size)
         self.initial_lr, self.gamma, self.step_size = float(initial_lr), float(gamma), int(step_size)
 
     def lr_at(self, epoch: float) -> float:
@@ -171,18 +171,18 @@ class MarginSchedule:
     INCREASE_TYPES = ("exp", "linear")
 
     def __init__(self, increase_start_epoch: float, fix_start_epoch: float, initial_margin: float = 0.0,
-                 final_margin: float = 0.2, increase_type: str = "exp"):
+                final_margin: float = 0.2, increase_type: str = "exp"):
         require(_is_real(initial_margin) and initial_margin >= 0, "margin_schedule.initial_margin",
-                 "a margin >= 0", initial_margin)
+                "a margin >= 0", initial_margin)
         require(_is_real(final_margin) and final_margin >= initial_margin, "margin_schedule.final_margin",
-                 f"a margin >= initial_margin = {initial_margin}", final_margin)
+                f"a margin >= initial_margin = {initial_margin}", final_margin)
         require(_is_real(increase_start_epoch) and increase_start_epoch >= 0, "margin_schedule.increase_start_epoch",
-                 "a number of epochs >= 0", increase_start_epoch)
+                "a number of epochs >= 0", increase_start_epoch)
         require(_is_real(fix_start_epoch) and fix_start_epoch >= increase_start_epoch,
-                 "margin_schedule.fix_start_epoch", f"a number of epochs >= increase_start_epoch = "
-                 f"{increase_start_epoch}", fix_start_epoch)
+                "margin_schedule.fix_start_epoch", f"a number of epochs >= increase_start_epoch = "
+                f"{increase_start_epoch}", fix_start_epoch)
         require(increase_type in self.INCREASE_TYPES, "margin_schedule.increase_type",
-                 " or ".join(self.INCREASE_TYPES), increase_type)
+                " or ".join(self.INCREASE_TYPES), increase_type)
         self.initial_margin, self.final_margin = float(initial_margin), float(final_margin)
         self.increase_start_epoch, self.fix_start_epoch = float(increase_start_epoch), float(fix_start_epoch)
         self.increase_type = increase_type

@@ -46,7 +46,7 @@ def test_tiny_run_learns_logs_and_checkpoints(tiny_cfg, tmp_path):
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 36 + 6
 
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    for key in ("model", "head", "optimizer", "scheduler", "progress", "rng", "config", "speakers", "versions"):
+    for key in ("model", "head", "optimizer", "scaler", "progress", "rng", "config", "speakers", "versions"):
         assert key in last, key
     assert last["progress"]["epoch"] == 6 and last["progress"]["step"] == 36
     assert last["config"]["model"]["channels"] == 16
@@ -79,7 +79,7 @@ def test_resume_continues_exactly(tiny_cfg, tmp_path):
     for key, saved in first["optimizer"]["state"].items():
         for name in ("exp_avg", "exp_avg_sq", "step"):
             torch.testing.assert_close(state["state"][key][name], saved[name], rtol=0, atol=0)
-    assert resumed.optimisation.scheduler.last_epoch == 1
+    assert resumed.optimisation.lr_schedule.lr_at(1.0) == pytest.approx(0.001 * 0.97)
     results = resumed.fit()
 
     assert_same_final_state(tmp_path / "straight", tmp_path / "second")
@@ -199,3 +199,42 @@ def test_resume_continues_exactly_with_augmentation(tiny_cfg, tmp_path, noise_di
     resumed.fit()
 
     assert_same_final_state(tmp_path / "straight", tmp_path / "second")
+
+
+def test_margin_and_lr_schedules_step_every_step_and_resume_on_the_curve(tiny_cfg, tmp_path):
+    """WeSpeaker-style schedules: the LR warms up and decays and the margin rises, both updated every step as
+    functions of epochs done; a run resumed in the middle of the margin ramp continues on the same curves
+    and ends with the parameters of an uninterrupted run."""
+    from speakerid.schedules import MarginSchedule, WarmupExponential
+
+    schedules = ["optim=sgd", "optim.lr=0.05", "scheduler=warmup_exponential", "scheduler.warm_up_epochs=1",
+                 "margin_schedule=wespeaker", "margin_schedule.increase_start_epoch=0.5",
+                 "margin_schedule.fix_start_epoch=2.5", "head.m=0.3", "trainer.epochs=3"]
+    straight = train(tiny_cfg(*schedules, run_dir=tmp_path / "straight"))
+    scalars = tensorboard_scalars(tmp_path / "straight")
+    lr, margin = WarmupExponential(0.05, 5e-5, 3, 1), MarginSchedule(0.5, 2.5, 0.0, 0.3)
+    steps = range(18)  # 6 steps per epoch; the value logged at step k+1 is the one used for the step after k
+    assert scalars["train/lr"] == pytest.approx([lr.lr_at(k / 6) for k in steps], rel=1e-6)
+    assert scalars["train/margin"] == pytest.approx([margin.margin_at(k / 6) for k in steps], rel=1e-6)
+    assert 0 < scalars["train/margin"][8] < 0.3 and scalars["train/margin"][-1] == pytest.approx(0.3)
+
+    # A run stopped after step 9 (of 18), in the middle of the ramp, with a checkpoint written at step 8.
+    first = setup_run(tiny_cfg(*schedules, "trainer.checkpoint_every_steps=4", run_dir=tmp_path / "first"))
+    original_step, calls = first.step, {"n": 0}
+
+    def step_then_stop(*args):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return original_step(*args)
+
+    first.step = step_then_stop
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    saved = load_checkpoint(tmp_path / "first" / "checkpoints" / "last.pt")["progress"]
+    assert saved["step"] == 8 and saved["margin"] == pytest.approx(margin.margin_at(7 / 6))  # recorded mid-ramp
+    resumed = train(tiny_cfg(*schedules, f"trainer.resume={tmp_path / 'first' / 'checkpoints' / 'last.pt'}",
+                             run_dir=tmp_path / "second"))
+    assert_same_final_state(tmp_path / "straight", tmp_path / "second")
+    assert resumed["val/eer"] == straight["val/eer"]
+    assert tensorboard_scalars(tmp_path / "second")["train/margin"] == pytest.approx(scalars["train/margin"][8:])

@@ -122,6 +122,7 @@ class Loop:
                        disable=None)  # None: no bar when stderr is not a terminal (logs get epoch lines)
         window_start = time.perf_counter()
         for waves, labels in run.loader.loader:
+            run.optimisation.apply_schedules(progress.step, run.parts.head)
             result = run.step(waves, labels)
             progress.step += 1
             progress.position += batch
@@ -136,6 +137,8 @@ class Loop:
                     "train/utterances_per_s": tcfg.log_every_steps * batch / (time.perf_counter() - window_start),
                     "train/nonfinite_steps": run.state.nonfinite.total,
                 }
+                if hasattr(run.parts.head, "m"):
+                    scalars["train/margin"] = run.parts.head.m
                 if dist.is_main and run.skip_log.exists():
                     scalars["train/skipped_files"] = _count_lines(run.skip_log)
                 if not math.isnan(loss):
@@ -256,7 +259,6 @@ def fit(run: Run) -> dict[str, Any]:
                 if stop.received is not None:
                     loop.save()
                     break
-                run.optimisation.scheduler.step()
                 progress.epoch += 1
                 progress.position = 0
                 epoch_time = time.perf_counter() - t0

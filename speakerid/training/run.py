@@ -55,7 +55,8 @@ def setup_run(cfg: DictConfig) -> Run:
     num_classes = speed.num_classes if speed is not None else len(lists.speakers)
     parts = setup.setup_model_and_head(cfg, env, num_classes)            # fbank, SpecAugment, model, head
     parts = setup.wrap_for_training(cfg, env, parts)                     # DDP, torch.compile
-    optimisation = setup.setup_optimisation(cfg, parts, env.device)      # optimizer, LR schedule, scaler
+    optimisation = setup.setup_optimisation(cfg, parts, env.device,      # optimizer, LR and margin schedules
+                                            setup.steps_per_epoch(cfg, len(lists.train)))
     noise_reverb = setup.setup_noise_reverb(cfg, env)                    # noise and RIR banks
     read_samples = speed.read_samples if speed is not None else setup.crop_samples(cfg)
     loader = setup.setup_loader(cfg, env, lists.train, read_samples, env.run_dir / setup.SKIP_LOG)
@@ -65,7 +66,7 @@ def setup_run(cfg: DictConfig) -> Run:
                         precision=cfg.trainer.precision, grad_clip_norm=cfg.trainer.grad_clip_norm,
                         compile=cfg.trainer.compile)
     state = RunState(cfg, env.dist, env.device, checkpoints, parts.model, parts.head, optimisation.optimizer,
-                     optimisation.scheduler, optimisation.scaler, lists.speakers)
+                     optimisation.scaler, lists.speakers)
     if checkpoint is not None:
         state.restore(resume_from, checkpoint)
     return Run(cfg, env, lists, parts, optimisation, speed, noise_reverb, loader, step, state)

@@ -37,6 +37,7 @@ from speakerid.distributed import (
 )
 from speakerid.evaluation import Evaluation
 from speakerid.features import samples_for_frames
+from speakerid.schedules import LRSchedule, MarginSchedule, epoch_at
 from speakerid.training.state import check_writable, find_resume_checkpoint, load_resume_checkpoint
 
 log = logging.getLogger("speakerid")
@@ -155,6 +156,14 @@ def crop_samples(cfg: DictConfig) -> int:
     return samples_for_frames(cfg.data.crop_frames, fbank.hop_length, fbank.win_length)
 
 
+def steps_per_epoch(cfg: DictConfig, utterances: int) -> int:
+    """Full global batches per epoch (the last, partial one is dropped)."""
+    steps = utterances // cfg.data.batch_size
+    if steps == 0:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} is larger than the train list ({utterances})")
+    return steps
+
+
 def resolve_num_workers(value: Any, device: torch.device) -> int:
     if value != "auto":
         return int(value)
@@ -198,10 +207,7 @@ def setup_loader(cfg: DictConfig, env: Environment, train_list: TrainList, read_
         # Its own generator, so creating loader iterators never consumes the global RNG.
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    steps_per_epoch = len(dataset) // data.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"data.batch_size={data.batch_size} is larger than the train list ({len(dataset)})")
-    return Loader(dataset, sampler, loader, steps_per_epoch)
+    return Loader(dataset, sampler, loader, steps_per_epoch(cfg, len(dataset)))
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -251,21 +257,35 @@ def wrap_for_training(cfg: DictConfig, env: Environment, parts: ModelParts) -> M
 # ------------------------------------------------------------------------------------------ optimisation
 @dataclass
 class Optimisation:
+    """The optimizer with its loss scaler, and what changes every step: the learning rate and the head's
+    margin, both functions of epochs done, so that they do not depend on the batch size or the number of
+    GPUs and a resumed run continues on the same curves."""
+
     optimizer: torch.optim.Optimizer
-    scheduler: Any
+    lr_schedule: LRSchedule
+    margin_schedule: MarginSchedule | None
     scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+
+    def apply_schedules(self, step: int, head: nn.Module) -> None:
+        """Set the learning rate and the margin for the step after `step` steps."""
+        epoch = epoch_at(step, self.steps_per_epoch)
+        self.lr_schedule.apply_to(self.optimizer, epoch)
+        if self.margin_schedule is not None:
+            head.m = self.margin_schedule.margin_at(epoch)
 
 
-def setup_optimisation(cfg: DictConfig, parts: ModelParts, device: torch.device) -> Optimisation:
+def setup_optimisation(cfg: DictConfig, parts: ModelParts, device: torch.device, steps_per_epoch: int
+                       ) -> Optimisation:
     optimizer = builders.build_optimizer(cfg, parts.parameters, device)
-    scheduler = builders.build_scheduler(cfg, optimizer)
     # A loss scaler at every precision: besides fp16's dynamic scaling, it is what skips a step whose
     # gradient is NaN/inf, without the host waiting for the device when the optimizer is fused. At
     # fp32/bf16 its scale stays a power of two <= 1, which leaves the results bit-identical.
     fp16 = cfg.trainer.precision == "fp16"
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0**16 if fp16 else 1.0,
                                   growth_interval=2000 if fp16 else 2**30)
-    return Optimisation(optimizer, scheduler, scaler)
+    return Optimisation(optimizer, builders.build_lr_schedule(cfg), builders.build_margin_schedule(cfg), scaler,
+                        steps_per_epoch)
 
 
 # ------------------------------------------------------------------------------------------ augmentation

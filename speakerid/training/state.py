@@ -41,6 +41,7 @@ class Progress:
     # Set in the checkpoint written at an epoch's end before validating, so that a run stopped during
     # validation (or by it failing) validates that epoch first when resumed.
     pending_validation: bool = False
+    margin: float | None = None  # the head's margin at the last step (a record: the schedule recomputes it)
 
 
 class NonFiniteCounter:
@@ -137,29 +138,29 @@ def check_writable(run_dir: Path) -> None:
 
 class RunState:
     """Everything a checkpoint holds, gathered from the objects that own it: model, head, optimizer,
-    LR scheduler, loss scaler, progress, every rank's RNG state, the resolved config, the speaker map and
+    loss scaler, progress (the learning rate and the margin are functions of it), every rank's RNG state, the resolved config, the speaker map and
     library versions. `save` writes it through the run's CheckpointDir; `restore` puts a checkpoint back
     into the same objects, so a resumed run continues exactly where the checkpoint was written."""
 
     def __init__(self, cfg: DictConfig, dist: DistEnv, device: torch.device, checkpoints: CheckpointDir,
-                 model: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 model: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, speakers: list[str]):
         self.cfg, self.dist, self.device = cfg, dist, device
         self.checkpoints = checkpoints
         self.model, self.head = model, head
-        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.optimizer, self.scaler = optimizer, scaler
         self.speakers = list(speakers)
         self.progress = Progress()
         self.nonfinite = NonFiniteCounter(device)
 
     def state_dict(self) -> dict[str, Any]:
         self.progress.nonfinite_steps = self.nonfinite.total
+        self.progress.margin = getattr(self.head, "m", None)
         return {
             "format_version": FORMAT_VERSION,
             "model": self.model.state_dict(),
             "head": self.head.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "progress": asdict(self.progress),
             "rng": rng_state(),  # replaced in save() by the states of every rank
@@ -192,7 +193,6 @@ class RunState:
         load_state_strict(self.model, checkpoint["model"], what=f"{path} model")
         load_state_strict(self.head, checkpoint["head"], what=f"{path} head")
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.progress = Progress(**checkpoint["progress"])
         self.nonfinite = NonFiniteCounter(self.device, total=self.progress.nonfinite_steps)
@@ -206,7 +206,7 @@ class RunState:
         log.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch + 1, self.progress.step)
 
 
-RESUME_PARTS = ("model", "head", "optimizer", "scheduler", "scaler", "progress", "rng", "speakers")
+RESUME_PARTS = ("model", "head", "optimizer", "scaler", "progress", "rng", "speakers")
 
 
 def load_resume_checkpoint(path: Path, epochs: int) -> dict[str, Any]:
