@@ -128,3 +128,38 @@ def _validate_augment(aug: DictConfig) -> None:
              "augment.speed.factors", "distinct speed factors in [0.5, 2.0], e.g. [0.9, 1.0, 1.1]", factors)
     _require(isinstance(aug.speed.speakers_as_new, bool), "augment.speed.speakers_as_new", "true or false",
              aug.speed.speakers_as_new)
+
+
+def validate_eval(node: dict, key: str = "eval") -> None:
+    """Types and ranges of an `eval` node as a plain dict (`name`, `trials`, `root`, `embedding.*`, `asnorm.*`).
+    A key left out keeps its default (ExtractionOptions, ASNormOptions), which is valid; unknown keys are
+    checked by Protocol.from_config, against those dataclasses."""
+    for name in ("name", "trials", "root"):
+        _require(isinstance(node.get(name), str) and node[name] != "", f"{key}.{name}", "a non-empty string",
+                 node.get(name))
+    embedding_rules = {
+        "mode": (lambda v: v in ("full", "multicrop"), "full or multicrop"),
+        "num_crops": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        "crop_frames": (lambda v: _is_int(v) and v >= 10, "an integer >= 10 (frames of 10 ms)"),
+        "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        "max_batch_seconds": (lambda v: isinstance(v, (int, float)) and v > 0, "a number of seconds > 0"),
+        "max_trim": (lambda v: isinstance(v, (int, float)) and 0 <= v < 0.5,
+                     "a fraction in [0, 0.5) (0 = batch only equal lengths)"),
+        "precision": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
+    }
+    embedding = node.get("embedding") or {}
+    for name, (ok, allowed) in embedding_rules.items():
+        if name in embedding:
+            _require(ok(embedding[name]), f"{key}.embedding.{name}", allowed, embedding[name])
+    asnorm = node.get("asnorm") or {}
+    if not asnorm.get("enabled"):
+        return
+    if "top_k" in asnorm:
+        _require(_is_int(asnorm["top_k"]) and asnorm["top_k"] >= 2, f"{key}.asnorm.top_k", "an integer >= 2",
+                 asnorm["top_k"])
+    for name in ("cohort_list", "cohort_root"):
+        value = asnorm.get(name)
+        _require(isinstance(value, str) and value != "", f"{key}.asnorm.{name}", "a path (AS-norm is enabled)", value)
+    per_speaker = asnorm.get("utterances_per_speaker")
+    _require(per_speaker is None or (_is_int(per_speaker) and per_speaker >= 1), f"{key}.asnorm.utterances_per_speaker",
+             "null (all) or an integer >= 1", per_speaker)

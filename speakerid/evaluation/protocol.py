@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from speakerid.config import ConfigError
+from speakerid.config import ConfigError, validate_eval
 
 
 @dataclass(frozen=True)
@@ -67,37 +67,6 @@ class Protocol:
             {f"asnorm.{k}" for k in set(asn) - set(ASNormOptions.__dataclass_fields__)}
         if unknown:
             raise ConfigError(f"unknown {key} keys: {', '.join(f'{key}.{k}' for k in sorted(unknown))}")
-
-        def require(ok: bool, name: str, allowed: str, value) -> None:
-            if not ok:
-                raise ConfigError(f"{key}.{name}={value!r} is not allowed: {allowed}")
-
-        def is_int(v) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        for name in ("name", "trials", "root"):
-            require(isinstance(d.get(name), str) and d[name] != "", name, "a non-empty string", d.get(name))
-        options = ExtractionOptions(**emb)
-        require(options.mode in ("full", "multicrop"), "embedding.mode", "full or multicrop", options.mode)
-        require(is_int(options.num_crops) and options.num_crops >= 1, "embedding.num_crops", "an integer >= 1",
-                options.num_crops)
-        require(is_int(options.crop_frames) and options.crop_frames >= 10, "embedding.crop_frames",
-                "an integer >= 10 (frames of 10 ms)", options.crop_frames)
-        require(is_int(options.batch_size) and options.batch_size >= 1, "embedding.batch_size", "an integer >= 1",
-                options.batch_size)
-        require(isinstance(options.max_batch_seconds, (int, float)) and options.max_batch_seconds > 0,
-                "embedding.max_batch_seconds", "a number of seconds > 0", options.max_batch_seconds)
-        require(isinstance(options.max_trim, (int, float)) and 0 <= options.max_trim < 0.5, "embedding.max_trim",
-                "a fraction in [0, 0.5) (0 = batch only equal lengths)", options.max_trim)
-        require(options.precision in ("fp32", "bf16"), "embedding.precision", "fp32 or bf16", options.precision)
-        norm = ASNormOptions(**asn)
-        if norm.enabled:
-            require(is_int(norm.top_k) and norm.top_k >= 2, "asnorm.top_k", "an integer >= 2", norm.top_k)
-            for name in ("cohort_list", "cohort_root"):
-                value = getattr(norm, name)
-                require(isinstance(value, str) and value != "", f"asnorm.{name}", "a path (AS-norm is enabled)", value)
-            require(norm.utterances_per_speaker is None or (is_int(norm.utterances_per_speaker)
-                                                            and norm.utterances_per_speaker >= 1),
-                    "asnorm.utterances_per_speaker", "null (all) or an integer >= 1", norm.utterances_per_speaker)
+        validate_eval(d, key)
         return cls(name=d["name"], trials=d["trials"], root=d["root"], strip_prefix=d.get("strip_prefix") or None,
-                   embedding=options, asnorm=norm)
+                   embedding=ExtractionOptions(**emb), asnorm=ASNormOptions(**asn))
