@@ -14,6 +14,7 @@ from conftest import small_extractor
 from speakerid.data.lists import MissingFilesError
 from speakerid.evaluation import (
     EmbeddingCache,
+    EmbeddingExtractor,
     Evaluation,
     ExtractionOptions,
     Protocol,
@@ -22,6 +23,7 @@ from speakerid.evaluation import (
     plan_batches,
     save_embeddings,
 )
+from speakerid.features import Fbank
 from speakerid.metrics import verification_metrics
 from speakerid.plots import det_image
 
@@ -106,6 +108,26 @@ def test_multicrop_embeds_taoruijie_crops(extractor, audio_dir):
             expected = one_at_a_time(extractor, audio[int(start):int(start) + max_audio])
             assert float(emb.crops[i, j] @ expected) > 1 - 1e-6, (rel, j)
         assert float(emb.full[i] @ one_at_a_time(extractor, read(root, rel))) > 1 - 1e-6
+
+
+def test_multicrop_crops_follow_the_extractors_fbank_hop_and_window(extractor, audio_dir):
+    """features.fbank.hop_length/win_length set how many samples crop_frames frames take, as in training."""
+    root, lengths = audio_dir
+    fbank = Fbank(hop_length=80, win_length=320)
+    coarse = EmbeddingExtractor(fbank, extractor.model).eval()
+    widths = []
+    hook = fbank.register_forward_pre_hook(lambda module, args: widths.append(args[0].shape[1]))
+    options = ExtractionOptions(mode="multicrop", num_crops=3, crop_frames=100, max_trim=0.0)
+    try:
+        emb = extract_embeddings(coarse, root, ["c/2.wav"], options=options)
+    finally:
+        hook.remove()
+    crop = 100 * 80 + (320 - 80)  # frames * hop + (window - hop); 100 * 160 + 240 with the default fbank
+    assert widths == [lengths["c/2.wav"], crop]  # the full utterance, then its three crops in one forward
+    audio = read(root, "c/2.wav")
+    for j, start in enumerate(np.linspace(0, len(audio) - crop, num=3)):
+        expected = one_at_a_time(coarse, audio[int(start):int(start) + crop])
+        assert float(emb.crops[0, j] @ expected) > 1 - 1e-6, j
 
 
 def test_embedding_file_round_trip_and_cache(extractor, audio_dir, tmp_path):

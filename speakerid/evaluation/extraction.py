@@ -24,20 +24,25 @@ from torch import nn
 
 from speakerid.data.audio import AudioError, audio_info, read_full, wrap_pad
 from speakerid.evaluation.protocol import ExtractionOptions
-from speakerid.features import samples_for_frames
+from speakerid.features import Fbank, samples_for_frames
 from speakerid.scoring import Embeddings
 
 
 class EmbeddingExtractor(nn.Module):
     """Waveform [batch, samples] at the model's sample rate -> embedding [batch, emb_dim] (not normalised)."""
 
-    def __init__(self, fbank: nn.Module, model: nn.Module):
+    def __init__(self, fbank: Fbank, model: nn.Module):
         super().__init__()
         self.fbank = fbank
         self.model = model
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         return self.model(self.fbank(waveform))
+
+    def samples_for_frames(self, frames: int) -> int:
+        """Waveform length that gives `frames` frames with this extractor's fbank hop and window (as
+        training's crops, which follow features.fbank)."""
+        return samples_for_frames(frames, self.fbank.hop_length, self.fbank.win_length)
 
 
 def plan_batches(lengths: np.ndarray, batch_size: int, max_batch_samples: int, max_trim: float) -> list[np.ndarray]:
@@ -83,7 +88,7 @@ def _lengths(root: Path, paths: list[str], sample_rate: int, resample: bool) -> 
 
 @torch.no_grad()
 def extract_embeddings(
-    extractor: nn.Module,
+    extractor: EmbeddingExtractor,
     root: str | os.PathLike,
     paths: list[str],
     device: torch.device | str = "cpu",
@@ -107,7 +112,7 @@ def extract_embeddings(
     lengths = _lengths(root, keys, sample_rate, resample)
     batches = plan_batches(lengths, options.batch_size, int(options.max_batch_seconds * sample_rate),
                            options.max_trim)
-    crop_len = samples_for_frames(options.crop_frames)
+    crop_len = extractor.samples_for_frames(options.crop_frames)
     crops_per_forward = max(1, int(options.max_batch_seconds * sample_rate) // crop_len)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.precision == "bf16")
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from speakerid.data.lists import (
     ListFormatError,
@@ -24,7 +23,7 @@ from speakerid.data.lists import (
     trial_files,
 )
 from speakerid.distributed import DistEnv, all_gather_objects
-from speakerid.evaluation.extraction import extract_embeddings
+from speakerid.evaluation.extraction import EmbeddingExtractor, extract_embeddings
 from speakerid.evaluation.protocol import ExtractionOptions, Protocol
 from speakerid.evaluation.store import EmbeddingCache
 from speakerid.io import write_json_atomic, write_text_atomic
@@ -101,7 +100,7 @@ class Evaluation:
             check_files_exist(p.asnorm.cohort_root, self.cohort_paths, what=f"AS-norm cohort list "
                               f"{p.asnorm.cohort_list}", show=10)
 
-    def run(self, extractor: nn.Module, device: torch.device | str = "cpu", sample_rate: int = 16000,
+    def run(self, extractor: EmbeddingExtractor, device: torch.device | str = "cpu", sample_rate: int = 16000,
             resample: bool = False, cache_dir: str | os.PathLike | None = None, model_id: str | None = None,
             progress: bool = False, dist: DistEnv = DistEnv()) -> EvaluationResult:
         """With several processes (torchrun) each embeds its share of the files and all of them get every
