@@ -1,6 +1,7 @@
 """Embedding extraction (batching by length, multi-crop), the embedding cache, and an evaluation run end
 to end on small files, each against a one-file-at-a-time reference."""
 
+import itertools
 import os
 import shutil
 
@@ -9,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_curve
 
 from conftest import small_extractor
 from speakerid.data.lists import MissingFilesError
@@ -24,7 +26,6 @@ from speakerid.evaluation import (
     save_embeddings,
 )
 from speakerid.features import Fbank
-from speakerid.metrics import verification_metrics
 from speakerid.plots import det_image
 
 
@@ -190,26 +191,52 @@ def write_list(path, lines):
     return path
 
 
+def eer_of_roc(far: np.ndarray, frr: np.ndarray) -> float:
+    """Where the straight segments between consecutive ROC points (strictest first) cross FAR = FRR."""
+    i = int(np.argmax(frr <= far))
+    if frr[i] == far[i]:
+        return float(far[i])
+    before, after = frr[i - 1] - far[i - 1], frr[i] - far[i]
+    return float(far[i - 1] + before / (before - after) * (far[i] - far[i - 1]))
+
+
 def test_evaluation_scores_measures_and_handles_lists_without_labels(extractor, audio_dir, tmp_path):
     root, lengths = audio_dir
-    pairs = [("1", "a/1.wav", "a/2.wav"), ("0", "a/1.wav", "c/1.wav"), ("1", "c/1.wav", "c/2.wav"),
-             ("0", "b/1.wav", "d/1.wav"), ("1", "b/1.wav", "b/2.wav"), ("0", "a/2.wav", "d/1.wav")]
+    # Pairs of files, a target when they share a folder: the scores of targets and non-targets overlap. The
+    # last (non-target) pair is left out: with 3 targets and 17 non-targets FRR and FAR (k/3, j/17) are
+    # never equal between 0 and 1, so the EER is an interpolated crossing.
+    pairs = [(str(int(e[0] == t[0])), e, t) for e, t in itertools.combinations(lengths, 2)][:-1]
     labelled = write_list(tmp_path / "l.txt", [" ".join(p) for p in pairs])
     protocol = Protocol(name="small", trials=str(labelled), root=str(root),
                         embedding=ExtractionOptions(max_trim=0.0))
-    result = Evaluation(protocol).run(extractor)
+    result = Evaluation(protocol).run(extractor, cache_dir=tmp_path / "emb", model_id="m")
     reference = {rel: one_at_a_time(extractor, read(root, rel)) for rel in lengths}
     expected = np.array([reference[e] @ reference[t] for _, e, t in pairs], dtype=np.float64)
     np.testing.assert_allclose(result.scores, expected, atol=1e-5)
+
+    # The metrics, against float64 cosines of the very embeddings scored (the run's cache) and sklearn's ROC.
+    # (One-at-a-time embeddings differ by ~1e-6, the gap between some of these scores.)
+    (cache_file,) = (tmp_path / "emb").glob("*.npz")
+    stored = load_embeddings(cache_file)[0]
+    unit = {k: e / np.linalg.norm(e) for k, e in zip(stored.keys, stored.full.astype(np.float64))}
+    scores64 = np.array([unit[e] @ unit[t] for _, e, t in pairs])
+    np.testing.assert_allclose(result.scores, scores64, rtol=0, atol=1e-6)
     labels = np.array([int(p[0]) for p in pairs])
-    assert result.metrics["eer"] == verification_metrics(result.scores, labels)["eer"]
+    far, tpr, _ = roc_curve(labels, scores64, drop_intermediate=False)
+    frr = 1.0 - tpr
+    eer = eer_of_roc(far, frr)
+    assert 0 < eer < 0.5
+    assert result.metrics["eer"] == pytest.approx(eer, abs=1e-12)
+    for p_target in (0.01, 0.05):
+        min_dcf = np.min(frr * p_target + far * (1 - p_target)) / min(p_target, 1 - p_target)
+        assert result.metrics[f"min_dcf_p{p_target}"] == pytest.approx(min_dcf, abs=1e-12)
     assert result.n_files == 7 and result.n_extracted == 7
     report = result.report()
     assert report["name"] == "small" and report["scoring"] == "cosine" and report["labelled"]
 
     unlabelled = write_list(tmp_path / "u.txt", [f"{e} {t}" for _, e, t in pairs])
     result = Evaluation(Protocol(name="u", trials=str(unlabelled), root=str(root))).run(extractor)
-    assert result.metrics is None and result.labels is None and len(result.scores) == 6
+    assert result.metrics is None and result.labels is None and len(result.scores) == len(pairs)
     assert not result.report()["labelled"] and "eer" not in result.report()
 
 
