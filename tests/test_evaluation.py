@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_curve
 
 from conftest import small_extractor
+from speakerid.data.audio import AudioError
 from speakerid.data.lists import MissingFilesError
 from speakerid.evaluation import (
     EmbeddingCache,
@@ -238,6 +239,30 @@ def test_evaluation_scores_measures_and_handles_lists_without_labels(extractor, 
     result = Evaluation(Protocol(name="u", trials=str(unlabelled), root=str(root))).run(extractor)
     assert result.metrics is None and result.labels is None and len(result.scores) == len(pairs)
     assert not result.report()["labelled"] and "eer" not in result.report()
+
+
+@pytest.mark.parametrize("mode", ["full", "multicrop"])
+def test_file_with_nan_samples_is_named_and_nothing_is_cached(extractor, audio_dir, tmp_path, mode):
+    src, lengths = audio_dir
+    root = tmp_path / "audio"
+    shutil.copytree(src, root)
+    wave = read(root, "a/1.wav").copy()
+    wave[[100, 20000]] = np.nan
+    sf.write(str(root / "a/nan.wav"), wave, 16000, subtype="FLOAT")
+    assert np.isnan(read(root, "a/nan.wav")).sum() == 2
+    options = ExtractionOptions(mode=mode, num_crops=2, crop_frames=100)
+    good = write_list(tmp_path / "good.txt", ["1 a/1.wav a/2.wav", "0 a/1.wav c/1.wav"])
+    evaluation = Evaluation(Protocol(name="g", trials=str(good), root=str(root), embedding=options))
+    evaluation.run(extractor, cache_dir=tmp_path / "emb", model_id="m")
+    (cache_file,) = (tmp_path / "emb").glob("*")
+    before = cache_file.read_bytes()
+
+    # a/nan is embedded in one batch with b/1 and b/2 (within max_trim of its length); only it is named.
+    trials = write_list(tmp_path / "t.txt", ["1 a/1.wav a/nan.wav", "0 b/1.wav b/2.wav"])
+    evaluation = Evaluation(Protocol(name="t", trials=str(trials), root=str(root), embedding=options))
+    with pytest.raises(AudioError, match=r"non-finite embedding .* for 1 of 3 files: \S*/a/nan\.wav$"):
+        evaluation.run(extractor, cache_dir=tmp_path / "emb", model_id="m")
+    assert list((tmp_path / "emb").glob("*")) == [cache_file] and cache_file.read_bytes() == before
 
 
 def test_missing_trial_files_are_listed_before_any_audio_is_read(audio_dir, tmp_path):

@@ -101,7 +101,8 @@ def extract_embeddings(
     """L2-normalised embeddings of each unique file, keyed by its path relative to root: the full utterance
     and, in multicrop mode, `num_crops` crops of `crop_frames`. Files are read by `readers` threads, two
     batches ahead of the model: by default 4 on a GPU, and none on a CPU, whose cores the model's own
-    threads already occupy (files are then read in this thread, between batches)."""
+    threads already occupy (files are then read in this thread, between batches). A file whose embedding
+    is not finite (NaN samples, say) is an AudioError that names it."""
     root = Path(root)
     device = torch.device(device)
     if readers is None:
@@ -162,4 +163,11 @@ def extract_embeddings(
         extractor.train(was_training)
         if bar is not None:
             bar.close()
+    finite = np.isfinite(full).all(axis=1)
+    if crops is not None:
+        finite &= np.isfinite(crops).all(axis=(1, 2))
+    if not finite.all():  # raised here, so that no caller caches or scores a NaN embedding
+        bad = [str(root / keys[i]) for i in np.flatnonzero(~finite)]
+        raise AudioError(f"non-finite embedding (NaN or infinite samples in the file?) for {len(bad)} of "
+                         f"{len(keys)} files: {', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''}")
     return Embeddings(keys, full, crops)
