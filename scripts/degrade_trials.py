@@ -23,7 +23,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from speakerid.augment import AugmentConfigError, fft_convolve, musan_categories, read_resampled, rir_files
+from speakerid.augment import AugmentConfigError, fft_convolve, musan_categories, rir_files
 from speakerid.data.audio import AudioError, read_full
 from speakerid.data.lists import ListFormatError, check_files_exist, read_trials, trial_files
 from speakerid.io import atomic_path, write_json_atomic
@@ -86,8 +86,8 @@ def main(argv=None) -> int:
         if args.reverb_prob > 0:
             if not args.rir_dir:
                 parser.error("--reverb-prob > 0 needs --rir-dir")
-            rirs = [read_resampled(p, args.sample_rate) for p in rir_files(args.rir_dir)]
-        noises = [read_resampled(p, args.sample_rate) for p in noise_files]
+            rirs = [read_full(p, args.sample_rate, resample=True) for p in rir_files(args.rir_dir)]
+        noises = [read_full(p, args.sample_rate, resample=True) for p in noise_files]
 
         trials = read_trials(args.trials)
         files = sorted(trial_files(trials))

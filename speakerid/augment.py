@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import soundfile as sf
 import torch
 import torchaudio
 from torch import nn
 
 from speakerid.config import BANK_DTYPES, check_choice_weights, check_one_of, check_speed_factors
+from speakerid.data.audio import AudioError, mono_info, read_full
 
 log = logging.getLogger("speakerid")
 
@@ -89,34 +89,18 @@ def rir_files(rir_dir: str | os.PathLike) -> list[Path]:
     return files
 
 
-def _file_info(path: Path) -> tuple[int, int]:
+def _bank_file(read, path: Path, *args):
+    """read(path, *args), with a file that cannot be used reported as a problem of the augment folders."""
     try:
-        info = sf.info(str(path))
-    except Exception as e:  # soundfile raises several types by version
-        raise AugmentConfigError(f"{path}: cannot read audio ({e})") from None
-    if info.channels != 1:
-        raise AugmentConfigError(f"{path}: expected mono audio, got {info.channels} channels")
-    if info.frames <= 0:
-        raise AugmentConfigError(f"{path}: audio file is empty")
-    return info.frames, info.samplerate
-
-
-def read_resampled(path: Path, sample_rate: int, max_samples: int | None = None) -> np.ndarray:
-    """A file as float32 at sample_rate, at most max_samples long (read only that much from disk)."""
-    frames, rate = _file_info(path)
-    read = frames if max_samples is None else min(frames, math.ceil(max_samples * rate / sample_rate))
-    try:
-        samples = sf.read(str(path), frames=read, dtype="float32", always_2d=False)[0]
-    except Exception as e:
-        raise AugmentConfigError(f"{path}: cannot read audio ({e})") from None
-    if rate != sample_rate:
-        samples = torchaudio.functional.resample(torch.from_numpy(samples), rate, sample_rate).numpy()
-    return samples[:max_samples] if max_samples is not None else samples
+        return read(path, *args)
+    except AudioError as e:
+        raise AugmentConfigError(str(e)) from None
 
 
 def _read_all(paths: Sequence[Path], sample_rate: int, max_samples: int | None) -> list[np.ndarray]:
+    """Each file as float32 at sample_rate (resampled as needed), at most max_samples long."""
     with ThreadPoolExecutor(max_workers=8) as pool:  # libsndfile decodes outside the GIL
-        return list(pool.map(lambda p: read_resampled(p, sample_rate, max_samples), paths))
+        return list(pool.map(lambda p: _bank_file(read_full, p, sample_rate, True, max_samples), paths))
 
 
 # --------------------------------------------------------------------------------------------- banks
@@ -124,7 +108,7 @@ def _bank_samples(paths: Sequence[Path], sample_rate: int, max_samples: int | No
                   longest: bool = False) -> int:
     """Samples the files will take in a bank (their total, or the longest), from their headers only."""
     with ThreadPoolExecutor(max_workers=8) as pool:
-        infos = list(pool.map(_file_info, paths))
+        infos = list(pool.map(lambda p: _bank_file(mono_info, p), paths))
     sizes = []
     for frames, rate in infos:
         n = math.ceil(frames * sample_rate / rate)

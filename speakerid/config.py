@@ -222,3 +222,39 @@ def _margin_range(head: DictConfig) -> MarginRange:
         return getattr(get_class(head._target_), "margin_range", ANGULAR_MARGIN)
     except Exception as e:  # an unknown class: instantiate would fail on it too, say so now
         raise ConfigError(f"head._target_={head._target_!r} cannot be imported ({e})") from None
+
+
+def validate_eval(node: dict, key: str = "eval") -> None:
+    """Types and ranges of an `eval` node as a plain dict (`name`, `trials`, `root`, `embedding.*`, `asnorm.*`).
+    A key left out keeps its default (ExtractionOptions, ASNormOptions), which is valid; unknown keys are
+    checked by Protocol.from_config, against those dataclasses."""
+    for name in ("name", "trials", "root"):
+        require(isinstance(node.get(name), str) and node[name] != "", f"{key}.{name}", "a non-empty string",
+                node.get(name))
+    check_folder_name(node["name"], f"{key}.name")  # it names the report and score files
+    embedding_rules = {
+        "mode": (lambda v: v in ("full", "multicrop"), "full or multicrop"),
+        "num_crops": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        "crop_frames": (lambda v: is_int(v) and v >= 10, "an integer >= 10 (frames of 10 ms)"),
+        "batch_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        "max_batch_seconds": (lambda v: isinstance(v, (int, float)) and v > 0, "a number of seconds > 0"),
+        "max_trim": (lambda v: isinstance(v, (int, float)) and 0 <= v < 0.5,
+                     "a fraction in [0, 0.5) (0 = batch only equal lengths)"),
+        "precision": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
+    }
+    embedding = node.get("embedding") or {}
+    for name, (ok, allowed) in embedding_rules.items():
+        if name in embedding:
+            require(ok(embedding[name]), f"{key}.embedding.{name}", allowed, embedding[name])
+    asnorm = node.get("asnorm") or {}
+    if not asnorm.get("enabled"):
+        return
+    if "top_k" in asnorm:
+        require(is_int(asnorm["top_k"]) and asnorm["top_k"] >= 2, f"{key}.asnorm.top_k", "an integer >= 2",
+                asnorm["top_k"])
+    for name in ("cohort_list", "cohort_root"):
+        value = asnorm.get(name)
+        require(isinstance(value, str) and value != "", f"{key}.asnorm.{name}", "a path (AS-norm is enabled)", value)
+    per_speaker = asnorm.get("utterances_per_speaker")
+    require(per_speaker is None or (is_int(per_speaker) and per_speaker >= 1), f"{key}.asnorm.utterances_per_speaker",
+            "null (all) or an integer >= 1", per_speaker)

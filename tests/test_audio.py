@@ -33,9 +33,9 @@ def test_crop_is_a_contiguous_piece_of_the_file(tmp_path, ext):
     np.testing.assert_allclose(f, i / 32768.0, atol=1e-7)
 
 
-def test_only_the_crop_is_read(tmp_path, monkeypatch):
-    path = tmp_path / "long.flac"
-    ramp_file(path, 16000 * 60)
+@pytest.fixture
+def frames_requested(monkeypatch):
+    """The frame counts asked of SoundFile.read, in order."""
     requested = []
     real_read = sf.SoundFile.read
 
@@ -44,8 +44,14 @@ def test_only_the_crop_is_read(tmp_path, monkeypatch):
         return real_read(self, frames, *args, **kwargs)
 
     monkeypatch.setattr(sf.SoundFile, "read", spy)
+    return requested
+
+
+def test_only_the_crop_is_read(tmp_path, frames_requested):
+    path = tmp_path / "long.flac"
+    ramp_file(path, 16000 * 60)
     read_crop(path, 32_240, np.random.default_rng(1))
-    assert requested == [32_240]
+    assert frames_requested == [32_240]
 
 
 def test_short_file_is_wrap_padded(tmp_path):
@@ -92,3 +98,26 @@ def test_bad_files_name_the_file(tmp_path):
         read_crop(stereo, 100, np.random.default_rng(0))
     with pytest.raises(AudioError, match="missing.wav"):
         audio.audio_info(tmp_path / "missing.wav")
+
+
+def test_full_read_up_to_max_samples_reads_only_those(tmp_path, frames_requested):
+    path = tmp_path / "long.flac"
+    samples = ramp_file(path, 16000 * 30)
+    r8k = tmp_path / "r8k.wav"
+    ramp_file(r8k, 8000 * 3, rate=8000)
+    head = read_full(path, max_samples=5000)
+    np.testing.assert_array_equal(head, samples[:5000] / np.float32(32768))
+    resampled = read_full(r8k, 16000, resample=True, max_samples=5001)
+    assert frames_requested == [5000, 2501] and resampled.shape == (5001,)  # ceil(5001 * 8000 / 16000) at 8 kHz
+    assert read_full(path, max_samples=10**9).shape == (16000 * 30,)
+
+
+def test_mono_info_reads_the_header_and_names_bad_files(tmp_path):
+    ramp_file(tmp_path / "r8k.wav", 8000 * 3, rate=8000)
+    assert audio.mono_info(tmp_path / "r8k.wav") == (24000, 8000)  # any rate: the caller resamples
+    sf.write(str(tmp_path / "stereo.wav"), np.zeros((1000, 2)), 16000)
+    with pytest.raises(AudioError, match="stereo.wav: expected mono audio, got 2 channels"):
+        audio.mono_info(tmp_path / "stereo.wav")
+    sf.write(str(tmp_path / "empty.wav"), np.zeros(0, dtype=np.int16), 16000)
+    with pytest.raises(AudioError, match="empty.wav: audio file is empty"):
+        audio.mono_info(tmp_path / "empty.wav")

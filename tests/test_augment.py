@@ -236,6 +236,38 @@ def test_bad_choice_configs_name_the_choice(noise_dirs):
     assert build_noise_reverb({"none": (1, [])}, {}, None, None, CROP) is None
 
 
+@pytest.mark.parametrize("name,write,message", [
+    ("stereo.wav", lambda p: sf.write(str(p), np.zeros((800, 2), np.float32), 16000),
+     "expected mono audio, got 2 channels"),
+    ("empty.wav", lambda p: sf.write(str(p), np.zeros(0, np.float32), 16000), "audio file is empty"),
+    ("garbage.wav", lambda p: p.write_bytes(b"RIFF" + bytes(100)), "cannot read audio"),
+    # The header reads, the samples do not: found when the bank is read, after the size check.
+    ("truncated.flac", lambda p: p.write_bytes(_flac_bytes(p)[:3000]), "cannot read audio|no samples could be read"),
+])
+@pytest.mark.parametrize("folder", ["noise", "rir"])
+def test_unusable_noise_or_rir_file_is_an_augment_error_naming_it(tmp_path, folder, name, write, message):
+    rng = np.random.default_rng(0)
+    musan, rirs = tmp_path / "musan" / "noise" / "x", tmp_path / "rirs"
+    musan.mkdir(parents=True)
+    rirs.mkdir()
+    sf.write(str(musan / "a.wav"), 0.1 * rng.standard_normal(8000).astype(np.float32), 16000)
+    sf.write(str(rirs / "a.wav"), np.exp(-np.arange(400) / 50.0).astype(np.float32), 16000)
+    bad = (musan if folder == "noise" else rirs) / name
+    write(bad)
+    with pytest.raises(aug.AugmentConfigError, match=f"{bad}: ({message})"):
+        build_noise_reverb({"noise": (1, ["noise"]), "reverb": (1, ["reverb"])}, TAORUIJIE_CATEGORIES,
+                           tmp_path / "musan", rirs, CROP)
+
+
+def _flac_bytes(path):
+    """A 3 s flac file's bytes (written beside path, then removed)."""
+    tmp = path.with_suffix(".full.flac")
+    sf.write(str(tmp), np.sin(np.arange(48000) / 7.0).astype(np.float32) * 0.3, 16000)
+    data = tmp.read_bytes()
+    tmp.unlink()
+    return data
+
+
 # --------------------------------------------------------------------------------------------- speed
 def tone_and_click(n, frequency=1000.0, click=6000, sample_rate=16000):
     t = np.arange(n) / sample_rate

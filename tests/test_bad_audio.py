@@ -78,3 +78,23 @@ def test_error_policy_names_the_file(tiny_cfg, tmp_path, corpus_with_bad_files, 
     lst = write_list(tmp_path / "train.txt", lines[:5] + [f"syn00000 {bad[name]}"] + lines[6:12])
     with pytest.raises(AudioError, match=f"{bad[name]}: {message}"):
         train(tiny_cfg(f"data.train_list={lst}", f"data.train_root={root}", "trainer.epochs=1"))
+
+
+def test_a_trial_file_that_cannot_be_embedded_stops_the_run_before_the_first_step(tiny_cfg, tiny_corpus_dir,
+                                                                                   tmp_path):
+    """8 kHz, 10 ms and non-audio trial files used to crash the first validation, after an epoch of training."""
+    root = tmp_path / "trial_wav"
+    shutil.copytree(tiny_corpus_dir / "wav", root)
+    tone = (0.1 * np.sin(np.arange(24000) / 5.0)).astype(np.float32)
+    sf.write(str(root / "rate8k.wav"), tone, 8000)
+    sf.write(str(root / "tiny.wav"), tone[:160], 16000)  # 10 ms
+    (root / "text.wav").write_text("not audio")
+    trials = (tiny_corpus_dir / "trials.txt").read_text().splitlines()
+    good = trials[0].split()[1]
+    lines = trials + [f"0 {good} rate8k.wav", f"1 {good} tiny.wav", f"0 text.wav {good}"]
+    write_list(tmp_path / "trials.txt", lines)
+    cfg = tiny_cfg(f"eval.trials={tmp_path / 'trials.txt'}", f"eval.root={root}", run_dir=tmp_path / "run")
+    with pytest.raises(AudioError, match=r"(?s)3 files of trial list .*cannot be embedded.*data.resample=true"
+                                         r".*rate8k.wav: 8000 Hz.*tiny.wav: 0.010 s.*text.wav: cannot read audio"):
+        train(cfg)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no step was taken

@@ -151,3 +151,45 @@ def test_a_sample_rate_below_twice_f_max_names_both_keys():
         validate_config(cfg)
     validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", "data.sample_rate=8000",
                                     "features.fbank.f_max=3800"]))
+
+
+EVAL_NODE = {"name": "n", "trials": "/v/t.txt", "root": "/v/wav"}
+
+
+@pytest.mark.parametrize("node,message", [
+    ({"embedding": {"mode": "x"}}, "eval.embedding.mode='x' is not allowed: full or multicrop"),
+    ({"embedding": {"num_crops": True}}, "eval.embedding.num_crops=True is not allowed: an integer >= 1"),
+    ({"embedding": {"crop_frames": 9}},
+     "eval.embedding.crop_frames=9 is not allowed: an integer >= 10 (frames of 10 ms)"),
+    ({"embedding": {"max_batch_seconds": 0}},
+     "eval.embedding.max_batch_seconds=0 is not allowed: a number of seconds > 0"),
+    ({"embedding": {"max_trim": 0.5}},
+     "eval.embedding.max_trim=0.5 is not allowed: a fraction in [0, 0.5) (0 = batch only equal lengths)"),
+    ({"root": ""}, "eval.root='' is not allowed: a non-empty string"),
+    ({"name": "../x"}, "eval.name='../x' is not allowed: a plain name (no '/', not '..'): it names one folder or file"),
+    ({"asnorm": {"enabled": True, "cohort_root": "/c"}},
+     "eval.asnorm.cohort_list=None is not allowed: a path (AS-norm is enabled)"),
+    ({"asnorm": {"enabled": True, "cohort_list": "/l", "cohort_root": "/c", "utterances_per_speaker": 0}},
+     "eval.asnorm.utterances_per_speaker=0 is not allowed: null (all) or an integer >= 1"),
+])
+def test_validate_eval_messages_and_protocol_from_config_uses_it(node, message):
+    from speakerid.config import validate_eval
+    from speakerid.evaluation import Protocol
+
+    node = {**EVAL_NODE, **node}
+    for check in (validate_eval, Protocol.from_config):
+        with pytest.raises(ConfigError) as info:
+            check(node)
+        assert str(info.value) == message, check
+
+
+def test_validate_eval_names_the_given_key_and_accepts_defaults():
+    from speakerid.config import validate_eval
+    from speakerid.evaluation import ExtractionOptions, Protocol
+
+    validate_eval(EVAL_NODE)  # every option left at its default
+    validate_eval({**EVAL_NODE, "asnorm": {"enabled": False, "top_k": 0}})  # AS-norm off: its options unused
+    with pytest.raises(ConfigError, match=r"^valid\.embedding\.precision='fp16' is not allowed: fp32 or bf16$"):
+        validate_eval({**EVAL_NODE, "embedding": {"precision": "fp16"}}, key="valid")
+    p = Protocol.from_config({**EVAL_NODE, "embedding": {"mode": "multicrop", "num_crops": 3}})
+    assert p.embedding == ExtractionOptions(mode="multicrop", num_crops=3) and p.scoring == "multicrop3"

@@ -1,6 +1,7 @@
 """Embedding extraction (batching by length, multi-crop), the embedding cache, and an evaluation run end
 to end on small files, each against a one-file-at-a-time reference."""
 
+import itertools
 import os
 import shutil
 
@@ -9,11 +10,14 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_curve
 
 from conftest import small_extractor
+from speakerid.data.audio import AudioError
 from speakerid.data.lists import MissingFilesError
 from speakerid.evaluation import (
     EmbeddingCache,
+    EmbeddingExtractor,
     Evaluation,
     ExtractionOptions,
     Protocol,
@@ -22,7 +26,7 @@ from speakerid.evaluation import (
     plan_batches,
     save_embeddings,
 )
-from speakerid.metrics import verification_metrics
+from speakerid.features import Fbank
 from speakerid.plots import det_image
 
 
@@ -108,6 +112,26 @@ def test_multicrop_embeds_taoruijie_crops(extractor, audio_dir):
         assert float(emb.full[i] @ one_at_a_time(extractor, read(root, rel))) > 1 - 1e-6
 
 
+def test_multicrop_crops_follow_the_extractors_fbank_hop_and_window(extractor, audio_dir):
+    """features.fbank.hop_length/win_length set how many samples crop_frames frames take, as in training."""
+    root, lengths = audio_dir
+    fbank = Fbank(hop_length=80, win_length=320)
+    coarse = EmbeddingExtractor(fbank, extractor.model).eval()
+    widths = []
+    hook = fbank.register_forward_pre_hook(lambda module, args: widths.append(args[0].shape[1]))
+    options = ExtractionOptions(mode="multicrop", num_crops=3, crop_frames=100, max_trim=0.0)
+    try:
+        emb = extract_embeddings(coarse, root, ["c/2.wav"], options=options)
+    finally:
+        hook.remove()
+    crop = 100 * 80 + (320 - 80)  # frames * hop + (window - hop); 100 * 160 + 240 with the default fbank
+    assert widths == [lengths["c/2.wav"], crop]  # the full utterance, then its three crops in one forward
+    audio = read(root, "c/2.wav")
+    for j, start in enumerate(np.linspace(0, len(audio) - crop, num=3)):
+        expected = one_at_a_time(coarse, audio[int(start):int(start) + crop])
+        assert float(emb.crops[0, j] @ expected) > 1 - 1e-6, j
+
+
 def test_embedding_file_round_trip_and_cache(extractor, audio_dir, tmp_path):
     root, lengths = audio_dir
     paths = list(lengths)
@@ -168,27 +192,77 @@ def write_list(path, lines):
     return path
 
 
+def eer_of_roc(far: np.ndarray, frr: np.ndarray) -> float:
+    """Where the straight segments between consecutive ROC points (strictest first) cross FAR = FRR."""
+    i = int(np.argmax(frr <= far))
+    if frr[i] == far[i]:
+        return float(far[i])
+    before, after = frr[i - 1] - far[i - 1], frr[i] - far[i]
+    return float(far[i - 1] + before / (before - after) * (far[i] - far[i - 1]))
+
+
 def test_evaluation_scores_measures_and_handles_lists_without_labels(extractor, audio_dir, tmp_path):
     root, lengths = audio_dir
-    pairs = [("1", "a/1.wav", "a/2.wav"), ("0", "a/1.wav", "c/1.wav"), ("1", "c/1.wav", "c/2.wav"),
-             ("0", "b/1.wav", "d/1.wav"), ("1", "b/1.wav", "b/2.wav"), ("0", "a/2.wav", "d/1.wav")]
+    # Pairs of files, a target when they share a folder: the scores of targets and non-targets overlap. The
+    # last (non-target) pair is left out: with 3 targets and 17 non-targets FRR and FAR (k/3, j/17) are
+    # never equal between 0 and 1, so the EER is an interpolated crossing.
+    pairs = [(str(int(e[0] == t[0])), e, t) for e, t in itertools.combinations(lengths, 2)][:-1]
     labelled = write_list(tmp_path / "l.txt", [" ".join(p) for p in pairs])
     protocol = Protocol(name="small", trials=str(labelled), root=str(root),
                         embedding=ExtractionOptions(max_trim=0.0))
-    result = Evaluation(protocol).run(extractor)
+    result = Evaluation(protocol).run(extractor, cache_dir=tmp_path / "emb", model_id="m")
     reference = {rel: one_at_a_time(extractor, read(root, rel)) for rel in lengths}
     expected = np.array([reference[e] @ reference[t] for _, e, t in pairs], dtype=np.float64)
     np.testing.assert_allclose(result.scores, expected, atol=1e-5)
+
+    # The metrics, against float64 cosines of the very embeddings scored (the run's cache) and sklearn's ROC.
+    # (One-at-a-time embeddings differ by ~1e-6, the gap between some of these scores.)
+    (cache_file,) = (tmp_path / "emb").glob("*.npz")
+    stored = load_embeddings(cache_file)[0]
+    unit = {k: e / np.linalg.norm(e) for k, e in zip(stored.keys, stored.full.astype(np.float64))}
+    scores64 = np.array([unit[e] @ unit[t] for _, e, t in pairs])
+    np.testing.assert_allclose(result.scores, scores64, rtol=0, atol=1e-6)
     labels = np.array([int(p[0]) for p in pairs])
-    assert result.metrics["eer"] == verification_metrics(result.scores, labels)["eer"]
+    far, tpr, _ = roc_curve(labels, scores64, drop_intermediate=False)
+    frr = 1.0 - tpr
+    eer = eer_of_roc(far, frr)
+    assert 0 < eer < 0.5
+    assert result.metrics["eer"] == pytest.approx(eer, abs=1e-12)
+    for p_target in (0.01, 0.05):
+        min_dcf = np.min(frr * p_target + far * (1 - p_target)) / min(p_target, 1 - p_target)
+        assert result.metrics[f"min_dcf_p{p_target}"] == pytest.approx(min_dcf, abs=1e-12)
     assert result.n_files == 7 and result.n_extracted == 7
     report = result.report()
     assert report["name"] == "small" and report["scoring"] == "cosine" and report["labelled"]
 
     unlabelled = write_list(tmp_path / "u.txt", [f"{e} {t}" for _, e, t in pairs])
     result = Evaluation(Protocol(name="u", trials=str(unlabelled), root=str(root))).run(extractor)
-    assert result.metrics is None and result.labels is None and len(result.scores) == 6
+    assert result.metrics is None and result.labels is None and len(result.scores) == len(pairs)
     assert not result.report()["labelled"] and "eer" not in result.report()
+
+
+@pytest.mark.parametrize("mode", ["full", "multicrop"])
+def test_file_with_nan_samples_is_named_and_nothing_is_cached(extractor, audio_dir, tmp_path, mode):
+    src, lengths = audio_dir
+    root = tmp_path / "audio"
+    shutil.copytree(src, root)
+    wave = read(root, "a/1.wav").copy()
+    wave[[100, 20000]] = np.nan
+    sf.write(str(root / "a/nan.wav"), wave, 16000, subtype="FLOAT")
+    assert np.isnan(read(root, "a/nan.wav")).sum() == 2
+    options = ExtractionOptions(mode=mode, num_crops=2, crop_frames=100)
+    good = write_list(tmp_path / "good.txt", ["1 a/1.wav a/2.wav", "0 a/1.wav c/1.wav"])
+    evaluation = Evaluation(Protocol(name="g", trials=str(good), root=str(root), embedding=options))
+    evaluation.run(extractor, cache_dir=tmp_path / "emb", model_id="m")
+    (cache_file,) = (tmp_path / "emb").glob("*")
+    before = cache_file.read_bytes()
+
+    # a/nan is embedded in one batch with b/1 and b/2 (within max_trim of its length); only it is named.
+    trials = write_list(tmp_path / "t.txt", ["1 a/1.wav a/nan.wav", "0 b/1.wav b/2.wav"])
+    evaluation = Evaluation(Protocol(name="t", trials=str(trials), root=str(root), embedding=options))
+    with pytest.raises(AudioError, match=r"non-finite embedding .* for 1 of 3 files: \S*/a/nan\.wav$"):
+        evaluation.run(extractor, cache_dir=tmp_path / "emb", model_id="m")
+    assert list((tmp_path / "emb").glob("*")) == [cache_file] and cache_file.read_bytes() == before
 
 
 def test_missing_trial_files_are_listed_before_any_audio_is_read(audio_dir, tmp_path):

@@ -1,8 +1,9 @@
-"""Reading audio with soundfile: only the requested crop is read from disk, so a 10-minute file costs no
-more than a 2 s one."""
+"""Reading audio with soundfile, for training crops, evaluation and the augmentation banks alike: only the
+requested crop is read from disk, so a 10-minute file costs no more than a 2 s one."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -22,6 +23,13 @@ def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
     except Exception as e:  # soundfile raises LibsndfileError, RuntimeError or TypeError by version
         raise AudioError(f"{path}: cannot read audio ({e})") from None
     return info.frames, info.samplerate, info.channels
+
+
+def mono_info(path: str | os.PathLike) -> tuple[int, int]:
+    """(frames, sample_rate) of a non-empty mono audio file, from its header, with errors that name it."""
+    frames, rate, channels = audio_info(path)
+    _check(path, frames, rate, channels, rate, resample=False)
+    return frames, rate
 
 
 def _check(path, frames: int, sample_rate: int, channels: int, expected_rate: int, resample: bool) -> None:
@@ -81,13 +89,16 @@ def read_crop(
     return wrap_pad(samples, crop_samples)
 
 
-def read_full(path: str | os.PathLike, sample_rate: int = 16000, resample: bool = False) -> np.ndarray:
-    """The whole file as float32 in [-1, 1], for full-utterance evaluation."""
+def read_full(path: str | os.PathLike, sample_rate: int = 16000, resample: bool = False,
+              max_samples: int | None = None) -> np.ndarray:
+    """The whole file as float32 in [-1, 1] at sample_rate (full-utterance evaluation, noise and RIR banks),
+    or its first max_samples samples, reading only those from disk."""
     try:
         with sf.SoundFile(str(path)) as f:
             _check(path, f.frames, f.samplerate, f.channels, sample_rate, resample)
             rate = f.samplerate
-            samples = f.read(dtype="float32", always_2d=False)
+            frames = -1 if max_samples is None else min(f.frames, math.ceil(max_samples * rate / sample_rate))
+            samples = f.read(frames, dtype="float32", always_2d=False)
     except AudioError:
         raise
     except Exception as e:
@@ -96,7 +107,7 @@ def read_full(path: str | os.PathLike, sample_rate: int = 16000, resample: bool 
         raise AudioError(f"{path}: no samples could be read (truncated file?)")
     if rate != sample_rate:
         samples = _resample(samples, rate, sample_rate)
-    return samples
+    return samples if max_samples is None else samples[:max_samples]
 
 
 def to_float(batch: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from speakerid.data.audio import AudioError
+
 from speakerid.data.lists import (
     has_labels,
     map_files,
@@ -145,6 +147,26 @@ def _header_length(path: Path, sample_rate: int) -> int | None:
     except Exception:  # missing or unreadable: the checks that need the file name it
         return None
     return info.frames if info.samplerate == sample_rate else math.ceil(info.frames * sample_rate / info.samplerate)
+
+
+def check_trial_audio(root: str | os.PathLike, paths: list[str], sample_rate: int, resample: bool = False,
+                      what: str = "trial list", show: int = 10, workers: int = 16) -> None:
+    """Stop with an AudioError naming every file that evaluation could not embed (unreadable, empty,
+    multi-channel, at another rate without resampling, too short), from the headers alone, so that a bad
+    trial file is found before training rather than at the first validation."""
+    root = Path(root)
+    unique = list(dict.fromkeys(paths))
+    rule = _trial_rule(MIN_TRIAL_SECONDS)
+    found = map_files(lambda p: _inspect(p, sample_rate, rule, deep=False), root, unique, workers)
+    bad = [(rel, detail) for rel, problems in zip(unique, found) for severity, kind, detail in problems
+           if severity == "error" and not (resample and kind == "sample_rate")]
+    if bad:
+        lines = [f"  {root / rel}: {detail}" for rel, detail in bad[:show]]
+        more = f"\n  ... and {len(bad) - show} more" if len(bad) > show else ""
+        advice = (" (files at another rate: set data.resample=true)" if any("Hz, expected" in d for _, d in bad)
+                  else "")
+        raise AudioError(f"{len(bad)} files of {what} cannot be embedded{advice}; scripts/check_data.py "
+                         f"lists every problem:\n" + "\n".join(lines) + more)
 
 
 def short_files(root: str | os.PathLike, paths: list[str], min_samples: int, sample_rate: int = 16000,

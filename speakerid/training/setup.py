@@ -144,8 +144,9 @@ def setup_lists(cfg: DictConfig, env: Environment) -> Lists:
         check_files_exist(data.train_root, train_list.paths, what=f"train list {data.train_list}")
         if env.dist.is_main:
             warn_short_training_files(data.train_root, train_list.paths, crop_samples(cfg), data.sample_rate)
-        if evaluation is not None:
+        if evaluation is not None:  # a trial file that cannot be embedded stops the run now, not after an epoch
             evaluation.check_files()
+            evaluation.check_audio(data.sample_rate, data.resample)
         log.info("checked %d listed files in %.1f s", len(train_list), time.perf_counter() - t0)
     return Lists(train_list, evaluation)
 
