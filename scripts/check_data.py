@@ -15,6 +15,7 @@ import time
 
 from speakerid.data.check import MIN_TRIAL_SECONDS, check_data
 from speakerid.data.lists import ListFormatError
+from speakerid.io import check_writable
 
 
 def main(argv=None) -> int:
@@ -38,10 +39,11 @@ def main(argv=None) -> int:
         parser.error("nothing to check: give a train list and/or a trial list")
     start = time.perf_counter()
     try:
+        check_writable(args.report, what="--report")
         report = check_data(args.train_list, args.train_root, args.trials, args.trials_root, args.sample_rate,
                             args.min_seconds, args.min_utterances, args.deep, args.workers,
                             min_trial_seconds=args.min_trial_seconds)
-    except (ListFormatError, FileNotFoundError) as e:
+    except (ListFormatError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     report.stats["seconds"] = round(time.perf_counter() - start, 2)

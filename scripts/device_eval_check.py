@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    extractor, cfg = extractor_from_checkpoint(load_checkpoint(args.checkpoint))
+    extractor, cfg = extractor_from_checkpoint(load_checkpoint(args.checkpoint), source=str(args.checkpoint))
     extractor.to(device).eval()
     trials = read_trials(args.trials)
     files = trial_files(trials)

@@ -23,6 +23,7 @@ from speakerid.checkpoint import load_checkpoint
 from speakerid.data.audio import AudioError
 from speakerid.data.lists import ListFormatError, MissingFilesError, check_files_exist
 from speakerid.evaluation import ExtractionOptions, extract_embeddings, file_digest, save_embeddings
+from speakerid.io import check_writable
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 
@@ -75,13 +76,14 @@ def main(argv=None) -> int:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
 
     try:
+        check_writable(args.out, what="--out")
         if args.folder is not None:
             root, files = args.folder, files_in_folder(args.folder)
         else:
             root, files = (args.root or args.list.parent), files_in_list(args.list)
         check_files_exist(root, files, what=str(args.list or args.folder), show=10)
         checkpoint = load_checkpoint(args.checkpoint)
-        extractor, cfg = extractor_from_checkpoint(checkpoint)
+        extractor, cfg = extractor_from_checkpoint(checkpoint, source=str(args.checkpoint))
         extractor.to(device)
         options = ExtractionOptions(mode=args.mode, num_crops=args.num_crops, crop_frames=args.crop_frames,
                                     max_trim=args.max_trim, batch_size=args.batch_size)
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
         embeddings = extract_embeddings(extractor, root, files, device, options, cfg.data.sample_rate,
                                         cfg.data.resample, progress=True)
         seconds = time.perf_counter() - start
-    except (ListFormatError, MissingFilesError, AudioError, FileNotFoundError, RuntimeError, ValueError) as e:
+    except (ListFormatError, MissingFilesError, AudioError, OSError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     save_embeddings(args.out, embeddings, {"checkpoint": str(Path(args.checkpoint).resolve()),

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
 
     try:
         checkpoint = load_checkpoint(args.checkpoint)
-        extractor, cfg = extractor_from_checkpoint(checkpoint)
+        extractor, cfg = extractor_from_checkpoint(checkpoint, source=str(args.checkpoint))
         extractor.eval()
         rate = cfg.data.sample_rate
         inputs = [read_full(p, rate)[None] for p in args.check]

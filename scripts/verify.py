@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         for p in paths:
             if not Path(p).is_file():
                 raise FileNotFoundError(f"{p} does not exist")
-        extractor, cfg = extractor_from_checkpoint(load_checkpoint(args.checkpoint))
+        extractor, cfg = extractor_from_checkpoint(load_checkpoint(args.checkpoint), source=str(args.checkpoint))
         extractor.to(device)
         embeddings = extract_embeddings(extractor, "/", paths, device, options, cfg.data.sample_rate, cfg.data.resample)
     except (AudioError, FileNotFoundError, RuntimeError, ValueError, KeyError) as e:

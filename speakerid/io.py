@@ -4,6 +4,7 @@ crash, a kill or a full disk leaves the previous file intact and never a half-wr
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -51,6 +52,21 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, record: Any, indent: int = 2) -> None:
     write_text_atomic(path, json.dumps(record, indent=indent) + "\n")
+
+
+def check_writable(path: str | os.PathLike, folder: bool = False, what: str = "output") -> None:
+    """Fail now, not after hours of work, when `path` (a file, or a folder with folder=True) cannot be
+    written: a file name that is a folder, a parent that is a file, a read-only or full disk."""
+    target = Path(path)
+    if not folder and target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"{what} {target} is a folder; give a file name")
+    parent = target if folder else target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise OSError(e.errno, f"{what} {target} is not writable ({e.strerror or e})") from None
 
 
 def _fsync_file(path: str | os.PathLike) -> None:

@@ -150,7 +150,8 @@ def _header_length(path: Path, sample_rate: int) -> int | None:
 
 
 def check_trial_audio(root: str | os.PathLike, paths: list[str], sample_rate: int, resample: bool = False,
-                      what: str = "trial list", show: int = 10, workers: int = 16) -> None:
+                      what: str = "trial list", resample_advice: str = "data.resample=true", show: int = 10,
+                      workers: int = 16) -> None:
     """Stop with an AudioError naming every file that evaluation could not embed (unreadable, empty,
     multi-channel, at another rate without resampling, too short), from the headers alone, so that a bad
     trial file is found before training rather than at the first validation."""
@@ -163,7 +164,7 @@ def check_trial_audio(root: str | os.PathLike, paths: list[str], sample_rate: in
     if bad:
         lines = [f"  {root / rel}: {detail}" for rel, detail in bad[:show]]
         more = f"\n  ... and {len(bad) - show} more" if len(bad) > show else ""
-        advice = (" (files at another rate: set data.resample=true)" if any("Hz, expected" in d for _, d in bad)
+        advice = (f" (files at another rate: set {resample_advice})" if any("Hz, expected" in d for _, d in bad)
                   else "")
         raise AudioError(f"{len(bad)} files of {what} cannot be embedded{advice}; scripts/check_data.py "
                          f"lists every problem:\n" + "\n".join(lines) + more)

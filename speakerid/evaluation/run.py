@@ -103,10 +103,11 @@ class Evaluation:
             check_files_exist(p.asnorm.cohort_root, self.cohort_paths, what=f"AS-norm cohort list "
                               f"{p.asnorm.cohort_list}", show=10)
 
-    def check_audio(self, sample_rate: int, resample: bool) -> None:
-        """Stop, naming them, when trial files cannot be embedded (headers only: rate, channels, length)."""
+    def check_audio(self, sample_rate: int, resample: bool, advice: str = "data.resample=true") -> None:
+        """Stop, naming them, when trial files cannot be embedded (headers only: rate, channels, length);
+        `advice` is how the caller's user turns resampling on."""
         check_trial_audio(self.protocol.root, self.files, sample_rate, resample,
-                          what=f"trial list {self.protocol.trials}")
+                          what=f"trial list {self.protocol.trials}", resample_advice=advice)
 
     def run(self, extractor: EmbeddingExtractor, device: torch.device | str = "cpu", sample_rate: int = 16000,
             resample: bool = False, cache_dir: str | os.PathLike | None = None, model_id: str | None = None,

@@ -38,7 +38,8 @@ from speakerid.distributed import (
 from speakerid.evaluation import Evaluation
 from speakerid.features import samples_for_frames
 from speakerid.schedules import LRSchedule, MarginSchedule, epoch_at
-from speakerid.training.state import check_writable, find_resume_checkpoint, load_resume_checkpoint
+from speakerid.io import check_writable
+from speakerid.training.state import find_resume_checkpoint, load_resume_checkpoint
 
 log = logging.getLogger("speakerid")
 
@@ -102,7 +103,7 @@ def setup_run_folder(cfg: DictConfig, env: Environment) -> tuple[CheckpointDir, 
         raise FileExistsError(f"{env.run_dir} already holds a run's checkpoints: resume it with "
                               f"trainer.resume=true, or give another run_dir")
     checkpoint = None if resume_from is None else load_resume_checkpoint(resume_from, cfg.trainer.epochs)
-    check_writable(env.run_dir)
+    check_writable(env.run_dir, folder=True, what="run folder")
     return checkpoints, resume_from, checkpoint
 
 

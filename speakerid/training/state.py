@@ -125,17 +125,6 @@ def claim_run_folder(parent: str | os.PathLike, stamp: str) -> str:
     raise FileExistsError(f"{parent}: no free run folder name for {stamp}")
 
 
-def check_writable(run_dir: Path) -> None:
-    """Fail now, not after the first epoch, when the run folder cannot be written."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as e:
-        raise OSError(e.errno, f"run folder {run_dir} is not writable ({e.strerror})") from None
-
-
 class RunState:
     """Everything a checkpoint holds, gathered from the objects that own it: model, head, optimizer,
     loss scaler, progress (the learning rate and the margin are functions of it), every rank's RNG state, the resolved config, the speaker map and

@@ -1,0 +1,166 @@
+"""Config -> objects. Every object the trainer and the evaluation use is built here, from the config groups
+of the same name (`model`, `head`, `features`, `augment`, `optim`, `scheduler`); values that come from the
+data, such as the number of speakers, are passed at build time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from speakerid.augment import NoiseCategory, NoiseReverb, SpeedPerturb
+from speakerid.augment import build_noise_reverb as _build_noise_reverb
+from speakerid.evaluation import EmbeddingExtractor, Protocol
+from speakerid.schedules import LRSchedule, MarginSchedule
+
+
+def build_fbank(cfg: DictConfig) -> nn.Module:
+    return instantiate(cfg.features.fbank)
+
+
+def build_specaugment(cfg: DictConfig) -> nn.Module | None:
+    spec = cfg.features.get("specaugment")
+    if spec is None or not spec.get("enabled", True):
+        return None
+    return instantiate({k: v for k, v in spec.items() if k != "enabled"})
+
+
+def build_speed_perturb(cfg: DictConfig, num_speakers: int, crop_samples: int) -> SpeedPerturb | None:
+    """Speed perturbation from augment.speed, or None when its only factor is 1.0."""
+    speed = cfg.augment.speed
+    if list(speed.factors) == [1.0]:
+        return None
+    return SpeedPerturb(list(speed.factors), crop_samples, num_speakers, bool(speed.speakers_as_new),
+                        cfg.data.sample_rate)
+
+
+def build_noise_reverb(cfg: DictConfig, crop_samples: int) -> NoiseReverb | None:
+    """Noise and reverberation from the augment group (banks read here, once), or None when no choice
+    applies anything. Ranges were checked by validate_config."""
+    aug = cfg.augment
+    choices = {name: (float(c.weight), list(c.apply)) for name, c in aug.choices.items()}
+    categories = {name: NoiseCategory(tuple(map(float, c.snr_db)), tuple(map(int, c.files)))
+                  for name, c in aug.categories.items()}
+    return _build_noise_reverb(
+        choices, categories, aug.get("musan_dir"), aug.get("rir_dir"), crop_samples, sample_rate=cfg.data.sample_rate,
+        max_file_seconds=aug.max_file_seconds, rir_max_seconds=aug.rir_max_seconds, bank_dtype=aug.bank_dtype,
+        max_bank_mb=aug.max_bank_mb,
+    )
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    return instantiate(cfg.model)
+
+
+def build_head(cfg: DictConfig, num_classes: int) -> nn.Module:
+    return instantiate(cfg.head, num_classes=num_classes)
+
+
+# Optimizers whose fused CUDA kernels take the loss scaler's found-inf flag on the device, so that skipping a
+# NaN/inf step costs no host synchronisation.
+_FUSABLE = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD")
+
+
+def build_optimizer(cfg: DictConfig, parameters, device: torch.device | None = None) -> torch.optim.Optimizer:
+    extra = {}
+    if device is not None and device.type == "cuda" and cfg.optim.get("_target_") in _FUSABLE \
+            and cfg.optim.get("fused") is None:
+        extra["fused"] = True
+    return instantiate(cfg.optim)(params=parameters, **extra)
+
+
+def build_lr_schedule(cfg: DictConfig) -> LRSchedule:
+    """The learning rate as a function of epochs done (speakerid.schedules), applied every step."""
+    return instantiate(cfg.scheduler)
+
+
+def build_margin_schedule(cfg: DictConfig) -> MarginSchedule | None:
+    """The head's margin as a function of epochs done, or None when head.m stays fixed."""
+    return None if cfg.get("margin_schedule") is None else instantiate(cfg.margin_schedule)
+
+
+class UnsafeFileConfigError(RuntimeError):
+    """A config read from a file would make speakerid build something other than its own classes."""
+
+
+def _file_buildable() -> dict[str, set[str]]:
+    """Per config node, the `_target_`s a file's config may name: the project's own encoders, heads and
+    features, under their public and their module paths. Compared as strings: importing a named module to
+    check it would already run its code."""
+    import speakerid.losses
+    import speakerid.models
+    from speakerid.features import Fbank
+
+    def names(package, public: list[str]) -> set[str]:
+        classes = [getattr(package, name) for name in public]
+        return ({f"{package.__name__}.{c.__name__}" for c in classes}
+                | {f"{c.__module__}.{c.__qualname__}" for c in classes})
+
+    return {"model": names(speakerid.models, speakerid.models.__all__),
+            "head": names(speakerid.losses, speakerid.losses.__all__),
+            "features.fbank": {"speakerid.features.Fbank", f"{Fbank.__module__}.{Fbank.__qualname__}"}}
+
+
+def check_file_config(cfg: DictConfig, nodes: tuple[str, ...], source: str) -> None:
+    """Refuse, before anything is built, a config read from a file (a checkpoint's) that would make
+    instantiate call anything but the project's own classes: a `_target_` off the allow-list, a nested
+    `_target_` (instantiate builds those too) or an interpolation (resolvers run code of their own)."""
+    allowed = _file_buildable()
+    for node in nodes:
+        value = OmegaConf.to_container(OmegaConf.select(cfg, node), resolve=False)
+        target = value.get("_target_") if isinstance(value, dict) else None
+        if target not in allowed[node]:
+            raise UnsafeFileConfigError(f"{source}: its config names {node}._target_={target!r}, which speakerid does not "
+                             f"build from a file (allowed: {', '.join(sorted(allowed[node]))})")
+
+        def walk(item, path):
+            if isinstance(item, dict):
+                for k, v in item.items():
+                    if path and k in ("_target_", "_partial_", "_args_"):
+                        raise UnsafeFileConfigError(f"{source}: its config has a nested {path}.{k}, which speakerid does not "
+                                         f"build from a file")
+                    walk(v, f"{path}.{k}" if path else k)
+            elif isinstance(item, list):
+                for i, v in enumerate(item):
+                    walk(v, f"{path}.{i}")
+            elif isinstance(item, str) and "${" in item:
+                raise UnsafeFileConfigError(f"{source}: its config value {node}.{path}={item!r} is an interpolation, which "
+                                 f"speakerid does not resolve from a file")
+        walk({k: v for k, v in value.items() if k != "_target_"}, "")
+
+
+def extractor_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint"
+                              ) -> tuple[EmbeddingExtractor, DictConfig]:
+    """The embedding extractor (fbank + model) of a checkpoint, built from the config saved inside it once
+    that config is known to name only the project's own classes."""
+    from speakerid.checkpoint import load_state_strict
+
+    cfg = OmegaConf.create(checkpoint["config"])
+    check_file_config(cfg, ("model", "features.fbank"), source)
+    model = build_model(cfg)
+    load_state_strict(model, checkpoint["model"], what=f"{source} model")
+    return EmbeddingExtractor(build_fbank(cfg), model), cfg
+
+
+def build_eval_protocol(cfg: DictConfig) -> Protocol:
+    """The trial protocol of the `eval` group: list, root, embedding and scoring options."""
+    return Protocol.from_config(cfg.eval)
+
+
+def compose_eval_protocol(overrides: list[str], data: Any) -> Protocol:
+    """The protocol of configs/evaluate.yaml with Hydra overrides (`eval=vox1_o`, `eval.dir=...`), with
+    `data` (a training config's data node) resolving interpolations such as ${data.dir}."""
+    from speakerid.config import ConfigError, missing_keys
+    from speakerid.configs import compose
+
+    cfg = compose("evaluate", overrides)
+    merged = OmegaConf.create({"data": OmegaConf.to_container(data, resolve=True) if not isinstance(data, dict)
+                               else data, "eval": OmegaConf.to_container(cfg.eval, resolve=False)})
+    missing = [k for k in missing_keys(merged) if k.startswith("eval.")]
+    if missing:
+        raise ConfigError("required config values are not set: " + ", ".join(missing)
+                          + f" (e.g. {missing[0]}=/path/to/...)")
+    return Protocol.from_config(merged.eval)

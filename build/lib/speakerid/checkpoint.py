@@ -1,0 +1,192 @@
+"""Checkpoints: everything needed to continue a run exactly or to use the model alone, written atomically.
+
+A checkpoint is a dict saved with torch.save and loadable with weights_only=True (only tensors and plain
+Python containers inside), so loading one never executes code.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from speakerid.config import check_int_at_least
+from speakerid.io import atomic_write
+
+FORMAT_VERSION = 1
+
+
+def library_versions() -> dict[str, str]:
+    import torchaudio
+
+    import speakerid
+
+    # str(): torch's version is a TorchVersion object, which a weights_only load refuses.
+    return {
+        "speakerid": str(speakerid.__version__),
+        "torch": str(torch.__version__),
+        "torchaudio": str(torchaudio.__version__),
+        "numpy": str(np.__version__),
+        "python": platform.python_version(),
+    }
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    # random.getstate() nests tuples; keep them tuples after a round trip through any container format.
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save through speakerid.io.atomic_write: a crash or a full disk leaves the previous file intact
+    and never a half-written one under the final name."""
+    path = Path(path)
+    try:
+        with atomic_write(path, "wb") as f:
+            torch.save(obj, f)
+    except OSError as e:
+        raise OSError(e.errno, f"could not write checkpoint {path} ({e.strerror or e}); the previous "
+                               f"checkpoint, if any, is intact") from e
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"{path}: not a readable speakerid checkpoint ({e})") from None
+    if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
+        raise RuntimeError(f"{path}: not a speakerid checkpoint (no format_version)")
+    if checkpoint["format_version"] > FORMAT_VERSION:
+        raise RuntimeError(f"{path}: written by a newer speakerid (format {checkpoint['format_version']})")
+    return checkpoint
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """load_state_dict that names the keys and shapes that differ instead of loading partially."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        lines = [f"{what}: the checkpoint does not match the configured architecture"]
+        if missing:
+            lines.append(f"  missing in checkpoint ({len(missing)}): {', '.join(missing[:8])}")
+        if unexpected:
+            lines.append(f"  not in the model ({len(unexpected)}): {', '.join(unexpected[:8])}")
+        if mismatched:
+            lines.append(f"  shapes differ ({len(mismatched)}):")
+        for k in mismatched[:8]:
+            lines.append(f"    {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+        raise RuntimeError("\n".join(lines))
+    module.load_state_dict(state)
+
+
+class CheckpointDir:
+    """The checkpoints of one run: `step-<N>.pt` for the last `keep` saves, `last.pt` naming the newest
+    (a hard link, so it costs no second write) and `best.pt`. Every file appears atomically."""
+
+    def __init__(self, folder: str | os.PathLike, keep: int = 3):
+        check_int_at_least(keep, 1, "trainer.keep_checkpoints")
+        self.folder = Path(folder)
+        self.keep = keep
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.folder / "best.pt"
+
+    def save(self, state: dict[str, Any], step: int) -> Path:
+        path = self.folder / f"step-{step:09d}.pt"
+        save_atomic(state, path)
+        self._point_last_at(path, state)
+        for old in sorted(self.folder.glob("step-*.pt"))[:-self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def save_best(self, state: dict[str, Any]) -> Path:
+        save_atomic(state, self.best)
+        return self.best
+
+    def _point_last_at(self, path: Path, state: dict[str, Any]) -> None:
+        tmp = self.folder / f".last.pt.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp)
+        except OSError:  # file systems without hard links: write a second copy
+            save_atomic(state, self.last)
+            return
+        os.replace(tmp, self.last)
+
+
+def average_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
+    """A checkpoint whose model and head are the element-wise mean of those of `paths` (WeSpeaker averages
+    the last checkpoints of a run before scoring). Floating-point tensors are averaged in float64 and stored
+    in their own dtype; integer buffers (BatchNorm's num_batches_tracked) keep the newest value. The result
+    holds the newest checkpoint's config, speakers and progress, but no optimizer, scheduler or RNG state:
+    it is for evaluation and export, not for resuming."""
+    if len(paths) < 2:
+        raise ValueError(f"averaging needs at least two checkpoints, got {len(paths)}")
+    seen: dict[tuple[int, int], str | os.PathLike] = {}
+    for p in paths:  # last.pt is a hard link to the newest step-<N>.pt: the same file must not count twice
+        st = os.stat(p)
+        if (st.st_dev, st.st_ino) in seen:
+            raise ValueError(f"{p} and {seen[(st.st_dev, st.st_ino)]} are the same file")
+        seen[(st.st_dev, st.st_ino)] = p
+    checkpoints = [load_checkpoint(p) for p in paths]
+    newest = max(range(len(paths)), key=lambda i: checkpoints[i]["progress"]["step"])
+    reference = checkpoints[newest]
+    for path, ckpt in zip(paths, checkpoints):
+        for part in ("model", "head"):
+            ours, theirs = reference[part], ckpt[part]
+            differ = sorted(k for k in set(ours) | set(theirs)
+                            if k not in ours or k not in theirs or ours[k].shape != theirs[k].shape)
+            if differ:
+                raise ValueError(f"{path}: its {part} differs from that of {paths[newest]} "
+                                 f"({len(differ)} keys, e.g. {differ[0]}); only checkpoints of one run average")
+        if ckpt["speakers"] != reference["speakers"]:
+            raise ValueError(f"{path}: trained on other speakers than {paths[newest]}")
+    averaged = {k: v for k, v in reference.items() if k not in ("optimizer", "scheduler", "scaler", "rng",
+                                                                   "rng_per_rank")}
+    for part in ("model", "head"):
+        state = {}
+        for key, newest_tensor in reference[part].items():
+            if newest_tensor.is_floating_point():
+                total = sum(ckpt[part][key].double() for ckpt in checkpoints)
+                state[key] = (total / len(checkpoints)).to(newest_tensor.dtype)
+            else:
+                state[key] = newest_tensor.clone()
+        averaged[part] = state
+    averaged["averaged_from"] = [str(Path(p).resolve()) for p in paths]
+    return averaged

@@ -1,0 +1,260 @@
+"""Every config rule, in one place: the checks run on the composed config before any data is read (so a
+typo costs seconds, not a night), and the named rules that public constructors reuse to reject bad
+arguments with the same message. A message names the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is missing, of the wrong type or out of range; the message names the key."""
+
+
+def require(condition: bool, key: str, allowed: str, value: Any) -> None:
+    if not condition:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# ---------------------------------------------------------------- rules shared with constructors
+def check_one_of(value: Any, allowed: Iterable[str], key: str, meaning: str = "") -> None:
+    allowed = list(allowed)
+    require(value in allowed, key, " or ".join(allowed) + (f" ({meaning})" if meaning else ""), value)
+
+
+def check_int_at_least(value: Any, minimum: int, key: str, meaning: str = "") -> int:
+    require(is_int(value) and value >= minimum, key, f"an integer >= {minimum}" + (f" ({meaning})" if meaning else ""),
+            value)
+    return value
+
+
+@dataclass(frozen=True)
+class MarginRange:
+    """Margins in [0, upper). The upper bound is where the target logit of an embedding lying exactly on its
+    class centre stops being positive, i.e. no better than an orthogonal class (cosine 0)."""
+
+    upper: float
+    upper_text: str  # how the bound reads in a message
+    meaning: str
+
+
+ANGULAR_MARGIN = MarginRange(math.pi / 2, "pi/2", "an angular margin in radians")  # cos(0 + m) > 0
+COSINE_MARGIN = MarginRange(1.0, "1", "a cosine margin")                           # cos(0) - m > 0
+
+
+def check_margin(value: Any, margin_range: MarginRange = ANGULAR_MARGIN, key: str = "head.m") -> float:
+    require(is_number(value) and 0 <= value < margin_range.upper, key,
+            f"{margin_range.meaning} in [0, {margin_range.upper_text})", value)
+    return float(value)
+
+
+def check_scale(value: Any, key: str = "head.s") -> float:
+    require(is_number(value) and math.isfinite(value) and value > 0, key, "a logit scale > 0", value)
+    return float(value)
+
+
+def check_speed_factors(factors: list, key: str = "augment.speed.factors") -> None:
+    require(len(factors) >= 1 and len(set(factors)) == len(factors)
+            and all(is_number(f) and 0.5 <= f <= 2.0 for f in factors),
+            key, "distinct speed factors in [0.5, 2.0], e.g. [0.9, 1.0, 1.1]", factors)
+
+
+def check_choice_weights(weights: dict[str, Any], key: str = "augment.choices") -> None:
+    for name, weight in weights.items():
+        require(is_number(weight) and weight >= 0, f"{key}.{name}.weight", "a number >= 0", weight)
+    require(sum(float(w) for w in weights.values()) > 0, key, "at least one choice with a weight > 0", weights)
+
+
+def check_folder_name(value: Any, key: str) -> None:
+    """A name that becomes one folder or file name (run names, list names): never a path out of its parent."""
+    require(isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
+            and "\0" not in value, key, "a plain name (no '/', not '..'): it names one folder or file", value)
+
+
+BANK_DTYPES = ("int16", "float32")
+BAD_AUDIO_POLICIES = ("error", "skip")
+SAMPLE_DTYPES = ("float32", "int16")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def missing_keys(cfg: DictConfig) -> list[str]:
+    """Dotted keys whose value is '???' (required), without resolving interpolations that point at them."""
+    found = []
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{prefix}{i}.")
+        elif node == "???":
+            found.append(prefix[:-1])
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return sorted(found)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    missing = missing_keys(cfg)
+    if missing:
+        raise ConfigError(
+            "required config values are not set: " + ", ".join(missing)
+            + " (give them on the command line, e.g. " + f"{missing[0]}=/path/to/...)"
+        )
+    if cfg.get("run_dir") is None:
+        raise ConfigError("run_dir is not set (train.py sets it from Hydra's run dir; set it when calling train())")
+
+    check_folder_name(cfg.name, "name")
+    data, trainer, head = cfg.data, cfg.trainer, cfg.head
+    require(is_int(data.batch_size) and data.batch_size >= 2, "data.batch_size", "an integer >= 2 "
+            "(BatchNorm needs at least 2 utterances per batch)", data.batch_size)
+    require(is_int(data.crop_frames) and data.crop_frames >= 10, "data.crop_frames", "an integer >= 10 (frames "
+            "of 10 ms; 200 = 2 s)", data.crop_frames)
+    require(is_int(data.sample_rate) and data.sample_rate >= 8000, "data.sample_rate", "an integer >= 8000 (Hz)",
+            data.sample_rate)
+    check_one_of(data.sample_dtype, SAMPLE_DTYPES, "data.sample_dtype")
+    check_one_of(data.get("bad_audio", "error"), BAD_AUDIO_POLICIES, "data.bad_audio",
+                 "stop at a bad audio file, naming it; or replace it, log it and count it")
+    require(data.num_workers == "auto" or (is_int(data.num_workers) and data.num_workers >= 0),
+            "data.num_workers", "'auto' or an integer >= 0", data.num_workers)
+
+    for key in ("pin_memory", "persistent_workers"):
+        require(isinstance(data[key], bool), f"data.{key}", "true or false", data[key])
+    require(is_int(data.prefetch_factor) and data.prefetch_factor >= 1, "data.prefetch_factor",
+            "an integer >= 1 (batches each loader process prepares ahead)", data.prefetch_factor)
+    require(isinstance(trainer.compile, bool), "trainer.compile", "true or false", trainer.compile)
+    _validate_augment(cfg.augment)
+    _validate_features(cfg.features, data.sample_rate)
+    _validate_model(cfg.model)
+
+    if "m" in head:
+        check_margin(head.m, _margin_range(head))
+    if "s" in head:
+        check_scale(head.s)
+    lr = cfg.optim.get("lr")
+    require(isinstance(lr, (int, float)) and lr > 0, "optim.lr", "a learning rate > 0", lr)
+
+    check_one_of(trainer.precision, PRECISIONS, "trainer.precision")
+    if trainer.precision == "fp16":  # CPU autocast has bf16 (slow, but the same arithmetic), not fp16
+        on_cuda = str(trainer.device).startswith("cuda") or (trainer.device == "auto" and torch.cuda.is_available())
+        require(on_cuda, "trainer.precision", "fp16 autocast needs a CUDA device; this run is on the CPU "
+                "(use trainer.precision=fp32, or bf16)", trainer.precision)
+    require(trainer.grad_clip_norm is None or (is_number(trainer.grad_clip_norm) and trainer.grad_clip_norm > 0),
+            "trainer.grad_clip_norm", "null (off) or a norm > 0", trainer.grad_clip_norm)
+    for key in ("epochs", "log_every_steps", "eval_every_epochs", "keep_checkpoints", "max_nonfinite_steps"):
+        check_int_at_least(trainer[key], 1, f"trainer.{key}")
+    require(isinstance(trainer.checkpoint_every_minutes, (int, float)) and trainer.checkpoint_every_minutes >= 0,
+            "trainer.checkpoint_every_minutes", "a number of minutes >= 0 (0 = off)", trainer.checkpoint_every_minutes)
+    require(is_int(trainer.checkpoint_every_steps) and trainer.checkpoint_every_steps >= 0,
+            "trainer.checkpoint_every_steps", "an integer >= 0 (0 = only at epoch ends)",
+            trainer.checkpoint_every_steps)
+
+
+def _validate_augment(aug: DictConfig) -> None:
+    """Ranges of the augment group (the folders are checked when the banks are built)."""
+    for name, choice in aug.choices.items():
+        require(set(choice) == {"weight", "apply"}, f"augment.choices.{name}", "{weight: w, apply: [...]}",
+                OmegaConf.to_container(choice))
+    check_choice_weights({name: choice.weight for name, choice in aug.choices.items()})
+    for name, category in aug.categories.items():
+        require(set(category) == {"snr_db", "files"}, f"augment.categories.{name}",
+                "{snr_db: [lo, hi], files: [lo, hi]}", OmegaConf.to_container(category))
+        snr = list(category.get("snr_db") or [])
+        require(len(snr) == 2 and all(isinstance(v, (int, float)) for v in snr) and snr[0] <= snr[1],
+                f"augment.categories.{name}.snr_db", "[low, high] in dB with low <= high", snr)
+        files = list(category.get("files") or [])
+        require(len(files) == 2 and all(is_int(v) for v in files) and 1 <= files[0] <= files[1],
+                f"augment.categories.{name}.files", "[low, high] integers with 1 <= low <= high", files)
+    for key in ("max_file_seconds", "rir_max_seconds"):
+        require(aug[key] is None or (isinstance(aug[key], (int, float)) and aug[key] > 0), f"augment.{key}",
+                "null or a duration > 0 in seconds", aug[key])
+    check_one_of(aug.bank_dtype, BANK_DTYPES, "augment.bank_dtype")
+    require(isinstance(aug.max_bank_mb, (int, float)) and aug.max_bank_mb > 0, "augment.max_bank_mb",
+            "a size > 0 in MB", aug.max_bank_mb)
+    check_speed_factors(list(aug.speed.factors))
+    require(isinstance(aug.speed.speakers_as_new, bool), "augment.speed.speakers_as_new", "true or false",
+            aug.speed.speakers_as_new)
+
+
+def _validate_features(features: DictConfig, sample_rate: int) -> None:
+    fbank = features.fbank
+    nyquist = sample_rate / 2
+    require(is_number(fbank.f_max) and 0 < fbank.f_max <= nyquist, "features.fbank.f_max",
+            f"a frequency in (0, {nyquist:g}] Hz, half of data.sample_rate={sample_rate} (above it the Mel "
+            f"filterbank has empty bands); e.g. features.fbank.f_max={min(7600, int(nyquist * 0.95))}", fbank.f_max)
+    require(is_number(fbank.f_min) and 0 <= fbank.f_min < fbank.f_max, "features.fbank.f_min",
+            f"a frequency in [0, features.fbank.f_max={fbank.f_max})", fbank.f_min)
+    for key in ("n_mels", "n_fft", "win_length", "hop_length"):
+        check_int_at_least(fbank[key], 1, f"features.fbank.{key}")
+
+
+def _validate_model(model: DictConfig) -> None:
+    """Sizes of the encoder (channels, emb_dim, ...): positive integers, so that a typo names its key
+    instead of failing inside torch. Floats and switches are the encoder's own business."""
+    for key, value in model.items():
+        if key == "_target_" or isinstance(value, (bool, float)) or value is None:
+            continue
+        values = list(value) if OmegaConf.is_list(value) else [value]
+        require(all(is_int(v) and v >= 1 for v in values), f"model.{key}",
+                "a positive integer" + (" for each item" if OmegaConf.is_list(value) else ""),
+                OmegaConf.to_container(value) if OmegaConf.is_list(value) else value)
+
+
+def _margin_range(head: DictConfig) -> MarginRange:
+    """The head class's own margin range (AM-softmax's margin is a cosine, the others' an angle)."""
+    from hydra.utils import get_class
+
+    try:
+        return getattr(get_class(head._target_), "margin_range", ANGULAR_MARGIN)
+    except Exception as e:  # an unknown class: instantiate would fail on it too, say so now
+        raise ConfigError(f"head._target_={head._target_!r} cannot be imported ({e})") from None
+
+
+def validate_eval(node: dict, key: str = "eval") -> None:
+    """Types and ranges of an `eval` node as a plain dict (`name`, `trials`, `root`, `embedding.*`, `asnorm.*`).
+    A key left out keeps its default (ExtractionOptions, ASNormOptions), which is valid; unknown keys are
+    checked by Protocol.from_config, against those dataclasses."""
+    for name in ("name", "trials", "root"):
+        require(isinstance(node.get(name), str) and node[name] != "", f"{key}.{name}", "a non-empty string",
+                node.get(name))
+    check_folder_name(node["name"], f"{key}.name")  # it names the report and score files
+    embedding_rules = {
+        "mode": (lambda v: v in ("full", "multicrop"), "full or multicrop"),
+        "num_crops": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        "crop_frames": (lambda v: is_int(v) and v >= 10, "an integer >= 10 (frames of 10 ms)"),
+        "batch_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        "max_batch_seconds": (lambda v: isinstance(v, (int, float)) and v > 0, "a number of seconds > 0"),
+        "max_trim": (lambda v: isinstance(v, (int, float)) and 0 <= v < 0.5,
+                     "a fraction in [0, 0.5) (0 = batch only equal lengths)"),
+        "precision": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
+    }
+    embedding = node.get("embedding") or {}
+    for name, (ok, allowed) in embedding_rules.items():
+        if name in embedding:
+            require(ok(embedding[name]), f"{key}.embedding.{name}", allowed, embedding[name])
+    asnorm = node.get("asnorm") or {}
+    if not asnorm.get("enabled"):
+        return
+    if "top_k" in asnorm:
+        require(is_int(asnorm["top_k"]) and asnorm["top_k"] >= 2, f"{key}.asnorm.top_k", "an integer >= 2",
+                asnorm["top_k"])
+    for name in ("cohort_list", "cohort_root"):
+        value = asnorm.get(name)
+        require(isinstance(value, str) and value != "", f"{key}.asnorm.{name}", "a path (AS-norm is enabled)", value)
+    per_speaker = asnorm.get("utterances_per_speaker")
+    require(per_speaker is None or (is_int(per_speaker) and per_speaker >= 1), f"{key}.asnorm.utterances_per_speaker",
+            "null (all) or an integer >= 1", per_speaker)

@@ -1,0 +1,252 @@
+"""A full check of a train list and a trial list before any training: every file exists, reads, is mono at
+the expected rate and long enough; duplicates, speakers with too few utterances, and train speakers that
+also appear in the trials (which would make the EER meaningless) are reported.
+
+Problems are `error`s (training or evaluation would fail or be invalid) or `warning`s (worth a look).
+The header pass the trainer needs (`short_files`, `warn_short_training_files`) lives here too."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from speakerid.data.audio import AudioError
+
+from speakerid.data.lists import (
+    has_labels,
+    map_files,
+    read_train_list,
+    read_trials,
+    repeated,
+    starts_with_bom,
+    trial_files,
+)
+from speakerid.io import write_json_atomic
+
+log = logging.getLogger("speakerid")
+
+# Trial files shorter than this are an error. The fbank cannot be computed at all below 257 samples (its
+# centred 512-point STFT reflect-pads 256 samples each side) and evaluation stops there; up to 0.1 s (10
+# frames) an embedding says next to nothing about the speaker.
+MIN_TRIAL_SECONDS = 0.1
+
+
+@dataclass
+class Problem:
+    severity: str   # "error" or "warning"
+    kind: str       # missing, unreadable, corrupt, empty, sample_rate, channels, non_finite, silent, short, ...
+    where: str      # the file or list concerned
+    detail: str
+
+
+@dataclass
+class DataReport:
+    problems: list[Problem] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    def add(self, severity: str, kind: str, where: str, detail: str) -> None:
+        self.problems.append(Problem(severity, kind, where, detail))
+
+    def summary(self, show: int = 5) -> str:
+        lines = [f"{k}: {v}" for k, v in self.stats.items()]
+        by_kind = Counter((p.severity, p.kind) for p in self.problems)
+        for (severity, kind), count in sorted(by_kind.items()):
+            lines.append(f"{severity.upper()} {kind}: {count}")
+            for p in [p for p in self.problems if p.kind == kind and p.severity == severity][:show]:
+                lines.append(f"  {p.where}: {p.detail}")
+        lines.append(f"{len(self.errors)} errors, {len(self.warnings)} warnings")
+        return "\n".join(lines)
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        write_json_atomic(path, {"stats": self.stats, "problems": [asdict(p) for p in self.problems]}, indent=1)
+
+
+@dataclass(frozen=True)
+class _LengthRule:
+    """What a file shorter than `seconds` is: the problem it gets and why it matters."""
+    seconds: float
+    severity: str
+    kind: str
+    consequence: str
+
+
+def _train_rule(min_seconds: float) -> _LengthRule:
+    return _LengthRule(min_seconds, "warning", "short", "wrap-padded")
+
+
+def _trial_rule(min_seconds: float) -> _LengthRule:
+    return _LengthRule(min_seconds, "error", "too_short", "too short to embed")
+
+
+def _inspect(path: Path, sample_rate: int, length: _LengthRule, deep: bool) -> list[tuple[str, str, str]]:
+    """(severity, kind, detail) problems of one audio file."""
+    if not path.is_file():
+        return [("error", "missing", "file does not exist")]
+    try:
+        info = sf.info(str(path))
+    except Exception as e:
+        return [("error", "unreadable", f"cannot read audio ({e})")]
+    problems = []
+    if info.frames <= 0:
+        return [("error", "empty", "no samples")]
+    if info.samplerate != sample_rate:
+        problems.append(("error", "sample_rate", f"{info.samplerate} Hz, expected {sample_rate} Hz"))
+    if info.channels != 1:
+        problems.append(("error", "channels", f"{info.channels} channels, expected mono"))
+    duration = info.frames / info.samplerate
+    if duration < length.seconds:
+        problems.append((length.severity, length.kind,
+                         f"{duration:.3f} s, shorter than {length.seconds:.2f} s ({length.consequence})"))
+    if deep:
+        try:
+            samples = sf.read(str(path), dtype="float32", always_2d=True)[0]
+        except Exception as e:
+            return problems + [("error", "corrupt", f"header reads but decoding fails ({e}): truncated or corrupt")]
+        if len(samples) < info.frames:
+            problems.append(("error", "corrupt", f"header says {info.frames} samples, decoded {len(samples)}"))
+        if not np.isfinite(samples).all():
+            problems.append(("error", "non_finite", f"{int((~np.isfinite(samples)).sum())} NaN/inf samples"))
+        elif not np.any(samples):
+            problems.append(("warning", "silent", "all samples are zero"))
+    return problems
+
+
+def _inspect_all(report: DataReport, root: Path, paths: list[str], sample_rate: int, length: _LengthRule,
+                 deep: bool, workers: int) -> None:
+    results = map_files(lambda p: _inspect(p, sample_rate, length, deep), root, paths, workers)
+    for rel, problems in zip(paths, results):
+        for severity, kind, detail in problems:
+            report.add(severity, kind, str(root / rel), detail)
+
+
+def _check_bom(report: DataReport, list_file: str | os.PathLike) -> None:
+    if starts_with_bom(list_file):
+        report.add("warning", "bom", str(list_file),
+                   "starts with a UTF-8 byte-order mark: speakerid ignores it, other tools may read it as part of the "
+                   "first line; save the file as UTF-8 without BOM")
+
+
+def _header_length(path: Path, sample_rate: int) -> int | None:
+    try:
+        info = sf.info(str(path))
+    except Exception:  # missing or unreadable: the checks that need the file name it
+        return None
+    return info.frames if info.samplerate == sample_rate else math.ceil(info.frames * sample_rate / info.samplerate)
+
+
+def check_trial_audio(root: str | os.PathLike, paths: list[str], sample_rate: int, resample: bool = False,
+                      what: str = "trial list", resample_advice: str = "data.resample=true", show: int = 10,
+                      workers: int = 16) -> None:
+    """Stop with an AudioError naming every file that evaluation could not embed (unreadable, empty,
+    multi-channel, at another rate without resampling, too short), from the headers alone, so that a bad
+    trial file is found before training rather than at the first validation."""
+    root = Path(root)
+    unique = list(dict.fromkeys(paths))
+    rule = _trial_rule(MIN_TRIAL_SECONDS)
+    found = map_files(lambda p: _inspect(p, sample_rate, rule, deep=False), root, unique, workers)
+    bad = [(rel, detail) for rel, problems in zip(unique, found) for severity, kind, detail in problems
+           if severity == "error" and not (resample and kind == "sample_rate")]
+    if bad:
+        lines = [f"  {root / rel}: {detail}" for rel, detail in bad[:show]]
+        more = f"\n  ... and {len(bad) - show} more" if len(bad) > show else ""
+        advice = (f" (files at another rate: set {resample_advice})" if any("Hz, expected" in d for _, d in bad)
+                  else "")
+        raise AudioError(f"{len(bad)} files of {what} cannot be embedded{advice}; scripts/check_data.py "
+                         f"lists every problem:\n" + "\n".join(lines) + more)
+
+
+def short_files(root: str | os.PathLike, paths: list[str], min_samples: int, sample_rate: int = 16000,
+                workers: int = 16) -> list[tuple[str, int]]:
+    """(path, length in samples at sample_rate) of each unique file under root shorter than min_samples, in
+    list order, read from the headers only (a file at another rate counts at its resampled length).
+    Missing or unreadable files are left out: find_missing and the loader report those."""
+    unique = list(dict.fromkeys(paths))
+    lengths = map_files(lambda p: _header_length(p, sample_rate), root, unique, workers)
+    return [(p, n) for p, n in zip(unique, lengths) if n is not None and n < min_samples]
+
+
+def warn_short_training_files(root: str | os.PathLike, paths: list[str], crop_samples: int,
+                              sample_rate: int = 16000, workers: int = 16) -> list[tuple[str, int]]:
+    """Log a warning when training files are shorter than a tenth of the training crop: the loader repeats
+    them (wrap padding) ten times or more to fill a crop, so the model sees the same few frames over and
+    over. Returns short_files' list."""
+    short = short_files(root, paths, crop_samples // 10, sample_rate, workers)
+    if short:
+        path, n = short[0]
+        log.warning("%d of %d training files are shorter than a tenth of the %.1f s crop and are repeated to fill "
+                    "it, e.g. %s (%.3f s); remove them from the train list or check them with "
+                    "scripts/check_data.py --min-seconds %.2f", len(short), len(set(paths)),
+                    crop_samples / sample_rate, path, n / sample_rate, crop_samples / 10 / sample_rate)
+    return short
+
+
+def check_data(
+    train_list: str | os.PathLike | None = None,
+    train_root: str | os.PathLike | None = None,
+    trials: str | os.PathLike | None = None,
+    trials_root: str | os.PathLike | None = None,
+    sample_rate: int = 16000,
+    min_seconds: float = 2.0,
+    min_utterances: int = 2,
+    deep: bool = False,
+    workers: int = 16,
+    min_trial_seconds: float = MIN_TRIAL_SECONDS,
+) -> DataReport:
+    """Check a train list and/or a trial list. A malformed list line, or a path that is absolute or goes up
+    with `..`, raises ListFormatError (file:line). Training files shorter than min_seconds are a warning
+    (wrap-padded), trial files shorter than min_trial_seconds an error (no usable embedding)."""
+    report = DataReport()
+    train_speakers: set[str] = set()
+    if train_list is not None:
+        parsed = read_train_list(train_list, train_root)
+        _check_bom(report, train_list)
+        unique = list(dict.fromkeys(parsed.paths))
+        counts = Counter(parsed.speakers)
+        train_speakers = set(counts)
+        report.stats.update({"train_utterances": len(parsed), "train_speakers": len(counts)})
+        for rel, n in repeated(parsed.paths).items():
+            report.add("warning", "duplicate", str(train_list), f"{rel} is listed {n} times")
+        for speaker, n in sorted(counts.items()):
+            if n < min_utterances:
+                report.add("warning", "few_utterances", str(train_list),
+                           f"speaker {speaker} has {n} utterance(s), fewer than {min_utterances}")
+        for speaker, rel in zip(parsed.speakers, parsed.paths):
+            if rel.split("/")[0] != speaker and "/" in rel:
+                report.add("warning", "speaker_folder", str(train_list),
+                           f"{rel} is listed for speaker {speaker} but lies in folder {rel.split('/')[0]}")
+                break  # one example is enough: a list either follows the layout or does not
+        _inspect_all(report, Path(train_root), unique, sample_rate, _train_rule(min_seconds), deep, workers)
+
+    if trials is not None:
+        parsed_trials = read_trials(trials)
+        _check_bom(report, trials)
+        files = trial_files(parsed_trials)
+        report.stats.update({"trials": len(parsed_trials), "trial_files": len(files),
+                             "target_trials": (sum(t.label for t in parsed_trials) if has_labels(parsed_trials)
+                                               else None)})  # None: a list without labels
+        for trial, n in repeated(parsed_trials).items():
+            report.add("warning", "duplicate", str(trials), f"trial {trial.line()} appears {n} times")
+        trial_speakers = {p.split("/")[0] for p in files if "/" in p}
+        overlap = sorted(train_speakers & trial_speakers)
+        if overlap:
+            report.add("error", "speaker_overlap", str(trials),
+                       f"{len(overlap)} trial speakers are also training speakers (e.g. {', '.join(overlap[:5])}): "
+                       f"the EER would not measure unseen speakers")
+        # Evaluation embeds whole utterances: only a file too short for any embedding is a problem.
+        _inspect_all(report, Path(trials_root), files, sample_rate, _trial_rule(min_trial_seconds), deep, workers)
+    return report

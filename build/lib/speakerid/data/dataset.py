@@ -1,0 +1,113 @@
+"""Training dataset and sampler.
+
+The sampler owns all randomness of the data order: it yields (index, crop_seed) pairs from a generator
+seeded by (seed, epoch), so crops do not depend on the number of loader workers, and a run resumed in
+the middle of an epoch sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from speakerid.config import BAD_AUDIO_POLICIES, check_one_of
+from speakerid.data.audio import AudioError, read_crop
+from speakerid.data.lists import TrainList
+
+
+class CropDataset(Dataset):
+    """Random fixed-length crops of the utterances of a train list, with their speaker labels.
+
+    A file that cannot be used (unreadable, truncated, empty, wrong rate, multi-channel, NaN/inf samples)
+    is an AudioError naming it with bad_audio="error"; with "skip", another utterance drawn from the same
+    crop seed takes its place (so runs stay reproducible) and the file is appended to `skip_log`."""
+
+    MAX_REPLACEMENTS = 20
+
+    def __init__(self, train_list: TrainList, crop_samples: int, sample_rate: int = 16000,
+                 resample: bool = False, dtype: str = "float32", bad_audio: str = "error",
+                 skip_log: str | os.PathLike | None = None):
+        check_one_of(bad_audio, BAD_AUDIO_POLICIES, "data.bad_audio")
+        self.root = train_list.root
+        self.paths = train_list.paths
+        self.labels = np.asarray(train_list.labels, dtype=np.int64)
+        self.crop_samples = crop_samples
+        self.sample_rate = sample_rate
+        self.resample = resample
+        self.dtype = dtype
+        self.bad_audio = bad_audio
+        self.skip_log = None if skip_log is None else str(skip_log)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _read(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        path = os.path.join(self.root, self.paths[index])
+        samples = read_crop(path, self.crop_samples, rng, sample_rate=self.sample_rate, resample=self.resample,
+                            dtype=self.dtype)
+        if samples.dtype != np.int16 and not np.isfinite(samples).all():
+            raise AudioError(f"{path}: contains NaN or infinite samples")
+        return samples
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[np.ndarray, int]:
+        index, crop_seed = item
+        rng = np.random.default_rng(crop_seed)
+        for _ in range(self.MAX_REPLACEMENTS):
+            try:
+                return self._read(index, rng), int(self.labels[index])
+            except AudioError as e:
+                if self.bad_audio == "error":
+                    raise
+                self._log_skip(e)
+                index = int(rng.integers(len(self.paths)))
+        raise AudioError(f"{self.MAX_REPLACEMENTS} files in a row could not be read (data.bad_audio=skip); the "
+                         f"last one: {self.paths[index]}. Check the corpus with scripts/check_data.py")
+
+    def _log_skip(self, error: AudioError) -> None:
+        # Loader workers are separate processes: each appends one whole line (O_APPEND), which the
+        # trainer counts for TensorBoard.
+        if self.skip_log is not None:
+            with open(self.skip_log, "a", encoding="utf-8") as f:
+                f.write(" ".join(str(error).split()) + "\n")
+
+
+def collate(batch: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    waves = torch.from_numpy(np.stack([b[0] for b in batch]))
+    labels = torch.tensor([b[1] for b in batch], dtype=torch.long)
+    return waves, labels
+
+
+class EpochSampler(Sampler):
+    """Shuffled order for each epoch, reproducible from (seed, epoch), resumable at any position.
+
+    `set_epoch(epoch, start=k)` makes the next iteration skip the first k samples of that epoch's order.
+    """
+
+    def __init__(self, num_items: int, seed: int = 0, shuffle: bool = True):
+        self.num_items = num_items
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = epoch
+        self.start = start
+
+    def _order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.num_items, generator=generator) if self.shuffle else torch.arange(self.num_items)
+        crop_seeds = torch.randint(0, 2**62, (self.num_items,), generator=generator)
+        return order, crop_seeds
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order, crop_seeds = self._order()
+        for position in range(self.start, self.num_items):
+            yield int(order[position]), int(crop_seeds[position])
+
+    def __len__(self) -> int:
+        return self.num_items - self.start

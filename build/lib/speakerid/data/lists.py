@@ -1,0 +1,236 @@
+"""Train lists (`speaker relative/path`) and trial lists (`label enrol test`), with errors that name the
+file, the line and what is wrong."""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Hashable, Iterable, TypeVar
+
+log = logging.getLogger("speakerid")
+
+# UTF-8, with a leading byte-order mark (which Windows editors write) accepted and dropped: read as plain
+# UTF-8 it would become part of the first speaker id or label.
+LIST_ENCODING = "utf-8-sig"
+
+T = TypeVar("T")
+H = TypeVar("H", bound=Hashable)
+
+
+class ListFormatError(ValueError):
+    """A list file has a line that does not follow its format."""
+
+
+class MissingFilesError(FileNotFoundError):
+    """Files named by a list do not exist under its root."""
+
+
+@dataclass(frozen=True)
+class TrainList:
+    root: Path
+    paths: list[str]          # relative to root, in list order
+    speakers: list[str]       # speaker id of each utterance
+    speaker_ids: list[str]    # sorted unique speakers; the class index of a speaker is its position here
+
+    @property
+    def labels(self) -> list[int]:
+        index = {spk: i for i, spk in enumerate(self.speaker_ids)}
+        return [index[s] for s in self.speakers]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass(frozen=True)
+class Trial:
+    label: int | None     # 1 = same speaker, 0 = different; None in a list without labels (scores only)
+    enrol: str
+    test: str
+
+    def line(self) -> str:
+        """The trial as a list line."""
+        return " ".join(([] if self.label is None else [str(self.label)]) + [self.enrol, self.test])
+
+
+def _content_lines(list_file: Path):
+    """Yield (line_number, fields) for non-blank, non-comment lines."""
+    try:
+        with open(list_file, encoding=LIST_ENCODING) as f:
+            for number, line in enumerate(f, start=1):
+                stripped = line.strip()
+                if not stripped or stripped.startswith("#"):
+                    continue
+                yield number, stripped.split()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{list_file}: list file does not exist") from None
+    except UnicodeDecodeError as e:
+        raise ListFormatError(f"{list_file}: not a UTF-8 text file ({e})") from None
+
+
+def starts_with_bom(list_file: str | os.PathLike) -> bool:
+    """Whether a file starts with a UTF-8 byte-order mark (accepted by the readers here, not by every tool)."""
+    with open(list_file, "rb") as f:
+        return f.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8
+
+
+def _check_inside_root(list_file: Path, number: int, path: str) -> None:
+    """A list path is joined to a root: an absolute one or one with `..` would open files outside it."""
+    if os.path.isabs(path):
+        why = "is absolute"
+    elif ".." in Path(path).parts:
+        why = "goes up with '..'"
+    else:
+        return
+    raise ListFormatError(f"{list_file}:{number}: path {path!r} {why}: paths must be relative to the root and stay "
+                          f"inside it")
+
+
+def read_train_list(list_file: str | os.PathLike, root: str | os.PathLike) -> TrainList:
+    """Parse a VoxCeleb2-style train list: one `speaker relative/path` per line."""
+    list_file = Path(list_file)
+    paths: list[str] = []
+    speakers: list[str] = []
+    for number, fields in _content_lines(list_file):
+        if len(fields) != 2:
+            raise ListFormatError(
+                f"{list_file}:{number}: expected 2 fields 'speaker relative/path', got {len(fields)}: "
+                f"{' '.join(fields)!r}"
+            )
+        speaker, path = fields
+        _check_inside_root(list_file, number, path)
+        speakers.append(speaker)
+        paths.append(path)
+    if not paths:
+        raise ListFormatError(f"{list_file}: the list has no entries")
+    speaker_ids = sorted(set(speakers))
+    if len(speaker_ids) < 2:
+        raise ListFormatError(f"{list_file}: a speaker classifier needs at least 2 speakers, found {len(speaker_ids)}")
+    return TrainList(Path(root), paths, speakers, speaker_ids)
+
+
+def read_trials(list_file: str | os.PathLike, strip_prefix: str | None = None) -> list[Trial]:
+    """Parse a VoxCeleb1-style trial list: one `label enrol test` per line (label 1 = same speaker), or
+    `enrol test` on every line for a list without labels (trials are then scored, not measured).
+
+    strip_prefix: a leading path part that every trial path carries and that the data root already
+    includes (e.g. `wav/` in `1 wav/id10270/a.wav wav/id10271/b.wav`); it is removed from each path."""
+    list_file = Path(list_file)
+    trials: list[Trial] = []
+    labelled: bool | None = None  # set by the first line; every line must agree
+    first_line = 0
+    for number, fields in _content_lines(list_file):
+        if len(fields) not in (2, 3):
+            raise ListFormatError(
+                f"{list_file}:{number}: expected 3 fields 'label enrol test' (or 2, 'enrol test', in a list "
+                f"without labels), got {len(fields)}: {' '.join(fields)!r}"
+            )
+        if labelled is None:
+            labelled, first_line = len(fields) == 3, number
+        elif labelled != (len(fields) == 3):
+            raise ListFormatError(
+                f"{list_file}:{number}: {len(fields)} fields, but line {first_line} has {3 if labelled else 2}; "
+                f"a trial list is either all 'label enrol test' or all 'enrol test'"
+            )
+        if labelled:
+            label, enrol, test = fields
+            if label not in ("0", "1"):
+                raise ListFormatError(f"{list_file}:{number}: label must be 0 or 1, got {label!r}")
+            label = int(label)
+        else:
+            enrol, test = fields
+            if enrol in ("0", "1"):
+                raise ListFormatError(f"{list_file}:{number}: {' '.join(fields)!r} starts with a label but has only "
+                                      f"one path")
+            label = None
+        if strip_prefix:
+            enrol, test = (_strip(list_file, number, p, strip_prefix) for p in (enrol, test))
+        for path in (enrol, test):
+            _check_inside_root(list_file, number, path)
+        trials.append(Trial(label, enrol, test))
+    if not trials:
+        raise ListFormatError(f"{list_file}: the trial list has no entries")
+    if labelled:
+        labels = {t.label for t in trials}
+        if labels != {0, 1}:
+            raise ListFormatError(f"{list_file}: EER needs both target (1) and non-target (0) trials; "
+                                  f"found only {labels}")
+    return trials
+
+
+def _strip(list_file: Path, number: int, path: str, prefix: str) -> str:
+    if not path.startswith(prefix):
+        raise ListFormatError(f"{list_file}:{number}: path {path!r} does not start with the prefix {prefix!r} "
+                              f"that eval.strip_prefix removes")
+    return path[len(prefix):]
+
+
+def has_labels(trials: list[Trial]) -> bool:
+    return trials[0].label is not None
+
+
+def trial_files(trials: list[Trial]) -> list[str]:
+    """Unique files named by a trial list, in first-seen order."""
+    return list(dict.fromkeys(p for t in trials for p in (t.enrol, t.test)))
+
+
+def repeated(items: Iterable[H]) -> dict[H, int]:
+    """Items that occur more than once, with their counts, in first-seen order."""
+    return {item: n for item, n in Counter(items).items() if n > 1}
+
+
+def warn_duplicate_paths(list_file: str | os.PathLike, train: TrainList) -> dict[str, int]:
+    """Log a warning when a train list names a file more than once (each copy is drawn as an utterance of
+    its own, so the file weighs more in training); returns {path: count} of the repeated paths."""
+    dups = repeated(train.paths)
+    if dups:
+        path, n = next(iter(dups.items()))
+        log.warning("train list %s: %d files are listed more than once (%d extra lines), e.g. %s %d times; each "
+                    "copy is drawn as a separate utterance. Remove the repeated lines (scripts/check_data.py "
+                    "lists them all)", list_file, len(dups), sum(dups.values()) - len(dups), path, n)
+    return dups
+
+
+def warn_duplicate_trials(list_file: str | os.PathLike, trials: list[Trial]) -> dict[Trial, int]:
+    """Log a warning when a trial list repeats a trial (each copy counts in the EER and minDCF); returns
+    {trial: count} of the repeated trials."""
+    dups = repeated(trials)
+    if dups:
+        trial, n = next(iter(dups.items()))
+        log.warning("trial list %s: %d trials appear more than once (%d extra lines), e.g. '%s' %d times; each "
+                    "copy counts in the EER and minDCF. Remove the repeated lines (scripts/check_data.py lists "
+                    "them all)", list_file, len(dups), sum(dups.values()) - len(dups), trial.line(), n)
+    return dups
+
+
+def map_files(fn: Callable[[Path], T], root: str | os.PathLike, paths: list[str], workers: int = 16,
+              chunksize: int = 64) -> list[T]:
+    """fn(root / path) for each path, in input order, on `workers` threads: file-system calls and libsndfile
+    release the GIL, so threads hide the latency of network file systems when a million files are checked."""
+    root = Path(root)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda p: fn(root / p), paths, chunksize=chunksize))
+
+
+def find_missing(root: str | os.PathLike, paths: list[str], workers: int = 16) -> list[str]:
+    """Relative paths that do not exist under root, in input order."""
+    unique = list(dict.fromkeys(paths))
+    exists = map_files(os.path.isfile, root, unique, workers, chunksize=256)
+    return [p for p, ok in zip(unique, exists) if not ok]
+
+
+def check_files_exist(root: str | os.PathLike, paths: list[str], what: str, show: int = 5) -> None:
+    """Raise MissingFilesError naming how many of `paths` are missing under root and the first few."""
+    if not Path(root).is_dir():
+        raise MissingFilesError(f"{what}: data root {root} is not a directory")
+    missing = find_missing(root, paths)
+    if missing:
+        listing = "\n  ".join(str(Path(root) / p) for p in missing[:show])
+        more = f"\n  ... and {len(missing) - show} more" if len(missing) > show else ""
+        raise MissingFilesError(
+            f"{what}: {len(missing)} of {len(set(paths))} files do not exist under {root}:\n  {listing}{more}"
+        )

@@ -1,0 +1,203 @@
+"""Data preparation: a train list (`speaker relative/path`) from a VoxCeleb-style folder
+(`speaker/session/utterance.{wav,flac}`) or from a Kaldi data directory (`wav.scp` + `utt2spk`), and
+VoxCeleb2's m4a files converted to wav or flac with ffmpeg."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from speakerid.data.lists import LIST_ENCODING
+from speakerid.io import write_text_atomic
+
+AUDIO_EXTENSIONS = (".wav", ".flac")
+
+
+def scan_voxceleb_folder(root: str | os.PathLike, extensions=AUDIO_EXTENSIONS) -> list[tuple[str, str]]:
+    """(speaker, relative path) for every audio file at depth speaker/session/file, sorted by path.
+    Files at another depth are not VoxCeleb layout and are reported rather than guessed at."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root} is not a directory")
+    entries = []
+    misplaced = []
+    for dirpath, _, files in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in files:
+            if not name.lower().endswith(tuple(extensions)):
+                continue
+            rel = (rel_dir / name).as_posix()
+            if len(rel_dir.parts) != 2:
+                misplaced.append(rel)
+                continue
+            entries.append((rel_dir.parts[0], rel))
+    if misplaced:
+        raise ValueError(
+            f"{root}: {len(misplaced)} audio files are not at speaker/session/utterance depth, e.g. "
+            + ", ".join(misplaced[:3])
+        )
+    if not entries:
+        raise ValueError(f"{root}: no {'/'.join(extensions)} files found at speaker/session/utterance depth")
+    return sorted(entries, key=lambda e: e[1])
+
+
+def write_train_list(entries: list[tuple[str, str]], out: str | os.PathLike) -> None:
+    write_text_atomic(out, "".join(f"{speaker} {path}\n" for speaker, path in entries))
+
+
+# --------------------------------------------------------------------------------------------- Kaldi
+class KaldiFormatError(ValueError):
+    """A Kaldi data directory (wav.scp, utt2spk) has a line or an entry we cannot use."""
+
+
+def _read_kaldi_table(path: Path, what: str) -> dict[str, tuple[int, str]]:
+    """`key value...` lines -> {key: (line number, value)}; duplicate keys are an error."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (a Kaldi data directory needs wav.scp and utt2spk)")
+    table: dict[str, tuple[int, str]] = {}
+    with open(path, encoding=LIST_ENCODING) as f:
+        for number, line in enumerate(f, start=1):
+            stripped = line.strip()
+            if not stripped:
+                continue
+            parts = stripped.split(maxsplit=1)
+            if len(parts) != 2:
+                raise KaldiFormatError(f"{path}:{number}: expected '<utterance-id> {what}', got {stripped!r}")
+            key, value = parts
+            if key in table:
+                raise KaldiFormatError(f"{path}:{number}: utterance id {key!r} repeats line {table[key][0]}")
+            table[key] = (number, value.strip())
+    if not table:
+        raise KaldiFormatError(f"{path}: the file has no entries")
+    return table
+
+
+def read_kaldi_data_dir(data_dir: str | os.PathLike, base: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+    """(speaker, absolute audio path) for every utterance of a Kaldi data directory (`wav.scp` with
+    `<utt> <path>` lines, `utt2spk` with `<utt> <speaker>`), sorted by path. Relative paths are resolved
+    against `base` (default: the current directory, as Kaldi does). Piped commands (`... |`) and
+    `segments` files are not supported: convert those recordings to files first."""
+    data_dir = Path(data_dir)
+    if (data_dir / "segments").exists():
+        raise KaldiFormatError(f"{data_dir}/segments: utterances cut from longer recordings are not supported; "
+                               f"extract them to files first (e.g. Kaldi's extract-segments)")
+    wavs = _read_kaldi_table(data_dir / "wav.scp", "<audio path>")
+    speakers = _read_kaldi_table(data_dir / "utt2spk", "<speaker>")
+    base = Path(base) if base is not None else Path.cwd()
+    entries = []
+    for utt, (number, value) in wavs.items():
+        if value.endswith("|") or len(value.split()) != 1:
+            raise KaldiFormatError(f"{data_dir / 'wav.scp'}:{number}: {value!r} is a command or has spaces; "
+                                   f"only plain audio file paths are supported")
+        if utt not in speakers:
+            raise KaldiFormatError(f"{data_dir / 'wav.scp'}:{number}: utterance {utt!r} has no line in utt2spk")
+        speaker = speakers[utt][1]
+        if len(speaker.split()) != 1:
+            raise KaldiFormatError(f"{data_dir / 'utt2spk'}:{speakers[utt][0]}: expected one speaker id, "
+                                   f"got {speaker!r}")
+        path = Path(value) if os.path.isabs(value) else base / value
+        entries.append((speaker, os.path.normpath(path)))
+    extra = sorted(set(speakers) - set(wavs))
+    if extra:
+        raise KaldiFormatError(f"{data_dir / 'utt2spk'}: {len(extra)} utterances have no audio in wav.scp, "
+                               f"e.g. {', '.join(extra[:3])}")
+    return sorted(entries, key=lambda e: e[1])
+
+
+def relative_entries(entries: list[tuple[str, str]], root: str | os.PathLike | None = None
+                     ) -> tuple[Path, list[tuple[str, str]]]:
+    """Absolute paths -> (root, paths relative to it), root being the given one or the deepest folder
+    that holds them all; a path outside a given root is an error."""
+    paths = [os.path.abspath(p) for _, p in entries]
+    root = Path(os.path.abspath(root)) if root is not None else Path(os.path.commonpath([os.path.dirname(p) for p in paths]))
+    relative = []
+    for (speaker, _), path in zip(entries, paths):
+        rel = os.path.relpath(path, root)
+        if rel.startswith(".."):
+            raise ValueError(f"{path} is not under the root {root}")
+        relative.append((speaker, Path(rel).as_posix()))
+    return root, relative
+
+
+# --------------------------------------------------------------------------------------------- m4a -> wav/flac
+class FFmpegNotFoundError(RuntimeError):
+    """ffmpeg, needed to decode VoxCeleb2's m4a files, is not installed."""
+
+
+def find_ffmpeg(ffmpeg: str | None = None) -> str:
+    found = shutil.which(ffmpeg or "ffmpeg")
+    if found is None:
+        raise FFmpegNotFoundError(
+            f"{ffmpeg or 'ffmpeg'} was not found on PATH; it decodes VoxCeleb2's m4a files. Install it "
+            f"(Debian/Ubuntu: apt-get install ffmpeg; conda: conda install -c conda-forge ffmpeg; macOS: "
+            f"brew install ffmpeg) or give its path with --ffmpeg")
+    return found
+
+
+@dataclass
+class ConversionReport:
+    converted: int = 0
+    skipped: int = 0                                   # outputs that already existed (earlier run)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, ffmpeg's message)
+
+
+def conversion_jobs(src: Path, dst: Path, fmt: str, source_ext: str = ".m4a") -> list[tuple[Path, Path]]:
+    """(input, output) for every source_ext file under src, mirrored under dst with the new ending."""
+    return [(p, dst / p.relative_to(src).with_suffix(f".{fmt}"))
+            for p in sorted(src.rglob(f"*{source_ext}")) if p.is_file()]
+
+
+def convert_one(ffmpeg: str, source: Path, target: Path, fmt: str, sample_rate: int = 16000) -> str | None:
+    """Decode source to 16-bit mono `fmt` at sample_rate; write to a temporary name and rename, so an
+    interrupted run never leaves a half-written file under the final name. Returns ffmpeg's error or None."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part")
+    codec = ["-c:a", "pcm_s16le"] if fmt == "wav" else ["-c:a", "flac", "-sample_fmt", "s16"]
+    proc = subprocess.run(
+        [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(source), "-vn",
+         "-ac", "1", "-ar", str(sample_rate), *codec, "-f", fmt, str(tmp)],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"ffmpeg exit code {proc.returncode}"
+    os.replace(tmp, target)
+    return None
+
+
+def convert_tree(src: str | os.PathLike, dst: str | os.PathLike, fmt: str = "wav", workers: int | None = None,
+                 ffmpeg: str | None = None, sample_rate: int = 16000, source_ext: str = ".m4a",
+                 progress=None) -> ConversionReport:
+    """Convert every source_ext file under src to `fmt` under dst (same relative layout), in parallel.
+    Resumable: outputs that exist are complete (written by rename) and are skipped."""
+    if fmt not in ("wav", "flac"):
+        raise ValueError(f"output format must be wav or flac, got {fmt!r}")
+    ffmpeg = find_ffmpeg(ffmpeg)
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise NotADirectoryError(f"{src} is not a directory")
+    jobs = conversion_jobs(src, dst, fmt, source_ext)
+    if not jobs:
+        raise ValueError(f"{src}: no *{source_ext} files found")
+    report = ConversionReport()
+    todo = []
+    for source, target in jobs:
+        if target.exists():
+            report.skipped += 1
+        else:
+            todo.append((source, target))
+    workers = workers or os.cpu_count() or 1
+    # Threads suffice: each job waits on its own ffmpeg process.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for (source, _), error in zip(todo, pool.map(lambda j: convert_one(ffmpeg, j[0], j[1], fmt, sample_rate), todo)):
+            if error is None:
+                report.converted += 1
+            else:
+                report.failed.append((str(source), error))
+            if progress is not None:
+                progress(report, len(todo))
+    return report

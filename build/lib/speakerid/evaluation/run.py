@@ -1,0 +1,168 @@
+"""An evaluation run: a protocol made ready (lists parsed, files checked), its embeddings extracted or
+taken from the cache, scored (cosine or multi-crop, optional AS-norm) and measured (EER, minDCF); and the
+score and report files it writes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from speakerid.data.check import check_trial_audio
+from speakerid.data.lists import (
+    ListFormatError,
+    Trial,
+    check_files_exist,
+    has_labels,
+    read_train_list,
+    read_trials,
+    trial_files,
+    warn_duplicate_trials,
+)
+from speakerid.distributed import DistEnv, all_gather_objects
+from speakerid.evaluation.extraction import EmbeddingExtractor, extract_embeddings
+from speakerid.evaluation.protocol import ExtractionOptions, Protocol
+from speakerid.evaluation.store import EmbeddingCache
+from speakerid.io import write_json_atomic, write_text_atomic
+from speakerid.metrics import verification_metrics
+from speakerid.scoring import Cohort, Embeddings, as_norm, merge_embeddings, raw_scores, speaker_means
+
+log = logging.getLogger("speakerid")
+
+
+@dataclass
+class EvaluationResult:
+    protocol: Protocol
+    trials: list[Trial]
+    scores: np.ndarray                 # final scores (AS-normed when enabled)
+    labels: np.ndarray | None          # None for a list without labels
+    metrics: dict[str, float] | None   # eer, min_dcf_p0.01, min_dcf_p0.05 and their thresholds
+    n_files: int
+    n_extracted: int                   # files embedded by this run (the others came from the cache)
+    extraction_seconds: float
+    cohort: Cohort | None = None
+
+    def report(self) -> dict[str, Any]:
+        """The JSON written beside a score file."""
+        p = self.protocol
+        return {
+            "name": p.name, "trials": str(p.trials), "root": str(p.root), "scoring": p.scoring,
+            "embedding": asdict(p.embedding),
+            "asnorm": {**asdict(p.asnorm), "cohort_speakers": len(self.cohort.speakers)}
+            if self.cohort is not None else None,
+            "n_trials": len(self.trials), "n_files": self.n_files, "labelled": self.labels is not None,
+            **(self.metrics or {}),
+            "n_extracted": self.n_extracted, "extraction_seconds": self.extraction_seconds,
+            "utterances_per_s": self.n_extracted / self.extraction_seconds if self.n_extracted else None,
+        }
+
+
+class Evaluation:
+    """A protocol made ready: lists parsed and every named file checked to exist (so that mistakes stop a
+    run before any audio is read); run() extracts, scores and measures."""
+
+    def __init__(self, protocol: Protocol, check_files: bool = True, require_labels: bool = False):
+        self.protocol = protocol
+        self.trials = read_trials(protocol.trials, protocol.strip_prefix)
+        warn_duplicate_trials(protocol.trials, self.trials)
+        if require_labels and not has_labels(self.trials):
+            raise ListFormatError(f"{protocol.trials}: the trial list has no labels (`enrol test` lines), so EER "
+                                  f"cannot be measured; validation needs `label enrol test`")
+        self.files = trial_files(self.trials)
+        self.cohort_paths: list[str] = []
+        self.cohort_speakers: list[str] = []
+        if protocol.asnorm.enabled:
+            norm = protocol.asnorm
+            train = read_train_list(norm.cohort_list, norm.cohort_root)
+            by_speaker: dict[str, list[str]] = {}
+            for speaker, path in zip(train.speakers, train.paths):
+                by_speaker.setdefault(speaker, []).append(path)
+            for speaker in train.speaker_ids:
+                paths = by_speaker[speaker]
+                n = norm.utterances_per_speaker
+                if n is not None and n < len(paths):
+                    paths = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, num=n).round()]
+                self.cohort_paths += paths
+                self.cohort_speakers += [speaker] * len(paths)
+            if norm.top_k > len(train.speaker_ids):
+                log.warning("AS-norm top_k=%d but the cohort %s has %d speakers: all of them are used (s-norm)",
+                            norm.top_k, norm.cohort_list, len(train.speaker_ids))
+        if check_files:
+            self.check_files()
+
+    def check_files(self) -> None:
+        """Stop with the list of missing files when a trial or cohort file does not exist."""
+        p = self.protocol
+        check_files_exist(p.root, self.files, what=f"trial list {p.trials}", show=10)
+        if self.cohort_paths:
+            check_files_exist(p.asnorm.cohort_root, self.cohort_paths, what=f"AS-norm cohort list "
+                              f"{p.asnorm.cohort_list}", show=10)
+
+    def check_audio(self, sample_rate: int, resample: bool, advice: str = "data.resample=true") -> None:
+        """Stop, naming them, when trial files cannot be embedded (headers only: rate, channels, length);
+        `advice` is how the caller's user turns resampling on."""
+        check_trial_audio(self.protocol.root, self.files, sample_rate, resample,
+                          what=f"trial list {self.protocol.trials}", resample_advice=advice)
+
+    def run(self, extractor: EmbeddingExtractor, device: torch.device | str = "cpu", sample_rate: int = 16000,
+            resample: bool = False, cache_dir: str | os.PathLike | None = None, model_id: str | None = None,
+            progress: bool = False, dist: DistEnv = DistEnv()) -> EvaluationResult:
+        """With several processes (torchrun) each embeds its share of the files and all of them get every
+        embedding, so every rank computes the same scores and metrics."""
+        protocol = self.protocol
+        options = protocol.embedding
+        extracted = 0
+
+        def embeddings_of(root: str, paths: list[str], opts: ExtractionOptions) -> Embeddings:
+            nonlocal extracted
+
+            def extract(missing: list[str]) -> Embeddings:
+                if not dist.enabled:
+                    return extract_embeddings(extractor, root, missing, device, opts, sample_rate, resample,
+                                              progress)
+                mine = missing[dist.rank::dist.world_size]
+                part = (extract_embeddings(extractor, root, mine, device, opts, sample_rate, resample, progress)
+                        if mine else None)
+                return merge_embeddings([p for p in all_gather_objects(part, dist) if p is not None]).select(missing)
+
+            if cache_dir is None:
+                extracted += len(paths)
+                return extract(paths)
+            cache = EmbeddingCache(cache_dir, model_id or "unnamed", root, opts, sample_rate, resample)
+            embeddings, new = cache.get(paths, extract)
+            extracted += new
+            return embeddings
+
+        start = time.perf_counter()
+        embeddings = embeddings_of(protocol.root, self.files, options)
+        cohort = None
+        if protocol.asnorm.enabled:
+            full_only = ExtractionOptions(**{**asdict(options), "mode": "full"})
+            cohort_embeddings = embeddings_of(protocol.asnorm.cohort_root, self.cohort_paths, full_only)
+            cohort = speaker_means(cohort_embeddings, self.cohort_speakers)
+        seconds = time.perf_counter() - start
+
+        scores = raw_scores(embeddings, self.trials, options.mode)
+        if cohort is not None:
+            scores = as_norm(scores, embeddings, self.trials, cohort, protocol.asnorm.top_k, options.mode)
+        labels = metrics = None
+        if has_labels(self.trials):
+            labels = np.fromiter((t.label for t in self.trials), dtype=np.int64, count=len(self.trials))
+            metrics = verification_metrics(scores, labels, with_thresholds=True)
+        return EvaluationResult(protocol, self.trials, scores, labels, metrics, len(self.files), extracted, seconds,
+                                cohort)
+
+
+def write_scores(path: str | os.PathLike, trials: list[Trial], scores: np.ndarray) -> None:
+    """Score file `enrol test score label` (`enrol test score` for a list without labels), written atomically."""
+    lines = [f"{t.enrol} {t.test} {s:.6f}" + ("" if t.label is None else f" {t.label}") for t, s in zip(trials, scores)]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def write_json(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    write_json_atomic(path, record)

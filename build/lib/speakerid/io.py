@@ -1,0 +1,91 @@
+"""Atomic file writing, the one way speakerid writes anything a user keeps (checkpoints, scores, lists,
+reports): a temporary file in the same folder, flushed and fsynced, then renamed over the final name. A
+crash, a kill or a full disk leaves the previous file intact and never a half-written one."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` for a writer that wants a file name (ffmpeg, an exporter); renamed
+    to `path` when the block succeeds, removed when it fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; keep the permissions of a normal write
+    try:
+        yield Path(tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+    """An open file ("w" text in UTF-8, or "wb") that becomes `path` when the block succeeds."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path) as f:
+        f.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike, record: Any, indent: int = 2) -> None:
+    write_text_atomic(path, json.dumps(record, indent=indent) + "\n")
+
+
+def check_writable(path: str | os.PathLike, folder: bool = False, what: str = "output") -> None:
+    """Fail now, not after hours of work, when `path` (a file, or a folder with folder=True) cannot be
+    written: a file name that is a folder, a parent that is a file, a read-only or full disk."""
+    target = Path(path)
+    if not folder and target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"{what} {target} is a folder; give a file name")
+    parent = target if folder else target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise OSError(e.errno, f"{what} {target} is not writable ({e.strerror or e})") from None
+
+
+def _fsync_file(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (not every platform or file system allows fsync on a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,127 @@
+"""Verification metrics: EER and minimum detection cost, in O(n log n).
+
+Operating points are taken at every distinct score: a trial is accepted when its score is >= the
+threshold, so tied scores move together. The ROC runs through these points from 'accept nothing'
+(FAR 0, FRR 1) to 'accept everything' (FAR 1, FRR 0). The EER is where the straight segments between
+consecutive points cross FAR = FRR (for a group of ties this is the error of a random tie-break), so a
+set of all-equal scores gives 50%. minDCF is the normalised detection cost at the best of these points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class OperatingPoints:
+    """Error counts at every threshold, most strict first. Counts stay integers so that comparisons such as
+    FAR == FRR are exact (1 - 2/3 != 1/3 in floating point)."""
+
+    thresholds: np.ndarray        # descending; +inf first ('accept nothing')
+    false_accepts: np.ndarray     # non-targets with score >= threshold, non-decreasing
+    misses: np.ndarray            # targets with score < threshold, non-increasing
+    n_target: int
+    n_nontarget: int
+
+    @property
+    def far(self) -> np.ndarray:
+        return self.false_accepts / self.n_nontarget
+
+    @property
+    def frr(self) -> np.ndarray:
+        return self.misses / self.n_target
+
+
+def _validate(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores ({scores.size}) and labels ({labels.size}) differ in length")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError(f"scores contain {np.count_nonzero(~np.isfinite(scores))} non-finite values")
+    if not np.all((labels == 0) | (labels == 1)):
+        raise ValueError("labels must be 0 (non-target) or 1 (target)")
+    labels = labels.astype(bool)
+    if labels.all() or not labels.any():
+        raise ValueError("EER and minDCF need at least one target and one non-target trial")
+    return scores, labels
+
+
+def operating_points(scores, labels) -> OperatingPoints:
+    scores, labels = _validate(scores, labels)
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    sorted_labels = labels[order]
+    # The last index of each group of equal scores: thresholds are taken between groups, never inside one.
+    group_ends = np.flatnonzero(np.diff(sorted_scores)) if sorted_scores.size > 1 else np.array([], dtype=int)
+    group_ends = np.append(group_ends, sorted_scores.size - 1)
+    accepted_targets = np.cumsum(sorted_labels, dtype=np.int64)[group_ends]
+    accepted_nontargets = (group_ends + 1) - accepted_targets
+    n_target, n_nontarget = int(accepted_targets[-1]), int(accepted_nontargets[-1])
+    return OperatingPoints(
+        thresholds=np.concatenate(([np.inf], sorted_scores[group_ends])),
+        false_accepts=np.concatenate(([0], accepted_nontargets)),
+        misses=np.concatenate(([n_target], n_target - accepted_targets)),
+        n_target=n_target,
+        n_nontarget=n_nontarget,
+    )
+
+
+def _eer(points: OperatingPoints) -> tuple[float, float]:
+    # (FRR - FAR) * n_target * n_nontarget, exactly, as integers: strictly decreasing from + to -.
+    gap = points.misses * points.n_nontarget - points.false_accepts * points.n_target
+    i = int(np.argmax(gap <= 0))
+    far = points.far
+    if gap[i] == 0:
+        eer = far[i]
+    else:
+        fraction = gap[i - 1] / (gap[i - 1] - gap[i])
+        eer = far[i - 1] + fraction * (far[i] - far[i - 1])
+    return float(eer), float(points.thresholds[i])
+
+
+def _min_dcf(points: OperatingPoints, p_target: float, c_miss: float, c_fa: float) -> tuple[float, float]:
+    if not 0.0 < p_target < 1.0:
+        raise ValueError(f"p_target must be in (0, 1), got {p_target}")
+    if c_miss <= 0 or c_fa <= 0:
+        raise ValueError(f"c_miss and c_fa must be > 0, got {c_miss}, {c_fa}")
+    cost = c_miss * points.frr * p_target + c_fa * points.far * (1.0 - p_target)
+    i = int(np.argmin(cost))
+    return float(cost[i] / min(c_miss * p_target, c_fa * (1.0 - p_target))), float(points.thresholds[i])
+
+
+def compute_eer(scores, labels, return_threshold: bool = False):
+    """Equal error rate as a fraction in [0, 1] (multiply by 100 for %).
+
+    With return_threshold, also a threshold to use for decisions (accept when score >= threshold): that of
+    the most strict operating point where FRR <= FAR, so there FRR <= EER <= FAR."""
+    eer, threshold = _eer(operating_points(scores, labels))
+    return (eer, threshold) if return_threshold else eer
+
+
+def compute_min_dcf(scores, labels, p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0,
+                    return_threshold: bool = False):
+    """Minimum normalised detection cost: min over thresholds of
+    c_miss*P_miss*p_target + c_fa*P_fa*(1-p_target), divided by min(c_miss*p_target, c_fa*(1-p_target))."""
+    min_dcf, threshold = _min_dcf(operating_points(scores, labels), p_target, c_miss, c_fa)
+    return (min_dcf, threshold) if return_threshold else min_dcf
+
+
+def verification_metrics(scores, labels, p_targets=(0.01, 0.05), with_thresholds: bool = False) -> dict[str, float]:
+    """EER and minDCF at each p_target, keyed as they are logged: eer, min_dcf_p0.01, min_dcf_p0.05. The
+    scores are sorted once for all of them. with_thresholds adds eer_threshold, min_dcf_p0.01_threshold, ..."""
+    points = operating_points(scores, labels)
+    eer, threshold = _eer(points)
+    metrics = {"eer": eer}
+    thresholds = {"eer_threshold": threshold}
+    for p in p_targets:
+        metrics[f"min_dcf_p{p:g}"], thresholds[f"min_dcf_p{p:g}_threshold"] = _min_dcf(points, p, 1.0, 1.0)
+    return {**metrics, **thresholds} if with_thresholds else metrics
+
+
+def det_curve(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    """(FAR, FRR) at every operating point, FAR rising: the points a DET plot draws."""
+    points = operating_points(scores, labels)
+    return points.far, points.frr

@@ -1,0 +1,3 @@
+from speakerid.models.ecapa_tdnn import ECAPATDNN
+
+__all__ = ["ECAPATDNN"]

@@ -1,0 +1,151 @@
+"""ECAPA-TDNN (Desplanques, Thienpondt, Demuynck, Interspeech 2020).
+
+Layer sizes follow the paper: SE bottleneck 128 and attention bottleneck 128, which gives 6.2M / 14.7M
+parameters for C = 512 / 1024 with a 192-d output (TaoRuijie's implementation uses a 256 attention
+bottleneck; set attention_channels=256 to match it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ConvReluBN(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1):
+        super().__init__(
+            nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation,
+                      padding=dilation * (kernel_size - 1) // 2),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm1d(out_channels),
+        )
+
+
+class SqueezeExcitation(nn.Module):
+    def __init__(self, channels: int, bottleneck: int = 128):
+        super().__init__()
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool1d(1),
+            nn.Conv1d(channels, bottleneck, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(bottleneck, channels, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+class Res2Conv(nn.Module):
+    """Res2Net dilated convolution: channels split into `scale` groups, each group's convolution also
+    sees the previous group's output, and the last group passes through unchanged."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int, scale: int = 8):
+        super().__init__()
+        if channels % scale:
+            raise ValueError(f"model.channels ({channels}) must be divisible by model.scale ({scale})")
+        self.width = channels // scale
+        self.blocks = nn.ModuleList(
+            ConvReluBN(self.width, self.width, kernel_size, dilation) for _ in range(scale - 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chunks = torch.split(x, self.width, dim=1)
+        outputs = []
+        previous = None
+        for chunk, block in zip(chunks, self.blocks):
+            previous = block(chunk if previous is None else chunk + previous)
+            outputs.append(previous)
+        outputs.append(chunks[-1])
+        return torch.cat(outputs, dim=1)
+
+
+class SERes2Block(nn.Module):
+    def __init__(self, channels: int, kernel_size: int, dilation: int, scale: int = 8, se_bottleneck: int = 128):
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvReluBN(channels, channels, 1),
+            Res2Conv(channels, kernel_size, dilation, scale),
+            ConvReluBN(channels, channels, 1),
+            SqueezeExcitation(channels, se_bottleneck),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class AttentiveStatsPooling(nn.Module):
+    """Channel- and context-dependent attentive statistics pooling: the attention sees each frame together
+    with the utterance's global mean and standard deviation."""
+
+    def __init__(self, channels: int, bottleneck: int = 128):
+        super().__init__()
+        self.attention = nn.Sequential(
+            nn.Conv1d(channels * 3, bottleneck, 1),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm1d(bottleneck),
+            nn.Tanh(),
+            nn.Conv1d(bottleneck, channels, 1),
+        )
+
+    @staticmethod
+    def _stats(x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.sum(x * weights, dim=2)
+        var = torch.sum(x * x * weights, dim=2) - mean * mean
+        return mean, torch.sqrt(var.clamp(min=1e-4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = x.shape[2]
+        uniform = torch.full_like(x[:, :1, :], 1.0 / frames)
+        mean, std = self._stats(x, uniform)
+        context = torch.cat(
+            (x, mean.unsqueeze(2).expand(-1, -1, frames), std.unsqueeze(2).expand(-1, -1, frames)), dim=1
+        )
+        weights = torch.softmax(self.attention(context), dim=2)
+        mean, std = self._stats(x, weights)
+        return torch.cat((mean, std), dim=1)
+
+
+class ECAPATDNN(nn.Module):
+    """Speaker embedding extractor: features [batch, in_dim, frames] -> embeddings [batch, emb_dim]."""
+
+    def __init__(
+        self,
+        in_dim: int = 80,
+        channels: int = 1024,
+        emb_dim: int = 256,
+        mfa_channels: int = 1536,
+        scale: int = 8,
+        se_bottleneck: int = 128,
+        attention_channels: int = 128,
+        dilations: tuple[int, ...] = (2, 3, 4),
+    ):
+        super().__init__()
+        self.in_dim = in_dim
+        self.emb_dim = emb_dim
+        self.stem = ConvReluBN(in_dim, channels, kernel_size=5)
+        self.blocks = nn.ModuleList(
+            SERes2Block(channels, 3, d, scale, se_bottleneck) for d in dilations
+        )
+        self.mfa = nn.Sequential(nn.Conv1d(channels * len(dilations), mfa_channels, 1), nn.ReLU(inplace=True))
+        self.pooling = AttentiveStatsPooling(mfa_channels, attention_channels)
+        self.pool_bn = nn.BatchNorm1d(mfa_channels * 2)
+        self.embedding = nn.Linear(mfa_channels * 2, emb_dim)
+        self.emb_bn = nn.BatchNorm1d(emb_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.dim() != 3 or features.shape[1] != self.in_dim:
+            raise ValueError(
+                f"ECAPATDNN expects features [batch, {self.in_dim}, frames], got {tuple(features.shape)}"
+            )
+        x = self.stem(features)
+        block_outputs = []
+        # Each block receives the sum of the stem and all earlier block outputs (dense residuals).
+        residual_sum = x
+        for block in self.blocks:
+            x = block(residual_sum)
+            block_outputs.append(x)
+            residual_sum = residual_sum + x
+        x = self.mfa(torch.cat(block_outputs, dim=1))
+        x = self.pool_bn(self.pooling(x))
+        return self.emb_bn(self.embedding(x))

@@ -1,0 +1,287 @@
+"""The training loop: epochs, the logging cadence, stop signals, the checkpoint cadence and validation.
+`fit(run)` trains a set-up run (speakerid.training.run) to its last epoch and returns its final metrics."""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+from omegaconf import OmegaConf
+
+from speakerid.distributed import DistEnv, any_rank, broadcast_buffers, broadcast_object
+from speakerid.evaluation import EmbeddingExtractor, EvaluationResult
+from speakerid.io import write_text_atomic
+from speakerid.logger import MetricLogger
+from speakerid.plots import det_image
+from speakerid.training.step import StepResult
+
+if TYPE_CHECKING:
+    from speakerid.training.run import Run
+
+log = logging.getLogger("speakerid")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a NaN/inf loss or gradient."""
+
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT into a request to stop after the current step (the loop then checkpoints and
+    returns); a second signal gets the default behaviour, so a stuck run can still be killed."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    @property
+    def name(self) -> str | None:
+        return signal.Signals(self.received).name if self.received is not None else None
+
+
+class DeviceMeans:
+    """Mean loss and top-1 over the applied steps, summed on the device and read once."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top1, applied steps
+        self.steps = 0
+
+    def add(self, result: StepResult) -> None:
+        applied = result.finite.to(torch.float64)
+        self.sums += torch.stack([torch.where(result.finite, result.loss.double(), 0.0),
+                                  torch.where(result.finite, result.top1.double(), 0.0), applied])
+        self.steps += 1
+
+    def read(self, dist: DistEnv = DistEnv()) -> tuple[float, float, int]:
+        """(mean loss, mean top1, skipped steps) over every rank; NaN means when no step was applied."""
+        sums = self.sums
+        if dist.enabled:
+            sums = sums.clone()
+            torch.distributed.all_reduce(sums)
+        loss, top1, applied = sums.tolist()
+        if applied == 0:
+            return math.nan, math.nan, self.steps
+        # Gradients are averaged over ranks, so a step is skipped on all of them or on none.
+        return loss / applied, top1 / applied, self.steps - round(applied / dist.world_size)
+
+
+def _count_lines(path) -> int:
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 16), b""))
+
+
+class Loop:
+    """The cadences of one run: what happens at each step, logging step, checkpoint and epoch end."""
+
+    def __init__(self, run: Run, logger: MetricLogger, stop: StopSignal):
+        self.run, self.logger, self.stop = run, logger, stop
+        self.tcfg = run.cfg.trainer
+        self.last_save = time.monotonic()
+
+    def save(self, best: bool = False):
+        path = self.run.state.save(best)
+        self.last_save = time.monotonic()
+        return path
+
+    def train_epoch(self) -> dict[str, float]:
+        """Train until the end of the epoch, or until a stop signal arrives (then return early)."""
+        run, tcfg = self.run, self.tcfg
+        progress, dist, device = run.state.progress, run.env.dist, run.env.device
+        batch = run.cfg.data.batch_size
+        run.parts.model.train()
+        run.parts.head.train()
+        run.loader.sampler.set_epoch(progress.epoch, start=progress.position)
+        epoch, window = DeviceMeans(device), DeviceMeans(device)
+        bar = None
+        if tcfg.progress_bar and dist.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=run.loader.steps_per_epoch, initial=progress.position // batch,
+                       desc=f"epoch {progress.epoch + 1}/{tcfg.epochs}", unit="step", dynamic_ncols=True,
+                       disable=None)  # None: no bar when stderr is not a terminal (logs get epoch lines)
+        window_start = time.perf_counter()
+        for waves, labels in run.loader.loader:
+            run.optimisation.apply_schedules(progress.step, run.parts.head)
+            result = run.step(waves, labels)
+            progress.step += 1
+            progress.position += batch
+            epoch.add(result)
+            window.add(result)
+            run.state.nonfinite.add(result.finite)
+            log_step = progress.step % tcfg.log_every_steps == 0
+            if log_step:
+                loss, top1, skipped = window.read(dist)
+                scalars = {
+                    "train/lr": run.optimisation.optimizer.param_groups[0]["lr"],
+                    "train/utterances_per_s": tcfg.log_every_steps * batch / (time.perf_counter() - window_start),
+                    "train/nonfinite_steps": run.state.nonfinite.total,
+                }
+                if hasattr(run.parts.head, "m"):
+                    scalars["train/margin"] = run.parts.head.m
+                if dist.is_main and run.skip_log.exists():
+                    scalars["train/skipped_files"] = _count_lines(run.skip_log)
+                if not math.isnan(loss):
+                    scalars.update({"train/loss": loss, "train/top1": top1})
+                self.logger.log(scalars, progress.step)
+                if bar is not None and not math.isnan(loss):
+                    bar.set_postfix(loss=f"{loss:.3f}", top1=f"{top1:.3f}",
+                                    utt_s=f"{scalars['train/utterances_per_s']:.1f}")
+                self.check_nonfinite(skipped)
+                window = DeviceMeans(device)
+                window_start = time.perf_counter()
+            if bar is not None:
+                bar.update(1)
+            if self.stop_requested(log_step):
+                break
+            if self.checkpoint_due(log_step):
+                self.save()
+        if bar is not None:
+            bar.close()
+        loss, top1, _ = epoch.read(dist)
+        self.check_nonfinite(0)
+        return {"train/epoch_loss": loss, "train/epoch_top1": top1}
+
+    def check_nonfinite(self, skipped_in_window: int) -> None:
+        state = self.run.state
+        if skipped_in_window:
+            log.warning("step %d: %d of the last steps had a NaN/inf loss or gradient and were skipped "
+                        "(%d in the run)", state.progress.step, skipped_in_window, state.nonfinite.total)
+        limit = self.tcfg.max_nonfinite_steps
+        if state.nonfinite.in_a_row >= limit:
+            raise NonFiniteLossError(
+                f"{state.nonfinite.in_a_row} consecutive steps had a non-finite loss or gradient (limit "
+                f"trainer.max_nonfinite_steps={limit}); stopped. The last checkpoint, {state.checkpoints.last}, "
+                f"holds the last good state: lower optim.lr, set trainer.grad_clip_norm, or check the data")
+
+    def stop_requested(self, log_step: bool) -> bool:
+        """A SIGTERM/SIGINT was received. With several processes they must stop at the same step, so the
+        flag is agreed on at logging steps (one collective there, none at every step)."""
+        dist = self.run.env.dist
+        if not dist.enabled:
+            return self.stop.received is not None
+        if not log_step:
+            return False
+        if any_rank(self.stop.received is not None, dist, self.run.env.device):
+            self.stop.received = self.stop.received or signal.SIGTERM
+            return True
+        return False
+
+    def checkpoint_due(self, log_step: bool) -> bool:
+        tcfg, dist = self.tcfg, self.run.env.dist
+        if tcfg.checkpoint_every_steps and self.run.state.progress.step % tcfg.checkpoint_every_steps == 0:
+            return True
+        minutes = tcfg.checkpoint_every_minutes
+        if not minutes or (dist.enabled and not log_step):
+            return False
+        # Clocks differ between processes: rank 0 decides for all of them.
+        return broadcast_object(time.monotonic() - self.last_save >= 60 * minutes, dist)
+
+    def validate(self) -> dict[str, float]:
+        """The current model on the `eval` protocol; logs EER, minDCF, the DET curve and score histograms."""
+        run = self.run
+        data = run.cfg.data
+        extractor = EmbeddingExtractor(run.parts.fbank, run.parts.model)
+        broadcast_buffers(run.parts.model, run.env.dist)  # every rank embeds with rank 0's BatchNorm statistics
+        # cuDNN would autotune every new utterance length, which never pays off over a trial list.
+        benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+        try:
+            result = run.lists.evaluation.run(extractor, run.env.device, data.sample_rate, data.resample,
+                                              dist=run.env.dist)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
+        return log_validation(self.logger, result, run.state.progress.step)
+
+    def validate_and_save(self, results: dict[str, Any]) -> None:
+        """Validate the epoch just saved, then save it again with the result (and as best.pt when best)."""
+        progress = self.run.state.progress
+        val = self.validate()
+        results.update(val)
+        progress.pending_validation = False
+        best = val["val/eer"] < progress.best_eer
+        if best:
+            progress.best_eer = val["val/eer"]
+        self.save(best=best)
+
+
+def log_validation(logger: MetricLogger, result: EvaluationResult, step: int) -> dict[str, float]:
+    val = {f"val/{k}": result.metrics[k] for k in ("eer", "min_dcf_p0.01", "min_dcf_p0.05")}
+    logger.log(val, step)
+    title = f"{result.protocol.name} ({result.protocol.scoring})"
+    logger.log_image("val/det", det_image(result.scores, result.labels, result.metrics["eer"], title), step)
+    logger.log_histogram("val/scores_target", result.scores[result.labels == 1], step)
+    logger.log_histogram("val/scores_nontarget", result.scores[result.labels == 0], step)
+    return val
+
+
+def fit(run: Run) -> dict[str, Any]:
+    """Train epochs until trainer.epochs, validating every trainer.eval_every_epochs (and after the last)
+    and checkpointing at every epoch end; a stop signal checkpoints and returns with an exit code."""
+    tcfg, env, state = run.cfg.trainer, run.env, run.state
+    progress = state.progress
+    if env.dist.is_main:
+        write_text_atomic(env.run_dir / "config.yaml", OmegaConf.to_yaml(run.cfg, resolve=True))
+    logger = MetricLogger(env.run_dir, enabled=env.dist.is_main)
+    log.info("run folder: %s", env.run_dir)
+    log.info("%d utterances of %d speakers; model %.2fM parameters on %s%s",
+             len(run.lists.train), len(run.lists.speakers),
+             sum(p.numel() for p in run.parts.model.parameters()) / 1e6, env.device,
+             f" x {env.dist.world_size} processes" if env.dist.enabled else "")
+    results: dict[str, Any] = {}
+    with StopSignal() as stop:
+        loop = Loop(run, logger, stop)
+        try:
+            if progress.pending_validation:  # resumed from a checkpoint written before its validation
+                loop.validate_and_save(results)
+            while not loop.stop_requested(log_step=True) and progress.epoch < tcfg.epochs:  # ranks agree
+                t0 = time.perf_counter()
+                results.update(loop.train_epoch())
+                if stop.received is not None:
+                    loop.save()
+                    break
+                progress.epoch += 1
+                progress.position = 0
+                epoch_time = time.perf_counter() - t0
+                validate = run.lists.evaluation is not None and (progress.epoch % tcfg.eval_every_epochs == 0
+                                                                 or progress.epoch == tcfg.epochs)
+                # The epoch is saved before validation reads a file: a validation that fails or is stopped
+                # never costs training.
+                progress.pending_validation = validate
+                loop.save()
+                if validate:
+                    loop.validate_and_save(results)
+                logger.flush()
+                summary = ", ".join(f"{k} {v:.4f}" for k, v in results.items()
+                                    if k.startswith(("train/epoch", "val/")))
+                log.info("epoch %d/%d done in %.1f s: %s", progress.epoch, tcfg.epochs, epoch_time, summary)
+            if stop.received is not None:  # during training or during a validation
+                log.warning("%s received: stopped at epoch %d, step %d; checkpoint %s. Resume with the same "
+                            "command plus trainer.resume=true (or trainer.resume=%s)", stop.name,
+                            progress.epoch + 1, progress.step, state.checkpoints.last, state.checkpoints.last)
+                results["interrupted"] = stop.name
+                results["exit_code"] = 128 + stop.received
+        finally:
+            logger.close()
+    results.update({"best/eer": progress.best_eer, "epochs": progress.epoch, "steps": progress.step,
+                    "nonfinite_steps": state.nonfinite.total, "run_dir": str(env.run_dir)})
+    return results

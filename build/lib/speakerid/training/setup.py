@@ -1,0 +1,302 @@
+"""Setting up a run, one function per part. `speakerid.training.run.setup_run` calls them in an order that
+lets mistakes surface cheaply: processes and run folder, lists (no audio read), model and head, the
+training wrappers, optimisation, augmentation banks (the first audio read), the loader."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from speakerid import builders
+from speakerid.augment import NoiseReverb, SpeedPerturb
+from speakerid.checkpoint import CheckpointDir
+from speakerid.data.dataset import CropDataset, EpochSampler, collate
+from speakerid.data.check import warn_short_training_files
+from speakerid.data.lists import TrainList, check_files_exist, read_train_list, warn_duplicate_paths
+from speakerid.data.synthetic import CorpusSpec, ensure_corpus
+from speakerid.distributed import (
+    DistEnv,
+    ShardedSampler,
+    barrier,
+    broadcast_object,
+    env_from_torchrun,
+    init_process_group,
+    shutdown,
+)
+from speakerid.evaluation import Evaluation
+from speakerid.features import samples_for_frames
+from speakerid.schedules import LRSchedule, MarginSchedule, epoch_at
+from speakerid.io import check_writable
+from speakerid.training.state import find_resume_checkpoint, load_resume_checkpoint
+
+log = logging.getLogger("speakerid")
+
+SKIP_LOG = "skipped_files.txt"  # in the run folder: files replaced under data.bad_audio=skip
+
+
+# ------------------------------------------------------------------------------------------ environment
+@dataclass
+class Environment:
+    """The processes of a run (torchrun or one), its device and its folder."""
+
+    dist: DistEnv
+    device: torch.device
+    run_dir: Path
+
+    def close(self) -> None:
+        """End the process group. DDP wrappers must be gone first: their destructors still talk to it
+        (destroyed the other way round, a process can abort at exit)."""
+        if self.dist.enabled:
+            gc.collect()
+            shutdown(self.dist)
+
+
+def resolve_device(name: str, dist: DistEnv = DistEnv()) -> torch.device:
+    """trainer.device; under torchrun each process takes the GPU of its local rank."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"trainer.device={name} but CUDA is not available on this machine (use cpu or auto)")
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
+    return device
+
+
+def setup_environment(cfg: DictConfig) -> Environment:
+    """Processes, device, the run folder (rank 0's name for all), backends and seeds."""
+    dist = env_from_torchrun()
+    device = resolve_device(cfg.trainer.device, dist)
+    init_process_group(dist, device)
+    if not dist.is_main:  # one process speaks for the run
+        log.setLevel(logging.WARNING)
+    # Processes started a second apart can name different dated folders: all use rank 0's.
+    run_dir = Path(broadcast_object(str(cfg.run_dir), dist))
+    tcfg = cfg.trainer
+    torch.backends.cudnn.benchmark = bool(tcfg.cudnn_benchmark) and not tcfg.deterministic
+    if tcfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    return Environment(dist, device, run_dir)
+
+
+def setup_run_folder(cfg: DictConfig, env: Environment) -> tuple[CheckpointDir, Path | None, dict | None]:
+    """The run's checkpoint folder, and the checkpoint to resume from with its path (None for a new run).
+    Never trains over another run's checkpoints, and fails now when the folder cannot be written or the
+    run to resume has already finished (RunFinished)."""
+    checkpoints = CheckpointDir(env.run_dir / "checkpoints", keep=cfg.trainer.keep_checkpoints)
+    resume_from = find_resume_checkpoint(cfg.trainer.resume, env.run_dir)
+    if resume_from is None and checkpoints.last.exists():
+        raise FileExistsError(f"{env.run_dir} already holds a run's checkpoints: resume it with "
+                              f"trainer.resume=true, or give another run_dir")
+    checkpoint = None if resume_from is None else load_resume_checkpoint(resume_from, cfg.trainer.epochs)
+    check_writable(env.run_dir, folder=True, what="run folder")
+    return checkpoints, resume_from, checkpoint
+
+
+# ------------------------------------------------------------------------------------------ data
+@dataclass
+class Lists:
+    """What the run trains and validates on, read and checked before any audio is."""
+
+    train: TrainList
+    evaluation: Evaluation | None  # the `eval` protocol made ready; None with `~eval`
+
+    @property
+    def speakers(self) -> list[str]:
+        return self.train.speaker_ids
+
+
+def prepare_corpus(data_cfg: DictConfig) -> None:
+    """Generate the synthetic corpus when the data config asks for one (no-op when it exists)."""
+    if data_cfg.get("generate") is not None:
+        spec = CorpusSpec(**OmegaConf.to_container(data_cfg.generate))
+        log.info("synthetic corpus: %s (generated on first use)", data_cfg.dir)
+        ensure_corpus(data_cfg.dir, spec)
+
+
+def setup_lists(cfg: DictConfig, env: Environment) -> Lists:
+    """The train list and the validation trials: parsed (a malformed line stops here, named) and, with
+    data.check_files, every listed file checked to exist."""
+    data = cfg.data
+    protocol = builders.build_eval_protocol(cfg) if cfg.get("eval") is not None else None
+    if env.dist.is_main:
+        prepare_corpus(data)
+    barrier(env.dist)
+    train_list = read_train_list(data.train_list, data.train_root)
+    if env.dist.is_main:
+        warn_duplicate_paths(data.train_list, train_list)
+    evaluation = None if protocol is None else Evaluation(protocol, check_files=False, require_labels=True)
+    if data.check_files:
+        t0 = time.perf_counter()
+        check_files_exist(data.train_root, train_list.paths, what=f"train list {data.train_list}")
+        if env.dist.is_main:
+            warn_short_training_files(data.train_root, train_list.paths, crop_samples(cfg), data.sample_rate)
+        if evaluation is not None:  # a trial file that cannot be embedded stops the run now, not after an epoch
+            evaluation.check_files()
+            evaluation.check_audio(data.sample_rate, data.resample)
+        log.info("checked %d listed files in %.1f s", len(train_list), time.perf_counter() - t0)
+    return Lists(train_list, evaluation)
+
+
+def crop_samples(cfg: DictConfig) -> int:
+    """data.crop_frames as waveform samples, with the fbank's own hop and window."""
+    fbank = cfg.features.fbank
+    return samples_for_frames(cfg.data.crop_frames, fbank.hop_length, fbank.win_length)
+
+
+def steps_per_epoch(cfg: DictConfig, utterances: int) -> int:
+    """Full global batches per epoch (the last, partial one is dropped)."""
+    steps = utterances // cfg.data.batch_size
+    if steps == 0:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} is larger than the train list ({utterances})")
+    return steps
+
+
+def resolve_num_workers(value: Any, device: torch.device) -> int:
+    if value != "auto":
+        return int(value)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # Workers only read crops (augmentation runs on the device), so a few keep up with a fast GPU; more would
+    # take the cores the main thread needs to launch the device's work. On a CPU they compete with the step.
+    return min(8, max(1, cpus // 2)) if device.type == "cuda" else min(2, max(0, cpus // 2))
+
+
+@dataclass
+class Loader:
+    dataset: CropDataset
+    sampler: EpochSampler | ShardedSampler
+    loader: DataLoader
+    steps_per_epoch: int
+
+
+def setup_loader(cfg: DictConfig, env: Environment, train_list: TrainList, read_samples: int,
+                 skip_log: Path) -> Loader:
+    """Loader workers read crops of `read_samples` (longer than the training crop when speed perturbation
+    will shorten them on the device). `data.batch_size` is the global batch: with W processes each takes
+    its 1/W share of every batch that a single process would take, so the data per step and the
+    per-epoch schedule do not change."""
+    data = cfg.data
+    dataset = CropDataset(train_list, read_samples, data.sample_rate, data.resample, data.sample_dtype,
+                          bad_audio=data.bad_audio, skip_log=skip_log)
+    sampler = EpochSampler(len(dataset), seed=cfg.seed)
+    if env.dist.enabled:
+        sampler = ShardedSampler(sampler, data.batch_size, env.dist)
+    workers = resolve_num_workers(data.num_workers, env.device)
+    loader = DataLoader(
+        dataset,
+        batch_size=data.batch_size // env.dist.world_size,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        drop_last=True,  # BatchNorm needs more than one sample, and steps stay equal in size
+        pin_memory=bool(data.pin_memory) and env.device.type == "cuda",
+        persistent_workers=bool(data.persistent_workers) and workers > 0,
+        prefetch_factor=int(data.prefetch_factor) if workers else None,
+        # Its own generator, so creating loader iterators never consumes the global RNG.
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    return Loader(dataset, sampler, loader, steps_per_epoch(cfg, len(dataset)))
+
+
+# ------------------------------------------------------------------------------------------ model
+@dataclass
+class ModelParts:
+    """The plain modules (checkpoints and validation use these) and those the training step calls:
+    the same modules wrapped for DDP (gradients averaged over ranks) and/or torch.compile."""
+
+    fbank: nn.Module
+    specaugment: nn.Module | None
+    model: nn.Module
+    head: nn.Module
+    train_model: nn.Module | None = None
+    train_head: nn.Module | None = None
+
+    @property
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.model.parameters()) + list(self.head.parameters())
+
+
+def setup_model_and_head(cfg: DictConfig, env: Environment, num_classes: int) -> ModelParts:
+    parts = ModelParts(builders.build_fbank(cfg).to(env.device), builders.build_specaugment(cfg),
+                       builders.build_model(cfg).to(env.device),
+                       builders.build_head(cfg, num_classes=num_classes).to(env.device))
+    if env.dist.rank:  # the same initial weights everywhere, but each rank its own augmentation draws
+        torch.manual_seed(cfg.seed + 1000 * env.dist.rank)
+    return parts
+
+
+def wrap_for_training(cfg: DictConfig, env: Environment, parts: ModelParts) -> ModelParts:
+    """DDP (with SyncBatchNorm on GPUs when asked) and torch.compile around the modules the step calls."""
+    tcfg = cfg.trainer
+    train_model, train_head = parts.model, parts.head
+    if env.dist.enabled:
+        if tcfg.sync_batchnorm and env.device.type == "cuda":
+            parts.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(parts.model)
+        ids = [env.device] if env.device.type == "cuda" else None
+        train_model = DistributedDataParallel(parts.model, device_ids=ids)
+        train_head = DistributedDataParallel(parts.head, device_ids=ids)
+    if tcfg.compile:
+        train_model = torch.compile(train_model, dynamic=False)
+        train_head = torch.compile(train_head, dynamic=False)
+    parts.train_model, parts.train_head = train_model, train_head
+    return parts
+
+
+# ------------------------------------------------------------------------------------------ optimisation
+@dataclass
+class Optimisation:
+    """The optimizer with its loss scaler, and what changes every step: the learning rate and the head's
+    margin, both functions of epochs done, so that they do not depend on the batch size or the number of
+    GPUs and a resumed run continues on the same curves."""
+
+    optimizer: torch.optim.Optimizer
+    lr_schedule: LRSchedule
+    margin_schedule: MarginSchedule | None
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+
+    def apply_schedules(self, step: int, head: nn.Module) -> None:
+        """Set the learning rate and the margin for the step after `step` steps."""
+        epoch = epoch_at(step, self.steps_per_epoch)
+        self.lr_schedule.apply_to(self.optimizer, epoch)
+        if self.margin_schedule is not None:
+            head.m = self.margin_schedule.margin_at(epoch)
+
+
+def setup_optimisation(cfg: DictConfig, parts: ModelParts, device: torch.device, steps_per_epoch: int
+                       ) -> Optimisation:
+    optimizer = builders.build_optimizer(cfg, parts.parameters, device)
+    # A loss scaler at every precision: besides fp16's dynamic scaling, it is what skips a step whose
+    # gradient is NaN/inf, without the host waiting for the device when the optimizer is fused. At
+    # fp32/bf16 its scale stays a power of two <= 1, which leaves the results bit-identical.
+    fp16 = cfg.trainer.precision == "fp16"
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**16 if fp16 else 1.0,
+                                  growth_interval=2000 if fp16 else 2**30)
+    return Optimisation(optimizer, builders.build_lr_schedule(cfg), builders.build_margin_schedule(cfg), scaler,
+                        steps_per_epoch)
+
+
+# ------------------------------------------------------------------------------------------ augmentation
+def setup_speed_perturbation(cfg: DictConfig, env: Environment, num_speakers: int) -> SpeedPerturb | None:
+    speed = builders.build_speed_perturb(cfg, num_speakers, crop_samples(cfg))
+    return None if speed is None else speed.to(env.device)
+
+
+def setup_noise_reverb(cfg: DictConfig, env: Environment) -> NoiseReverb | None:
+    """Noise and RIR banks, read here, once (the first audio the run reads), onto the training device."""
+    noise_reverb = builders.build_noise_reverb(cfg, crop_samples(cfg))
+    return None if noise_reverb is None else noise_reverb.to(env.device)

@@ -1,0 +1,216 @@
+"""The run state: where a run stands (`Progress`), what a checkpoint holds, how it is saved and restored,
+and which checkpoint `trainer.resume` means. The files themselves (atomic writes, rotation, `last.pt`,
+`best.pt`) are `speakerid.checkpoint`'s."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from speakerid.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointDir,
+    library_versions,
+    load_checkpoint,
+    load_state_strict,
+    rng_state,
+    set_rng_state,
+)
+from speakerid.distributed import DistEnv, all_gather_objects, barrier, broadcast_buffers
+
+log = logging.getLogger("speakerid")
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint."""
+
+    epoch: int = 0            # epoch in progress (0-based); equals the number of finished epochs
+    position: int = 0         # samples of this epoch's order already consumed
+    step: int = 0             # optimizer steps since the start of the run
+    best_eer: float = math.inf
+    nonfinite_steps: int = 0  # steps skipped because the loss or a gradient was NaN/inf
+    # Set in the checkpoint written at an epoch's end before validating, so that a run stopped during
+    # validation (or by it failing) validates that epoch first when resumed.
+    pending_validation: bool = False
+    margin: float | None = None  # the head's margin at the last step (a record: the schedule recomputes it)
+
+
+class NonFiniteCounter:
+    """Skipped (non-finite) steps, in total and in a row, counted on the device so that the host never
+    waits for a step's result."""
+
+    def __init__(self, device: torch.device, total: int = 0):
+        self._total = torch.tensor(total, dtype=torch.int64, device=device)
+        self._in_a_row = torch.zeros((), dtype=torch.int64, device=device)
+
+    def add(self, finite: torch.Tensor) -> None:
+        bad = (~finite).to(torch.int64)
+        self._total += bad
+        self._in_a_row = (self._in_a_row + 1) * bad
+
+    @property
+    def total(self) -> int:
+        return int(self._total.item())
+
+    @property
+    def in_a_row(self) -> int:
+        return int(self._in_a_row.item())
+
+
+class RunFinished(Exception):
+    """trainer.resume found the run already trained to trainer.epochs: there is nothing to do."""
+
+
+RESUME_KEYS = ("trainer.resume",)  # overrides that may differ between a run and its resumption
+
+
+def run_overrides(run_dir: Path) -> list[str] | None:
+    """The command-line overrides Hydra recorded for a run (.hydra/overrides.yaml), less trainer.resume;
+    None for a run started without Hydra (train(cfg) from Python)."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    overrides = OmegaConf.to_container(OmegaConf.load(path))
+    return sorted(o for o in overrides if not o.lstrip("+~").startswith(tuple(f"{k}=" for k in RESUME_KEYS)))
+
+
+def find_resume_checkpoint(resume: Any, run_dir: Path) -> Path | None:
+    """trainer.resume: false -> None; a path -> that file; true -> the newest last.pt among the runs of this
+    name (the sibling folders of this run, multirun jobs included) started with the same overrides, or None
+    when there is none yet, so that a job script can always pass resume=true and be requeued at any
+    moment. Runs with other overrides (another job of a sweep, another setting) are never picked up."""
+    if resume is False or resume is None:
+        return None
+    if resume is True:
+        ours = run_overrides(run_dir)
+        candidates, others = [], []
+        for last in run_dir.parent.glob("*/checkpoints/last.pt"):
+            theirs = run_overrides(last.parent.parent)
+            (candidates if ours is None or theirs == ours else others).append(last)
+        if others:
+            log.info("trainer.resume=true: %d run(s) of this name were started with other overrides and are "
+                     "not resumed (e.g. %s)", len(others), others[0].parent.parent)
+        if not candidates:
+            log.warning("trainer.resume=true: no checkpoint of a run with these overrides under %s/*/checkpoints/ "
+                        "yet; starting a new run", run_dir.parent)
+            return None
+        return max(candidates, key=lambda p: p.stat().st_mtime)
+    path = Path(str(resume))
+    if not path.is_file():
+        raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint file")
+    return path
+
+
+def claim_run_folder(parent: str | os.PathLike, stamp: str) -> str:
+    """Create a new folder under `parent` named `stamp` (or `stamp_2`, `stamp_3`, ... when taken) and return
+    its name. mkdir is atomic, so two runs started in the same second (a job array) never share one."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        name = stamp if n == 1 else f"{stamp}_{n}"
+        try:
+            (parent / name).mkdir()
+            return name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: no free run folder name for {stamp}")
+
+
+class RunState:
+    """Everything a checkpoint holds, gathered from the objects that own it: model, head, optimizer,
+    loss scaler, progress (the learning rate and the margin are functions of it), every rank's RNG state, the resolved config, the speaker map and
+    library versions. `save` writes it through the run's CheckpointDir; `restore` puts a checkpoint back
+    into the same objects, so a resumed run continues exactly where the checkpoint was written."""
+
+    def __init__(self, cfg: DictConfig, dist: DistEnv, device: torch.device, checkpoints: CheckpointDir,
+                 model: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, speakers: list[str]):
+        self.cfg, self.dist, self.device = cfg, dist, device
+        self.checkpoints = checkpoints
+        self.model, self.head = model, head
+        self.optimizer, self.scaler = optimizer, scaler
+        self.speakers = list(speakers)
+        self.progress = Progress()
+        self.nonfinite = NonFiniteCounter(device)
+
+    def state_dict(self) -> dict[str, Any]:
+        self.progress.nonfinite_steps = self.nonfinite.total
+        self.progress.margin = getattr(self.head, "m", None)
+        return {
+            "format_version": FORMAT_VERSION,
+            "model": self.model.state_dict(),
+            "head": self.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "progress": asdict(self.progress),
+            "rng": rng_state(),  # replaced in save() by the states of every rank
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "speakers": self.speakers,
+            "versions": library_versions(),
+        }
+
+    def save(self, best: bool = False) -> Path:
+        """Checkpoint (rank 0 writes; every rank takes part, as each contributes its RNG state)."""
+        broadcast_buffers(self.model, self.dist)  # BatchNorm statistics as rank 0 has them
+        rngs = all_gather_objects(rng_state(), self.dist)
+        path = self.checkpoints.last
+        if self.dist.is_main:
+            state = self.state_dict()
+            state["rng"], state["rng_per_rank"] = rngs[0], rngs
+            path = self.checkpoints.save(state, self.progress.step)
+            if best:
+                self.checkpoints.save_best(state)
+        barrier(self.dist)
+        return path
+
+    def restore(self, path: Path, checkpoint: dict[str, Any]) -> None:
+        """Put `checkpoint` (loaded from `path` by load_resume_checkpoint) into the run's objects."""
+        if checkpoint["speakers"] != self.speakers:
+            raise RuntimeError(
+                f"{path}: the checkpoint was trained on {len(checkpoint['speakers'])} speakers that differ from "
+                f"the {len(self.speakers)} of {self.cfg.data.train_list}; resume needs the same train list"
+            )
+        load_state_strict(self.model, checkpoint["model"], what=f"{path} model")
+        load_state_strict(self.head, checkpoint["head"], what=f"{path} head")
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.progress = Progress(**checkpoint["progress"])
+        self.nonfinite = NonFiniteCounter(self.device, total=self.progress.nonfinite_steps)
+        per_rank = checkpoint.get("rng_per_rank", [checkpoint["rng"]])
+        if len(per_rank) == self.dist.world_size:
+            set_rng_state(per_rank[self.dist.rank])
+        else:  # another number of processes: rank 0 continues the saved stream, the others are reseeded
+            set_rng_state(checkpoint["rng"])
+            if self.dist.rank:
+                torch.manual_seed(self.cfg.seed + 1000 * self.dist.rank + self.progress.step)
+        log.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch + 1, self.progress.step)
+
+
+RESUME_PARTS = ("model", "head", "optimizer", "scaler", "progress", "rng", "speakers")
+
+
+def load_resume_checkpoint(path: Path, epochs: int) -> dict[str, Any]:
+    """The checkpoint to resume from, loaded on the CPU (RNG states must stay there; load_state_dict moves
+    the rest to the device), checked to hold a training state and to have epochs left to train."""
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    if "averaged_from" in checkpoint:
+        raise RuntimeError(f"{path} averages {len(checkpoint['averaged_from'])} checkpoints: it has no "
+                           f"optimizer or RNG state to resume from; resume from one of them")
+    missing = [part for part in RESUME_PARTS if part not in checkpoint]
+    if missing:
+        raise RuntimeError(f"{path}: not a training checkpoint that can be resumed (it has no "
+                           f"{', '.join(missing)}); resume from a run's checkpoints/last.pt or step-*.pt")
+    done = checkpoint["progress"]["epoch"]
+    if done >= epochs and not checkpoint["progress"].get("pending_validation", False):
+        raise RunFinished(f"{path}: this run already finished ({done} of {epochs} epochs); nothing to do. "
+                          f"To train it longer, give trainer.resume={path} trainer.epochs=<more than {done}>")
+    return checkpoint

@@ -1,0 +1,128 @@
+"""Evaluate a checkpoint on a trial protocol of the `eval` config group (the same protocols that train.py
+validates on): embeddings once per file, cosine or multi-crop scores, optional AS-norm, EER and minDCF
+(p_target 0.01 and 0.05). Writes the score file `enrol test score label`, the metrics and the EER
+threshold as JSON beside it, and a DET plot. Embeddings are kept per checkpoint (in <out-dir>/embeddings),
+so scoring other lists or norms does not extract them again.
+
+    # eval=folder (default): the trials.txt of the corpus the model was trained on
+    python -m speakerid.cli.evaluate --checkpoint runs/arsc/<date>/checkpoints/best.pt
+    python -m speakerid.cli.evaluate --checkpoint best.pt eval=vox1_o eval.dir=/data/voxceleb1
+    python -m speakerid.cli.evaluate --checkpoint best.pt eval=vox1_o eval.dir=... eval.embedding.mode=multicrop
+    python -m speakerid.cli.evaluate --checkpoint best.pt eval=vox1_o eval.dir=... eval.asnorm.enabled=true \\
+        eval.asnorm.cohort_list=/data/vox2/train_list.txt eval.asnorm.cohort_root=/data/vox2/dev/wav
+    python -m speakerid.cli.evaluate --checkpoint best.pt --trials my_trials.txt --root /data/wav   # any list
+(`python scripts/evaluate.py` in a checkout is the same command.)
+"""
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+from PIL import Image
+
+from speakerid.builders import compose_eval_protocol, extractor_from_checkpoint
+from speakerid.checkpoint import load_checkpoint
+from speakerid.config import ConfigError
+from speakerid.data.audio import AudioError
+from speakerid.data.lists import ListFormatError, MissingFilesError
+from speakerid.evaluation import Evaluation, file_digest, save_embeddings, write_json, write_scores
+from speakerid.io import atomic_write, check_writable
+from speakerid.plots import det_image
+from speakerid.scoring import Embeddings
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def default_out_dir(checkpoint: Path) -> Path:
+    return checkpoint.with_name(f"{checkpoint.stem}_eval")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py (last.pt, best.pt)")
+    parser.add_argument("overrides", nargs="*", help="config overrides: eval=vox1_o eval.dir=... eval.asnorm.enabled=true")
+    parser.add_argument("--trials", help="shortcut for eval.trials=... (any `label enrol test` or `enrol test` list)")
+    parser.add_argument("--root", help="shortcut for eval.root=...: folder the trial paths are relative to")
+    parser.add_argument("--out-dir", type=Path, help="where scores, JSON, DET plot and embeddings go "
+                        "(default: <checkpoint>_eval/ beside the checkpoint)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--no-cache", action="store_true", help="extract every embedding, store none")
+    parser.add_argument("--resample", action="store_true",
+                        help="resample files at another sample rate than the model's (default: as the checkpoint "
+                             "was trained, data.resample)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    checkpoint_path = Path(args.checkpoint)
+    overrides = list(args.overrides)
+    if args.trials:
+        overrides += [f"eval.trials={Path(args.trials).resolve()}", f"eval.name={Path(args.trials).stem}"]
+    if args.root:
+        overrides.append(f"eval.root={Path(args.root).resolve()}")
+    out_dir = args.out_dir or default_out_dir(checkpoint_path)
+    device = resolve_device(args.device)
+    try:
+        check_writable(out_dir, folder=True, what="--out-dir")
+        checkpoint = load_checkpoint(checkpoint_path)
+        extractor, cfg = extractor_from_checkpoint(checkpoint, source=str(checkpoint_path))
+        protocol = compose_eval_protocol(overrides, cfg.data)
+        evaluation = Evaluation(protocol)  # lists parsed, every file checked, before any audio is read
+        resample = args.resample or bool(cfg.data.resample)
+        evaluation.check_audio(cfg.data.sample_rate, resample, advice="--resample")
+        extractor.to(device)
+        model_id = file_digest(checkpoint_path)
+        start = time.perf_counter()
+        result = evaluation.run(extractor, device, cfg.data.sample_rate, resample,
+                                cache_dir=None if args.no_cache else out_dir / "embeddings", model_id=model_id,
+                                progress=True)
+        seconds = time.perf_counter() - start
+    except (ConfigError, HydraException, OmegaConfBaseException, ListFormatError, MissingFilesError, AudioError,
+            OSError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    stem = out_dir / f"{protocol.name}.{protocol.scoring}"
+    scores_path = Path(f"{stem}.scores.txt")
+    write_scores(scores_path, result.trials, result.scores)
+    report = {"checkpoint": str(checkpoint_path.resolve()), "checkpoint_sha256": model_id,
+              "scores": str(scores_path.resolve()), **result.report(), "device": str(device), "seconds": seconds}
+    if result.cohort is not None:
+        cohort_path = Path(f"{stem}.cohort.npz")
+        save_embeddings(cohort_path, Embeddings(result.cohort.speakers, result.cohort.embeddings.astype("float32")),
+                        {"cohort_list": protocol.asnorm.cohort_list, "model": model_id})
+        report["cohort"] = str(cohort_path.resolve())
+    if result.metrics is not None:
+        det_path = Path(f"{stem}.det.png")
+        with atomic_write(det_path, "wb") as f:
+            Image.fromarray(det_image(result.scores, result.labels, result.metrics["eer"],
+                                      f"{protocol.name} ({protocol.scoring})")).save(f, format="PNG")
+        report["det_plot"] = str(det_path.resolve())
+    json_path = Path(f"{stem}.json")
+    write_json(json_path, report)
+
+    speed = (f"embedded {result.n_extracted} in {result.extraction_seconds:.1f} s "
+             f"({result.n_extracted / result.extraction_seconds:.1f} utt/s on {device})" if result.n_extracted
+             else "all embeddings from the cache")
+    print(f"{protocol.name} ({protocol.trials}), {protocol.scoring}: {len(result.trials)} trials, "
+          f"{result.n_files} files; {speed}")
+    if result.metrics is None:
+        print("the list has no labels: scores only, no EER or minDCF")
+    else:
+        m = result.metrics
+        print(f"EER {100 * m['eer']:.2f}%  minDCF(p=0.01) {m['min_dcf_p0.01']:.4f}  "
+              f"minDCF(p=0.05) {m['min_dcf_p0.05']:.4f}  (EER threshold {m['eer_threshold']:.4f})")
+    print(f"scores: {scores_path}\nmetrics: {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
