@@ -238,3 +238,31 @@ def test_margin_and_lr_schedules_step_every_step_and_resume_on_the_curve(tiny_cf
     assert_same_final_state(tmp_path / "straight", tmp_path / "second")
     assert resumed["val/eer"] == straight["val/eer"]
     assert tensorboard_scalars(tmp_path / "second")["train/margin"] == pytest.approx(scalars["train/margin"][8:])
+
+
+def test_fine_tuning_starts_from_a_checkpoint_with_a_new_optimizer(tiny_cfg, tmp_path):
+    """trainer.init_from (large-margin fine-tuning): model and head weights loaded strictly, a new optimizer,
+    new schedules and a new run folder; a mismatching checkpoint names the differing keys."""
+    train(tiny_cfg("trainer.epochs=2", run_dir=tmp_path / "base"))
+    base = tmp_path / "base" / "checkpoints" / "last.pt"
+    saved = load_checkpoint(base)
+    tuned = setup_run(tiny_cfg("trainer.epochs=1", f"trainer.init_from={base}", "head.m=0.5", "data.crop_frames=90",
+                               run_dir=tmp_path / "lm"))
+    for part, module in (("model", tuned.parts.model), ("head", tuned.parts.head)):
+        for name, tensor in module.state_dict().items():
+            torch.testing.assert_close(tensor, saved[part][name], rtol=0, atol=0, msg=name)
+    assert tuned.optimisation.optimizer.state_dict()["state"] == {}  # not resumed: a fresh optimizer
+    assert tuned.state.progress.step == 0 and tuned.parts.head.m == 0.5
+    results = tuned.fit()
+    assert results["steps"] == 6
+    recorded = load_checkpoint(tmp_path / "lm" / "checkpoints" / "last.pt")["config"]["trainer"]["init_from"]
+    assert recorded == str(base)  # the run records where it started
+
+    # A new train list (other speakers): a new head, the model's weights kept.
+    fresh = setup_run(tiny_cfg(f"trainer.init_from={base}", "trainer.init_head=false", "head.m=0.5",
+                               run_dir=tmp_path / "new_head"))
+    torch.testing.assert_close(fresh.parts.model.state_dict()["blocks.0.body.0.0.weight"],
+                               saved["model"]["blocks.0.body.0.0.weight"], rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match=r"(?s)trainer.init_from=.*model: the checkpoint does not match.*"
+                                           r"blocks.0.body.0.0.weight: checkpoint \(16, 16, 1\) vs model \(24, 24, 1\)"):
+        setup_run(tiny_cfg("model.channels=24", f"trainer.init_from={base}", run_dir=tmp_path / "other"))

@@ -53,7 +53,8 @@ def setup_run(cfg: DictConfig) -> Run:
     lists = setup.setup_lists(cfg, env)                                  # train list and trials, checked
     speed = setup.setup_speed_perturbation(cfg, env, len(lists.speakers))
     num_classes = speed.num_classes if speed is not None else len(lists.speakers)
-    parts = setup.setup_model_and_head(cfg, env, num_classes)            # fbank, SpecAugment, model, head
+    parts = setup.setup_model_and_head(cfg, env, num_classes, lists.speakers,  # fbank, model, head
+                                       resuming=checkpoint is not None)
     parts = setup.wrap_for_training(cfg, env, parts)                     # DDP, torch.compile
     optimisation = setup.setup_optimisation(cfg, parts, env.device,      # optimizer, LR and margin schedules
                                             setup.steps_per_epoch(cfg, len(lists.train)))

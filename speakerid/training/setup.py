@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from speakerid import builders
 from speakerid.augment import NoiseReverb, SpeedPerturb
-from speakerid.checkpoint import CheckpointDir
+from speakerid.checkpoint import CheckpointDir, load_checkpoint, load_state_strict
 from speakerid.data.dataset import CropDataset, EpochSampler, collate
 from speakerid.data.check import warn_short_training_files
 from speakerid.data.lists import TrainList, check_files_exist, read_train_list, warn_duplicate_paths
@@ -230,13 +230,34 @@ class ModelParts:
         return list(self.model.parameters()) + list(self.head.parameters())
 
 
-def setup_model_and_head(cfg: DictConfig, env: Environment, num_classes: int) -> ModelParts:
+def setup_model_and_head(cfg: DictConfig, env: Environment, num_classes: int, speakers: list[str],
+                         resuming: bool = False) -> ModelParts:
+    """Fbank, SpecAugment, model and head on the device; a new run takes its first weights from
+    trainer.init_from when given (a resumed one gets them from its checkpoint)."""
     parts = ModelParts(builders.build_fbank(cfg).to(env.device), builders.build_specaugment(cfg),
                        builders.build_model(cfg).to(env.device),
                        builders.build_head(cfg, num_classes=num_classes).to(env.device))
+    if cfg.trainer.get("init_from") and not resuming:
+        initialise_from(Path(cfg.trainer.init_from), parts, speakers, bool(cfg.trainer.init_head))
     if env.dist.rank:  # the same initial weights everywhere, but each rank its own augmentation draws
         torch.manual_seed(cfg.seed + 1000 * env.dist.rank)
     return parts
+
+
+def initialise_from(path: Path, parts: ModelParts, speakers: list[str], head: bool) -> None:
+    """Start from the weights of an earlier run (large-margin fine-tuning, new data): model and, with
+    `head`, the classification head, loaded strictly (differing keys and shapes are named). Only tensors
+    are read; the optimizer, schedules and progress start anew."""
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    load_state_strict(parts.model, checkpoint["model"], what=f"trainer.init_from={path}: model")
+    if head:
+        if checkpoint.get("speakers") != speakers:
+            theirs = len(checkpoint.get("speakers") or [])
+            raise RuntimeError(f"trainer.init_from={path}: its head was trained on {theirs} speakers that differ "
+                               f"from the {len(speakers)} of this train list; give trainer.init_head=false to start "
+                               f"a new head")
+        load_state_strict(parts.head, checkpoint["head"], what=f"trainer.init_from={path}: head")
+    log.info("initialised the model%s from %s", " and head" if head else "", path)
 
 
 def wrap_for_training(cfg: DictConfig, env: Environment, parts: ModelParts) -> ModelParts:
