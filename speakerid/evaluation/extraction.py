@@ -113,8 +113,8 @@ def extract_embeddings(
     lengths = _lengths(root, keys, sample_rate, resample)
     batches = plan_batches(lengths, options.batch_size, int(options.max_batch_seconds * sample_rate),
                            options.max_trim)
-    crop_len = extractor.samples_for_frames(options.crop_frames)
-    crops_per_forward = max(1, int(options.max_batch_seconds * sample_rate) // crop_len)
+    crop_samples = extractor.samples_for_frames(options.crop_frames)
+    crops_per_forward = max(1, int(options.max_batch_seconds * sample_rate) // crop_samples)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.precision == "bf16")
 
     def embed(waves: np.ndarray) -> np.ndarray:
@@ -151,7 +151,7 @@ def extract_embeddings(
                     full = np.empty((len(keys), out.shape[1]), dtype=np.float32)
                 full[batch] = out
                 if options.mode == "multicrop":
-                    windows = np.concatenate([evenly_spaced_crops(w, crop_len, options.num_crops) for w in waves])
+                    windows = np.concatenate([evenly_spaced_crops(w, crop_samples, options.num_crops) for w in waves])
                     out = np.concatenate([embed(windows[i:i + crops_per_forward])
                                           for i in range(0, len(windows), crops_per_forward)])
                     if crops is None:
