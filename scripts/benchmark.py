@@ -55,7 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile our model and head (trainer.compile)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--channels", type=int, default=1024)
+    p.add_argument("--model", default="ecapa_tdnn",
+                   help="encoder, a config of the model group: ecapa_tdnn (with --channels), resnet34, resnet221, "
+                        "resnet293, campplus, ...")
+    p.add_argument("--channels", type=int, default=1024, help="ECAPA-TDNN's C")
     p.add_argument("--crop-frames", type=int, default=200)
     p.add_argument("--steps", type=int, default=8, help="timed batches per stage")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches before each stage")
@@ -105,8 +108,9 @@ def build_run(args, root: Path, musan: str | None, rir: str | None, run_dir: Pat
     from speakerid.training import setup_run
 
     overrides = [
-        "experiment=arsc", f"data.dir={root}", f"run_dir={run_dir}",
-        f"model.channels={args.channels}", "model.emb_dim=256", f"data.batch_size={args.batch_size}",
+        "experiment=arsc", f"data.dir={root}", f"run_dir={run_dir}", f"model={args.model}",
+        *([f"model.channels={args.channels}", "model.emb_dim=256"] if args.model == "ecapa_tdnn" else []),
+        f"data.batch_size={args.batch_size}",
         f"data.crop_frames={args.crop_frames}", f"data.num_workers={args.workers}",
         f"data.sample_dtype={args.sample_dtype}", f"trainer.device={args.device}",
         f"trainer.precision={args.precision}", f"trainer.compile={str(args.compile).lower()}",
@@ -188,7 +192,7 @@ def main(argv=None) -> int:
         device = run.env.device
         batch = args.batch_size
         rows: dict[str, dict] = {}
-        print(f"device {device}, {args.precision}{' + compile' if args.compile else ''}, C={args.channels}, "
+        print(f"device {device}, {args.precision}{' + compile' if args.compile else ''}, {args.model}{f' C={args.channels}' if args.model == 'ecapa_tdnn' else ''} ({ours_params:.2f}M), "
               f"batch {batch}, crop {args.crop_frames} frames, {run.loader.loader.num_workers} loader workers, "
               f"{torch.get_num_threads()} torch threads, augmentation {args.augment}, {args.rounds} round(s)",
               flush=True)
