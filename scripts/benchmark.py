@@ -192,7 +192,8 @@ def main(argv=None) -> int:
         device = run.env.device
         batch = args.batch_size
         rows: dict[str, dict] = {}
-        print(f"device {device}, {args.precision}{' + compile' if args.compile else ''}, {args.model}{f' C={args.channels}' if args.model == 'ecapa_tdnn' else ''} ({ours_params:.2f}M), "
+        model = f"{args.model}" + (f" C={args.channels}" if args.model == "ecapa_tdnn" else "")
+        print(f"device {device}, {args.precision}{' + compile' if args.compile else ''}, {model} ({ours_params:.2f}M), "
               f"batch {batch}, crop {args.crop_frames} frames, {run.loader.loader.num_workers} loader workers, "
               f"{torch.get_num_threads()} torch threads, augmentation {args.augment}, {args.rounds} round(s)",
               flush=True)
