@@ -60,10 +60,13 @@ def check_writable(path: str | os.PathLike, folder: bool = False, what: str = "o
     target = Path(path)
     if not folder and target.is_dir():
         raise IsADirectoryError(errno.EISDIR, f"{what} {target} is a folder; give a file name")
-    parent = target if folder else target.parent
+    existing = target if folder else target.parent
+    while not existing.exists() and existing != existing.parent:  # creates nothing: the probe goes where the
+        existing = existing.parent                                  # folders would be made
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-test-"):
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
             pass
     except OSError as e:
         raise OSError(e.errno, f"{what} {target} is not writable ({e.strerror or e})") from None

@@ -104,6 +104,7 @@ def setup_run_folder(cfg: DictConfig, env: Environment) -> tuple[CheckpointDir, 
                               f"trainer.resume=true, or give another run_dir")
     checkpoint = None if resume_from is None else load_resume_checkpoint(resume_from, cfg.trainer.epochs)
     check_writable(env.run_dir, folder=True, what="run folder")
+    env.run_dir.mkdir(parents=True, exist_ok=True)
     return checkpoints, resume_from, checkpoint
 
 
