@@ -136,3 +136,22 @@ def test_a_checkpoint_without_an_optimizer_is_named(tiny_cfg, tmp_path):
                                            r"\(it has no optimizer\)"):
         setup_run(tiny_cfg("trainer.epochs=2", f"trainer.resume={tmp_path / 'no-optimizer.pt'}",
                            run_dir=tmp_path / "other"))
+
+
+def test_training_with_a_generating_data_config_never_writes_into_a_real_corpus(tiny_corpus_dir, tmp_path):
+    """The reproduction of the report: debug=tiny (which generates its corpus) pointed at a user's corpus used
+    to replace its train_list.txt and trials.txt and add wav/syn0000* files, with exit code 0."""
+    corpus = tmp_path / "my_corpus"
+    (corpus / "wav" / "spk1" / "s1").mkdir(parents=True)
+    lines = (tiny_corpus_dir / "train_list.txt").read_text().splitlines()[:4]
+    for line in lines:
+        (corpus / "wav" / "spk1" / "s1" / Path(line.split()[1]).name).write_bytes(
+            (tiny_corpus_dir / "wav" / line.split()[1]).read_bytes())
+    (corpus / "train_list.txt").write_text("".join(f"spk1 spk1/s1/{Path(l.split()[1]).name}\n" for l in lines))
+    (corpus / "trials.txt").write_text("1 spk1/s1/00000.wav spk1/s1/00001.wav\n")
+    before = {p: p.read_bytes() for p in corpus.rglob("*") if p.is_file()}
+    proc = train_py("experiment=arsc", f"data.dir={corpus}", "debug=tiny", "trainer.epochs=1", f"runs_root={tmp_path / 'runs'}")
+    assert proc.returncode == 1, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "speakerid did not generate" in out and "data=folder" in out and "Traceback" not in out
+    assert {p: p.read_bytes() for p in corpus.rglob("*") if p.is_file()} == before  # byte-identical, nothing added
