@@ -56,3 +56,14 @@ def test_evaluate_on_8khz_audio_offers_an_option_that_works(checkpoint, tiny_cor
     assert "data.resample" not in proc.stderr, proc.stderr
     proc = run("scripts/evaluate.py", *args, "--resample")
     assert proc.returncode == 0 and "EER" in proc.stdout, proc.stderr
+
+
+def test_verify_on_a_file_with_nan_samples_is_an_error_naming_it(checkpoint, tiny_corpus_dir, tmp_path):
+    """It printed 'score nan < threshold: different speakers' and exited 0."""
+    good = next((tiny_corpus_dir / "wav").rglob("*.wav"))
+    audio, rate = sf.read(str(good), dtype="float32")
+    audio[100:110] = np.nan
+    sf.write(str(tmp_path / "nan.wav"), audio, rate, subtype="FLOAT")
+    proc = run("scripts/verify.py", "--checkpoint", checkpoint, "--threshold", "0.5", good, tmp_path / "nan.wav")
+    assert proc.returncode == 1 and "non-finite embedding" in proc.stderr and "nan.wav" in proc.stderr, proc.stderr
+    assert "score" not in proc.stdout
