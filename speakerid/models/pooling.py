@@ -18,7 +18,7 @@ class TemporalStatsPooling(nn.Module):
     The convention is WeSpeaker's TSTP: unbiased variance (divisor frames - 1) and std = sqrt(var + eps)
     with eps = 1e-7, which keeps the gradient finite for a constant channel. It therefore needs at least
     2 frames. 3D-Speaker's CAM++ uses the same unbiased std without eps. The statistics are computed in
-    float32 even under autocast: a bf16 variance of near-equal frames loses most of its digits.
+    (at least) float32 even under autocast: a bf16 variance of near-equal frames loses most of its digits.
     """
 
     def __init__(self, eps: float = 1e-7):
@@ -28,7 +28,8 @@ class TemporalStatsPooling(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(start_dim=1, end_dim=-2).float()
+        x = x.flatten(start_dim=1, end_dim=-2)
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
         var, mean = torch.var_mean(x, dim=-1, correction=1)
         return torch.cat((mean, torch.sqrt(var + self.eps)), dim=1)
 
@@ -37,12 +38,18 @@ class TemporalStatsPooling(nn.Module):
 
 
 def segment_means(x: torch.Tensor, segment_frames: int) -> torch.Tensor:
-    """[..., channels, frames] -> same shape, each frame replaced by the mean of its segment: the time axis
-    cut into consecutive segments of `segment_frames` frames, the last one possibly shorter (it is the
-    mean of the frames it has). CAM++'s segment-level context."""
+    """[..., frames] -> same shape, each frame replaced by the mean of its segment: the time axis cut into
+    consecutive segments of `segment_frames` frames, the last one possibly shorter (it is the mean of the
+    frames it has). CAM++'s segment-level context.
+
+    Not avg_pool1d(ceil_mode=True), which gives these means too: torch.compile (Inductor, torch 2.11)
+    divides the gradient of its short last window by the full window (pytorch/pytorch#198119)."""
     frames = x.shape[-1]
-    # ceil_mode adds the short last window; without padding its divisor is the frames it covers.
-    means = F.avg_pool1d(x, kernel_size=segment_frames, stride=segment_frames, ceil_mode=True)
+    segments = -(-frames // segment_frames)
+    padded = F.pad(x, (0, segments * segment_frames - frames))
+    sums = padded.unflatten(-1, (segments, segment_frames)).sum(dim=-1)
+    starts = torch.arange(segments, device=x.device) * segment_frames
+    means = sums / (frames - starts).clamp(max=segment_frames)
     return means.repeat_interleave(segment_frames, dim=-1)[..., :frames]
 
 
