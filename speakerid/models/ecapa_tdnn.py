@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from speakerid.models.checks import check_features
+from speakerid.models.pooling import AttentiveStatsPooling
+
 
 class ConvReluBN(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1):
@@ -74,38 +77,6 @@ class SERes2Block(nn.Module):
         return x + self.body(x)
 
 
-class AttentiveStatsPooling(nn.Module):
-    """Channel- and context-dependent attentive statistics pooling: the attention sees each frame together
-    with the utterance's global mean and standard deviation."""
-
-    def __init__(self, channels: int, bottleneck: int = 128):
-        super().__init__()
-        self.attention = nn.Sequential(
-            nn.Conv1d(channels * 3, bottleneck, 1),
-            nn.ReLU(inplace=True),
-            nn.BatchNorm1d(bottleneck),
-            nn.Tanh(),
-            nn.Conv1d(bottleneck, channels, 1),
-        )
-
-    @staticmethod
-    def _stats(x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.sum(x * weights, dim=2)
-        var = torch.sum(x * x * weights, dim=2) - mean * mean
-        return mean, torch.sqrt(var.clamp(min=1e-4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        frames = x.shape[2]
-        uniform = torch.full_like(x[:, :1, :], 1.0 / frames)
-        mean, std = self._stats(x, uniform)
-        context = torch.cat(
-            (x, mean.unsqueeze(2).expand(-1, -1, frames), std.unsqueeze(2).expand(-1, -1, frames)), dim=1
-        )
-        weights = torch.softmax(self.attention(context), dim=2)
-        mean, std = self._stats(x, weights)
-        return torch.cat((mean, std), dim=1)
-
-
 class ECAPATDNN(nn.Module):
     """Speaker embedding extractor: features [batch, in_dim, frames] -> embeddings [batch, emb_dim]."""
 
@@ -134,10 +105,7 @@ class ECAPATDNN(nn.Module):
         self.emb_bn = nn.BatchNorm1d(emb_dim)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if features.dim() != 3 or features.shape[1] != self.in_dim:
-            raise ValueError(
-                f"ECAPATDNN expects features [batch, {self.in_dim}, frames], got {tuple(features.shape)}"
-            )
+        check_features(features, "ECAPATDNN", self.in_dim)
         x = self.stem(features)
         block_outputs = []
         # Each block receives the sum of the stem and all earlier block outputs (dense residuals).

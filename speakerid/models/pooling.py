@@ -1,0 +1,85 @@
+"""Pooling over time, shared by the encoders: frame-level features [batch, channels, frames] (or
+[batch, channels, freq, frames] from a 2-D network) -> one vector per utterance.
+
+Each utterance is pooled on its own: nothing here mixes the items of a batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TemporalStatsPooling(nn.Module):
+    """Temporal statistics pooling (TSTP, the x-vector's): mean and standard deviation over time,
+    concatenated -> [batch, 2 * channels * freq] (means first, channel-major when there is a freq axis).
+
+    The convention is WeSpeaker's TSTP: unbiased variance (divisor frames - 1) and std = sqrt(var + eps)
+    with eps = 1e-7, which keeps the gradient finite for a constant channel. It therefore needs at least
+    2 frames. 3D-Speaker's CAM++ uses the same unbiased std without eps. The statistics are computed in
+    (at least) float32 even under autocast: a bf16 variance of near-equal frames loses most of its digits.
+    """
+
+    def __init__(self, eps: float = 1e-7):
+        super().__init__()
+        if not eps > 0:
+            raise ValueError(f"TemporalStatsPooling eps must be > 0, got {eps!r}")
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(start_dim=1, end_dim=-2)
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        var, mean = torch.var_mean(x, dim=-1, correction=1)
+        return torch.cat((mean, torch.sqrt(var + self.eps)), dim=1)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+def segment_means(x: torch.Tensor, segment_frames: int) -> torch.Tensor:
+    """[..., frames] -> same shape, each frame replaced by the mean of its segment: the time axis cut into
+    consecutive segments of `segment_frames` frames, the last one possibly shorter (it is the mean of the
+    frames it has). CAM++'s segment-level context.
+
+    Not avg_pool1d(ceil_mode=True), which gives these means too: torch.compile (Inductor, torch 2.11)
+    divides the gradient of its short last window by the full window (pytorch/pytorch#198119)."""
+    frames = x.shape[-1]
+    segments = -(-frames // segment_frames)
+    padded = F.pad(x, (0, segments * segment_frames - frames))
+    sums = padded.unflatten(-1, (segments, segment_frames)).sum(dim=-1)
+    starts = torch.arange(segments, device=x.device) * segment_frames
+    means = sums / (frames - starts).clamp(max=segment_frames)
+    return means.repeat_interleave(segment_frames, dim=-1)[..., :frames]
+
+
+class AttentiveStatsPooling(nn.Module):
+    """Channel- and context-dependent attentive statistics pooling (ECAPA-TDNN): the attention sees each
+    frame together with the utterance's global mean and standard deviation."""
+
+    def __init__(self, channels: int, bottleneck: int = 128):
+        super().__init__()
+        self.attention = nn.Sequential(
+            nn.Conv1d(channels * 3, bottleneck, 1),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm1d(bottleneck),
+            nn.Tanh(),
+            nn.Conv1d(bottleneck, channels, 1),
+        )
+
+    @staticmethod
+    def _stats(x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.sum(x * weights, dim=2)
+        var = torch.sum(x * x * weights, dim=2) - mean * mean
+        return mean, torch.sqrt(var.clamp(min=1e-4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = x.shape[2]
+        uniform = torch.full_like(x[:, :1, :], 1.0 / frames)
+        mean, std = self._stats(x, uniform)
+        context = torch.cat(
+            (x, mean.unsqueeze(2).expand(-1, -1, frames), std.unsqueeze(2).expand(-1, -1, frames)), dim=1
+        )
+        weights = torch.softmax(self.attention(context), dim=2)
+        mean, std = self._stats(x, weights)
+        return torch.cat((mean, std), dim=1)

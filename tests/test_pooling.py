@@ -1,0 +1,99 @@
+"""The shared pooling layers against float64 re-derivations and hand-worked numbers, and the ECAPA-TDNN
+state-dict layout that existing checkpoints rely on."""
+
+import math
+
+import pytest
+import torch
+
+from speakerid.models import ECAPATDNN
+from speakerid.models.pooling import TemporalStatsPooling, segment_means
+
+
+def test_tstp_hand_worked_example():
+    # frames 1, 2, 3, 4: mean 2.5, unbiased variance (2.25 + 0.25 + 0.25 + 2.25) / 3 = 5 / 3.
+    out = TemporalStatsPooling()(torch.tensor([[[1.0, 2.0, 3.0, 4.0]]]))
+    assert out.shape == (1, 2)
+    assert out[0, 0].item() == pytest.approx(2.5)
+    assert out[0, 1].item() == pytest.approx(math.sqrt(5 / 3 + 1e-7), rel=1e-6)
+
+
+def test_tstp_matches_float64_loop_and_flattens_channel_major():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 7) * 3 + 1  # [batch, channels, freq, frames]
+    out = TemporalStatsPooling()(x)
+    assert out.shape == (2, 2 * 3 * 4)
+    x64 = x.double()
+    for b in range(2):
+        for c in range(3):
+            for f in range(4):
+                frames = x64[b, c, f].tolist()
+                mean = sum(frames) / len(frames)
+                var = sum((v - mean) ** 2 for v in frames) / (len(frames) - 1)
+                i = c * 4 + f
+                assert out[b, i].item() == pytest.approx(mean, abs=1e-5)
+                assert out[b, 12 + i].item() == pytest.approx(math.sqrt(var + 1e-7), rel=1e-5)
+
+
+def test_tstp_constant_channel_has_finite_gradient():
+    x = torch.ones(1, 2, 5, requires_grad=True)
+    out = TemporalStatsPooling()(x)
+    assert out[0, 2].item() == pytest.approx(math.sqrt(1e-7))
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_tstp_keeps_float32_under_bf16_autocast_and_float64_inputs():
+    x = torch.randn(2, 3, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert TemporalStatsPooling()(x.bfloat16()).dtype == torch.float32
+    assert TemporalStatsPooling()(x.double()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("frames,segment", [(250, 100), (37, 100), (300, 100), (11, 4)])
+def test_segment_means_match_a_loop(frames, segment):
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, frames)
+    out = segment_means(x, segment)
+    assert out.shape == x.shape
+    x64 = x.double()
+    expected = torch.empty_like(x64)
+    for start in range(0, frames, segment):
+        stop = min(start + segment, frames)  # the last segment may be short: the mean of what it has
+        expected[..., start:stop] = x64[..., start:stop].mean(dim=-1, keepdim=True)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_segment_means_gradient_is_the_same_compiled():
+    # torch.compile's avg_pool1d(ceil_mode=True) backward divides the short last window by the full one
+    # (pytorch/pytorch#198119): 130 frames = one segment of 100 and one of 30.
+    x = torch.randn(2, 3, 130, requires_grad=True)
+    weights = torch.randn(2, 3, 130)
+
+    def loss(t):
+        return (segment_means(t, 100) * weights).sum()
+
+    (eager,) = torch.autograd.grad(loss(x), x)
+    (compiled,) = torch.autograd.grad(torch.compile(loss, dynamic=False)(x), x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    # d/dx of the 30-frame segment's mean is its weight sum / 30, per channel.
+    torch.testing.assert_close(eager[..., 100:], weights[..., 100:].sum(-1, keepdim=True).expand(-1, -1, 30) / 30)
+
+
+# The keys of ECAPATDNN(channels=16, emb_dim=8, mfa_channels=48, se_bottleneck=8, attention_channels=8)'s
+# pooling, read from the model before AttentiveStatsPooling moved to pooling.py: checkpoints store these.
+ECAPA_POOLING_KEYS = [
+    ("pooling.attention.0.weight", (8, 144, 1)), ("pooling.attention.0.bias", (8,)),
+    ("pooling.attention.2.weight", (8,)), ("pooling.attention.2.bias", (8,)),
+    ("pooling.attention.2.running_mean", (8,)), ("pooling.attention.2.running_var", (8,)),
+    ("pooling.attention.2.num_batches_tracked", ()),
+    ("pooling.attention.4.weight", (48, 8, 1)), ("pooling.attention.4.bias", (48,)),
+    ("pool_bn.weight", (96,)), ("pool_bn.bias", (96,)), ("pool_bn.running_mean", (96,)),
+    ("pool_bn.running_var", (96,)), ("pool_bn.num_batches_tracked", ()),
+]
+
+
+def test_ecapa_pooling_state_dict_keys_unchanged():
+    model = ECAPATDNN(channels=16, emb_dim=8, mfa_channels=48, se_bottleneck=8, attention_channels=8)
+    pooling = [(k, tuple(v.shape)) for k, v in model.state_dict().items() if k.startswith("pool")]
+    assert pooling == ECAPA_POOLING_KEYS
