@@ -31,9 +31,9 @@ def test_bf16_eager(tiny_cfg, tmp_path, model, head):
     assert values[-1] < values[0]
 
 
-@pytest.mark.parametrize("model,head", [(m, "aam_softmax") for m in MODELS] + [("ecapa_tdnn_tiny", "sub_center_aam")])
-def test_bf16_compiled_matches_eager_start(tiny_cfg, tmp_path, model, head):
-    args = [f"model={model}", f"head={head}", "trainer.device=cuda", "trainer.precision=bf16", "optim.lr=0.01"]
+@pytest.mark.parametrize("model", MODELS)
+def test_bf16_compiled(tiny_cfg, tmp_path, model):
+    args = [f"model={model}", "trainer.device=cuda", "trainer.precision=bf16", "optim.lr=0.01"]
     compiled = setup_run(tiny_cfg(*args, "trainer.compile=true", run_dir=tmp_path / "compiled"))
     values = losses(compiled)
     assert values[-1] < values[0]
