@@ -1,3 +1,0 @@
-from speakerid.models.ecapa_tdnn import ECAPATDNN
-
-__all__ = ["ECAPATDNN"]
