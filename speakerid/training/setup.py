@@ -37,8 +37,8 @@ from speakerid.distributed import (
 )
 from speakerid.evaluation import Evaluation
 from speakerid.features import samples_for_frames
-from speakerid.schedules import LRSchedule, MarginSchedule, epoch_at
 from speakerid.io import check_writable
+from speakerid.schedules import LRSchedule, MarginSchedule, epoch_at
 from speakerid.training.state import find_resume_checkpoint, load_resume_checkpoint
 
 log = logging.getLogger("speakerid")
