@@ -5,27 +5,23 @@ from pathlib import Path
 import pytest
 
 from conftest import CONFIGS, compose_config
-from speakerid.config import ConfigError, validate_config
+from speakerid.config import ConfigError, missing_keys, validate_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
-PATHS = {"data.train_list": "/x/train.txt", "data.train_root": "/x/wav", "data.dir": "/x", "eval.dir": "/v"}
+# What a user gives on the command line: paths (`???` in the configs) and keys an experiment lists as `required`.
+PATHS = {"data.train_list": "/x/train.txt", "data.train_root": "/x/wav", "data.dir": "/x", "eval.dir": "/v",
+         "augment.musan_dir": "/x/musan", "augment.rir_dir": "/x/RIRS_NOISES", "trainer.init_from": "/x/avg.pt"}
 EVAL_PROTOCOLS = sorted(p.stem for p in (CONFIGS / "eval").glob("*.yaml") if p.stem != "base")
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(experiment):
     cfg = compose_config([f"experiment={experiment}", "run_dir=/tmp/x"])
-    overrides = [f"{k}={v}" for k, v in PATHS.items() if _is_missing(cfg, k)]
+    overrides = [f"{k}={PATHS[k]}" for k in missing_keys(cfg)]
     cfg = compose_config([f"experiment={experiment}", "run_dir=/tmp/x", "trainer.precision=fp32", *overrides])
     validate_config(cfg)
     assert cfg.name == experiment
     assert cfg.head.emb_dim == cfg.model.emb_dim
-
-
-def _is_missing(cfg, dotted):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.is_missing(OmegaConf.select(cfg, dotted.rsplit(".", 1)[0]), dotted.rsplit(".", 1)[1])
 
 
 def test_default_is_the_smoke_experiment_on_synthetic_data():
@@ -193,3 +189,15 @@ def test_validate_eval_names_the_given_key_and_accepts_defaults():
         validate_eval({**EVAL_NODE, "embedding": {"precision": "fp16"}}, key="valid")
     p = Protocol.from_config({**EVAL_NODE, "embedding": {"mode": "multicrop", "num_crops": 3}})
     assert p.embedding == ExtractionOptions(mode="multicrop", num_crops=3) and p.scoring == "multicrop3"
+
+
+def test_an_experiments_required_keys_must_be_given():
+    """`required` names keys that '???' cannot mark once a group has set them (the merge keeps the group's value)."""
+    cfg = compose_config(["debug=tiny", "run_dir=/tmp/x", "+required=[trainer.init_from]"])
+    with pytest.raises(ConfigError, match=r"^required config values are not set: trainer\.init_from \(give them"):
+        validate_config(cfg)
+    validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", "+required=[trainer.init_from]",
+                                    "trainer.init_from=/x/avg.pt"]))
+    cfg = compose_config(["debug=tiny", "run_dir=/tmp/x", "+required=trainer.init_from"])
+    with pytest.raises(ConfigError, match=r"^required='trainer.init_from' is not allowed: a list of dotted"):
+        validate_config(cfg)
