@@ -105,7 +105,21 @@ def missing_keys(cfg: DictConfig) -> list[str]:
             found.append(prefix[:-1])
 
     walk(OmegaConf.to_container(cfg, resolve=False), "")
-    return sorted(found)
+    return sorted(set(found) | set(unset_required_keys(cfg)))
+
+
+def unset_required_keys(cfg: DictConfig) -> list[str]:
+    """Keys named in the top-level `required` list (an experiment's) that are null. An experiment cannot mark a
+    key required with '???' once a group has given it a value: OmegaConf's merge keeps the earlier value when
+    the later one is '???' (a fine-tuning experiment's trainer.init_from would stay null and it would train
+    from scratch), so such an experiment lists the key in `required` instead."""
+    required = cfg.get("required")
+    if required is None:
+        return []
+    require(OmegaConf.is_list(required) and all(isinstance(k, str) and k for k in required), "required",
+            "a list of dotted config keys that must be given, e.g. [trainer.init_from]",
+            OmegaConf.to_container(required) if OmegaConf.is_config(required) else required)
+    return [key for key in required if OmegaConf.select(cfg, key, default=None, throw_on_missing=False) is None]
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -1,31 +1,28 @@
 """Every shipped config composes, and bad values stop the run before any data is read, naming the key."""
 
+import math
 from pathlib import Path
 
 import pytest
 
 from conftest import CONFIGS, compose_config
-from speakerid.config import ConfigError, validate_config
+from speakerid.config import ConfigError, missing_keys, validate_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
-PATHS = {"data.train_list": "/x/train.txt", "data.train_root": "/x/wav", "data.dir": "/x", "eval.dir": "/v"}
+# What a user gives on the command line: paths (`???` in the configs) and keys an experiment lists as `required`.
+PATHS = {"data.train_list": "/x/train.txt", "data.train_root": "/x/wav", "data.dir": "/x", "eval.dir": "/v",
+         "augment.musan_dir": "/x/musan", "augment.rir_dir": "/x/RIRS_NOISES", "trainer.init_from": "/x/avg.pt"}
 EVAL_PROTOCOLS = sorted(p.stem for p in (CONFIGS / "eval").glob("*.yaml") if p.stem != "base")
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(experiment):
     cfg = compose_config([f"experiment={experiment}", "run_dir=/tmp/x"])
-    overrides = [f"{k}={v}" for k, v in PATHS.items() if _is_missing(cfg, k)]
+    overrides = [f"{k}={PATHS[k]}" for k in missing_keys(cfg)]
     cfg = compose_config([f"experiment={experiment}", "run_dir=/tmp/x", "trainer.precision=fp32", *overrides])
     validate_config(cfg)
     assert cfg.name == experiment
     assert cfg.head.emb_dim == cfg.model.emb_dim
-
-
-def _is_missing(cfg, dotted):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.is_missing(OmegaConf.select(cfg, dotted.rsplit(".", 1)[0]), dotted.rsplit(".", 1)[1])
 
 
 def test_default_is_the_smoke_experiment_on_synthetic_data():
@@ -193,3 +190,191 @@ def test_validate_eval_names_the_given_key_and_accepts_defaults():
         validate_eval({**EVAL_NODE, "embedding": {"precision": "fp16"}}, key="valid")
     p = Protocol.from_config({**EVAL_NODE, "embedding": {"mode": "multicrop", "num_crops": 3}})
     assert p.embedding == ExtractionOptions(mode="multicrop", num_crops=3) and p.scoring == "multicrop3"
+
+
+# --------------------------------------------------------------------------------------------- published recipes
+# The values below were read from the authors' files, not from our configs, and the tests compare the composed
+# experiments with them (and our schedules with the authors' per-iteration formulas re-derived here):
+# wenet-e2e/wespeaker examples/voxceleb/v2/conf/{resnet,resnet_lm,ecapa_tdnn,ecapa_tdnn_lm}.yaml and run.sh
+# (gpus "[0,1]", num_avg 10, top_n 300), wespeaker/bin/train.py (scale_ratio = world_size * batch_size / 64),
+# wespeaker/dataset/processor.py (aug_prob: reverb or noise, 1/2 each; MUSAN SNRs by folder); modelscope/
+# 3D-Speaker egs/voxceleb/sv-cam++/conf/cam++.yaml and run.sh (4 GPUs; batch_size is global in train.py),
+# speakerlab/process/processor.py (aug_prob: noise, reverb or both, 1/3 each).
+WESPEAKER = {"gpus": 2, "batch_per_gpu": 128, "initial_lr": 0.1, "final_lr": 5e-5, "warm_up_epoch": 6,
+             "num_epochs": 150, "scale": 32.0, "initial_margin": 0.0, "final_margin": 0.2,
+             "increase_start_epoch": 20, "fix_start_epoch": 40, "num_frms": 200, "aug_prob": 0.6, "num_avg": 10}
+WESPEAKER_LM = {**WESPEAKER, "batch_per_gpu": 64, "initial_lr": 1e-4, "final_lr": 2.5e-5, "warm_up_epoch": 1,
+                "num_epochs": 5, "initial_margin": 0.5, "final_margin": 0.5, "increase_start_epoch": 1,
+                "fix_start_epoch": 1, "num_frms": 600}
+CAMPPLUS = {"batch_size": 256, "lr": 0.1, "min_lr": 1e-4, "warmup_epoch": 5, "num_epoch": 60, "scale": 32.0,
+            "margin": 0.2, "increase_start_epoch": 15, "fix_epoch": 25, "wav_len": 3.0, "aug_prob": 0.2,
+            "embedding_size": 512}
+MUSAN_FILES = {"noise": 930, "speech": 426, "music": 660}  # MUSAN as distributed; WeSpeaker draws any file alike
+WESPEAKER_SNR = {"noise": [0, 15], "speech": [10, 30], "music": [5, 15]}
+WESPEAKER_EXPERIMENTS = ["vox2_resnet34", "vox2_ecapa_c1024_wespeaker"]
+WESPEAKER_LM_EXPERIMENTS = ["vox2_resnet34_lm", "vox2_ecapa_c1024_wespeaker_lm"]
+
+
+def recipe_config(experiment, leave_out=()):
+    """The experiment with what a user must give filled in, except the keys in leave_out."""
+    cfg = compose_config([f"experiment={experiment}", "run_dir=/tmp/x"])
+    return compose_config([f"experiment={experiment}", "run_dir=/tmp/x",
+                           *[f"{k}={PATHS[k]}" for k in missing_keys(cfg) if k not in leave_out]])
+
+
+def choice_probabilities(cfg) -> dict[tuple[str, ...], float]:
+    total = sum(c.weight for c in cfg.augment.choices.values())
+    return {tuple(c.apply): c.weight / total for c in cfg.augment.choices.values()}
+
+
+def wespeaker_lr(ref, iteration, epoch_iter):
+    """ExponentialDecrease(warm_from_zero=True) with train.py's scale_ratio, per iteration, in float64."""
+    scale = ref["gpus"] * ref["batch_per_gpu"] / 64
+    warm_up, total = ref["warm_up_epoch"] * epoch_iter, ref["num_epochs"] * epoch_iter
+    coeff = scale * iteration / warm_up if iteration < warm_up else scale
+    return coeff * ref["initial_lr"] * math.exp(iteration / total * math.log(ref["final_lr"] / ref["initial_lr"]))
+
+
+def wespeaker_margin(ref, iteration, epoch_iter):
+    """MarginScheduler: 1-based epochs ((epoch - 1) * epoch_iter), exp rise with 1e-3 / (1 + 1e-6)."""
+    start, fix = (ref["increase_start_epoch"] - 1) * epoch_iter, (ref["fix_start_epoch"] - 1) * epoch_iter
+    if iteration >= fix:
+        return ref["final_margin"]
+    if iteration < start:
+        return ref["initial_margin"]
+    ratio = 1.0 - math.exp((iteration - start) / (fix - start) * math.log(1e-3 / (1.0 + 1e-6)))
+    return ref["initial_margin"] + (ref["final_margin"] - ref["initial_margin"]) * ratio
+
+
+def assert_wespeaker_augmentation(cfg):
+    probs = choice_probabilities(cfg)
+    assert probs[()] == pytest.approx(1 - WESPEAKER["aug_prob"])
+    assert probs[("reverb",)] == pytest.approx(WESPEAKER["aug_prob"] / 2)
+    for category, files in MUSAN_FILES.items():  # every MUSAN file as likely as in their one-LMDB draw
+        assert probs[(category,)] == pytest.approx(WESPEAKER["aug_prob"] / 2 * files / sum(MUSAN_FILES.values()))
+        assert list(cfg.augment.categories[category].snr_db) == WESPEAKER_SNR[category]
+        assert list(cfg.augment.categories[category].files) == [1, 1]
+    assert len(probs) == 5  # nothing else: no babble, no reverb + noise
+    assert sorted(cfg.augment.speed.factors) == [0.9, 1.0, 1.1] and cfg.augment.speed.speakers_as_new is True
+
+
+@pytest.mark.parametrize("experiment", WESPEAKER_EXPERIMENTS)
+def test_wespeaker_recipes_hold_their_values(experiment):
+    from speakerid.features import samples_for_frames
+
+    cfg, ref = recipe_config(experiment), WESPEAKER
+    scale = ref["gpus"] * ref["batch_per_gpu"] / 64
+    assert cfg.data.batch_size == ref["gpus"] * ref["batch_per_gpu"]
+    assert cfg.optim._target_ == "torch.optim.SGD"
+    assert (cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay) == (0.9, True, 1e-4)
+    assert cfg.optim.lr == pytest.approx(ref["initial_lr"] * scale)
+    assert cfg.scheduler._target_ == "speakerid.schedules.WarmupExponential"
+    assert cfg.scheduler.final_lr == pytest.approx(ref["final_lr"] * scale)
+    assert (cfg.scheduler.warm_up_epochs, cfg.trainer.epochs) == (ref["warm_up_epoch"], ref["num_epochs"])
+    assert cfg.head._target_ == "speakerid.losses.AAMSoftmax" and (cfg.head.s, cfg.head.m) == (32.0, 0.2)
+    ms = cfg.margin_schedule  # WeSpeaker's 1-based epochs are epochs done - 1 here
+    assert (ms.increase_start_epoch, ms.fix_start_epoch) == (ref["increase_start_epoch"] - 1, ref["fix_start_epoch"] - 1)
+    assert (ms.initial_margin, ms.final_margin, ms.increase_type) == (0.0, ref["final_margin"], "exp")
+    # their chunk: (num_frms - 1) * frame_shift + frame_length samples (wespeaker/dataset/dataset.py)
+    assert samples_for_frames(cfg.data.crop_frames) == (ref["num_frms"] - 1) * 160 + 400
+    assert cfg.features.specaugment.enabled is False and cfg.features.fbank.f_max == 8000.0
+    assert_wespeaker_augmentation(cfg)
+    assert (cfg.trainer.keep_checkpoints, cfg.trainer.precision, cfg.seed) == (ref["num_avg"], "fp32", 42)
+    assert cfg.eval.name == "vox1_o_cleaned"
+
+
+@pytest.mark.parametrize("experiment", WESPEAKER_LM_EXPERIMENTS)
+def test_wespeaker_large_margin_recipes_hold_their_values(experiment):
+    from speakerid.features import samples_for_frames
+
+    cfg, ref = recipe_config(experiment), WESPEAKER_LM
+    base = recipe_config(experiment.removesuffix("_lm"))
+    scale = ref["gpus"] * ref["batch_per_gpu"] / 64
+    assert cfg.data.batch_size == ref["gpus"] * ref["batch_per_gpu"]
+    assert cfg.optim.lr == pytest.approx(ref["initial_lr"] * scale)
+    assert cfg.scheduler.final_lr == pytest.approx(ref["final_lr"] * scale)
+    assert (cfg.scheduler.warm_up_epochs, cfg.trainer.epochs) == (ref["warm_up_epoch"], ref["num_epochs"])
+    assert cfg.get("margin_schedule") is None and cfg.head.m == ref["final_margin"] == ref["initial_margin"]
+    assert samples_for_frames(cfg.data.crop_frames) == (ref["num_frms"] - 1) * 160 + 400
+    assert cfg.model == base.model and cfg.optim._target_ == base.optim._target_  # what is not LM stays as trained
+    assert cfg.augment == base.augment and cfg.features == base.features and cfg.head.s == base.head.s
+    assert cfg.trainer.init_head is True and cfg.trainer.init_from == PATHS["trainer.init_from"]
+    with pytest.raises(ConfigError, match=r"^required config values are not set: trainer\.init_from \("):
+        validate_config(recipe_config(experiment, leave_out=["trainer.init_from"]))
+
+
+@pytest.mark.parametrize("experiment,ref", [("vox2_resnet34", WESPEAKER), ("vox2_resnet34_lm", WESPEAKER_LM)])
+def test_wespeaker_schedules_follow_their_per_iteration_formulas(experiment, ref):
+    from hydra.utils import instantiate
+
+    from speakerid.schedules import MarginSchedule
+
+    cfg = recipe_config(experiment)
+    lr = instantiate(cfg.scheduler)
+    margin = instantiate(cfg.margin_schedule) if cfg.get("margin_schedule") else MarginSchedule(0, 0, cfg.head.m,
+                                                                                                 cfg.head.m)
+    epoch_iter = 4265  # 1,092,009 utterances // 2 GPUs // 128
+    for epoch in (0, 0.3, 1, 5.9, 6, 19, 19.4, 25, 38.99, 39, 75.5, 149.99):
+        if epoch >= ref["num_epochs"]:
+            continue
+        iteration = round(epoch * epoch_iter)
+        assert lr.lr_at(iteration / epoch_iter) == pytest.approx(wespeaker_lr(ref, iteration, epoch_iter), rel=1e-6)
+        assert margin.margin_at(iteration / epoch_iter) == pytest.approx(wespeaker_margin(ref, iteration, epoch_iter),
+                                                                        abs=1e-6)
+
+
+def test_wespeaker_ecapa_has_their_sizes():
+    from hydra.utils import instantiate
+
+    cfg = recipe_config("vox2_ecapa_c1024_wespeaker")
+    model = instantiate(cfg.model)
+    # ECAPA_TDNN_GLOB_c1024(80, 192) has 14,657,088 parameters (counted from wespeaker/models/ecapa_tdnn.py);
+    # ours adds BatchNorms they lack: 2 x 128 in the attention, 2 x 192 after the embedding.
+    assert sum(p.numel() for p in model.parameters()) == 14_657_088 + 2 * 128 + 2 * 192
+    assert (cfg.model.channels, cfg.model.emb_dim, cfg.head.emb_dim) == (1024, 192, 192)
+
+
+def test_campplus_recipe_holds_its_values():
+    from hydra.utils import instantiate
+
+    from speakerid.features import samples_for_frames
+
+    cfg, ref = recipe_config("vox2_campplus"), CAMPPLUS
+    assert cfg.model._target_ == "speakerid.models.CAMPPlus" and cfg.model.emb_dim == ref["embedding_size"]
+    assert cfg.data.batch_size == ref["batch_size"] and cfg.trainer.epochs == ref["num_epoch"]
+    assert cfg.optim._target_ == "torch.optim.SGD" and cfg.optim.lr == ref["lr"]  # not scaled by 3D-Speaker
+    assert (cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay) == (0.9, True, 1e-4)
+    assert cfg.head._target_ == "speakerid.losses.AAMSoftmax" and (cfg.head.s, cfg.head.m) == (32.0, 0.2)
+    ms = cfg.margin_schedule  # 3D-Speaker counts iterations done: its epochs carry over
+    assert (ms.increase_start_epoch, ms.fix_start_epoch, ms.initial_margin, ms.final_margin, ms.increase_type) == \
+        (ref["increase_start_epoch"], ref["fix_epoch"], 0.0, ref["margin"], "exp")
+    assert abs(samples_for_frames(cfg.data.crop_frames) - ref["wav_len"] * 16000) <= 0.01 * ref["wav_len"] * 16000
+    assert cfg.features.specaugment.enabled is False and cfg.features.fbank.f_max == 8000.0
+    probs = choice_probabilities(cfg)
+    assert probs == pytest.approx({(): 1 - ref["aug_prob"], ("free-sound",): ref["aug_prob"] / 3,
+                                   ("reverb",): ref["aug_prob"] / 3, ("reverb", "free-sound"): ref["aug_prob"] / 3})
+    assert dict(cfg.augment.categories) == {"free-sound": {"snr_db": [0, 15], "files": [1, 1]}}
+    assert sorted(cfg.augment.speed.factors) == [0.9, 1.0, 1.1] and cfg.augment.speed.speakers_as_new is True
+    lr = instantiate(cfg.scheduler)  # WarmupCosineScheduler.clr with their values, per iteration
+    spe = 1000
+    for step in (0, 1234, 4999, 5000, 5001, 20000, 45678, 59999, 60000, 61000):
+        warm, fix = ref["warmup_epoch"] * spe, ref["num_epoch"] * spe
+        if step < warm:
+            expected = ref["min_lr"] + (ref["lr"] - ref["min_lr"]) * step / warm
+        elif step < fix:
+            expected = ref["min_lr"] + 0.5 * (ref["lr"] - ref["min_lr"]) * (1 + math.cos(math.pi * (step - warm) / (fix - warm)))
+        else:
+            expected = ref["min_lr"]
+        assert lr.lr_at(step / spe) == pytest.approx(expected, rel=1e-9)
+
+
+def test_an_experiments_required_keys_must_be_given():
+    """`required` names keys that '???' cannot mark once a group has set them (the merge keeps the group's value)."""
+    cfg = compose_config(["debug=tiny", "run_dir=/tmp/x", "+required=[trainer.init_from]"])
+    with pytest.raises(ConfigError, match=r"^required config values are not set: trainer\.init_from \(give them"):
+        validate_config(cfg)
+    validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", "+required=[trainer.init_from]",
+                                    "trainer.init_from=/x/avg.pt"]))
+    cfg = compose_config(["debug=tiny", "run_dir=/tmp/x", "+required=trainer.init_from"])
+    with pytest.raises(ConfigError, match=r"^required='trainer.init_from' is not allowed: a list of dotted"):
+        validate_config(cfg)

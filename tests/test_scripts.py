@@ -1,6 +1,7 @@
 """The command-line entry points, run as a user runs them."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -188,3 +189,84 @@ def test_average_checkpoints_evaluates_but_does_not_resume(trained_run, tiny_cfg
     assert not (tmp_path / "x.pt").exists()
     with pytest.raises(RuntimeError, match="no optimizer or RNG state"):
         setup_run(tiny_cfg(f"trainer.resume={out}", run_dir=tmp_path / "resumed"))
+
+
+# --------------------------------------------------------------------------------------------- scripts/recipe.sh
+def run_recipe(recipe, root, from_stage, stop_stage, work):
+    env = {**os.environ, "PYTHON": sys.executable, "WORK": str(work), "STOP_STAGE": str(stop_stage)}
+    return subprocess.run(["bash", str(REPO / "scripts" / "recipe.sh"), recipe, root / "vox2", root / "vox1",
+                           root / "musan", root / "RIRS_NOISES", str(from_stage)],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_recipe_prepares_3d_speakers_segment_list_and_real_rirs(tmp_path):
+    """Stage 0 of campplus: one list row per whole 3 s of an utterance (at least one), as 3D-Speaker's
+    prepare_data_csv.py; the RIRs named in real_rirs_isotropic_noises/rir_list as their first channel."""
+    seconds = {"s1/v1/a.wav": 2.0, "s1/v1/b.wav": 6.5, "s2/v9/c.wav": 9.1, "s2/v9/d.wav": 3.0}
+    for path, length in seconds.items():
+        (tmp_path / "vox2/dev/wav" / path).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(tmp_path / "vox2/dev/wav" / path, np.zeros(int(length * 16000), np.int16), 16000)
+    (tmp_path / "vox2/train_list.txt").write_text("".join(f"{p.split('/')[0]} {p}\n" for p in seconds))
+    rirs = tmp_path / "RIRS_NOISES/real_rirs_isotropic_noises"
+    rirs.mkdir(parents=True)
+    stereo = np.stack([np.linspace(1, 0, 800), np.linspace(-0.5, 0, 800)], axis=1).astype(np.float32)
+    sf.write(rirs / "RVB2014_type1_rir_room_a.wav", stereo, 16000, subtype="FLOAT")
+    sf.write(rirs / "RVB2014_type1_noise_room_a_1.wav", np.ones(800, np.float32) * 0.1, 16000, subtype="FLOAT")
+    (rirs / "rir_list").write_text("--rir-id a --room-id room_a RIRS_NOISES/real_rirs_isotropic_noises/"
+                                   "RVB2014_type1_rir_room_a.wav\n")
+    work = tmp_path / "work"
+
+    proc = run_recipe("campplus", tmp_path, 0, 0, work)
+    assert proc.returncode == 0, proc.stderr
+    rows = (work / "train_list_3s.txt").read_text().splitlines()
+    assert rows == ["s1 s1/v1/a.wav", "s1 s1/v1/b.wav", "s1 s1/v1/b.wav", "s2 s2/v9/c.wav", "s2 s2/v9/c.wav",
+                    "s2 s2/v9/c.wav", "s2 s2/v9/d.wav"]
+    assert sorted(p.name for p in (work / "real_rirs").iterdir()) == ["RVB2014_type1_rir_room_a.wav"]
+    mono, rate = sf.read(work / "real_rirs/RVB2014_type1_rir_room_a.wav", dtype="float32")
+    assert rate == 16000 and mono.ndim == 1 and np.array_equal(mono, stereo[:, 0])
+    assert not (work / "train").exists()  # STOP_STAGE=0: no training
+
+
+def test_recipe_averages_the_authors_number_of_epochs(tmp_path):
+    """Stage 2 takes the last num_avg epoch checkpoints of a finished run: a run that kept fewer, or has not
+    finished, stops with what to change; N = 1 (3D-Speaker's last epoch) links the newest checkpoint."""
+    from speakerid.checkpoint import FORMAT_VERSION
+
+    def checkpoints(recipe, epochs_done, epochs):
+        folder = tmp_path / recipe / "train" / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        for epoch in range(1, epochs_done + 1):
+            path = folder / f"step-{100 * epoch:09d}.pt"
+            torch.save({"format_version": FORMAT_VERSION, "progress": {"epoch": epoch, "step": 100 * epoch},
+                        "config": {"trainer": {"epochs": epochs}}}, path)
+        (folder / "last.pt").unlink(missing_ok=True)
+        (folder / "last.pt").hardlink_to(path)
+        return path
+
+    checkpoints("resnet34", 3, 3)
+    proc = run_recipe("resnet34", tmp_path, 2, 2, tmp_path / "resnet34")
+    assert proc.returncode == 1
+    assert "holds 3 epoch checkpoints, 10 are to be averaged" in proc.stderr
+    assert "trainer.keep_checkpoints must be at least 10" in proc.stderr
+    assert not (tmp_path / "resnet34/train/avg.pt").exists()
+
+    checkpoints("campplus", 3, 60)
+    proc = run_recipe("campplus", tmp_path, 2, 2, tmp_path / "campplus")
+    assert proc.returncode == 1 and "is at epoch 3 of 60: finish the training stage first" in proc.stderr
+    newest = checkpoints("campplus", 4, 4)
+    proc = run_recipe("campplus", tmp_path, 2, 2, tmp_path / "campplus")
+    assert proc.returncode == 0, proc.stderr
+    avg = tmp_path / "campplus/train/avg.pt"
+    assert avg.stat().st_ino == newest.stat().st_ino and torch.load(avg)["progress"]["epoch"] == 4
+
+
+@pytest.mark.parametrize("args,message", [
+    (["ecapa", "a", "b", "c", "d"], "RECIPE must be resnet34, ecapa_c1024 or campplus, got 'ecapa'"),
+    (["resnet34", "a", "b", "c", "d", "7"], "FROM_STAGE must be 0 to 6, got '7'"),
+])
+def test_recipe_rejects_bad_arguments_before_writing(tmp_path, args, message):
+    env = {**os.environ, "WORK": str(tmp_path / "work")}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "recipe.sh"), *args], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not (tmp_path / "work").exists()

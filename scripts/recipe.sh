@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Run a published VoxCeleb2 recipe from the train list to the EERs, in stages, as its authors run it
+# (the experiments' comments give the sources and the published numbers):
+#
+#   bash scripts/recipe.sh RECIPE VOX2 VOX1 MUSAN RIRS [FROM_STAGE]
+#
+#   RECIPE  resnet34     WeSpeaker ResNet34        (experiments vox2_resnet34, vox2_resnet34_lm)
+#           ecapa_c1024  WeSpeaker ECAPA C1024     (vox2_ecapa_c1024_wespeaker, vox2_ecapa_c1024_wespeaker_lm)
+#           campplus     3D-Speaker CAM++          (vox2_campplus)
+#   VOX2    VoxCeleb2 dev as wav/flac in VOX2/dev/wav/<speaker>/<video>/<utt> (scripts/convert_voxceleb2.py);
+#           its train list is VOX2/train_list.txt when that exists, else stage 0 writes one
+#   VOX1    VoxCeleb1 with VOX1/wav/... and the cleaned lists veri_test2.txt, list_test_all2.txt, list_test_hard2.txt
+#   MUSAN   MUSAN as distributed (noise/, speech/, music/);  RIRS  RIRS_NOISES as distributed
+#   FROM_STAGE  start there (default 0); each stage reads only what earlier stages wrote under $WORK
+#
+# Stages:
+#   0 prepare   the train list; for campplus also 3D-Speaker's 3 s-segment list and its real RIRs as mono files
+#   1 train     the recipe's experiment, in $WORK/train (run again, it resumes from $WORK/train's last.pt)
+#   2 average   the last N epoch checkpoints into $WORK/train/avg.pt: N = 10 for WeSpeaker (num_avg), 1 for CAM++
+#               (3D-Speaker evaluates the last epoch); N = 1 links the last checkpoint
+#   3 finetune  WeSpeaker's large-margin fine-tuning from $WORK/train/avg.pt (model and head), in $WORK/lm
+#   4 average   the LM's last N = 1 epoch (their num_avg 1) as $WORK/lm/avg.pt
+#   5 evaluate  every avg.pt on Vox1-O, Vox1-E and Vox1-H cleaned, cosine scoring (<model>_eval/*.json)
+#   6 asnorm    the same with AS-norm, top 300 of a cohort of the VoxCeleb2-dev speakers (WeSpeaker's scoring)
+# CAM++ has no stages 3, 4 and 6 (3D-Speaker's recipe and published number have neither LM nor AS-norm).
+#
+# Environment:
+#   WORK       output folder (default runs/recipes/RECIPE)
+#   STOP_STAGE the last stage to run (default 6)
+#   GPUS       training processes on this node (default 1; above 1 the training stages run under torchrun).
+#              data.batch_size is the global batch, so the recipe's LR holds for any number of GPUs.
+#   OVERRIDES  extra Hydra overrides for the training stages, e.g. "trainer.precision=bf16 trainer.compile=true"
+#   PYTHON     the interpreter (default python)
+set -euo pipefail
+
+usage() {
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
+    exit 2
+}
+[[ $# -ge 5 && $# -le 6 ]] || usage
+absolute() { [[ $1 == /* ]] && echo "$1" || echo "$PWD/$1"; }
+recipe=$1 from_stage=${6:-0}
+vox2=$(absolute "$2") vox1=$(absolute "$3") musan=$(absolute "$4") rirs=$(absolute "$5")
+stop_stage=${STOP_STAGE:-6}
+[[ $from_stage =~ ^[0-6]$ ]] || { echo "error: FROM_STAGE must be 0 to 6, got '$from_stage'" >&2; exit 2; }
+[[ $stop_stage =~ ^[0-6]$ ]] || { echo "error: STOP_STAGE must be 0 to 6, got '$stop_stage'" >&2; exit 2; }
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-python}
+gpus=${GPUS:-1}
+read -r -a extra <<< "${OVERRIDES:-}"
+
+case $recipe in
+    resnet34)    experiment=vox2_resnet34              lm_experiment=vox2_resnet34_lm              num_avg=10 asnorm_top_k=300 ;;
+    ecapa_c1024) experiment=vox2_ecapa_c1024_wespeaker lm_experiment=vox2_ecapa_c1024_wespeaker_lm num_avg=10 asnorm_top_k=300 ;;
+    campplus)    experiment=vox2_campplus              lm_experiment=""                            num_avg=1  asnorm_top_k="" ;;
+    *) echo "error: RECIPE must be resnet34, ecapa_c1024 or campplus, got '$recipe'" >&2; exit 2 ;;
+esac
+lm_num_avg=1  # WeSpeaker run.sh stage 9: --num_avg 1
+work=$(mkdir -p "${WORK:-runs/recipes/$recipe}" && cd "${WORK:-runs/recipes/$recipe}" && pwd)
+
+train_root=$vox2/dev/wav
+train_list=$vox2/train_list.txt
+[[ -f $train_list ]] || train_list=$work/train_list.txt
+train_dir=$work/train
+lm_dir=$work/lm
+
+# Where each recipe's augmentation files are (see speakerid/configs/augment/{wespeaker,campplus}.yaml) and the
+# list it trains on: CAM++ draws one crop per 3 s of audio (3D-Speaker's train.csv), the others one per utterance.
+if [[ $recipe == campplus ]]; then
+    musan_dir=$musan/noise rir_dir=$work/real_rirs fit_list=$work/train_list_3s.txt
+else
+    musan_dir=$musan rir_dir=$rirs fit_list=$train_list
+fi
+
+stage() { [[ $from_stage -le $1 && $1 -le $stop_stage ]]; }
+log() { echo "== $(date '+%F %T') $recipe stage $*"; }
+
+launch() {  # python or torchrun, with the arguments of train.py
+    if [[ $gpus -gt 1 ]]; then
+        "$python" -m torch.distributed.run --standalone --nproc_per_node="$gpus" "$repo/train.py" "$@"
+    else
+        "$python" "$repo/train.py" "$@"
+    fi
+}
+
+train() {  # run folder, experiment, overrides...: resumes the run when the folder holds one
+    local dir=$1 name=$2
+    shift 2
+    local resume=()
+    [[ -f $dir/checkpoints/last.pt ]] && resume=("trainer.resume=$dir/checkpoints/last.pt")
+    launch "experiment=$name" "data.train_list=$fit_list" "data.train_root=$train_root" "eval.dir=$vox1" \
+        "augment.musan_dir=$musan_dir" "augment.rir_dir=$rir_dir" "hydra.run.dir=$dir" \
+        "${resume[@]}" "$@" "${extra[@]}"
+}
+
+average() {  # run folder, N: the mean of its last N epoch checkpoints as <run>/avg.pt (N = 1: the last one)
+    local dir=$1 n=$2
+    local all=("$dir"/checkpoints/step-*.pt)
+    [[ -f ${all[0]} ]] || { echo "error: no checkpoints in $dir/checkpoints: run the training stage first" >&2; exit 1; }
+    if [[ ${#all[@]} -lt $n ]]; then
+        echo "error: $dir/checkpoints holds ${#all[@]} epoch checkpoints, $n are to be averaged" \
+             "(trainer.keep_checkpoints must be at least $n, and the run finished)" >&2
+        exit 1
+    fi
+    # The last N checkpoints are the last N epochs only once the run has trained all of them.
+    "$python" - "$dir/checkpoints/last.pt" <<'EOF'
+import sys
+
+from speakerid.checkpoint import load_checkpoint
+
+checkpoint = load_checkpoint(sys.argv[1])
+done, epochs = checkpoint["progress"]["epoch"], checkpoint["config"]["trainer"]["epochs"]
+if done < epochs:
+    sys.exit(f"error: {sys.argv[1]} is at epoch {done} of {epochs}: finish the training stage first")
+EOF
+    local last=("${all[@]: -$n}")  # step-<9 digits>.pt: the glob's order is the step order
+    if [[ $n -eq 1 ]]; then
+        ln -f "${last[0]}" "$dir/avg.pt"
+        echo "$dir/avg.pt is ${last[0]}"
+    else
+        "$python" "$repo/scripts/average_checkpoints.py" --out "$dir/avg.pt" "${last[@]}"
+    fi
+}
+
+evaluate() {  # overrides for every protocol...: each model on Vox1-O, E and H cleaned
+    local model protocol
+    for model in "$train_dir/avg.pt" ${lm_experiment:+"$lm_dir/avg.pt"}; do
+        [[ -f $model ]] || { echo "error: $model is missing: run the stages before" >&2; exit 1; }
+        for protocol in vox1_o vox1_e vox1_h; do
+            "$python" -m speakerid.cli.evaluate --checkpoint "$model" "eval=$protocol" "eval.dir=$vox1" "$@"
+        done
+    done
+}
+
+cd "$repo"  # train.py, scripts/ and the speakerid package of this checkout
+
+if stage 0; then
+    log "0: prepare"
+    if [[ ! -f $train_list ]]; then
+        "$python" scripts/prepare_list.py --root "$train_root" --out "$train_list"
+    fi
+    if [[ $recipe == campplus ]]; then
+        # 3D-Speaker's train.csv (local/prepare_data_csv.py, seg_dur 3.0): one row per whole 3 s of an
+        # utterance, at least one; each row is a random 3 s crop of the whole utterance.
+        "$python" - "$train_list" "$train_root" "$fit_list" <<'EOF'
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from speakerid.data.audio import audio_info
+from speakerid.data.lists import read_train_list
+from speakerid.data.prepare import write_train_list
+
+list_path, root, out = sys.argv[1:]
+train = read_train_list(list_path, root)
+with ThreadPoolExecutor(16) as pool:
+    infos = list(pool.map(lambda path: audio_info(Path(root) / path), train.paths))
+segments = [max(1, int(frames / rate / 3.0)) for frames, rate, _ in infos]
+write_train_list([entry for entry, n in zip(zip(train.speakers, train.paths), segments) for _ in range(n)], out)
+print(f"wrote {out}: {sum(segments)} rows (one per 3 s) for {len(train)} utterances")
+EOF
+        # 3D-Speaker's RIRs (local/prepare_data.sh): the real ones of real_rirs_isotropic_noises/rir_list, first
+        # channel (torchaudio.load(...)[0]); speakerid's RIR bank takes mono files.
+        "$python" - "$rirs" "$rir_dir" <<'EOF'
+import sys
+from pathlib import Path
+
+import soundfile
+
+rirs, out = Path(sys.argv[1]), Path(sys.argv[2])
+folder = rirs / "real_rirs_isotropic_noises"
+names = sorted({Path(field).name for line in (folder / "rir_list").read_text().splitlines()
+                for field in line.split() if field.endswith(".wav")})
+out.mkdir(parents=True, exist_ok=True)
+for name in names:
+    audio, rate = soundfile.read(folder / name, dtype="float32", always_2d=True)
+    soundfile.write(out / name, audio[:, 0], rate, subtype="FLOAT")
+print(f"wrote {len(names)} mono RIRs to {out}")
+EOF
+    fi
+fi
+
+if stage 1; then
+    log "1: train $experiment in $train_dir"
+    train "$train_dir" "$experiment"
+fi
+
+if stage 2; then
+    log "2: average the last $num_avg checkpoints of $train_dir"
+    average "$train_dir" "$num_avg"
+fi
+
+if [[ -n $lm_experiment ]] && stage 3; then
+    log "3: large-margin fine-tuning $lm_experiment in $lm_dir"
+    train "$lm_dir" "$lm_experiment" "trainer.init_from=$train_dir/avg.pt"
+fi
+
+if [[ -n $lm_experiment ]] && stage 4; then
+    log "4: the last $lm_num_avg checkpoint of $lm_dir"
+    average "$lm_dir" "$lm_num_avg"
+fi
+
+if stage 5; then
+    log "5: evaluate, cosine scoring"
+    evaluate
+fi
+
+if [[ -n $asnorm_top_k ]] && stage 6; then
+    log "6: evaluate with AS-norm (top $asnorm_top_k, cohort: the speakers of $train_list)"
+    evaluate eval.asnorm.enabled=true "eval.asnorm.top_k=$asnorm_top_k" "eval.asnorm.cohort_list=$train_list" \
+        "eval.asnorm.cohort_root=$train_root"
+fi
+
+log "$from_stage to $stop_stage done (evaluations: $train_dir/avg_eval${lm_experiment:+, $lm_dir/avg_eval})"
