@@ -45,8 +45,8 @@ def claimed_folder(parent: str, stamp: str) -> str:
     return _claimed[key]
 
 
-OmegaConf.register_new_resolver("speakerid.runs_of", runs_of)
-OmegaConf.register_new_resolver("speakerid.claim", claimed_folder)
+OmegaConf.register_new_resolver("speakerid.runs_of", runs_of, replace=True)
+OmegaConf.register_new_resolver("speakerid.claim", claimed_folder, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path=SEARCH_PATH, config_name="train")
