@@ -275,9 +275,10 @@ def fit(run: Run) -> dict[str, Any]:
                                     if k.startswith(("train/epoch", "val/")))
                 log.info("epoch %d/%d done in %.1f s: %s", progress.epoch, tcfg.epochs, epoch_time, summary)
             if stop.received is not None:  # during training or during a validation
-                log.warning("%s received: stopped at epoch %d, step %d; checkpoint %s. Resume with the same "
-                            "command plus trainer.resume=true (or trainer.resume=%s)", stop.name,
-                            progress.epoch + 1, progress.step, state.checkpoints.last, state.checkpoints.last)
+                where = f"in epoch {progress.epoch + 1}" if progress.position else f"after epoch {progress.epoch}"
+                log.warning("%s received: stopped %s, step %d; checkpoint %s. Resume with the same command plus "
+                            "trainer.resume=true (or trainer.resume=%s)", stop.name, where, progress.step,
+                            state.checkpoints.last, state.checkpoints.last)
                 results["interrupted"] = stop.name
                 results["exit_code"] = 128 + stop.received
         finally:
