@@ -248,3 +248,28 @@ def test_context_aware_masking_matches_float64_formula():
             context = x[b].mean(dim=1) + x[b, :, start:min(start + 10, 25)].mean(dim=1)
             mask = torch.sigmoid(w2 @ torch.relu(w1 @ context + b1) + b2)
             torch.testing.assert_close(out[b, :, t], local[b, :, t] * mask)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAST)
+def test_torchscript_and_onnx_exports_match_eager_at_other_lengths(name, tmp_path):
+    """Exported once at one length (speakerid.export), run at others: the time axis stays symbolic, and
+    CAM++'s segment count (a ceiling division of the frame count) survives ONNX's truncating division."""
+    import onnxruntime
+
+    from speakerid.evaluation import EmbeddingExtractor
+    from speakerid.export import export_onnx, export_torchscript
+    from speakerid.features import Fbank
+
+    torch.manual_seed(0)
+    extractor = EmbeddingExtractor(Fbank(), with_random_batchnorm_statistics(SLIM[name]())).eval()
+    scripted = torch.jit.load(str(export_torchscript(extractor, tmp_path / "extractor.ts")))
+    session = onnxruntime.InferenceSession(str(export_onnx(extractor, tmp_path / "extractor.onnx")))
+    # 1 s, and 4.7 s / 7 s: CAM++ then has 2 and 4 context segments, the last one short
+    for batch, samples in [(1, 16000), (3, 75_055), (1, 112_003)]:
+        wave = torch.randn(batch, samples)
+        with torch.no_grad():
+            eager = extractor(wave)
+            torch.testing.assert_close(scripted(wave), eager, rtol=1e-5, atol=1e-5)
+        onnx_out = torch.from_numpy(session.run(None, {"waveform": wave.numpy()})[0])
+        torch.testing.assert_close(onnx_out, eager, rtol=1e-4, atol=1e-5)
