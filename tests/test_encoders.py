@@ -182,7 +182,8 @@ def test_resnet_bad_arguments_are_explained(kwargs, key):
 @pytest.mark.parametrize("kwargs,key", [
     ({"growth_rate": 0}, "model.growth_rate"), ({"kernel_size": 4}, "model.kernel_size"),
     ({"block_layers": [12, 24]}, "model.block_dilations"), ({"block_layers": []}, "model.block_layers"),
-    ({"block_layers": [12, "24", 16]}, r"model.block_layers\[1\]"), ({"segment_frames": 0}, "model.segment_frames"),
+    ({"block_layers": [12, "24", 16]}, r"model.block_layers\[1\]"),
+    ({"segment_frames": 0}, "model.segment_frames"),
     ({"growth_rate": 1, "bottleneck_scale": 1, "cam_reduction": 2}, "model.cam_reduction"),
 ])
 def test_campplus_bad_arguments_are_explained(kwargs, key):
