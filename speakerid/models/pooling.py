@@ -45,12 +45,15 @@ def segment_means(x: torch.Tensor, segment_frames: int) -> torch.Tensor:
     Not avg_pool1d(ceil_mode=True), which gives these means too: torch.compile (Inductor, torch 2.11)
     divides the gradient of its short last window by the full window (pytorch/pytorch#198119)."""
     frames = x.shape[-1]
-    segments = -(-frames // segment_frames)
+    # A ceiling division without negative numbers: ONNX integer division truncates towards zero.
+    segments = (frames + segment_frames - 1) // segment_frames
     padded = F.pad(x, (0, segments * segment_frames - frames))
     sums = padded.unflatten(-1, (segments, segment_frames)).sum(dim=-1)
     starts = torch.arange(segments, device=x.device) * segment_frames
     means = sums / (frames - starts).clamp(max=segment_frames)
-    return means.repeat_interleave(segment_frames, dim=-1)[..., :frames]
+    # narrow, not [..., :frames]: torch.export cannot prove a slice's length, only check narrow's. (Nor a
+    # gather by arange(frames) // segment_frames: Inductor's CPU code for that division is wrong in 2.11.)
+    return means.repeat_interleave(segment_frames, dim=-1).narrow(-1, 0, frames)
 
 
 class AttentiveStatsPooling(nn.Module):

@@ -31,10 +31,20 @@ from speakerid.models.pooling import TemporalStatsPooling
 Stride = int | tuple[int, int]
 
 
+class _PointwiseConv2d(nn.Conv2d):
+    """A strided 1x1 convolution computed as subsampling and then a stride-1 1x1 convolution (the same
+    numbers): torch 2.11's CPU backward of a strided 1x1 convolution on channels-last tensors, the layout
+    Inductor chooses, corrupts the heap when there are fewer than 8 input channels (the tiny models)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x[:, :, ::self.stride[0], ::self.stride[1]], self.weight, self.bias)
+
+
 def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: Stride = 1) -> nn.Sequential:
     # No bias: the BatchNorm after it has one.
+    conv = _PointwiseConv2d if kernel_size == 1 else nn.Conv2d
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
+        conv(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
         nn.BatchNorm2d(out_channels),
     )
 
