@@ -79,7 +79,8 @@ def _lengths(root: Path, paths: list[str], sample_rate: int, resample: bool) -> 
             raise AudioError(f"{root / rel}: audio file is empty (0 samples)")
         if rate != sample_rate and not resample:
             raise AudioError(f"{root / rel}: sample rate is {rate} Hz but the model's is {sample_rate} Hz "
-                             f"(set data.resample=true to resample on the fly)")
+                             f"(resample the file to {sample_rate} Hz; evaluate can do it on the fly with "
+                             f"--resample)")
         return frames if rate == sample_rate else math.ceil(frames * sample_rate / rate)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
