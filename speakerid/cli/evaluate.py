@@ -46,9 +46,12 @@ def default_out_dir(checkpoint: Path) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}_eval")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py (last.pt, best.pt)")
+HELP = "EER and minDCF of a model on a trial list (scores, JSON, DET plot)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "--checkpoint", dest="model", required=True,
+                        help="a checkpoint written by train.py (last.pt, best.pt)")
     parser.add_argument("overrides", nargs="*", help="config overrides: eval=vox1_o eval.dir=... eval.asnorm.enabled=true")
     parser.add_argument("--trials", help="shortcut for eval.trials=... (any `label enrol test` or `enrol test` list)")
     parser.add_argument("--root", help="shortcut for eval.root=...: folder the trial paths are relative to")
@@ -59,10 +62,18 @@ def main(argv=None) -> int:
     parser.add_argument("--resample", action="store_true",
                         help="resample files at another sample rate than the model's (default: as the checkpoint "
                              "was trained, data.resample)")
-    args = parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    checkpoint_path = Path(args.checkpoint)
+    checkpoint_path = Path(args.model)
     overrides = list(args.overrides)
     if args.trials:
         overrides += [f"eval.trials={Path(args.trials).resolve()}", f"eval.name={Path(args.trials).stem}"]
