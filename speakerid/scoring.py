@@ -65,6 +65,16 @@ def merge_embeddings(parts: list[Embeddings]) -> Embeddings:
     return Embeddings([k for p in parts for k in p.keys], np.concatenate([p.full for p in parts]), crops)
 
 
+def subtract_mean(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """WeSpeaker's embedding mean subtraction: unit embeddings less the mean unit embedding of a training
+    set, renormalised (float64), so that cosine scoring measures directions around the data's centre."""
+    mean = np.asarray(mean, dtype=np.float64)
+    if mean.shape != (vectors.shape[-1],):
+        raise ValueError(f"the mean embedding is {mean.shape[0] if mean.ndim == 1 else mean.shape}-d but the "
+                         f"embeddings {vectors.shape[-1]}-d: they come from different models")
+    return _unit(_unit(vectors) - mean)
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
