@@ -20,7 +20,8 @@
 #               (3D-Speaker evaluates the last epoch); N = 1 links the last checkpoint
 #   3 finetune  WeSpeaker's large-margin fine-tuning from $WORK/train/avg.pt (model and head), in $WORK/lm
 #   4 average   the LM's last N = 1 epoch (their num_avg 1) as $WORK/lm/avg.pt
-#   5 evaluate  every avg.pt on Vox1-O, Vox1-E and Vox1-H cleaned, cosine scoring (<model>_eval/*.json)
+#   5 evaluate  every avg.pt on Vox1-O, Vox1-E and Vox1-H cleaned, cosine scoring (<model>_eval/*.json), with
+#               the training set's mean embedding subtracted for the WeSpeaker recipes (as their score.sh)
 #   6 asnorm    the same with AS-norm, top 300 of a cohort of the VoxCeleb2-dev speakers (WeSpeaker's scoring)
 # CAM++ has no stages 3, 4 and 6 (3D-Speaker's recipe and published number have neither LM nor AS-norm).
 #
@@ -51,9 +52,9 @@ gpus=${GPUS:-1}
 read -r -a extra <<< "${OVERRIDES:-}"
 
 case $recipe in
-    resnet34)    experiment=vox2_resnet34              lm_experiment=vox2_resnet34_lm              num_avg=10 asnorm_top_k=300 ;;
-    ecapa_c1024) experiment=vox2_ecapa_c1024_wespeaker lm_experiment=vox2_ecapa_c1024_wespeaker_lm num_avg=10 asnorm_top_k=300 ;;
-    campplus)    experiment=vox2_campplus              lm_experiment=""                            num_avg=1  asnorm_top_k="" ;;
+    resnet34)    experiment=vox2_resnet34              lm_experiment=vox2_resnet34_lm              num_avg=10 asnorm_top_k=300 mean_sub=true ;;
+    ecapa_c1024) experiment=vox2_ecapa_c1024_wespeaker lm_experiment=vox2_ecapa_c1024_wespeaker_lm num_avg=10 asnorm_top_k=300 mean_sub=true ;;
+    campplus)    experiment=vox2_campplus              lm_experiment=""                            num_avg=1  asnorm_top_k="" mean_sub=false ;;
     *) echo "error: RECIPE must be resnet34, ecapa_c1024 or campplus, got '$recipe'" >&2; exit 2 ;;
 esac
 lm_num_avg=1  # WeSpeaker run.sh stage 9: --num_avg 1
@@ -201,15 +202,20 @@ if [[ -n $lm_experiment ]] && stage 4; then
     average "$lm_dir" "$lm_num_avg"
 fi
 
+# WeSpeaker scores with the mean embedding of the training set subtracted (score.sh cal_mean), 3D-Speaker without.
+scoring=()
+[[ $mean_sub == true ]] && scoring=(eval.mean_subtraction.enabled=true "eval.mean_subtraction.list=$train_list"
+                                   "eval.mean_subtraction.root=$train_root")
+
 if stage 5; then
-    log "5: evaluate, cosine scoring"
-    evaluate
+    log "5: evaluate, cosine scoring${scoring:+, less the mean embedding of the training set}"
+    evaluate "${scoring[@]}"
 fi
 
 if [[ -n $asnorm_top_k ]] && stage 6; then
     log "6: evaluate with AS-norm (top $asnorm_top_k, cohort: the speakers of $train_list)"
-    evaluate eval.asnorm.enabled=true "eval.asnorm.top_k=$asnorm_top_k" "eval.asnorm.cohort_list=$train_list" \
-        "eval.asnorm.cohort_root=$train_root"
+    evaluate "${scoring[@]}" eval.asnorm.enabled=true "eval.asnorm.top_k=$asnorm_top_k" \
+        "eval.asnorm.cohort_list=$train_list" "eval.asnorm.cohort_root=$train_root"
 fi
 
 log "$from_stage to $stop_stage done (evaluations: $train_dir/avg_eval${lm_experiment:+, $lm_dir/avg_eval})"

@@ -239,7 +239,8 @@ def _margin_range(head: DictConfig) -> MarginRange:
 
 
 def validate_eval(node: dict, key: str = "eval") -> None:
-    """Types and ranges of an `eval` node as a plain dict (`name`, `trials`, `root`, `embedding.*`, `asnorm.*`).
+    """Types and ranges of an `eval` node as a plain dict (`name`, `trials`, `root`, `embedding.*`, `asnorm.*`,
+    `mean_subtraction.*`).
     A key left out keeps its default (ExtractionOptions, ASNormOptions), which is valid; unknown keys are
     checked by Protocol.from_config, against those dataclasses."""
     for name in ("name", "trials", "root"):
@@ -261,14 +262,21 @@ def validate_eval(node: dict, key: str = "eval") -> None:
         if name in embedding:
             require(ok(embedding[name]), f"{key}.embedding.{name}", allowed, embedding[name])
     asnorm = node.get("asnorm") or {}
-    if not asnorm.get("enabled"):
-        return
-    if "top_k" in asnorm:
-        require(is_int(asnorm["top_k"]) and asnorm["top_k"] >= 2, f"{key}.asnorm.top_k", "an integer >= 2",
-                asnorm["top_k"])
-    for name in ("cohort_list", "cohort_root"):
-        value = asnorm.get(name)
-        require(isinstance(value, str) and value != "", f"{key}.asnorm.{name}", "a path (AS-norm is enabled)", value)
-    per_speaker = asnorm.get("utterances_per_speaker")
-    require(per_speaker is None or (is_int(per_speaker) and per_speaker >= 1), f"{key}.asnorm.utterances_per_speaker",
+    if asnorm.get("enabled"):
+        if "top_k" in asnorm:
+            require(is_int(asnorm["top_k"]) and asnorm["top_k"] >= 2, f"{key}.asnorm.top_k", "an integer >= 2",
+                    asnorm["top_k"])
+        _check_train_subset(asnorm, f"{key}.asnorm", ("cohort_list", "cohort_root"), "AS-norm")
+    mean = node.get("mean_subtraction") or {}
+    if mean.get("enabled"):
+        _check_train_subset(mean, f"{key}.mean_subtraction", ("list", "root"), "mean subtraction")
+
+
+def _check_train_subset(node: dict, key: str, path_keys: tuple[str, str], what: str) -> None:
+    """The training list (and root) that AS-norm's cohort or the subtracted mean is computed from."""
+    for name in path_keys:
+        value = node.get(name)
+        require(isinstance(value, str) and value != "", f"{key}.{name}", f"a path ({what} is enabled)", value)
+    per_speaker = node.get("utterances_per_speaker")
+    require(per_speaker is None or (is_int(per_speaker) and per_speaker >= 1), f"{key}.utterances_per_speaker",
             "null (all) or an integer >= 1", per_speaker)

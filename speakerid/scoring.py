@@ -46,6 +46,15 @@ class Embeddings:
         rows = np.array([index[k] for k in keys], dtype=np.int64)
         return Embeddings(list(keys), self.full[rows], None if self.crops is None else self.crops[rows])
 
+    def centred(self, mean: np.ndarray) -> Embeddings:
+        """These embeddings (and crops) with `mean` subtracted and renormalised (`subtract_mean`)."""
+        crops = None if self.crops is None else subtract_mean(self.crops, mean).astype(self.crops.dtype)
+        return Embeddings(self.keys, subtract_mean(self.full, mean).astype(self.full.dtype), crops)
+
+    def mean(self) -> np.ndarray:
+        """The mean of the unit full-utterance embeddings (float64): what mean subtraction subtracts."""
+        return _unit(self.full).mean(axis=0)
+
     def scoring_vectors(self, mode: str) -> np.ndarray:
         """The vector each utterance is scored through (see the module docstring), in float64, from the
         embeddings renormalised in float64 (float32 storage leaves norms 1 +- 1e-7)."""

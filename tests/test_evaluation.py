@@ -298,3 +298,63 @@ def test_checkpoint_of_another_architecture_names_the_keys():
     with pytest.raises(RuntimeError, match=r"(?s)does not match the configured architecture.*"
                        r"embedding.weight: checkpoint \(32, 96\) vs model \(40, 96\)"):
         extractor_from_checkpoint({"config": config, "model": state})
+
+
+def test_mean_subtraction_scores_centred_embeddings_and_centres_the_cohort(extractor, audio_dir, tmp_path):
+    """WeSpeaker's mean subtraction, re-derived in float64 from one-at-a-time embeddings: the mean of the
+    train list's unit embeddings is subtracted from every trial embedding and from the AS-norm cohort's
+    before anything is scored."""
+    from speakerid.evaluation.protocol import ASNormOptions, MeanSubtractionOptions
+
+    root, lengths = audio_dir
+    pairs = [(str(int(e[0] == t[0])), e, t) for e, t in itertools.combinations(lengths, 2)]
+    trials = write_list(tmp_path / "t.txt", [" ".join(p) for p in pairs])
+    train_files = ["a/1.wav", "b/2.wav", "c/1.wav", "c/2.wav", "d/1.wav"]
+    train = write_list(tmp_path / "train.txt", [f"{rel[0]} {rel}" for rel in train_files])
+    unit = {rel: one_at_a_time(extractor, read(root, rel)).astype(np.float64) for rel in lengths}
+    unit = {k: v / np.linalg.norm(v) for k, v in unit.items()}
+    mean = np.mean([unit[rel] for rel in train_files], axis=0)
+    centred = {k: (v - mean) / np.linalg.norm(v - mean) for k, v in unit.items()}
+    expected = np.array([centred[e] @ centred[t] for _, e, t in pairs])
+    plain = np.array([unit[e] @ unit[t] for _, e, t in pairs])
+    assert np.abs(expected - plain).max() > 0.05  # the mean is not negligible for these files
+
+    subtract = MeanSubtractionOptions(enabled=True, list=str(train), root=str(root))
+    protocol = Protocol(name="m", trials=str(trials), root=str(root), embedding=ExtractionOptions(max_trim=0.0),
+                        mean_subtraction=subtract)
+    assert protocol.scoring == "cosine_meansub"
+    result = Evaluation(protocol).run(extractor)
+    np.testing.assert_allclose(result.mean, mean, atol=1e-5)
+    np.testing.assert_allclose(result.scores, expected, atol=1e-5)
+    assert result.report()["mean_subtraction"]["list"] == str(train)
+
+    # AS-norm on top: cohort = per-speaker means of the centred train embeddings, top 2 of 4 speakers.
+    asnorm = ASNormOptions(enabled=True, top_k=2, cohort_list=str(train), cohort_root=str(root))
+    result = Evaluation(Protocol(name="m", trials=str(trials), root=str(root),
+                                 embedding=ExtractionOptions(max_trim=0.0), mean_subtraction=subtract,
+                                 asnorm=asnorm)).run(extractor)
+    speakers = sorted({rel[0] for rel in train_files})
+    cohort = []
+    for s in speakers:
+        total = np.sum([centred[rel] for rel in train_files if rel[0] == s], axis=0)
+        cohort.append(total / np.linalg.norm(total))
+    cohort = np.array(cohort)
+
+    def stats(rel):
+        top = np.sort(cohort @ centred[rel])[-2:]
+        return top.mean(), top.std()
+
+    normed = []
+    for score, (_, e, t) in zip(expected, pairs):
+        (me, se), (mt, st) = stats(e), stats(t)
+        normed.append(0.5 * ((score - me) / se + (score - mt) / st))
+    np.testing.assert_allclose(result.scores, normed, atol=1e-4)
+
+
+def test_mean_subtraction_config_names_a_missing_list(tmp_path):
+    from speakerid.config import ConfigError
+
+    node = {"name": "x", "trials": "t.txt", "root": "r", "mean_subtraction": {"enabled": True, "list": None,
+                                                                            "root": "r"}}
+    with pytest.raises(ConfigError, match=r"eval\.mean_subtraction\.list"):
+        Protocol.from_config(node)

@@ -111,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
         save_embeddings(cohort_path, Embeddings(result.cohort.speakers, result.cohort.embeddings.astype("float32")),
                         {"cohort_list": protocol.asnorm.cohort_list, "model": model_id})
         report["cohort"] = str(cohort_path.resolve())
+    if result.mean is not None:  # stored beside the cohort: verify --threshold-from subtracts it as evaluate did
+        mean_path = Path(f"{stem}.mean.npz")
+        save_embeddings(mean_path, Embeddings(["mean"], result.mean[None]),
+                        {"mean_list": protocol.mean_subtraction.list, "model": model_id})
+        report["embedding_mean"] = str(mean_path.resolve())
     if result.metrics is not None:
         det_path = Path(f"{stem}.det.png")
         with atomic_write(det_path, "wb") as f:

@@ -1,5 +1,6 @@
 """What an evaluation does, as configured by the `eval` config group: the trial list, how embeddings are
-extracted (`ExtractionOptions`) and whether scores are AS-normed (`ASNormOptions`)."""
+extracted (`ExtractionOptions`), whether a training list's mean embedding is subtracted before scoring
+(`MeanSubtractionOptions`) and whether scores are AS-normed (`ASNormOptions`)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,14 @@ class ASNormOptions:
 
 
 @dataclass(frozen=True)
+class MeanSubtractionOptions:
+    enabled: bool = False
+    list: str | None = None         # train list `speaker path` whose mean embedding is subtracted
+    root: str | None = None
+    utterances_per_speaker: int | None = None  # evenly spaced subset per speaker; None = all
+
+
+@dataclass(frozen=True)
 class Protocol:
     """A trial list and how to score it (one file of configs/eval/)."""
 
@@ -48,12 +57,15 @@ class Protocol:
     strip_prefix: str | None = None
     embedding: ExtractionOptions = field(default_factory=ExtractionOptions)
     asnorm: ASNormOptions = field(default_factory=ASNormOptions)
+    mean_subtraction: MeanSubtractionOptions = field(default_factory=MeanSubtractionOptions)
 
     @property
     def scoring(self) -> str:
         """Short name of the scoring, used in reports and output file names: cosine, multicrop5_asnorm300..."""
         e = self.embedding
         name = "cosine" if e.mode == "full" else f"multicrop{e.num_crops}"
+        if self.mean_subtraction.enabled:
+            name += "_meansub"
         return f"{name}_asnorm{self.asnorm.top_k}" if self.asnorm.enabled else name
 
     @classmethod
@@ -62,11 +74,15 @@ class Protocol:
         d = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
         emb = dict(d.get("embedding") or {})
         asn = dict(d.get("asnorm") or {})
-        unknown = (set(d) - {"name", "trials", "root", "strip_prefix", "embedding", "asnorm", "dir"}) | \
+        mean = dict(d.get("mean_subtraction") or {})
+        unknown = (set(d) - {"name", "trials", "root", "strip_prefix", "embedding", "asnorm", "mean_subtraction",
+                             "dir"}) | \
             {f"embedding.{k}" for k in set(emb) - set(ExtractionOptions.__dataclass_fields__)} | \
-            {f"asnorm.{k}" for k in set(asn) - set(ASNormOptions.__dataclass_fields__)}
+            {f"asnorm.{k}" for k in set(asn) - set(ASNormOptions.__dataclass_fields__)} | \
+            {f"mean_subtraction.{k}" for k in set(mean) - set(MeanSubtractionOptions.__dataclass_fields__)}
         if unknown:
             raise ConfigError(f"unknown {key} keys: {', '.join(f'{key}.{k}' for k in sorted(unknown))}")
         validate_eval(d, key)
         return cls(name=d["name"], trials=d["trials"], root=d["root"], strip_prefix=d.get("strip_prefix") or None,
-                   embedding=ExtractionOptions(**emb), asnorm=ASNormOptions(**asn))
+                   embedding=ExtractionOptions(**emb), asnorm=ASNormOptions(**asn),
+                   mean_subtraction=MeanSubtractionOptions(**mean))

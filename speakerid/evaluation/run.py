@@ -1,5 +1,5 @@
 """An evaluation run: a protocol made ready (lists parsed, files checked), its embeddings extracted or
-taken from the cache, scored (cosine or multi-crop, optional AS-norm) and measured (EER, minDCF); and the
+taken from the cache, scored (cosine or multi-crop, optional mean subtraction and AS-norm) and measured (EER, minDCF); and the
 score and report files it writes."""
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class EvaluationResult:
     n_extracted: int                   # files embedded by this run (the others came from the cache)
     extraction_seconds: float
     cohort: Cohort | None = None
+    mean: np.ndarray | None = None     # the subtracted mean embedding (mean subtraction on)
 
     def report(self) -> dict[str, Any]:
         """The JSON written beside a score file."""
@@ -55,6 +56,7 @@ class EvaluationResult:
             "embedding": asdict(p.embedding),
             "asnorm": {**asdict(p.asnorm), "cohort_speakers": len(self.cohort.speakers)}
             if self.cohort is not None else None,
+            "mean_subtraction": asdict(p.mean_subtraction) if self.mean is not None else None,
             "n_trials": len(self.trials), "n_files": self.n_files, "labelled": self.labels is not None,
             **(self.metrics or {}),
             "n_extracted": self.n_extracted, "extraction_seconds": self.extraction_seconds,
@@ -78,20 +80,15 @@ class Evaluation:
         self.cohort_speakers: list[str] = []
         if protocol.asnorm.enabled:
             norm = protocol.asnorm
-            train = read_train_list(norm.cohort_list, norm.cohort_root)
-            by_speaker: dict[str, list[str]] = {}
-            for speaker, path in zip(train.speakers, train.paths):
-                by_speaker.setdefault(speaker, []).append(path)
-            for speaker in train.speaker_ids:
-                paths = by_speaker[speaker]
-                n = norm.utterances_per_speaker
-                if n is not None and n < len(paths):
-                    paths = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, num=n).round()]
-                self.cohort_paths += paths
-                self.cohort_speakers += [speaker] * len(paths)
-            if norm.top_k > len(train.speaker_ids):
+            self.cohort_paths, self.cohort_speakers, n_speakers = train_subset(
+                norm.cohort_list, norm.cohort_root, norm.utterances_per_speaker)
+            if norm.top_k > n_speakers:
                 log.warning("AS-norm top_k=%d but the cohort %s has %d speakers: all of them are used (s-norm)",
-                            norm.top_k, norm.cohort_list, len(train.speaker_ids))
+                            norm.top_k, norm.cohort_list, n_speakers)
+        self.mean_paths: list[str] = []
+        if protocol.mean_subtraction.enabled:
+            mean = protocol.mean_subtraction
+            self.mean_paths, _, _ = train_subset(mean.list, mean.root, mean.utterances_per_speaker)
         if check_files:
             self.check_files()
 
@@ -102,6 +99,9 @@ class Evaluation:
         if self.cohort_paths:
             check_files_exist(p.asnorm.cohort_root, self.cohort_paths, what=f"AS-norm cohort list "
                               f"{p.asnorm.cohort_list}", show=10)
+        if self.mean_paths:
+            check_files_exist(p.mean_subtraction.root, self.mean_paths, what=f"mean-subtraction list "
+                              f"{p.mean_subtraction.list}", show=10)
 
     def check_audio(self, sample_rate: int, resample: bool, advice: str = "data.resample=true") -> None:
         """Stop, naming them, when trial files cannot be embedded (headers only: rate, channels, length);
@@ -140,10 +140,16 @@ class Evaluation:
 
         start = time.perf_counter()
         embeddings = embeddings_of(protocol.root, self.files, options)
+        full_only = ExtractionOptions(**{**asdict(options), "mode": "full"})
+        mean = None
+        if protocol.mean_subtraction.enabled:
+            mean = embeddings_of(protocol.mean_subtraction.root, self.mean_paths, full_only).mean()
+            embeddings = embeddings.centred(mean)
         cohort = None
         if protocol.asnorm.enabled:
-            full_only = ExtractionOptions(**{**asdict(options), "mode": "full"})
             cohort_embeddings = embeddings_of(protocol.asnorm.cohort_root, self.cohort_paths, full_only)
+            if mean is not None:  # the cohort must live in the same centred space as the trials
+                cohort_embeddings = cohort_embeddings.centred(mean)
             cohort = speaker_means(cohort_embeddings, self.cohort_speakers)
         seconds = time.perf_counter() - start
 
@@ -155,7 +161,26 @@ class Evaluation:
             labels = np.fromiter((t.label for t in self.trials), dtype=np.int64, count=len(self.trials))
             metrics = verification_metrics(scores, labels, with_thresholds=True)
         return EvaluationResult(protocol, self.trials, scores, labels, metrics, len(self.files), extracted, seconds,
-                                cohort)
+                                cohort, mean)
+
+
+def train_subset(list_path: str, root: str, per_speaker: int | None) -> tuple[list[str], list[str], int]:
+    """Paths and speakers of a train list (`speaker path`), `per_speaker` evenly spaced utterances of each
+    speaker when given (all when None), and the number of speakers: what AS-norm's cohort and the subtracted
+    mean are computed from."""
+    train = read_train_list(list_path, root)
+    by_speaker: dict[str, list[str]] = {}
+    for speaker, path in zip(train.speakers, train.paths):
+        by_speaker.setdefault(speaker, []).append(path)
+    paths: list[str] = []
+    speakers: list[str] = []
+    for speaker in train.speaker_ids:
+        mine = by_speaker[speaker]
+        if per_speaker is not None and per_speaker < len(mine):
+            mine = [mine[int(i)] for i in np.linspace(0, len(mine) - 1, num=per_speaker).round()]
+        paths += mine
+        speakers += [speaker] * len(mine)
+    return paths, speakers, len(train.speaker_ids)
 
 
 def write_scores(path: str | os.PathLike, trials: list[Trial], scores: np.ndarray) -> None:
