@@ -52,3 +52,21 @@ def test_eval_embedding_does_not_depend_on_batch_companions():
 def test_wrong_feature_shape_is_explained():
     with pytest.raises(ValueError, match=r"\[batch, 80, frames\]"):
         ECAPATDNN(channels=32, mfa_channels=96)(torch.randn(2, 40, 100))
+
+
+def test_taoruijie_model_config_builds_his_layer_sizes():
+    """model=ecapa_tdnn_taoruijie is the paper's model with his attention bottleneck: at C=1024 and 192-d it
+    has his 15.44M parameters, and differs from ecapa_tdnn only in the attention layers, by
+    (4608 + 1 + 2 + 1536) x (256 - 128) = 786,816 weights (two 1x1 convolutions and a BatchNorm)."""
+    from hydra.utils import instantiate
+
+    from speakerid.configs import compose
+
+    def built(model):
+        cfg = compose("train", [f"model={model}", "model.channels=1024", "model.emb_dim=192"])
+        return instantiate(cfg.model)
+
+    theirs, paper = built("ecapa_tdnn_taoruijie"), built("ecapa_tdnn")
+    assert count(theirs) == pytest.approx(15.44e6, rel=0.01)
+    assert count(theirs) - count(paper) == (4608 + 1 + 2 + 1536) * (256 - 128)
+    assert theirs.pooling.attention[0].out_channels == 256
