@@ -20,10 +20,13 @@ def _umask() -> int:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """A temporary path beside `path` for a writer that wants a file name (ffmpeg, an exporter); renamed
-    to `path` when the block succeeds, removed when it fails."""
+    to `path` when the block succeeds, removed when it fails. With overwrite=False an existing `path` is a
+    FileExistsError, raised before the block runs and again, race-free, when the file is put in place."""
     path = Path(path)
+    if not overwrite and path.exists():
+        raise _exists(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -31,16 +34,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         _fsync_file(tmp)
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # unlike a rename, fails when the name was taken in the meantime
+            except FileExistsError:
+                raise _exists(path) from None
+            except OSError:  # a file system without hard links: checked above, so only a race slips through
+                os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
+def _exists(path: Path) -> FileExistsError:
+    return FileExistsError(errno.EEXIST, f"{path} exists and is not replaced (--overwrite, or overwrite=True "
+                                         f"from Python, replaces it)")
+
+
 @contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+def atomic_write(path: str | os.PathLike, mode: str = "w", overwrite: bool = True) -> Iterator[IO[Any]]:
     """An open file ("w" text in UTF-8, or "wb") that becomes `path` when the block succeeds."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite) as tmp:
         with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
 
