@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -15,6 +14,14 @@ from speakerid.augment import NoiseCategory, NoiseReverb, SpeedPerturb
 from speakerid.augment import build_noise_reverb as _build_noise_reverb
 from speakerid.evaluation import EmbeddingExtractor, Protocol
 from speakerid.schedules import LRSchedule, MarginSchedule
+
+
+def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, imported when a training config is built: using a trained model (a file's
+    config, see build_file_extractor) needs no Hydra."""
+    from hydra.utils import instantiate as hydra_instantiate
+
+    return hydra_instantiate(config, *args, **kwargs)
 
 
 def build_fbank(cfg: DictConfig) -> nn.Module:
@@ -86,22 +93,22 @@ class UnsafeFileConfigError(RuntimeError):
     """A config read from a file would make speakerid build something other than its own classes."""
 
 
-def _file_buildable() -> dict[str, set[str]]:
-    """Per config node, the `_target_`s a file's config may name: the project's own encoders, heads and
-    features, under their public and their module paths. Compared as strings: importing a named module to
-    check it would already run its code."""
+def _file_buildable() -> dict[str, dict[str, type]]:
+    """Per config node, the `_target_`s a file's config may name, with the class each names: the project's
+    own encoders, heads and features, under their public and their module paths. Compared as strings:
+    importing a named module to check it would already run its code."""
+    import speakerid.features
     import speakerid.losses
     import speakerid.models
-    from speakerid.features import Fbank
 
-    def names(package, public: list[str]) -> set[str]:
+    def names(package, public: list[str]) -> dict[str, type]:
         classes = [getattr(package, name) for name in public]
-        return ({f"{package.__name__}.{c.__name__}" for c in classes}
-                | {f"{c.__module__}.{c.__qualname__}" for c in classes})
+        return ({f"{package.__name__}.{c.__name__}": c for c in classes}
+                | {f"{c.__module__}.{c.__qualname__}": c for c in classes})
 
     return {"model": names(speakerid.models, speakerid.models.__all__),
             "head": names(speakerid.losses, speakerid.losses.__all__),
-            "features.fbank": {"speakerid.features.Fbank", f"{Fbank.__module__}.{Fbank.__qualname__}"}}
+            "features.fbank": names(speakerid.features, ["Fbank"])}
 
 
 def check_file_config(cfg: DictConfig, nodes: tuple[str, ...], source: str) -> None:
@@ -132,17 +139,39 @@ def check_file_config(cfg: DictConfig, nodes: tuple[str, ...], source: str) -> N
         walk({k: v for k, v in value.items() if k != "_target_"}, "")
 
 
+def build_file_extractor(cfg: DictConfig, source: str) -> EmbeddingExtractor:
+    """The extractor (fbank + model, untrained) that a config read from a file (a checkpoint's, a model
+    file's) describes: checked against the allow-list, then built by calling the allowed class itself with
+    the node's values, so that no name is imported and no Hydra is needed."""
+    check_file_config(cfg, ("model", "features.fbank"), source)
+    buildable = _file_buildable()
+
+    def build(node: str) -> nn.Module:
+        values = OmegaConf.to_container(OmegaConf.select(cfg, node), resolve=False)
+        target = values.pop("_target_")
+        special = sorted(k for k in values if k.startswith("_"))
+        if special:  # Hydra's _args_, _partial_, _convert_, ...: not for a file's config
+            raise UnsafeFileConfigError(f"{source}: its config has {node}.{special[0]}, which speakerid does not "
+                                        f"build from a file")
+        try:
+            return buildable[node][target](**values)
+        except (TypeError, ValueError) as e:
+            raise RuntimeError(f"{source}: its config {node} ({target}) cannot be built: {e}") from None
+
+    return EmbeddingExtractor(build("features.fbank"), build("model"))
+
+
 def extractor_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint"
                               ) -> tuple[EmbeddingExtractor, DictConfig]:
     """The embedding extractor (fbank + model) of a checkpoint, built from the config saved inside it once
-    that config is known to name only the project's own classes."""
+    that config is known to name only the project's own classes. (`speakerid.model_file.load_extractor`
+    reads any file a model comes in.)"""
     from speakerid.checkpoint import load_state_strict
 
     cfg = OmegaConf.create(checkpoint["config"])
-    check_file_config(cfg, ("model", "features.fbank"), source)
-    model = build_model(cfg)
-    load_state_strict(model, checkpoint["model"], what=f"{source} model")
-    return EmbeddingExtractor(build_fbank(cfg), model), cfg
+    extractor = build_file_extractor(cfg, source)
+    load_state_strict(extractor.model, checkpoint["model"], what=f"{source} model")
+    return extractor, cfg
 
 
 def build_eval_protocol(cfg: DictConfig) -> Protocol:
@@ -150,9 +179,11 @@ def build_eval_protocol(cfg: DictConfig) -> Protocol:
     return Protocol.from_config(cfg.eval)
 
 
-def compose_eval_protocol(overrides: list[str], data: Any) -> Protocol:
+def compose_eval_protocol(overrides: list[str], data: Any, source: str = "the model") -> Protocol:
     """The protocol of configs/evaluate.yaml with Hydra overrides (`eval=vox1_o`, `eval.dir=...`), with
-    `data` (a training config's data node) resolving interpolations such as ${data.dir}."""
+    `data` (a training config's data node, from `source`) resolving interpolations such as ${data.dir}."""
+    from omegaconf.errors import InterpolationKeyError
+
     from speakerid.config import ConfigError, missing_keys
     from speakerid.configs import compose
 
@@ -163,4 +194,9 @@ def compose_eval_protocol(overrides: list[str], data: Any) -> Protocol:
     if missing:
         raise ConfigError("required config values are not set: " + ", ".join(missing)
                           + f" (e.g. {missing[0]}=/path/to/...)")
-    return Protocol.from_config(merged.eval)
+    try:
+        return Protocol.from_config(merged.eval)
+    except InterpolationKeyError as e:  # a model file keeps no training paths for ${data.dir} and the like
+        hint = " (evaluate: --trials and --root)" if e.full_key in ("eval.trials", "eval.root") else ""
+        raise ConfigError(f"{e.full_key} is not set: {str(e).splitlines()[0].lower()} in {source}; set "
+                          f"{e.full_key}=...{hint}") from None

@@ -76,13 +76,24 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    return check_checkpoint(load_weights_only(path, map_location, what="checkpoint"), path)
+
+
+def load_weights_only(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                      what: str = "checkpoint") -> Any:
+    """torch.load with weights_only=True (tensors and plain containers only: loading runs no code), with
+    errors that name the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise FileNotFoundError(f"{what} {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise RuntimeError(f"{path}: not a readable speakerid checkpoint ({e})") from None
+        raise RuntimeError(f"{path}: not a readable speakerid {what} ({e})") from None
+
+
+def check_checkpoint(checkpoint: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """`checkpoint` (as loaded from `path`) if it is a checkpoint of a format this speakerid reads."""
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
         raise RuntimeError(f"{path}: not a speakerid checkpoint (no format_version)")
     if checkpoint["format_version"] > FORMAT_VERSION:
