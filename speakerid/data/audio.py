@@ -51,7 +51,9 @@ def wrap_pad(samples: np.ndarray, length: int) -> np.ndarray:
     return np.pad(samples, (0, length - len(samples)), mode="wrap")
 
 
-def _resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+def resample_audio(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """float32 samples at source_rate -> target_rate (torchaudio's windowed-sinc resampling), as every file
+    at another rate is read."""
     return AF.resample(torch.from_numpy(samples), source_rate, target_rate).numpy()
 
 
@@ -83,7 +85,7 @@ def read_crop(
     if len(samples) == 0:
         raise AudioError(f"{path}: no samples could be read (truncated file?)")
     if rate != sample_rate:
-        samples = _resample(samples, rate, sample_rate)
+        samples = resample_audio(samples, rate, sample_rate)
         if dtype == "int16":
             samples = np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)
     return wrap_pad(samples, crop_samples)
@@ -106,7 +108,7 @@ def read_full(path: str | os.PathLike, sample_rate: int = 16000, resample: bool 
     if len(samples) == 0:
         raise AudioError(f"{path}: no samples could be read (truncated file?)")
     if rate != sample_rate:
-        samples = _resample(samples, rate, sample_rate)
+        samples = resample_audio(samples, rate, sample_rate)
     return samples if max_samples is None else samples[:max_samples]
 
 

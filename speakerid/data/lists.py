@@ -162,6 +162,22 @@ def read_trials(list_file: str | os.PathLike, strip_prefix: str | None = None) -
     return trials
 
 
+def read_file_list(list_file: str | os.PathLike) -> list[str]:
+    """Parse a list of audio files to embed: one `relative/path` per line, or `speaker relative/path` (a
+    train list), in list order; paths stay inside the root they are joined to."""
+    list_file = Path(list_file)
+    paths: list[str] = []
+    for number, fields in _content_lines(list_file):
+        if len(fields) > 2:
+            raise ListFormatError(f"{list_file}:{number}: expected 'path' or 'speaker path', got {len(fields)} "
+                                  f"fields: {' '.join(fields)!r}")
+        _check_inside_root(list_file, number, fields[-1])
+        paths.append(fields[-1])
+    if not paths:
+        raise ListFormatError(f"{list_file}: the list has no entries")
+    return paths
+
+
 def _strip(list_file: Path, number: int, path: str, prefix: str) -> str:
     if not path.startswith(prefix):
         raise ListFormatError(f"{list_file}:{number}: path {path!r} does not start with the prefix {prefix!r} "

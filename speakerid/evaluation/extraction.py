@@ -98,12 +98,14 @@ def extract_embeddings(
     resample: bool = False,
     progress: bool = False,
     readers: int | None = None,
+    waveforms: dict[str, np.ndarray] | None = None,
 ) -> Embeddings:
     """L2-normalised embeddings of each unique file, keyed by its path relative to root: the full utterance
     and, in multicrop mode, `num_crops` crops of `crop_frames`. Files are read by `readers` threads, two
     batches ahead of the model: by default 4 on a GPU, and none on a CPU, whose cores the model's own
     threads already occupy (files are then read in this thread, between batches). A file whose embedding
-    is not finite (NaN samples, say) is an AudioError that names it."""
+    is not finite (NaN samples, say) is an AudioError that names it. `waveforms` (1-D float32 at
+    sample_rate, one per key of `paths`) stand in for the files: audio held in memory is batched the same."""
     root = Path(root)
     device = torch.device(device)
     if readers is None:
@@ -111,7 +113,8 @@ def extract_embeddings(
     keys = list(dict.fromkeys(paths))
     if not keys:
         raise ValueError("no files to embed")
-    lengths = _lengths(root, keys, sample_rate, resample)
+    lengths = (_lengths(root, keys, sample_rate, resample) if waveforms is None
+               else np.array([len(waveforms[k]) for k in keys], dtype=np.int64))
     batches = plan_batches(lengths, options.batch_size, int(options.max_batch_seconds * sample_rate),
                            options.max_trim)
     crop_samples = extractor.samples_for_frames(options.crop_frames)
@@ -135,7 +138,7 @@ def extract_embeddings(
         bar = tqdm(total=len(keys), desc="embeddings", unit="utt", dynamic_ncols=True, disable=None)
 
     def read(i: int) -> np.ndarray:
-        return read_full(root / keys[i], sample_rate, resample)
+        return read_full(root / keys[i], sample_rate, resample) if waveforms is None else waveforms[keys[i]]
 
     try:
         with ThreadPoolExecutor(max_workers=max(readers, 1)) as pool:
