@@ -1,0 +1,263 @@
+"""Model files: a trained model as a deployment needs it, in one small file, and `load_extractor`, which reads
+any file a model comes in (a training checkpoint, an averaged checkpoint or a model file). `speakerid.load`
+and every command that takes --model go through `load_extractor`.
+
+A model file is a plain dict saved with torch.save, so that `torch.load(path, weights_only=True)` reads it
+and loading it runs no code (its config is built only through `speakerid.builders.check_file_config`'s
+allow-list):
+
+    format          "speakerid-model/1"
+    extractor       state dict of the extractor: fbank (`fbank.*`) and encoder (`model.*`)
+    config          {"model": {...}, "features": {"fbank": {...}}}: what the extractor is built from
+    sample_rate     the rate the model takes (other rates are resampled)
+    provenance      where it came from: the checkpoint's path and SHA-256, its kind, epoch and step, its
+                    metrics when it has them, the checkpoints averaged into it, the library versions
+    embedding_mean  None, or the mean unit embedding of a training set, subtracted before cosine scoring
+                    (`speakerid.scoring.subtract_mean`)
+    calibration     None, or {"slope", "offset", ...} for `speakerid.calibration.Calibration.from_dict`:
+                    score -> log-likelihood ratio
+    threshold       None, or {"score": float, "kind": str, "target": float | None, ...}: the decision
+                    threshold on the score (same speaker when score >= threshold["score"])
+
+It holds no head, optimizer or training state: an ECAPA-TDNN C=1024 is about 60 MB in float32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from speakerid.builders import build_file_extractor
+from speakerid.calibration import Calibration
+from speakerid.checkpoint import check_checkpoint, load_state_strict, load_weights_only
+from speakerid.evaluation import EmbeddingExtractor, file_digest
+from speakerid.io import atomic_write
+
+FORMAT = "speakerid-model/1"
+_FORMAT_NAME = "speakerid-model/"
+_REQUIRED = ("format", "extractor", "config", "sample_rate", "provenance")
+_OPTIONAL = ("embedding_mean", "calibration", "threshold")
+
+
+class ModelFileError(RuntimeError):
+    """A model file, or a part meant for one (a calibration, a threshold, a mean), is malformed."""
+
+
+@dataclass
+class LoadedModel:
+    """A model read from any file it comes in, its extractor built and its weights loaded (on the CPU, in
+    eval mode)."""
+
+    path: Path
+    sha256: str                     # of the file read
+    kind: str                       # "checkpoint", "averaged checkpoint" or "model file"
+    extractor: EmbeddingExtractor
+    config: dict[str, Any]          # {"model": ..., "features": {"fbank": ...}}, plain containers
+    sample_rate: int
+    resample: bool                  # a checkpoint's data.resample (files at other rates were resampled)
+    data: dict[str, Any]            # what ${data.*} of an eval protocol resolves against
+    provenance: dict[str, Any]
+    embedding_mean: list[float] | None = None
+    calibration: dict[str, Any] | None = None
+    threshold: dict[str, Any] | None = None
+
+
+def load_extractor(path: str | os.PathLike) -> LoadedModel:
+    """The model in `path`: a training checkpoint (last.pt, best.pt, step-N.pt), an averaged checkpoint
+    (`speakerid average`) or a model file (`speakerid export`). Errors name the file and what is wrong."""
+    path = Path(path)
+    content = load_weights_only(path, what="model (checkpoint or model file)")
+    sha256 = file_digest(path)
+    if isinstance(content, dict) and "format" in content:
+        return _from_model_file(check_model_file(content, str(path)), path, sha256)
+    if isinstance(content, dict) and "format_version" in content:
+        return _from_checkpoint(check_checkpoint(content, path), path, sha256)
+    raise ModelFileError(f"{path}: neither a speakerid checkpoint nor a model file (it has no format_version "
+                         f"and no format)")
+
+
+def _from_checkpoint(checkpoint: dict[str, Any], path: Path, sha256: str) -> LoadedModel:
+    from speakerid.builders import extractor_from_checkpoint
+
+    extractor, cfg = extractor_from_checkpoint(checkpoint, source=str(path))
+    kind = "averaged checkpoint" if "averaged_from" in checkpoint else "checkpoint"
+    progress = checkpoint.get("progress", {})
+    provenance: dict[str, Any] = {"checkpoint": str(path.resolve()), "checkpoint_sha256": sha256, "kind": kind,
+                                  "epoch": progress.get("epoch"), "step": progress.get("step")}
+    best_eer = progress.get("best_eer")
+    if isinstance(best_eer, float) and math.isfinite(best_eer):
+        provenance["best_eer"] = best_eer
+    for key in ("metrics", "averaged_from", "versions"):
+        if key in checkpoint:
+            provenance[key] = checkpoint[key]
+    config = {"model": OmegaConf.to_container(cfg.model, resolve=True),
+              "features": {"fbank": OmegaConf.to_container(cfg.features.fbank, resolve=True)}}
+    return LoadedModel(path, sha256, kind, extractor.eval(), config, int(cfg.data.sample_rate),
+                       bool(cfg.data.get("resample", False)), OmegaConf.to_container(cfg.data, resolve=True),
+                       provenance)
+
+
+def _from_model_file(content: dict[str, Any], path: Path, sha256: str) -> LoadedModel:
+    extractor = build_file_extractor(OmegaConf.create(content["config"]), str(path))
+    load_state_strict(extractor, content["extractor"], what=f"{path} extractor")
+    rate = content["sample_rate"]
+    return LoadedModel(path, sha256, "model file", extractor.eval(), content["config"], rate, False,
+                       {"sample_rate": rate}, content["provenance"], content.get("embedding_mean"),
+                       content.get("calibration"), content.get("threshold"))
+
+
+def save_model_file(path: str | os.PathLike, *, extractor_state: dict[str, torch.Tensor], config: dict[str, Any],
+                    sample_rate: int, provenance: dict[str, Any], embedding_mean: list[float] | None = None,
+                    calibration: dict[str, Any] | None = None, threshold: dict[str, Any] | None = None,
+                    overwrite: bool = False) -> Path:
+    """Write a model file atomically (a crash leaves no partial file). An existing `path` is a
+    FileExistsError unless overwrite=True. What is written is checked as `load_extractor` checks it."""
+    path = Path(path)
+    content = {
+        "format": FORMAT,
+        "extractor": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in extractor_state.items()},
+        "config": config, "sample_rate": sample_rate, "provenance": provenance,
+        "embedding_mean": None if embedding_mean is None else [float(x) for x in embedding_mean],
+        "calibration": calibration, "threshold": threshold,
+    }
+    check_model_file(content, str(path))
+    with atomic_write(path, "wb", overwrite=overwrite) as f:
+        torch.save(content, f)
+    return path
+
+
+def check_model_file(content: Any, source: str) -> dict[str, Any]:
+    """`content` if it is a model file this speakerid reads; ModelFileError naming the part that is not."""
+    if not isinstance(content, dict):
+        raise ModelFileError(f"{source}: not a speakerid model file (a {type(content).__name__}, not a dict)")
+    name = content.get("format")
+    if name != FORMAT:
+        newer = isinstance(name, str) and name.startswith(_FORMAT_NAME)
+        raise ModelFileError(f"{source}: " + (f"written by a newer speakerid (format {name!r}; this one reads "
+                                              f"{FORMAT!r})" if newer else f"unknown format {name!r}"))
+    missing = [k for k in _REQUIRED if k not in content]
+    unknown = sorted(set(content) - set(_REQUIRED) - set(_OPTIONAL))
+    if missing or unknown:
+        raise ModelFileError(f"{source}: " + "; ".join(
+            ([f"lacks {', '.join(missing)}"] if missing else []) + ([f"has unknown keys {', '.join(unknown)}"]
+                                                                      if unknown else [])))
+    state = content["extractor"]
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ModelFileError(f"{source}: extractor must be a state dict (names -> tensors)")
+    config = content["config"]
+    if not (isinstance(config, dict) and isinstance(config.get("model"), dict)
+            and isinstance(config.get("features"), dict) and isinstance(config["features"].get("fbank"), dict)):
+        raise ModelFileError(f"{source}: config must hold model and features.fbank")
+    _check_plain(config, f"{source}: config")
+    rate = content["sample_rate"]
+    if not (isinstance(rate, int) and not isinstance(rate, bool) and rate > 0):
+        raise ModelFileError(f"{source}: sample_rate must be a positive integer, got {rate!r}")
+    fbank_rate = config["features"]["fbank"].get("sample_rate", rate)
+    if fbank_rate != rate:
+        raise ModelFileError(f"{source}: sample_rate is {rate} but features.fbank.sample_rate is {fbank_rate}")
+    if not isinstance(content["provenance"], dict):
+        raise ModelFileError(f"{source}: provenance must be a dict")
+    _check_plain(content["provenance"], f"{source}: provenance")
+    if content.get("embedding_mean") is not None:
+        check_embedding_mean(content["embedding_mean"], f"{source}: embedding_mean")
+    if content.get("calibration") is not None:
+        check_calibration(content["calibration"], f"{source}: calibration")
+    if content.get("threshold") is not None:
+        check_threshold(content["threshold"], f"{source}: threshold")
+    return content
+
+
+def check_embedding_mean(mean: Any, source: str, dim: int | None = None) -> list[float]:
+    """A mean embedding as a list of finite floats (of `dim` values when given)."""
+    if not isinstance(mean, (list, tuple)) or not mean or not all(_is_number(x) and math.isfinite(x) for x in mean):
+        raise ModelFileError(f"{source}: the mean embedding must be a non-empty list of finite numbers")
+    if dim is not None and len(mean) != dim:
+        raise ModelFileError(f"{source}: the mean embedding has {len(mean)} values but the model's embeddings "
+                             f"{dim}")
+    return [float(x) for x in mean]
+
+
+def check_calibration(calibration: Any, source: str) -> dict[str, Any]:
+    """A calibration dict that `Calibration.from_dict` reads, with a finite, positive slope."""
+    if not isinstance(calibration, dict):
+        raise ModelFileError(f"{source}: must be a dict with slope and offset, got {type(calibration).__name__}")
+    try:
+        parsed = Calibration.from_dict(calibration)
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f"{source}: {e}") from None
+    if not (math.isfinite(parsed.slope) and math.isfinite(parsed.offset)):
+        raise ModelFileError(f"{source}: slope and offset must be finite, got {parsed.slope} and {parsed.offset}")
+    if parsed.slope <= 0:
+        raise ModelFileError(f"{source}: slope must be positive (a higher score means more likely the same "
+                             f"speaker), got {parsed.slope}")
+    _check_plain(calibration, source)
+    return dict(calibration)
+
+
+def check_threshold(threshold: Any, source: str) -> dict[str, Any]:
+    """A threshold dict: score (finite), kind (a name: eer, far, dcf, given, ...), target (a number or None),
+    and any further plain values."""
+    if not isinstance(threshold, dict):
+        raise ModelFileError(f"{source}: must be a dict with score, kind and target, got "
+                             f"{type(threshold).__name__}")
+    missing = [k for k in ("score", "kind", "target") if k not in threshold]
+    if missing:
+        raise ModelFileError(f"{source}: lacks {', '.join(missing)} (needs score, kind and target)")
+    if not (_is_number(threshold["score"]) and math.isfinite(threshold["score"])):
+        raise ModelFileError(f"{source}: score must be a finite number, got {threshold['score']!r}")
+    if not (isinstance(threshold["kind"], str) and threshold["kind"]):
+        raise ModelFileError(f"{source}: kind must be a name (eer, far, dcf, ...), got {threshold['kind']!r}")
+    target = threshold["target"]
+    if target is not None and not (_is_number(target) and math.isfinite(target)):
+        raise ModelFileError(f"{source}: target must be a finite number or null, got {target!r}")
+    _check_plain(threshold, source)
+    return dict(threshold)
+
+
+def read_calibration_json(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(calibration, threshold) from the JSON `speakerid calibrate` writes: exactly
+    {"calibration": {...}, "threshold": {...}}, both checked."""
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"calibration file {path} does not exist") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(content, dict) or set(content) != {"calibration", "threshold"}:
+        keys = sorted(content) if isinstance(content, dict) else type(content).__name__
+        raise ModelFileError(f"{path}: expected exactly the keys calibration and threshold (as speakerid calibrate "
+                             f"writes them), got {keys}")
+    return (check_calibration(content["calibration"], f"{path}: calibration"),
+            check_threshold(content["threshold"], f"{path}: threshold"))
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_plain(value: Any, source: str, where: str = "") -> None:
+    """Only what torch.load(weights_only=True) and JSON both read: None, bool, numbers, str, lists, dicts
+    with str keys."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, source, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ModelFileError(f"{source}{where}: key {k!r} is not a string")
+            _check_plain(v, source, f"{where}.{k}")
+        return
+    raise ModelFileError(f"{source}{where}: a {type(value).__name__} cannot be stored (only numbers, strings, "
+                         f"lists and dicts)")
