@@ -1,0 +1,268 @@
+"""A trained speaker model from Python, with no config to compose:
+
+    import speakerid
+
+    model = speakerid.load("best.pt")            # a checkpoint, an averaged checkpoint or a model file
+    e = model.embed("a.wav")                     # [dim] float32, unit length
+    E = model.embed(["a.wav", "b.flac"])         # [2, dim]
+    e = model.embed(waveform, sample_rate=8000)  # numpy array or torch tensor, 1-D; resampled to the model's rate
+    model.score("a.wav", "b.wav")                # cosine similarity (less the stored mean embedding, if any)
+    model.verify("a.wav", "b.wav")               # Verification(score, llr, same, threshold)
+    model.load_calibration("cal.json")           # from `speakerid calibrate`: score -> LLR, and a threshold
+    model.save("model.pt")                       # a model file: weights, config, calibration, threshold
+
+Audio is embedded as evaluation embeds it (`speakerid.evaluation.extract_embeddings`): whole utterances,
+in batches of nearly equal length, all members cut to the shortest, which is at most `max_trim` (0.25%)
+shorter than the longest; so a score here equals the score of the same pair in `speakerid evaluate`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+
+from speakerid.calibration import Calibration
+from speakerid.data.audio import resample_audio
+from speakerid.data.check import MIN_TRIAL_SECONDS, check_trial_audio
+from speakerid.data.lists import check_files_exist
+from speakerid.evaluation import ExtractionOptions, extract_embeddings
+from speakerid.model_file import (
+    LoadedModel,
+    check_calibration,
+    check_embedding_mean,
+    check_threshold,
+    load_extractor,
+    read_calibration_json,
+    save_model_file,
+)
+from speakerid.scoring import Embeddings, subtract_mean
+
+# One recording: a path to an audio file, or a 1-D waveform (numpy array or torch tensor).
+Audio = Union[str, os.PathLike, np.ndarray, torch.Tensor]
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The device `name` means: "auto" is the first GPU when there is one, else the CPU."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of `SpeakerModel.verify`."""
+
+    score: float                # cosine similarity, as `SpeakerModel.score`
+    llr: float | None           # calibrated natural-log likelihood ratio; None when the model has no calibration
+    same: bool | None           # score >= threshold; None when there is no threshold
+    threshold: float | None     # the score threshold that decided
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "auto",
+         options: ExtractionOptions | None = None) -> SpeakerModel:
+    """The model in `path` (a training checkpoint, an averaged checkpoint or a model file), ready to embed on
+    `device` ("auto": a GPU when there is one). `options` change how audio is batched (see
+    `speakerid.evaluation.ExtractionOptions`; the default is evaluation's)."""
+    return SpeakerModel(load_extractor(path), device, options)
+
+
+class SpeakerModel:
+    """Embeds, scores and verifies recordings with one trained model; see the module docstring."""
+
+    def __init__(self, loaded: LoadedModel, device: str | torch.device = "auto",
+                 options: ExtractionOptions | None = None):
+        self.loaded = loaded
+        self.device = resolve_device(device)
+        self.extractor = loaded.extractor.to(self.device).eval()
+        self.options = replace(options or ExtractionOptions(), mode="full")
+        self._dim: int | None = None
+        self._calibration: dict[str, Any] | None = None
+        self._threshold: dict[str, Any] | None = None
+        self._mean: np.ndarray | None = None
+        self.calibration = loaded.calibration
+        self.threshold = loaded.threshold
+        self.embedding_mean = loaded.embedding_mean
+
+    def __repr__(self) -> str:
+        parts = [f"{self.loaded.kind} {self.loaded.path}", f"{self.sample_rate} Hz", f"on {self.device}"]
+        parts += [name for name, value in (("calibrated", self._calibration), ("threshold", self._threshold),
+                                           ("mean", self._mean)) if value is not None]
+        return f"SpeakerModel({', '.join(parts)})"
+
+    # ----------------------------------------------------------------------------------------- properties
+    @property
+    def sample_rate(self) -> int:
+        """The rate the model takes; audio at other rates is resampled to it."""
+        return self.loaded.sample_rate
+
+    @property
+    def embedding_dim(self) -> int:
+        if self._dim is None:  # from the model itself: every encoder names its size differently
+            with torch.no_grad():
+                self._dim = int(self.extractor(torch.zeros(1, self.sample_rate, device=self.device)).shape[1])
+        return self._dim
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """score -> log-likelihood ratio, or None. Set it to a `Calibration`, a dict of one, or None."""
+        return None if self._calibration is None else Calibration.from_dict(self._calibration)
+
+    @calibration.setter
+    def calibration(self, value: Calibration | dict[str, Any] | None) -> None:
+        if isinstance(value, Calibration):
+            value = value.to_dict()
+        self._calibration = None if value is None else check_calibration(value, "calibration")
+
+    @property
+    def threshold(self) -> dict[str, Any] | None:
+        """The decision threshold, {"score", "kind", "target", ...}, or None. Set it to such a dict, to a
+        number (a score threshold of kind "given") or to None."""
+        return None if self._threshold is None else dict(self._threshold)
+
+    @threshold.setter
+    def threshold(self, value: dict[str, Any] | float | None) -> None:
+        if value is not None and not isinstance(value, dict):
+            value = {"score": float(value), "kind": "given", "target": None}
+        self._threshold = None if value is None else check_threshold(value, "threshold")
+
+    @property
+    def embedding_mean(self) -> np.ndarray | None:
+        """The mean unit embedding subtracted before scoring (float64), or None."""
+        return None if self._mean is None else self._mean.copy()
+
+    @embedding_mean.setter
+    def embedding_mean(self, value: Sequence[float] | np.ndarray | None) -> None:
+        if value is None:
+            self._mean = None
+            return
+        values = np.asarray(value, dtype=np.float64)
+        if values.ndim != 1:
+            raise ValueError(f"the mean embedding must be 1-D, got shape {values.shape}")
+        self._mean = np.array(check_embedding_mean(values.tolist(), "embedding_mean", self.embedding_dim))
+
+    def load_calibration(self, path: str | os.PathLike) -> None:
+        """Take the calibration and threshold of a JSON written by `speakerid calibrate`."""
+        self.calibration, self.threshold = read_calibration_json(path)
+
+    # ------------------------------------------------------------------------------------------ embedding
+    def embed(self, audio: Audio | Sequence[Audio], sample_rate: int | None = None) -> np.ndarray:
+        """L2-normalised float32 embeddings: [dim] for one recording, [n, dim] for a list of them. A
+        recording is a path, or a 1-D waveform (numpy or torch, float in [-1, 1] or int16) at `sample_rate`."""
+        single = _is_one(audio)
+        items = [audio] if single else list(audio)
+        if not items:
+            raise ValueError("no audio to embed")
+        is_path = [isinstance(x, (str, os.PathLike)) for x in items]
+        paths = [str(x) for x, p in zip(items, is_path) if p]
+        waves = {f"<waveform {i}>": self._waveform(x, sample_rate, f"waveform {i}")
+                 for i, (x, p) in enumerate(zip(items, is_path)) if not p}
+        out = np.empty((len(items), self.embedding_dim), dtype=np.float32)
+        if paths:
+            out[np.flatnonzero(is_path)] = self.embed_files(paths).select(paths).full
+        if waves:
+            found = extract_embeddings(self.extractor, ".", list(waves), self.device, self.options, self.sample_rate,
+                                       readers=0, waveforms=waves)
+            out[np.flatnonzero(np.logical_not(is_path))] = found.select(list(waves)).full
+        return out[0] if single else out
+
+    def embed_files(self, paths: Sequence[str], root: str | os.PathLike = ".", options: ExtractionOptions | None = None,
+                    progress: bool = False) -> Embeddings:
+        """Embeddings of audio files, keyed by their paths relative to `root` (each file once), exactly as
+        evaluation extracts them; `options` (default: this model's) may ask for multi-crop embeddings too.
+        Every file is checked (exists, readable, mono, long enough) before any is embedded; files at other
+        rates are resampled."""
+        check_files_exist(root, list(paths), what="the audio to embed", show=10)
+        check_trial_audio(root, list(paths), self.sample_rate, resample=True, what="the audio to embed")
+        return extract_embeddings(self.extractor, root, list(paths), self.device, options or self.options,
+                                  self.sample_rate, resample=True, progress=progress)
+
+    def _waveform(self, x: Any, sample_rate: int | None, what: str) -> np.ndarray:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{what}: expected a path, a numpy array or a torch tensor, got {type(x).__name__}")
+        if x.ndim != 1:
+            raise ValueError(f"{what}: a waveform is 1-D [samples], got shape {x.shape} (several recordings: give a "
+                             f"list of them; several channels: mix them to one first)")
+        if x.dtype == np.int16:
+            x = x.astype(np.float32) / 32768.0
+        elif not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"{what}: samples must be float (in [-1, 1]) or int16, got {x.dtype}")
+        if sample_rate is None:
+            raise ValueError(f"{what}: give its sample_rate (the model takes {self.sample_rate} Hz; other rates are "
+                             f"resampled)")
+        if len(x) < MIN_TRIAL_SECONDS * sample_rate:
+            raise ValueError(f"{what}: {len(x)} samples at {sample_rate} Hz is too short to embed (at least "
+                             f"{MIN_TRIAL_SECONDS} s)")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return x if sample_rate == self.sample_rate else resample_audio(x, sample_rate, self.sample_rate)
+
+    # ------------------------------------------------------------------------------------------- scoring
+    def score_embeddings(self, a: np.ndarray, b: np.ndarray) -> float | np.ndarray:
+        """Cosine similarity of embeddings (from `embed`), in float64, after subtracting the stored mean
+        embedding when there is one: a float for two [dim] vectors, else one score per row of [n, dim]."""
+        a, b = np.asarray(a), np.asarray(b)
+        one = a.ndim == 1 and b.ndim == 1
+        a, b = np.atleast_2d(a), np.atleast_2d(b)
+        if a.shape != b.shape or a.ndim != 2:
+            raise ValueError(f"embeddings to score must have the same shape, [dim] or [n, dim]: {a.shape} and "
+                             f"{b.shape}")
+        scores = np.einsum("ij,ij->i", self._scoring_vectors(a), self._scoring_vectors(b))
+        return float(scores[0]) if one else scores
+
+    def _scoring_vectors(self, embeddings: np.ndarray) -> np.ndarray:
+        if self._mean is not None:
+            return subtract_mean(embeddings, self._mean)
+        return Embeddings([str(i) for i in range(len(embeddings))], embeddings).scoring_vectors("full")
+
+    def score(self, a: Audio | Sequence[Audio], b: Audio | Sequence[Audio],
+              sample_rate: int | None = None) -> float | np.ndarray:
+        """The score of recording a against recording b (a float), or of each pair of two equally long lists
+        (an array). All recordings are embedded together, batched by length."""
+        if _is_one(a) != _is_one(b) or (not _is_one(a) and len(a) != len(b)):
+            raise ValueError("score takes two recordings, or two lists of recordings of the same length")
+        if _is_one(a):
+            e = self.embed([a, b], sample_rate)
+            return self.score_embeddings(e[0], e[1])
+        e = self.embed([*a, *b], sample_rate)
+        return self.score_embeddings(e[:len(a)], e[len(a):])
+
+    def verify(self, a: Audio, b: Audio, sample_rate: int | None = None,
+               threshold: float | None = None) -> Verification:
+        """Whether a and b are the same speaker: the score, the calibrated LLR (when the model has a
+        calibration) and the decision at `threshold` or else the model's stored threshold (when it has one)."""
+        if not (_is_one(a) and _is_one(b)):
+            raise ValueError("verify takes two recordings; use score for lists")
+        score = self.score(a, b, sample_rate)
+        calibration = self.calibration
+        llr = None if calibration is None else float(calibration.llr(score))
+        if threshold is None and self._threshold is not None:
+            threshold = self._threshold["score"]
+        same = None if threshold is None else bool(score >= threshold)
+        return Verification(score, llr, same, None if threshold is None else float(threshold))
+
+    # ------------------------------------------------------------------------------------------- saving
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write a model file (weights, config, sample rate, provenance, and the mean, calibration and
+        threshold when set); an existing file is replaced only with overwrite=True."""
+        return save_model_file(
+            path, extractor_state=self.extractor.state_dict(), config=self.loaded.config,
+            sample_rate=self.sample_rate, provenance=self.loaded.provenance,
+            embedding_mean=None if self._mean is None else self._mean.tolist(), calibration=self._calibration,
+            threshold=self._threshold, overwrite=overwrite)
+
+
+def _is_one(audio: Any) -> bool:
+    """A single recording (a path or a 1-D waveform), as against a list of them."""
+    if isinstance(audio, (str, os.PathLike)):
+        return True
+    if isinstance(audio, (np.ndarray, torch.Tensor)):
+        return True  # one waveform; anything but 1-D is refused when it is read
+    if isinstance(audio, (list, tuple)):
+        return False
+    raise TypeError(f"expected a path, a 1-D waveform or a list of them, got {type(audio).__name__}")
