@@ -9,7 +9,7 @@ Augmentation). Draws come from --seed, one file after another in sorted order, s
     python scripts/degrade_trials.py --trials T --root R --out DIR --synthetic-banks /tmp/banks
 
 It writes DIR/wav/<path> (16-bit, the files' own rate) for every file of the list and DIR/trials.txt,
-then `scripts/evaluate.py --trials DIR/trials.txt --root DIR/wav` evaluates on it. Test noise should not be
+then `speakerid evaluate --model M --trials DIR/trials.txt --root DIR/wav` evaluates on it. Test noise should not be
 the noise a model was trained with: pass other files (or --categories) than training used.
 """
 

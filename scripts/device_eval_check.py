@@ -10,7 +10,7 @@ runs on a CPU too). On the files of a trial list it times:
 and for each batched run the cosine similarity of its full-utterance embeddings to the reference
 (minimum and mean over files) and the EER of the list with both (when every file of the list is used).
 
-    python scripts/device_eval_check.py --checkpoint best.pt \\
+    python scripts/device_eval_check.py --model best.pt \\
         --root ../shared/data/arsc/wav --trials ../shared/data/arsc/trials.txt [--device cuda] [--limit N]
 """
 
@@ -21,17 +21,17 @@ import time
 import numpy as np
 import torch
 
-from speakerid.builders import extractor_from_checkpoint
-from speakerid.checkpoint import load_checkpoint
 from speakerid.data.lists import check_files_exist, has_labels, read_trials, trial_files
 from speakerid.evaluation import ExtractionOptions, extract_embeddings
 from speakerid.metrics import compute_eer
+from speakerid.model_file import load_extractor
 from speakerid.scoring import raw_scores
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--model", "--checkpoint", dest="model", required=True,
+                        help="a checkpoint, an averaged checkpoint or a model file")
     parser.add_argument("--root", required=True)
     parser.add_argument("--trials", required=True)
     parser.add_argument("--device", default="cuda")
@@ -41,16 +41,16 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    extractor, cfg = extractor_from_checkpoint(load_checkpoint(args.checkpoint), source=str(args.checkpoint))
-    extractor.to(device).eval()
+    loaded = load_extractor(args.model)
+    extractor = loaded.extractor.to(device).eval()
     trials = read_trials(args.trials)
     files = trial_files(trials)
     whole_list = not args.limit or args.limit >= len(files)
     files = files if whole_list else files[:args.limit]
     check_files_exist(args.root, files, what=args.trials)
-    rate, resample = cfg.data.sample_rate, cfg.data.resample
+    rate, resample = loaded.sample_rate, loaded.resample
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.checkpoint}: {sum(p.numel() for p in extractor.parameters()) / 1e6:.2f}M parameters, "
+    print(f"{args.model}: {sum(p.numel() for p in extractor.parameters()) / 1e6:.2f}M parameters, "
           f"{len(files)} files, on {name}")
 
     def timed(options: ExtractionOptions):

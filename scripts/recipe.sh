@@ -120,7 +120,7 @@ EOF
         ln -f "${last[0]}" "$dir/avg.pt"
         echo "$dir/avg.pt is ${last[0]}"
     else
-        "$python" "$repo/scripts/average_checkpoints.py" --out "$dir/avg.pt" "${last[@]}"
+        "$python" -m speakerid.cli.main average --out "$dir/avg.pt" "${last[@]}"
     fi
 }
 
@@ -129,7 +129,7 @@ evaluate() {  # overrides for every protocol...: each model on Vox1-O, E and H c
     for model in "$train_dir/avg.pt" ${lm_experiment:+"$lm_dir/avg.pt"}; do
         [[ -f $model ]] || { echo "error: $model is missing: run the stages before" >&2; exit 1; }
         for protocol in vox1_o vox1_e vox1_h; do
-            "$python" -m speakerid.cli.evaluate --checkpoint "$model" "eval=$protocol" "eval.dir=$vox1" "$@"
+            "$python" -m speakerid.cli.main evaluate --model "$model" "eval=$protocol" "eval.dir=$vox1" "$@"
         done
     done
 }

@@ -59,7 +59,8 @@ def test_evaluate_refuses_a_malicious_checkpoint_before_calling_anything(tmp_pat
     checkpoint = tiny_checkpoint()
     checkpoint["config"]["model"] = opener(victim)
     torch.save(checkpoint, tmp_path / "evil.pt")
-    proc = subprocess.run([sys.executable, "scripts/evaluate.py", "--checkpoint", str(tmp_path / "evil.pt"),
+    proc = subprocess.run([sys.executable, "-m", "speakerid.cli.main", "evaluate", "--model",
+                           str(tmp_path / "evil.pt"),
                            "--trials", str(tmp_path / "none.txt"), "--root", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "builtins.open" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -13,7 +13,9 @@ from speakerid.training import train
 
 
 def run(script, *args):
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+    """A script of the checkout, or a `speakerid` subcommand (a name without .py)."""
+    command = [script] if script.endswith(".py") else ["-m", "speakerid.cli.main", script]
+    return subprocess.run([sys.executable, *command, *map(str, args)], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -31,10 +33,10 @@ def test_unwritable_outputs_are_named_before_any_work(checkpoint, tiny_corpus_di
     a_folder.mkdir()
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    proc = run("scripts/embed.py", "--checkpoint", checkpoint, "--folder", tiny_corpus_dir / "wav", "--out", a_folder)
+    proc = run("embed", "--model", checkpoint, "--folder", tiny_corpus_dir / "wav", "--out", a_folder)
     assert proc.returncode == 1 and f"--out {a_folder} is a folder" in proc.stderr, proc.stderr
     assert "embedded" not in proc.stdout
-    proc = run("scripts/evaluate.py", "--checkpoint", checkpoint, "--out-dir", a_file / "eval")
+    proc = run("evaluate", "--model", checkpoint, "--out-dir", a_file / "eval")
     assert proc.returncode == 1 and f"--out-dir {a_file / 'eval'} is not writable" in proc.stderr, proc.stderr
     proc = run("scripts/check_data.py", "--trials", tiny_corpus_dir / "trials.txt", "--trials-root",
                tiny_corpus_dir / "wav", "--report", a_folder)
@@ -50,20 +52,21 @@ def test_evaluate_on_8khz_audio_offers_an_option_that_works(checkpoint, tiny_cor
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             sf.write(str(root / rel), audio[::2].astype(np.float32), rate // 2)
     (tmp_path / "trials.txt").write_text("\n".join(trials) + "\n")
-    args = ["--checkpoint", checkpoint, "--trials", tmp_path / "trials.txt", "--root", root, "--out-dir", tmp_path / "e"]
-    proc = run("scripts/evaluate.py", *args)
+    args = ["--model", checkpoint, "--trials", tmp_path / "trials.txt", "--root", root, "--out-dir", tmp_path / "e"]
+    proc = run("evaluate", *args)
     assert proc.returncode == 1 and "8000 Hz, expected 16000 Hz" in proc.stderr and "--resample" in proc.stderr
     assert "data.resample" not in proc.stderr, proc.stderr
-    proc = run("scripts/evaluate.py", *args, "--resample")
+    proc = run("evaluate", *args, "--resample")
     assert proc.returncode == 0 and "EER" in proc.stdout, proc.stderr
 
 
 def test_verify_on_a_file_with_nan_samples_is_an_error_naming_it(checkpoint, tiny_corpus_dir, tmp_path):
-    """It printed 'score nan < threshold: different speakers' and exited 0."""
+    """It printed 'score nan < threshold: different speakers' and exited 0; an error exits 2 (1 means
+    different speakers)."""
     good = next((tiny_corpus_dir / "wav").rglob("*.wav"))
     audio, rate = sf.read(str(good), dtype="float32")
     audio[100:110] = np.nan
     sf.write(str(tmp_path / "nan.wav"), audio, rate, subtype="FLOAT")
-    proc = run("scripts/verify.py", "--checkpoint", checkpoint, "--threshold", "0.5", good, tmp_path / "nan.wav")
-    assert proc.returncode == 1 and "non-finite embedding" in proc.stderr and "nan.wav" in proc.stderr, proc.stderr
+    proc = run("verify", "--model", checkpoint, "--threshold", "0.5", good, tmp_path / "nan.wav")
+    assert proc.returncode == 2 and "non-finite embedding" in proc.stderr and "nan.wav" in proc.stderr, proc.stderr
     assert "score" not in proc.stdout

@@ -20,6 +20,11 @@ def run(*args, cwd=REPO):
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+def speakerid(*args):
+    """The `speakerid` console command, from this checkout."""
+    return run("-m", "speakerid.cli.main", *args)
+
+
 @pytest.fixture(scope="module")
 def trained_run(tiny_corpus_dir, tmp_path_factory):
     from conftest import compose_config
@@ -32,7 +37,7 @@ def trained_run(tiny_corpus_dir, tmp_path_factory):
 def test_evaluate_reproduces_validation_and_writes_scores(trained_run, tiny_corpus_dir, tmp_path):
     run_dir, results = trained_run
     out = tmp_path / "eval"
-    proc = run("scripts/evaluate.py", "--checkpoint", run_dir / "checkpoints" / "last.pt",
+    proc = speakerid("evaluate", "--model", run_dir / "checkpoints" / "last.pt",
                "--root", tiny_corpus_dir / "wav", "--trials", tiny_corpus_dir / "trials.txt", "--out-dir", out,
                "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
@@ -57,27 +62,27 @@ def test_evaluate_protocols_cache_and_verify(trained_run, tiny_corpus_dir, tmp_p
     run_dir, results = trained_run
     ckpt = run_dir / "checkpoints" / "last.pt"
     out = tmp_path / "eval"
-    proc = run("scripts/evaluate.py", "--checkpoint", ckpt, "--out-dir", out, "--device", "cpu",
+    proc = speakerid("evaluate", "--model", ckpt, "--out-dir", out, "--device", "cpu",
                "eval.embedding.mode=multicrop", "eval.asnorm.enabled=true", "eval.asnorm.top_k=3")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "trials.multicrop5_asnorm3.json").read_text())
     assert report["trials"] == str(tiny_corpus_dir / "trials.txt")  # ${data.dir} from the checkpoint
     assert report["asnorm"]["cohort_list"] == str(tiny_corpus_dir / "train_list.txt")
     assert report["n_extracted"] == 18 + 36  # trial files (multicrop) + cohort files (full)
-    proc = run("scripts/evaluate.py", "--checkpoint", ckpt, "--out-dir", out, "--device", "cpu",
+    proc = speakerid("evaluate", "--model", ckpt, "--out-dir", out, "--device", "cpu",
                "eval.embedding.mode=multicrop", "eval.asnorm.enabled=true", "eval.asnorm.top_k=3")
     assert proc.returncode == 0 and "all embeddings from the cache" in proc.stdout, proc.stderr
     assert json.loads((out / "trials.multicrop5_asnorm3.json").read_text())["eer"] == report["eer"]
 
     same = tiny_corpus_dir / "wav" / "syn00006" / "s00" / "00000.wav"
-    proc = run("scripts/verify.py", "--checkpoint", ckpt, "--threshold-from", out / "trials.multicrop5_asnorm3.json",
-               same, same, "--device", "cpu")
+    proc = speakerid("verify", "--model", ckpt, "--threshold-from", out / "trials.multicrop5_asnorm3.json",
+                     same, same, "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert "same speaker" in proc.stdout and f"threshold {report['eer_threshold']:.4f}" in proc.stdout
     report["checkpoint_sha256"] = "0" * 64
     (tmp_path / "other.json").write_text(json.dumps(report))
-    proc = run("scripts/verify.py", "--checkpoint", ckpt, "--threshold-from", tmp_path / "other.json", same, same)
-    assert proc.returncode == 1 and "another checkpoint" in proc.stderr
+    proc = speakerid("verify", "--model", ckpt, "--threshold-from", tmp_path / "other.json", same, same)
+    assert proc.returncode == 2 and "another model" in proc.stderr
 
 
 def test_evaluate_scores_a_list_without_labels(trained_run, tiny_corpus_dir, tmp_path):
@@ -85,7 +90,7 @@ def test_evaluate_scores_a_list_without_labels(trained_run, tiny_corpus_dir, tmp
     pairs = [line.split()[1:] for line in (tiny_corpus_dir / "trials.txt").read_text().splitlines()[:5]]
     trials = tmp_path / "pairs.txt"
     trials.write_text("".join(f"{e} {t}\n" for e, t in pairs))
-    proc = run("scripts/evaluate.py", "--checkpoint", run_dir / "checkpoints" / "last.pt", "--trials", trials,
+    proc = speakerid("evaluate", "--model", run_dir / "checkpoints" / "last.pt", "--trials", trials,
                "--root", tiny_corpus_dir / "wav", "--out-dir", tmp_path / "eval", "--no-cache", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert "no labels: scores only" in proc.stdout and not re.search(r"EER \d", proc.stdout)
@@ -99,13 +104,13 @@ def test_evaluate_stops_on_a_trial_naming_a_missing_file(trained_run, tiny_corpu
     trials = tmp_path / "trials.txt"
     trials.write_text((tiny_corpus_dir / "trials.txt").read_text() + "1 syn00006/s00/00000.wav nobody/s0/x.wav\n")
     out = tmp_path / "eval"
-    proc = run("scripts/evaluate.py", "--checkpoint", run_dir / "checkpoints" / "last.pt",
+    proc = speakerid("evaluate", "--model", run_dir / "checkpoints" / "last.pt",
                "--root", tiny_corpus_dir / "wav", "--trials", trials, "--out-dir", out, "--device", "cpu")
     assert proc.returncode == 1
     assert "1 of" in proc.stderr and "nobody/s0/x.wav" in proc.stderr
     assert not out.exists()
     trials.write_text("1 syn00006/s00/00000.wav syn00006/s01/00000.wav\n2 syn00006/s00/00000.wav syn00007/s01/00000.wav\n")
-    proc = run("scripts/evaluate.py", "--checkpoint", run_dir / "checkpoints" / "last.pt",
+    proc = speakerid("evaluate", "--model", run_dir / "checkpoints" / "last.pt",
                "--root", tiny_corpus_dir / "wav", "--trials", trials, "--out-dir", out)
     assert proc.returncode == 1 and "trials.txt:2: label must be 0 or 1, got '2'" in proc.stderr
 
@@ -114,7 +119,7 @@ def test_embed_and_export(trained_run, tiny_corpus_dir, tmp_path):
     run_dir, _ = trained_run
     ckpt = run_dir / "checkpoints" / "last.pt"
     folder = tiny_corpus_dir / "wav" / "syn00006"
-    proc = run("scripts/embed.py", "--checkpoint", ckpt, "--folder", folder, "--out", tmp_path / "e.npz",
+    proc = speakerid("embed", "--model", ckpt, "--folder", folder, "--out", tmp_path / "e.npz",
                "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     with np.load(tmp_path / "e.npz", allow_pickle=False) as data:
@@ -123,15 +128,15 @@ def test_embed_and_export(trained_run, tiny_corpus_dir, tmp_path):
         np.testing.assert_allclose(np.linalg.norm(data["full"], axis=1), 1.0, atol=1e-5)
     lst = tmp_path / "files.txt"
     lst.write_text("syn00006/s00/00000.wav\nsyn00006/s00/gone.wav\n")
-    proc = run("scripts/embed.py", "--checkpoint", ckpt, "--list", lst, "--root", tiny_corpus_dir / "wav",
+    proc = speakerid("embed", "--model", ckpt, "--list", lst, "--root", tiny_corpus_dir / "wav",
                "--out", tmp_path / "f.npz")
     assert proc.returncode == 1 and "syn00006/s00/gone.wav" in proc.stderr and not (tmp_path / "f.npz").exists()
 
-    proc = run("scripts/export.py", "--checkpoint", ckpt, "--out-dir", tmp_path / "exported",
-               "--check", folder / "s00" / "00000.wav")
-    assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "exported" / "extractor.ts").is_file() and (tmp_path / "exported" / "extractor.onnx").is_file()
-    assert "torchscript: largest cosine distance" in proc.stdout and "onnx: largest cosine distance" in proc.stdout
+    for fmt, name in (("model", "model.pt"), ("torchscript", "extractor.ts"), ("onnx", "extractor.onnx")):
+        proc = speakerid("export", "--model", ckpt, "--format", fmt, "--out", tmp_path / "exported" / name,
+                         "--check", folder / "s00" / "00000.wav")
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "exported" / name).is_file() and f"{fmt}: largest cosine distance" in proc.stdout
 
 
 def test_prepare_list_scans_voxceleb_layout(tmp_path):
@@ -164,7 +169,7 @@ def test_average_checkpoints_evaluates_but_does_not_resume(trained_run, tiny_cfg
     steps = sorted((run_dir / "checkpoints").glob("step-*.pt"))
     assert len(steps) == 2  # the ends of epochs 1 and 2
     out = tmp_path / "avg.pt"
-    proc = run("scripts/average_checkpoints.py", "--out", out, *steps)
+    proc = speakerid("average", "--out", out, *steps)
     assert proc.returncode == 0, proc.stderr
 
     a, b, avg = (load_checkpoint(p) for p in (*steps, out))
@@ -177,14 +182,14 @@ def test_average_checkpoints_evaluates_but_does_not_resume(trained_run, tiny_cfg
                 torch.testing.assert_close(tensor.double(), expected, rtol=2**-23, atol=1e-12, msg=key)  # float32 rounding
             else:
                 assert torch.equal(tensor, b[part][key]), key
-    proc = run("scripts/evaluate.py", "--checkpoint", out, "--out-dir", tmp_path / "eval", "--device", "cpu")
+    proc = speakerid("evaluate", "--model", out, "--out-dir", tmp_path / "eval", "--device", "cpu")
     assert proc.returncode == 0 and "EER" in proc.stdout, proc.stderr
 
-    proc = run("scripts/average_checkpoints.py", "--out", tmp_path / "x.pt", steps[-1], run_dir / "checkpoints" / "last.pt")
+    proc = speakerid("average", "--out", tmp_path / "x.pt", steps[-1], run_dir / "checkpoints" / "last.pt")
     assert proc.returncode == 1 and "are the same file" in proc.stderr
     other = dict(a, model={k: v for k, v in a["model"].items() if not k.startswith("emb_bn.")})
     torch.save(other, tmp_path / "other.pt")
-    proc = run("scripts/average_checkpoints.py", "--out", tmp_path / "x.pt", steps[-1], tmp_path / "other.pt")
+    proc = speakerid("average", "--out", tmp_path / "x.pt", steps[-1], tmp_path / "other.pt")
     assert proc.returncode == 1 and "only checkpoints of one run average" in proc.stderr
     assert not (tmp_path / "x.pt").exists()
     with pytest.raises(RuntimeError, match="no optimizer or RNG state"):

@@ -1,2 +1,2 @@
-"""Command-line entry points that ship with the package, so an installed speakerid has them too
-(`python -m speakerid.cli.evaluate ...`)."""
+"""The `speakerid` console command (`speakerid.cli.main`), one module per subcommand, shipped with the
+package so that an installed speakerid has it too (`python -m speakerid.cli.main ...` without the script)."""

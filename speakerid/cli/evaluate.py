@@ -1,17 +1,18 @@
-"""Evaluate a checkpoint on a trial protocol of the `eval` config group (the same protocols that train.py
+"""Evaluate a model on a trial protocol of the `eval` config group (the same protocols that train.py
 validates on): embeddings once per file, cosine or multi-crop scores, optional AS-norm, EER and minDCF
 (p_target 0.01 and 0.05). Writes the score file `enrol test score label`, the metrics and the EER
-threshold as JSON beside it, and a DET plot. Embeddings are kept per checkpoint (in <out-dir>/embeddings),
+threshold as JSON beside it, and a DET plot. Embeddings are kept per model file (in <out-dir>/embeddings),
 so scoring other lists or norms does not extract them again.
 
     # eval=folder (default): the trials.txt of the corpus the model was trained on
-    python -m speakerid.cli.evaluate --checkpoint runs/arsc/<date>/checkpoints/best.pt
-    python -m speakerid.cli.evaluate --checkpoint best.pt eval=vox1_o eval.dir=/data/voxceleb1
-    python -m speakerid.cli.evaluate --checkpoint best.pt eval=vox1_o eval.dir=... eval.embedding.mode=multicrop
-    python -m speakerid.cli.evaluate --checkpoint best.pt eval=vox1_o eval.dir=... eval.asnorm.enabled=true \\
+    speakerid evaluate --model runs/arsc/<date>/checkpoints/best.pt
+    speakerid evaluate --model best.pt eval=vox1_o eval.dir=/data/voxceleb1
+    speakerid evaluate --model best.pt eval=vox1_o eval.dir=... eval.embedding.mode=multicrop
+    speakerid evaluate --model best.pt eval=vox1_o eval.dir=... eval.asnorm.enabled=true \\
         eval.asnorm.cohort_list=/data/vox2/train_list.txt eval.asnorm.cohort_root=/data/vox2/dev/wav
-    python -m speakerid.cli.evaluate --checkpoint best.pt --trials my_trials.txt --root /data/wav   # any list
-(`python scripts/evaluate.py` in a checkout is the same command.)
+    speakerid evaluate --model model.pt --trials my_trials.txt --root /data/wav   # any list; a model file
+--model takes a training checkpoint, an averaged checkpoint or a model file (`speakerid export`); a model
+file keeps no training paths, so give it --trials and --root or eval=... eval.dir=...
 """
 
 import argparse
@@ -20,26 +21,20 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
-from speakerid.builders import compose_eval_protocol, extractor_from_checkpoint
-from speakerid.checkpoint import load_checkpoint
+from speakerid.builders import compose_eval_protocol
 from speakerid.config import ConfigError
 from speakerid.data.audio import AudioError
 from speakerid.data.lists import ListFormatError, MissingFilesError
-from speakerid.evaluation import Evaluation, file_digest, save_embeddings, write_json, write_scores
+from speakerid.evaluation import Evaluation, save_embeddings, write_json, write_scores
 from speakerid.io import atomic_write, check_writable
+from speakerid.model_file import load_extractor
 from speakerid.plots import det_image
 from speakerid.scoring import Embeddings
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from speakerid.speaker_model import resolve_device
 
 
 def default_out_dir(checkpoint: Path) -> Path:
@@ -51,7 +46,8 @@ HELP = "EER and minDCF of a model on a trial list (scores, JSON, DET plot)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "--checkpoint", dest="model", required=True,
-                        help="a checkpoint written by train.py (last.pt, best.pt)")
+                        help="a checkpoint written by train.py (last.pt, best.pt), an averaged checkpoint or a "
+                             "model file")
     parser.add_argument("overrides", nargs="*", help="config overrides: eval=vox1_o eval.dir=... eval.asnorm.enabled=true")
     parser.add_argument("--trials", help="shortcut for eval.trials=... (any `label enrol test` or `enrol test` list)")
     parser.add_argument("--root", help="shortcut for eval.root=...: folder the trial paths are relative to")
@@ -83,16 +79,15 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     try:
         check_writable(out_dir, folder=True, what="--out-dir")
-        checkpoint = load_checkpoint(checkpoint_path)
-        extractor, cfg = extractor_from_checkpoint(checkpoint, source=str(checkpoint_path))
-        protocol = compose_eval_protocol(overrides, cfg.data)
+        loaded = load_extractor(checkpoint_path)
+        protocol = compose_eval_protocol(overrides, loaded.data, source=f"{loaded.kind} {checkpoint_path}")
         evaluation = Evaluation(protocol)  # lists parsed, every file checked, before any audio is read
-        resample = args.resample or bool(cfg.data.resample)
-        evaluation.check_audio(cfg.data.sample_rate, resample, advice="--resample")
-        extractor.to(device)
-        model_id = file_digest(checkpoint_path)
+        resample = args.resample or loaded.resample
+        evaluation.check_audio(loaded.sample_rate, resample, advice="--resample")
+        extractor = loaded.extractor.to(device)
+        model_id = loaded.sha256
         start = time.perf_counter()
-        result = evaluation.run(extractor, device, cfg.data.sample_rate, resample,
+        result = evaluation.run(extractor, device, loaded.sample_rate, resample,
                                 cache_dir=None if args.no_cache else out_dir / "embeddings", model_id=model_id,
                                 progress=True)
         seconds = time.perf_counter() - start

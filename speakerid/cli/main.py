@@ -20,6 +20,10 @@ import sys
 # name -> module under speakerid.cli. One line per subcommand; the order is the order of `--help`.
 SUBCOMMANDS: dict[str, str] = {
     "evaluate": "evaluate",
+    "embed": "embed",
+    "verify": "verify",
+    "export": "export",
+    "average": "average",
 }
 
 def build_parser() -> argparse.ArgumentParser:

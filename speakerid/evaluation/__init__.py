@@ -1,6 +1,6 @@
 """Speaker-verification evaluation: embeddings once per file, batched by similar length; cosine or
 multi-crop scores, optional AS-norm; EER/minDCF. One code path for validation during training
-(`speakerid.training.loop`) and for `python -m speakerid.cli.evaluate`, configured by the `eval` config group (a `Protocol`).
+(`speakerid.training.loop`) and for `speakerid evaluate`, configured by the `eval` config group (a `Protocol`).
 
 What lives where (every public name is importable from `speakerid.evaluation` too):
 - `protocol`: `Protocol` (one file of configs/eval/, `Protocol.from_config`), `ExtractionOptions`,
