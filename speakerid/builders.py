@@ -190,6 +190,9 @@ def compose_eval_protocol(overrides: list[str], data: Any, source: str = "the mo
     cfg = compose("evaluate", overrides)
     merged = OmegaConf.create({"data": OmegaConf.to_container(data, resolve=True) if not isinstance(data, dict)
                                else data, "eval": OmegaConf.to_container(cfg.eval, resolve=False)})
+    for section in ("asnorm", "mean_subtraction"):  # off: not resolved (a model file has no ${data.train_list})
+        if section in merged.eval and not merged.eval[section].get("enabled", False):
+            merged.eval[section] = {"enabled": False}
     missing = [k for k in missing_keys(merged) if k.startswith("eval.")]
     if missing:
         raise ConfigError("required config values are not set: " + ", ".join(missing)

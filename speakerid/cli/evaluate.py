@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
@@ -89,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         result = evaluation.run(extractor, device, loaded.sample_rate, resample,
                                 cache_dir=None if args.no_cache else out_dir / "embeddings", model_id=model_id,
-                                progress=True)
+                                progress=True,
+                                mean=None if loaded.embedding_mean is None else np.asarray(loaded.embedding_mean))
         seconds = time.perf_counter() - start
     except (ConfigError, HydraException, OmegaConfBaseException, ListFormatError, MissingFilesError, AudioError,
             OSError, RuntimeError) as e:

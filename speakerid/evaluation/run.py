@@ -56,7 +56,8 @@ class EvaluationResult:
             "embedding": asdict(p.embedding),
             "asnorm": {**asdict(p.asnorm), "cohort_speakers": len(self.cohort.speakers)}
             if self.cohort is not None else None,
-            "mean_subtraction": asdict(p.mean_subtraction) if self.mean is not None else None,
+            "mean_subtraction": (None if self.mean is None else asdict(p.mean_subtraction)
+                                 if p.mean_subtraction.enabled else {"enabled": True, "given": "with the model"}),
             "n_trials": len(self.trials), "n_files": self.n_files, "labelled": self.labels is not None,
             **(self.metrics or {}),
             "n_extracted": self.n_extracted, "extraction_seconds": self.extraction_seconds,
@@ -111,9 +112,11 @@ class Evaluation:
 
     def run(self, extractor: EmbeddingExtractor, device: torch.device | str = "cpu", sample_rate: int = 16000,
             resample: bool = False, cache_dir: str | os.PathLike | None = None, model_id: str | None = None,
-            progress: bool = False, dist: DistEnv = DistEnv()) -> EvaluationResult:
+            progress: bool = False, dist: DistEnv = DistEnv(),
+            mean: np.ndarray | None = None) -> EvaluationResult:
         """With several processes (torchrun) each embeds its share of the files and all of them get every
-        embedding, so every rank computes the same scores and metrics."""
+        embedding, so every rank computes the same scores and metrics. `mean`: a mean embedding to subtract
+        (a model file's), when the protocol's mean subtraction is off."""
         protocol = self.protocol
         options = protocol.embedding
         extracted = 0
@@ -141,9 +144,9 @@ class Evaluation:
         start = time.perf_counter()
         embeddings = embeddings_of(protocol.root, self.files, options)
         full_only = ExtractionOptions(**{**asdict(options), "mode": "full"})
-        mean = None
         if protocol.mean_subtraction.enabled:
             mean = embeddings_of(protocol.mean_subtraction.root, self.mean_paths, full_only).mean()
+        if mean is not None:
             embeddings = embeddings.centred(mean)
         cohort = None
         if protocol.asnorm.enabled:
