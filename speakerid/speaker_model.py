@@ -40,7 +40,7 @@ from speakerid.model_file import (
     read_calibration_json,
     save_model_file,
 )
-from speakerid.scoring import Embeddings, subtract_mean
+from speakerid.scoring import Embeddings
 
 # One recording: a path to an audio file, or a 1-D waveform (numpy array or torch tensor).
 Audio = Union[str, os.PathLike, np.ndarray, torch.Tensor]
@@ -77,8 +77,8 @@ class SpeakerModel:
     def __init__(self, loaded: LoadedModel, device: str | torch.device = "auto",
                  options: ExtractionOptions | None = None):
         self.loaded = loaded
-        self.device = resolve_device(device)
-        self.extractor = loaded.extractor.to(self.device).eval()
+        self.extractor = loaded.extractor.eval()
+        self.to(device)
         self.options = replace(options or ExtractionOptions(), mode="full")
         self._dim: int | None = None
         self._calibration: dict[str, Any] | None = None
@@ -93,6 +93,12 @@ class SpeakerModel:
         parts += [name for name, value in (("calibrated", self._calibration), ("threshold", self._threshold),
                                            ("mean", self._mean)) if value is not None]
         return f"SpeakerModel({', '.join(parts)})"
+
+    def to(self, device: str | torch.device) -> SpeakerModel:
+        """Move the model to `device` ("auto", "cpu", "cuda:1", ...); returns itself."""
+        self.device = resolve_device(device)
+        self.extractor.to(self.device)
+        return self
 
     # ----------------------------------------------------------------------------------------- properties
     @property
@@ -216,9 +222,9 @@ class SpeakerModel:
         return float(scores[0]) if one else scores
 
     def _scoring_vectors(self, embeddings: np.ndarray) -> np.ndarray:
-        if self._mean is not None:
-            return subtract_mean(embeddings, self._mean)
-        return Embeddings([str(i) for i in range(len(embeddings))], embeddings).scoring_vectors("full")
+        """As evaluation scores: centred on the mean (when there is one), then unit vectors in float64."""
+        found = Embeddings([str(i) for i in range(len(embeddings))], embeddings.astype(np.float32))
+        return (found if self._mean is None else found.centred(self._mean)).scoring_vectors("full")
 
     def score(self, a: Audio | Sequence[Audio], b: Audio | Sequence[Audio],
               sample_rate: int | None = None) -> float | np.ndarray:

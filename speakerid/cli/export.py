@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mean-from", type=Path, dest="mean_from",
                         help="a list (`path` or `speaker path` lines) whose files' mean embedding goes into the "
                              "model file, to be subtracted before scoring")
-    parser.add_argument("--root", type=Path, help="folder the --mean-from list's paths start from (default: its folder)")
+    parser.add_argument("--root", type=Path,
+                        help="folder the --mean-from list's paths start from (default: the list's folder)")
     parser.add_argument("--check", nargs="*", type=Path, default=[], help="audio files for the parity check")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest cosine distance accepted")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         if args.mean_from is not None:
             files = read_file_list(args.mean_from)
             embeddings = model.embed_files(files, args.root or args.mean_from.parent, progress=True)
-            model.embedding_mean = embeddings.full.astype(np.float64).mean(axis=0)
+            model.embedding_mean = embeddings.mean()
             print(f"mean embedding of {len(embeddings)} files of {args.mean_from}")
         rate = model.sample_rate
         inputs = [read_full(p, rate, resample=True)[None] for p in args.check]
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         noise = np.random.default_rng(0).standard_normal(2 * rate + 77).astype(np.float32) * 0.1
         inputs = [noise[None], np.stack([noise[:rate], noise[-rate:]])]
 
-    extractor = model.extractor.cpu().eval()
+    extractor = model.to("cpu").extractor  # the exporters trace on the CPU
     try:
         exported = write(model, args)
     except ImportError as e:

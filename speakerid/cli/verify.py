@@ -9,7 +9,7 @@ different speakers, 2 on any error (so a shell can branch on it).
 
 The threshold is --threshold, else the EER threshold of --threshold-from (an evaluation of this model, or of
 the checkpoint a model file was exported from: the pair is then scored as that evaluation scored its trials,
-full utterance or multi-crop, with AS-norm when it used it), else the model file's own (`speakerid export
+full utterance or multi-crop, with its mean subtraction and AS-norm), else the model file's own (`speakerid export
 --calibration`). Otherwise scores are cosine similarities, less the model file's mean embedding if it has one.
 """
 
@@ -95,6 +95,8 @@ def score_as_evaluated(model, audio: list[Path], report_path: Path, model_path: 
     options = ExtractionOptions(**report["embedding"])
     paths = [str(p.resolve()) for p in audio]
     embeddings = model.embed_files(paths, "/", options)
+    if report.get("embedding_mean"):  # the mean that evaluation subtracted (the AS-norm cohort is stored centred)
+        embeddings = embeddings.centred(load_embeddings(report["embedding_mean"])[0].full[0].astype(np.float64))
     trial = [Trial(None, paths[0], paths[1])]
     score = raw_scores(embeddings, trial, options.mode)
     if report.get("asnorm"):
