@@ -23,6 +23,8 @@ import sys
 SUBCOMMANDS: dict[str, str] = {
     "train": "train",
     "evaluate": "evaluate",
+    "check-data": "check_data",
+    "prepare": "prepare",
 }
 
 def build_parser() -> argparse.ArgumentParser:
