@@ -22,6 +22,7 @@ import sys
 # name -> module under speakerid.cli. One line per subcommand; the order is the order of `--help`.
 SUBCOMMANDS: dict[str, str] = {
     "train": "train",
+    "finetune": "finetune",
     "evaluate": "evaluate",
     "check-data": "check_data",
     "prepare": "prepare",
