@@ -170,3 +170,16 @@ def test_trials_are_balanced_across_sessions_capped_and_never_repeat():
     assert Counter(t.label for t in lopsided) == {1: 40, 0: 40}
     with pytest.raises(ValueError, match="no target trials"):
         make_trials({"a": ["a/s0/0.wav"], "b": ["b/s0/0.wav"]}, np.random.default_rng(0))
+
+
+def test_finetune_refuses_only_the_overrides_of_keys_it_sets():
+    from speakerid.cli.finetune import sets_a_key_of_this_command
+
+    for override in ("model=resnet34", "model.channels=8", "features=fbank", "features.fbank.n_mels=64",
+                     "+data.dir=x", "data.train_list=l.txt", "eval=vox1_o", "eval.trials=t.txt", "eval.root=r",
+                     "trainer.init_head=true", "~trainer.init_from", "hydra.run.dir=x", "experiment=arsc"):
+        assert sets_a_key_of_this_command(override), override
+    for override in ("features.specaugment.enabled=false", "eval.embedding.mode=multicrop", "eval.asnorm.enabled=true",
+                     "data.batch_size=8", "data.resample=true", "trainer.epochs=3", "optim.lr=1e-4", "debug=tiny",
+                     "head.m=0.3", "named=x"):
+        assert not sets_a_key_of_this_command(override), override

@@ -53,12 +53,13 @@ from speakerid.training.setup import resolve_device
 HELP = "fine-tune a model on your own speakers (VoxCeleb-layout folder) and compare its EER before and after"
 
 # Keys this command sets itself, from --root, --model, --out-dir and --device: an override of one of them
-# (or of a key below one of them) is refused rather than silently replaced.
-SET_HERE = ("experiment", "model", "features", "data.dir", "data.train_list", "data.train_root", "data.generate",
-            "data.sample_rate", "eval", "trainer.init_from", "trainer.init_head", "trainer.device",
-            "trainer.resume", "runs_root", "name", "run_dir", "hydra")
-# ... except these, below keys of SET_HERE, which are the user's to choose.
-USERS = ("features.specaugment", "eval.embedding", "eval.asnorm")
+# (or of a key below one of them) is refused rather than silently replaced ...
+SET_HERE = ("experiment", "model", "features.fbank", "data.dir", "data.train_list", "data.train_root",
+            "data.generate", "data.sample_rate", "eval.dir", "eval.trials", "eval.root", "eval.name",
+            "eval.strip_prefix", "trainer.init_from", "trainer.init_head", "trainer.device", "trainer.resume",
+            "runs_root", "name", "run_dir", "hydra")
+# ... and so is the choice of these groups, whose other keys (SpecAugment, scoring) are the user's.
+GROUPS_SET_HERE = ("features", "eval")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,8 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
 def sets_a_key_of_this_command(override: str) -> bool:
     key = override.lstrip("+~").split("=", 1)[0]
-    within = lambda k, prefixes: any(k == p or k.startswith(f"{p}.") for p in prefixes)  # noqa: E731
-    return within(key, SET_HERE) and not within(key, USERS)
+    return key in GROUPS_SET_HERE or any(key == k or key.startswith(f"{k}.") for k in SET_HERE)
 
 
 # What this command writes into --out-dir before training starts: an attempt that stopped there (a typo in an
