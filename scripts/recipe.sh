@@ -7,7 +7,7 @@
 #   RECIPE  resnet34     WeSpeaker ResNet34        (experiments vox2_resnet34, vox2_resnet34_lm)
 #           ecapa_c1024  WeSpeaker ECAPA C1024     (vox2_ecapa_c1024_wespeaker, vox2_ecapa_c1024_wespeaker_lm)
 #           campplus     3D-Speaker CAM++          (vox2_campplus)
-#   VOX2    VoxCeleb2 dev as wav/flac in VOX2/dev/wav/<speaker>/<video>/<utt> (scripts/convert_voxceleb2.py);
+#   VOX2    VoxCeleb2 dev as wav/flac in VOX2/dev/wav/<speaker>/<video>/<utt> (speakerid prepare --convert-to);
 #           its train list is VOX2/train_list.txt when that exists, else stage 0 writes one
 #   VOX1    VoxCeleb1 with VOX1/wav/... and the cleaned lists veri_test2.txt, list_test_all2.txt, list_test_hard2.txt
 #   MUSAN   MUSAN as distributed (noise/, speech/, music/);  RIRS  RIRS_NOISES as distributed
@@ -139,7 +139,7 @@ cd "$repo"  # train.py, scripts/ and the speakerid package of this checkout
 if stage 0; then
     log "0: prepare"
     if [[ ! -f $train_list ]]; then
-        "$python" scripts/prepare_list.py --root "$train_root" --out "$train_list"
+        "$python" -m speakerid.cli.main prepare --root "$train_root" --out "$train_list"
     fi
     if [[ $recipe == campplus ]]; then
         # 3D-Speaker's train.csv (local/prepare_data_csv.py, seg_dur 3.0): one row per whole 3 s of an

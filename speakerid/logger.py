@@ -1,14 +1,16 @@
-"""One place where metrics leave the trainer: TensorBoard scalars plus a JSON-lines history, and the
-validation's pictures (a DET curve image, score histograms), which go to TensorBoard only."""
+"""One place where metrics leave the trainer: TensorBoard scalars plus a JSON-lines history, and what goes to
+TensorBoard only: the validation's pictures (a DET curve image, score histograms), the resolved config as
+text and the hyperparameters with the final metrics (the HPARAMS tab)."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 
@@ -40,6 +42,18 @@ class MetricLogger:
         if self.enabled and len(values):
             self.writer.add_histogram(name, np.asarray(values, dtype=np.float64), global_step=step)
 
+    def log_text(self, name: str, text: str, step: int) -> None:
+        """Preformatted text (TensorBoard's TEXT tab renders Markdown: indented lines are shown verbatim)."""
+        if self.enabled:
+            self.writer.add_text(name, "".join(f"    {line}\n" for line in text.splitlines()), global_step=step)
+
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+        """One row of TensorBoard's HPARAMS tab: the run's hyperparameters and its final metrics. The metrics
+        are also written as scalars under their own tags, which is where that tab reads them."""
+        if self.enabled:
+            # run_name ".": into this run's own folder (add_hparams would otherwise make a sub-run per call).
+            self.writer.add_hparams(hparams, metrics, run_name=".", global_step=step)
+
     def flush(self) -> None:
         if self.enabled:
             self.writer.flush()
@@ -48,3 +62,21 @@ class MetricLogger:
         if self.enabled:
             self.writer.close()
             self._jsonl.close()
+
+
+def flat_hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as {'optim.lr': 0.001, 'model._target_': '...', ...}: numbers, booleans and strings
+    as they are, lists and null as JSON text (TensorBoard's HPARAMS tab takes no other types)."""
+    flat: dict[str, Any] = {}
+
+    def visit(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                visit(f"{prefix}.{key}" if prefix else str(key), value)
+        elif isinstance(node, (bool, int, float, str)):
+            flat[prefix] = node
+        else:
+            flat[prefix] = json.dumps(node)
+
+    visit("", OmegaConf.to_container(cfg, resolve=True))
+    return flat

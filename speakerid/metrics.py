@@ -125,3 +125,8 @@ def det_curve(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     """(FAR, FRR) at every operating point, FAR rising: the points a DET plot draws."""
     points = operating_points(scores, labels)
     return points.far, points.frr
+
+
+def format_eer(eer: float) -> str:
+    """An EER (a fraction) as every log line and command shows it: a percentage with two decimals, '7.34%'."""
+    return f"{100 * eer:.2f}%"

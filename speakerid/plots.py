@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from speakerid.metrics import det_curve
+from speakerid.metrics import det_curve, format_eer
 
 TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8)  # grid lines, on both axes
 UNLABELLED = (0.002,)  # too close to its neighbours to carry a label
@@ -61,5 +61,5 @@ def det_image(scores, labels, eer: float | None = None, title: str = "", size: i
     if eer is not None:
         cx, cy = x(eer), y(eer)
         draw.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], outline=(214, 39, 40), width=2)
-        draw.text((cx + 8, cy - 8), f"EER {100 * eer:.2f}%", fill=(214, 39, 40), font=font, anchor="ld")
+        draw.text((cx + 8, cy - 8), f"EER {format_eer(eer)}", fill=(214, 39, 40), font=font, anchor="ld")
     return np.asarray(image)

@@ -17,10 +17,11 @@ FFMPEG = shutil.which("ffmpeg")
 requires_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (apt-get install ffmpeg)")
 
 
-def run(*args, env=None, cwd=REPO):
-    script, *rest = args
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, rest)], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env=env)
+def prepare(*args, env=None, cwd=REPO):
+    """`speakerid prepare ...`, from any folder."""
+    env = {**(env or os.environ), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "speakerid.cli.main", "prepare", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, env=env)
 
 
 def kaldi_dir(tmp_path):
@@ -40,14 +41,14 @@ def kaldi_dir(tmp_path):
 def test_kaldi_data_dir_becomes_a_train_list(tmp_path):
     data, audio = kaldi_dir(tmp_path)
     out = tmp_path / "list.txt"
-    proc = run("scripts/prepare_list.py", "--kaldi", data, "--out", out, cwd=tmp_path)
+    proc = prepare("--kaldi", data, "--out", out, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert out.read_text() == ("spkA spkA/sess1/u1.flac\nspkA spkA/sess2/u2.wav\nspkB spkB/u3.wav\n")
     assert f"data.train_root={audio}" in proc.stdout and "3 utterances of 2 speakers" in proc.stdout
     listed = read_train_list(out, audio)  # the list the trainer reads, with every file present
     assert listed.speaker_ids == ["spkA", "spkB"] and all((audio / p).is_file() for p in listed.paths)
 
-    proc = run("scripts/prepare_list.py", "--kaldi", data, "--out", out, "--root", tmp_path, cwd=tmp_path)
+    proc = prepare("--kaldi", data, "--out", out, "--root", tmp_path, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert out.read_text().splitlines()[0] == "spkA audio/spkA/sess1/u1.flac"
 
@@ -88,7 +89,8 @@ def test_conversion_says_clearly_when_ffmpeg_is_missing(tmp_path):
     empty_path = tmp_path / "bin"
     empty_path.mkdir()
     env = {**os.environ, "PATH": str(empty_path)}
-    proc = run("scripts/convert_voxceleb2.py", "--src", tmp_path / "src", "--dst", tmp_path / "dst", env=env)
+    proc = prepare("--root", tmp_path / "src", "--convert-to", tmp_path / "dst", "--out", tmp_path / "list.txt",
+                   env=env)
     assert proc.returncode == 1
     assert "ffmpeg was not found on PATH" in proc.stderr and "apt-get install ffmpeg" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "dst").exists()
@@ -113,10 +115,12 @@ def test_m4a_conversion_is_parallel_resumable_and_correct(tmp_path, fmt):
     make_m4a(src / "id1" / "vidA" / "00001.m4a", 1.5, 440.0)
     make_m4a(src / "id2" / "vidB" / "00001.m4a", 2.0, 1000.0)
     (src / "id2" / "vidB" / "00002.m4a").write_bytes(b"not an m4a file")
-    proc = run("scripts/convert_voxceleb2.py", "--src", src, "--dst", dst, "--format", fmt, "--workers", "2")
+    listed = tmp_path / "train_list.txt"
+    proc = prepare("--root", src, "--convert-to", dst, "--format", fmt, "--workers", "2", "--out", listed)
     assert proc.returncode == 1  # one broken input
     assert "2 converted, 0 already there, 1 failed" in proc.stdout
     assert "id2/vidB/00002.m4a" in proc.stderr and "run the same command again" in proc.stderr
+    assert not listed.exists()  # a list naming files that are not there would stop training later
     assert not (dst / "id2" / "vidB" / f"00002.{fmt}").exists()
     assert not list(dst.rglob("*.part"))
 
@@ -132,8 +136,10 @@ def test_m4a_conversion_is_parallel_resumable_and_correct(tmp_path, fmt):
     (dst / "id1" / "vidA" / f"00001.{fmt}").unlink()
     (dst / "id1" / "vidA" / f".00001.{fmt}.part").write_bytes(b"half")
     (src / "id2" / "vidB" / "00002.m4a").unlink()
-    proc = run("scripts/convert_voxceleb2.py", "--src", src, "--dst", dst, "--format", fmt)
+    proc = prepare("--root", src, "--convert-to", dst, "--format", fmt, "--out", listed)
     assert proc.returncode == 0, proc.stderr
     assert "1 converted, 1 already there, 0 failed" in proc.stdout
+    assert listed.read_text() == f"id1 id1/vidA/00001.{fmt}\nid2 id2/vidB/00001.{fmt}\n"
+    assert f"data.train_list={listed} data.train_root={dst}" in proc.stdout
     assert sf.info(str(dst / "id1" / "vidA" / f"00001.{fmt}")).frames == pytest.approx(24000, abs=500)
     assert not list(dst.rglob("*.part"))

@@ -51,7 +51,7 @@ def test_runs_started_together_get_their_own_folders_and_resume_true_finds_finis
     assert len(runs) == 2, runs  # Hydra's second-resolution names would have collided
     for run in runs:
         assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["step"] == 6
-        assert len((run / "metrics.jsonl").read_text().splitlines()) == 6  # no interleaved lines
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 6 + 1  # steps and the epoch end; none interleaved
 
     proc = train_py(*args, "trainer.resume=true")
     assert proc.returncode == 0, proc.stderr

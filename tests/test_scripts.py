@@ -146,14 +146,14 @@ def test_prepare_list_scans_voxceleb_layout(tmp_path):
         sf.write(str(root / rel), np.zeros(160, dtype=np.int16), 16000)
     (root / "id001" / "vidA" / "notes.txt").write_text("not audio")
     out = tmp_path / "lists" / "train.txt"
-    proc = run("scripts/prepare_list.py", "--root", root, "--out", out)
+    proc = run("-m", "speakerid.cli.main", "prepare", "--root", root, "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert out.read_text() == ("id001 id001/vidA/00001.wav\nid001 id001/vidA/00002.wav\n"
                                "id002 id002/vidB/00001.flac\n")
     assert "3 utterances of 2 speakers" in proc.stdout
 
     (root / "stray.wav").write_bytes(b"")
-    proc = run("scripts/prepare_list.py", "--root", root, "--out", out)
+    proc = run("-m", "speakerid.cli.main", "prepare", "--root", root, "--out", out)
     assert proc.returncode == 1 and "stray.wav" in proc.stderr
 
 

@@ -43,7 +43,7 @@ def test_tiny_run_learns_logs_and_checkpoints(tiny_cfg, tmp_path):
     assert results["val/eer"] == pytest.approx(scalars["val/eer"][-1])
     assert results["best/eer"] == pytest.approx(min(scalars["val/eer"]))
     assert (run_dir / "config.yaml").is_file()
-    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 36 + 6
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 36 + 6 + 6  # steps, epoch ends, validations
 
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     for key in ("model", "head", "optimizer", "scaler", "progress", "rng", "config", "speakers", "versions"):

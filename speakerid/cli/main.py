@@ -6,7 +6,9 @@
     speakerid <subcommand> --help                            # options and examples of each
 
 Each subcommand is a module of `speakerid.cli` with `HELP` (one line), `add_arguments(parser)` and
-`run(args) -> int` (the exit status), and its module docstring (with examples) as its `--help` text.
+`run(args) -> int` (the exit status), and its module docstring (with examples) as its `--help` text. A module
+with `PASS_THROUGH = True` gets its arguments unparsed, as `args.overrides` (train: Hydra's overrides and
+flags, which argparse would take for its own); its --help is still this parser's.
 Options have one name across subcommands: --model (a checkpoint, an averaged checkpoint or a model file),
 --trials, --root, --out (one file), --out-dir (a folder), --device.
 """
@@ -19,11 +21,15 @@ import sys
 
 # name -> module under speakerid.cli. One line per subcommand; the order is the order of `--help`.
 SUBCOMMANDS: dict[str, str] = {
+    "train": "train",
+    "finetune": "finetune",
     "evaluate": "evaluate",
     "embed": "embed",
     "verify": "verify",
     "export": "export",
     "average": "average",
+    "check-data": "check_data",
+    "prepare": "prepare",
 }
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if argv and argv[0] in SUBCOMMANDS and not {"-h", "--help"} & set(argv[1:]):
+        module = importlib.import_module(f"speakerid.cli.{SUBCOMMANDS[argv[0]]}")
+        if getattr(module, "PASS_THROUGH", False):  # its arguments are another parser's (train: Hydra's)
+            return module.run(argparse.Namespace(command=argv[0], overrides=argv[1:]))
+    args = parser.parse_args(argv)
     return args.run(args)
 
 

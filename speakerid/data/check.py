@@ -166,7 +166,7 @@ def check_trial_audio(root: str | os.PathLike, paths: list[str], sample_rate: in
         more = f"\n  ... and {len(bad) - show} more" if len(bad) > show else ""
         advice = (f" (files at another rate: set {resample_advice})" if any("Hz, expected" in d for _, d in bad)
                   else "")
-        raise AudioError(f"{len(bad)} files of {what} cannot be embedded{advice}; scripts/check_data.py "
+        raise AudioError(f"{len(bad)} files of {what} cannot be embedded{advice}; speakerid check-data "
                          f"lists every problem:\n" + "\n".join(lines) + more)
 
 
@@ -190,7 +190,7 @@ def warn_short_training_files(root: str | os.PathLike, paths: list[str], crop_sa
         path, n = short[0]
         log.warning("%d of %d training files are shorter than a tenth of the %.1f s crop and are repeated to fill "
                     "it, e.g. %s (%.3f s); remove them from the train list or check them with "
-                    "scripts/check_data.py --min-seconds %.2f", len(short), len(set(paths)),
+                    "speakerid check-data --min-seconds %.2f", len(short), len(set(paths)),
                     crop_samples / sample_rate, path, n / sample_rate, crop_samples / 10 / sample_rate)
     return short
 

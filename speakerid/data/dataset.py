@@ -65,7 +65,7 @@ class CropDataset(Dataset):
                 self._log_skip(e)
                 index = int(rng.integers(len(self.paths)))
         raise AudioError(f"{self.MAX_REPLACEMENTS} files in a row could not be read (data.bad_audio=skip); the "
-                         f"last one: {self.paths[index]}. Check the corpus with scripts/check_data.py")
+                         f"last one: {self.paths[index]}. Check the corpus with speakerid check-data")
 
     def _log_skip(self, error: AudioError) -> None:
         # Loader workers are separate processes: each appends one whole line (O_APPEND), which the

@@ -206,7 +206,7 @@ def warn_duplicate_paths(list_file: str | os.PathLike, train: TrainList) -> dict
     if dups:
         path, n = next(iter(dups.items()))
         log.warning("train list %s: %d files are listed more than once (%d extra lines), e.g. %s %d times; each "
-                    "copy is drawn as a separate utterance. Remove the repeated lines (scripts/check_data.py "
+                    "copy is drawn as a separate utterance. Remove the repeated lines (speakerid check-data "
                     "lists them all)", list_file, len(dups), sum(dups.values()) - len(dups), path, n)
     return dups
 
@@ -218,7 +218,7 @@ def warn_duplicate_trials(list_file: str | os.PathLike, trials: list[Trial]) -> 
     if dups:
         trial, n = next(iter(dups.items()))
         log.warning("trial list %s: %d trials appear more than once (%d extra lines), e.g. '%s' %d times; each "
-                    "copy counts in the EER and minDCF. Remove the repeated lines (scripts/check_data.py lists "
+                    "copy counts in the EER and minDCF. Remove the repeated lines (speakerid check-data lists "
                     "them all)", list_file, len(dups), sum(dups.values()) - len(dups), trial.line(), n)
     return dups
 

@@ -1,6 +1,7 @@
 """Data preparation: a train list (`speaker relative/path`) from a VoxCeleb-style folder
-(`speaker/session/utterance.{wav,flac}`) or from a Kaldi data directory (`wav.scp` + `utt2spk`), and
-VoxCeleb2's m4a files converted to wav or flac with ffmpeg."""
+(`speaker/session/utterance.{wav,flac}`) or from a Kaldi data directory (`wav.scp` + `utt2spk`); speakers
+split into training and held-out ones, and a balanced trial list of the held-out ones; VoxCeleb2's m4a
+files converted to wav or flac with ffmpeg."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from speakerid.data.lists import LIST_ENCODING
+import numpy as np
+
+from speakerid.data.lists import LIST_ENCODING, Trial
 from speakerid.io import write_text_atomic
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
@@ -47,6 +50,64 @@ def scan_voxceleb_folder(root: str | os.PathLike, extensions=AUDIO_EXTENSIONS) -
 
 def write_train_list(entries: list[tuple[str, str]], out: str | os.PathLike) -> None:
     write_text_atomic(out, "".join(f"{speaker} {path}\n" for speaker, path in entries))
+
+
+# --------------------------------------------------------------------------------------------- held-out speakers
+def split_speakers(speakers: list[str], held_out: float, seed: int, min_held_out: int = 2, min_train: int = 2
+                   ) -> tuple[list[str], list[str]]:
+    """(training, held-out) speakers, each sorted: a seeded random `held_out` fraction of the distinct
+    speakers (rounded, at least `min_held_out`) is held out. The same speakers, fraction and seed give the
+    same split, whatever the order the speakers come in."""
+    if not 0.0 < held_out < 1.0:
+        raise ValueError(f"the held-out fraction must be between 0 and 1, got {held_out}")
+    ordered = sorted(set(speakers))
+    n_held = max(min_held_out, round(held_out * len(ordered)))
+    if len(ordered) - n_held < min_train:
+        raise ValueError(f"{len(ordered)} speakers cannot be split into at least {min_train} training and "
+                         f"{min_held_out} held-out speakers ({n_held} held out at the fraction {held_out})")
+    chosen = set(np.random.default_rng(seed).permutation(len(ordered))[:n_held].tolist())
+    return ([s for i, s in enumerate(ordered) if i not in chosen], [s for i, s in enumerate(ordered) if i in chosen])
+
+
+def make_trials(utterances: dict[str, list[str]], rng: np.random.Generator,
+                max_targets_per_speaker: int | None = None) -> list[Trial]:
+    """Balanced trials among speakers {speaker: [speaker/session/file paths]}: target pairs of a speaker's
+    utterances from different sessions (from its one session when it has only one), at most
+    `max_targets_per_speaker` of them per speaker (drawn at random), and as many distinct non-target pairs
+    of two speakers' utterances drawn at random (fewer targets when there are not that many); shuffled."""
+    targets: list[Trial] = []
+    for utts in utterances.values():
+        pairs = [(a, b) for i, a in enumerate(utts) for b in utts[i + 1:] if _session(a) != _session(b)]
+        if not pairs and len({_session(u) for u in utts}) == 1:
+            pairs = [(a, b) for i, a in enumerate(utts) for b in utts[i + 1:]]
+        if max_targets_per_speaker is not None and len(pairs) > max_targets_per_speaker:
+            pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), max_targets_per_speaker, replace=False))]
+        targets.extend(Trial(1, a, b) for a, b in pairs)
+    sizes = [len(u) for u in utterances.values()]
+    possible = sum(sizes) ** 2 - sum(n * n for n in sizes)  # ordered pairs of utterances of two speakers
+    if possible < len(targets):
+        targets = [targets[i] for i in sorted(rng.choice(len(targets), possible, replace=False))]
+    if not targets:
+        raise ValueError(f"no target trials: the {len(utterances)} speakers need at least 2 utterances each")
+    speakers = sorted(utterances)
+    trials = list(targets)
+    seen = set()
+    while len(trials) < 2 * len(targets):
+        s1, s2 = rng.choice(len(speakers), size=2, replace=False)
+        a = utterances[speakers[s1]][rng.integers(len(utterances[speakers[s1]]))]
+        b = utterances[speakers[s2]][rng.integers(len(utterances[speakers[s2]]))]
+        if (a, b) not in seen:
+            seen.add((a, b))
+            trials.append(Trial(0, a, b))
+    return [trials[i] for i in rng.permutation(len(trials))]
+
+
+def _session(path: str) -> str:
+    return path.split("/")[1]
+
+
+def write_trial_list(trials: list[Trial], out: str | os.PathLike) -> None:
+    write_text_atomic(out, "".join(f"{trial.line()}\n" for trial in trials))
 
 
 # --------------------------------------------------------------------------------------------- Kaldi

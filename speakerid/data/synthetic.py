@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from speakerid.data.prepare import make_trials, write_trial_list
 from speakerid.io import write_json_atomic, write_text_atomic
 
 SAMPLE_RATE = 16000
@@ -231,28 +232,6 @@ def _write_speaker(args) -> list[str]:
     return written
 
 
-def _make_trials(test_utterances: dict[str, list[str]], rng: np.random.Generator) -> list[str]:
-    """All target pairs across different sessions, and as many random non-target pairs."""
-    lines = []
-    for speaker, utts in test_utterances.items():
-        for i, a in enumerate(utts):
-            for b in utts[i + 1:]:
-                if a.split("/")[1] != b.split("/")[1]:
-                    lines.append(f"1 {a} {b}")
-    speakers = sorted(test_utterances)
-    n_target = len(lines)
-    seen = set()
-    while len(lines) < 2 * n_target:
-        s1, s2 = rng.choice(len(speakers), size=2, replace=False)
-        a = test_utterances[speakers[s1]][rng.integers(len(test_utterances[speakers[s1]]))]
-        b = test_utterances[speakers[s2]][rng.integers(len(test_utterances[speakers[s2]]))]
-        if (a, b) not in seen:
-            seen.add((a, b))
-            lines.append(f"0 {a} {b}")
-    order = rng.permutation(len(lines))
-    return [lines[i] for i in order]
-
-
 # A folder speakerid generated carries this marker: its spec's fingerprint and whether generation finished.
 # Only such a folder (or an empty one) is ever written into, so a data.dir that names a real corpus is not
 # overwritten.
@@ -355,8 +334,8 @@ def ensure_corpus(root: str | os.PathLike, spec: CorpusSpec = CorpusSpec(), work
 
     train_lines = [f"{_speaker_id(i)} {rel}" for i in range(spec.train_speakers) for rel in per_speaker[i]]
     test_utterances = {_speaker_id(i): per_speaker[i] for i in range(spec.train_speakers, total)}
-    trials = _make_trials(test_utterances, np.random.default_rng([spec.seed, 10**6]))
+    trials = make_trials(test_utterances, np.random.default_rng([spec.seed, 10**6]))
     write_text_atomic(root / _LISTS[0], "\n".join(train_lines) + "\n")
-    write_text_atomic(root / _LISTS[1], "\n".join(trials) + "\n")
+    write_trial_list(trials, root / _LISTS[1])
     _write_record(root, spec, complete=True)
     return paths

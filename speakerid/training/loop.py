@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,8 @@ from omegaconf import OmegaConf
 from speakerid.distributed import DistEnv, any_rank, broadcast_buffers, broadcast_object
 from speakerid.evaluation import EmbeddingExtractor, EvaluationResult
 from speakerid.io import write_text_atomic
-from speakerid.logger import MetricLogger
+from speakerid.logger import MetricLogger, flat_hyperparameters
+from speakerid.metrics import format_eer
 from speakerid.plots import det_image
 from speakerid.training.step import StepResult
 
@@ -86,6 +88,43 @@ class DeviceMeans:
         return loss / applied, top1 / applied, self.steps - round(applied / dist.world_size)
 
 
+def format_duration(seconds: float) -> str:
+    """H:MM:SS, or M:SS under an hour."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class TimeLeft:
+    """The time left in the epoch and in the run, from the seconds per step this process has trained so far
+    and the duration of its last validation (unknown until one has run)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.steps = 0
+        self.validation_seconds: float | None = None
+
+    def add_steps(self, steps: int, seconds: float) -> None:
+        self.steps += steps
+        self.seconds += seconds
+
+    def text(self, steps_left_in_epoch: int, steps_left_in_run: int, validations_left: int) -> str:
+        per_step = self.seconds / max(self.steps, 1)
+        run = steps_left_in_run * per_step
+        unknown = ""
+        if validations_left:
+            if self.validation_seconds is None:
+                unknown = " + validation"
+            else:
+                run += validations_left * self.validation_seconds
+        return f"epoch {format_duration(steps_left_in_epoch * per_step)}, run {format_duration(run)}{unknown}"
+
+
+def show_progress_bar(enabled: bool, dist: DistEnv) -> bool:
+    """tqdm's bar (trainer.progress_bar) where it can be seen: on rank 0, when stderr is a terminal."""
+    return bool(enabled) and dist.is_main and sys.stderr.isatty()
+
+
 def _count_lines(path) -> int:
     with open(path, "rb") as f:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 16), b""))
@@ -98,6 +137,11 @@ class Loop:
         self.run, self.logger, self.stop = run, logger, stop
         self.tcfg = run.cfg.trainer
         self.last_save = time.monotonic()
+        self.time_left = TimeLeft()
+        # Without a terminal to draw the bar on (nohup, a batch job, trainer.progress_bar=false), or when the
+        # log goes to a file while the bar is drawn, the log gets a line at every logging step instead.
+        self.show_bar = show_progress_bar(self.tcfg.progress_bar, run.env.dist)
+        self.log_lines = not (self.show_bar and sys.stdout.isatty())
 
     def save(self, best: bool = False):
         path = self.run.state.save(best)
@@ -114,12 +158,11 @@ class Loop:
         run.loader.sampler.set_epoch(progress.epoch, start=progress.position)
         epoch, window = DeviceMeans(device), DeviceMeans(device)
         bar = None
-        if tcfg.progress_bar and dist.is_main:
+        if self.show_bar:
             from tqdm import tqdm
 
             bar = tqdm(total=run.loader.steps_per_epoch, initial=progress.position // batch,
-                       desc=f"epoch {progress.epoch + 1}/{tcfg.epochs}", unit="step", dynamic_ncols=True,
-                       disable=None)  # None: no bar when stderr is not a terminal (logs get epoch lines)
+                       desc=f"epoch {progress.epoch + 1}/{tcfg.epochs}", unit="step", dynamic_ncols=True)
         window_start = time.perf_counter()
         for waves, labels in run.loader.loader:
             run.optimisation.apply_schedules(progress.step, run.parts.head)
@@ -131,10 +174,12 @@ class Loop:
             run.state.nonfinite.add(result.finite)
             log_step = progress.step % tcfg.log_every_steps == 0
             if log_step:
-                loss, top1, skipped = window.read(dist)
+                loss, top1, skipped = window.read(dist)  # waits for the device: the window's steps are done
+                window_seconds = time.perf_counter() - window_start
+                self.time_left.add_steps(window.steps, window_seconds)
                 scalars = {
                     "train/lr": run.optimisation.optimizer.param_groups[0]["lr"],
-                    "train/utterances_per_s": tcfg.log_every_steps * batch / (time.perf_counter() - window_start),
+                    "train/utterances_per_s": window.steps * batch / window_seconds,
                     "train/nonfinite_steps": run.state.nonfinite.total,
                 }
                 if hasattr(run.parts.head, "m"):
@@ -147,6 +192,8 @@ class Loop:
                 if bar is not None and not math.isnan(loss):
                     bar.set_postfix(loss=f"{loss:.3f}", top1=f"{top1:.3f}",
                                     utt_s=f"{scalars['train/utterances_per_s']:.1f}")
+                if self.log_lines:
+                    log.info("%s", self.step_line(loss, top1, scalars))
                 self.check_nonfinite(skipped)
                 window = DeviceMeans(device)
                 window_start = time.perf_counter()
@@ -161,6 +208,25 @@ class Loop:
         loss, top1, _ = epoch.read(dist)
         self.check_nonfinite(0)
         return {"train/epoch_loss": loss, "train/epoch_top1": top1}
+
+    def step_line(self, loss: float, top1: float, scalars: dict[str, float]) -> str:
+        """The log line of a logging step: where the run is, how it learns, how fast, how long it has left."""
+        tcfg, progress = self.tcfg, self.run.state.progress
+        per_epoch = self.run.loader.steps_per_epoch
+        in_epoch = progress.position // self.run.cfg.data.batch_size
+        total = tcfg.epochs * per_epoch
+        left = self.time_left.text(per_epoch - in_epoch, total - (progress.epoch * per_epoch + in_epoch),
+                                   self.validations_left(progress.epoch))
+        return (f"epoch {progress.epoch + 1}/{tcfg.epochs} step {in_epoch}/{per_epoch} "
+                f"(run step {progress.step}): loss {loss:.4f}, top-1 {100 * top1:.2f}%, "
+                f"lr {scalars['train/lr']:.3g}, {scalars['train/utterances_per_s']:.1f} utt/s; left: {left}")
+
+    def validations_left(self, epoch: int) -> int:
+        """Validations still to come after the epoch in progress (0-based `epoch`) has started."""
+        if self.run.lists.evaluation is None:
+            return 0
+        every, last = self.tcfg.eval_every_epochs, self.tcfg.epochs
+        return sum(1 for e in range(epoch + 1, last + 1) if e % every == 0 or e == last)
 
     def check_nonfinite(self, skipped_in_window: int) -> None:
         state = self.run.state
@@ -205,11 +271,13 @@ class Loop:
         broadcast_buffers(run.parts.model, run.env.dist)  # every rank embeds with rank 0's BatchNorm statistics
         # cuDNN would autotune every new utterance length, which never pays off over a trial list.
         benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+        start = time.perf_counter()
         try:
             result = run.lists.evaluation.run(extractor, run.env.device, data.sample_rate, data.resample,
                                               dist=run.env.dist)
         finally:
             torch.backends.cudnn.benchmark = benchmark
+        self.time_left.validation_seconds = time.perf_counter() - start
         return log_validation(self.logger, result, run.state.progress.step)
 
     def validate_and_save(self, results: dict[str, Any]) -> None:
@@ -239,9 +307,11 @@ def fit(run: Run) -> dict[str, Any]:
     and checkpointing at every epoch end; a stop signal checkpoints and returns with an exit code."""
     tcfg, env, state = run.cfg.trainer, run.env, run.state
     progress = state.progress
+    config_yaml = OmegaConf.to_yaml(run.cfg, resolve=True)
     if env.dist.is_main:
-        write_text_atomic(env.run_dir / "config.yaml", OmegaConf.to_yaml(run.cfg, resolve=True))
+        write_text_atomic(env.run_dir / "config.yaml", config_yaml)
     logger = MetricLogger(env.run_dir, enabled=env.dist.is_main)
+    logger.log_text("config", config_yaml, progress.step)
     log.info("run folder: %s", env.run_dir)
     log.info("%d utterances of %d speakers; model %.2fM parameters on %s%s",
              len(run.lists.train), len(run.lists.speakers),
@@ -255,10 +325,12 @@ def fit(run: Run) -> dict[str, Any]:
                 loop.validate_and_save(results)
             while not loop.stop_requested(log_step=True) and progress.epoch < tcfg.epochs:  # ranks agree
                 t0 = time.perf_counter()
-                results.update(loop.train_epoch())
+                epoch_means = loop.train_epoch()
+                results.update(epoch_means)
                 if stop.received is not None:
                     loop.save()
                     break
+                logger.log({k: v for k, v in epoch_means.items() if math.isfinite(v)}, progress.step)
                 progress.epoch += 1
                 progress.position = 0
                 epoch_time = time.perf_counter() - t0
@@ -271,9 +343,8 @@ def fit(run: Run) -> dict[str, Any]:
                 if validate:
                     loop.validate_and_save(results)
                 logger.flush()
-                summary = ", ".join(f"{k} {v:.4f}" for k, v in results.items()
-                                    if k.startswith(("train/epoch", "val/")))
-                log.info("epoch %d/%d done in %.1f s: %s", progress.epoch, tcfg.epochs, epoch_time, summary)
+                log.info("epoch %d/%d done in %s: %s", progress.epoch, tcfg.epochs, format_duration(epoch_time),
+                         epoch_summary(results if validate else epoch_means, progress.best_eer))
             if stop.received is not None:  # during training or during a validation
                 where = f"in epoch {progress.epoch + 1}" if progress.position else f"after epoch {progress.epoch}"
                 log.warning("%s received: stopped %s, step %d; checkpoint %s. Resume with the same command plus "
@@ -281,8 +352,30 @@ def fit(run: Run) -> dict[str, Any]:
                             state.checkpoints.last, state.checkpoints.last)
                 results["interrupted"] = stop.name
                 results["exit_code"] = 128 + stop.received
+            results.update({"best/eer": progress.best_eer, "epochs": progress.epoch, "steps": progress.step,
+                            "nonfinite_steps": state.nonfinite.total, "run_dir": str(env.run_dir)})
+            logger.log_hparams(flat_hyperparameters(run.cfg), final_metrics(results), progress.step)
         finally:
             logger.close()
-    results.update({"best/eer": progress.best_eer, "epochs": progress.epoch, "steps": progress.step,
-                    "nonfinite_steps": state.nonfinite.total, "run_dir": str(env.run_dir)})
     return results
+
+
+def epoch_summary(results: dict[str, float], best_eer: float) -> str:
+    """'loss 1.2345, top-1 45.60%; EER 7.34%, minDCF(0.01) 0.5123, minDCF(0.05) 0.3456 (best EER 6.56%)'."""
+    text = f"loss {results['train/epoch_loss']:.4f}, top-1 {100 * results['train/epoch_top1']:.2f}%"
+    if "val/eer" in results:
+        text += (f"; EER {format_eer(results['val/eer'])}, minDCF(0.01) {results['val/min_dcf_p0.01']:.4f}, "
+                 f"minDCF(0.05) {results['val/min_dcf_p0.05']:.4f} (best EER {format_eer(best_eer)})")
+    return text
+
+
+# What the HPARAMS tab shows beside each run's hyperparameters (tags of their own: a scalar logged under
+# an existing tag such as val/eer would add a point to that curve).
+FINAL_METRICS = {"train/epoch_loss": "final/epoch_loss", "train/epoch_top1": "final/epoch_top1",
+                 "val/eer": "final/eer", "val/min_dcf_p0.01": "final/min_dcf_p0.01",
+                 "val/min_dcf_p0.05": "final/min_dcf_p0.05", "best/eer": "final/best_eer"}
+
+
+def final_metrics(results: dict[str, Any]) -> dict[str, float]:
+    return {tag: float(results[key]) for key, tag in FINAL_METRICS.items()
+            if key in results and math.isfinite(results[key])}

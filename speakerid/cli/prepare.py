@@ -1,0 +1,110 @@
+"""Write a train list (`speaker relative/path` lines) from a folder laid out as
+speaker/session/utterance.{wav,flac} (VoxCeleb), from a Kaldi data directory (wav.scp + utt2spk), or from
+VoxCeleb2's m4a files, which it first converts to 16 kHz mono wav or flac with ffmpeg (in parallel,
+resumable: run it again after an interruption and finished files are skipped; files ffmpeg cannot decode
+are listed and the command exits 1 without writing the list).
+
+    speakerid prepare --root /data/voxceleb2/dev/wav --out /data/voxceleb2/train_list.txt
+    speakerid prepare --root /data/voxceleb2/dev/aac --convert-to /data/voxceleb2/dev/wav \\
+        --out /data/voxceleb2/train_list.txt [--format flac] [--workers 32]
+    speakerid prepare --kaldi data/train --out lists/train.txt [--root /data/audio]
+
+It prints the data.train_list and data.train_root to train with. With --kaldi the paths of wav.scp are
+written relative to --root (default: the deepest folder holding them all). flac is lossless and smaller
+than wav; wav decodes with less CPU per crop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from speakerid.cli import usage_error
+from speakerid.data.prepare import (
+    AUDIO_EXTENSIONS,
+    ConversionReport,
+    FFmpegNotFoundError,
+    convert_tree,
+    read_kaldi_data_dir,
+    relative_entries,
+    scan_voxceleb_folder,
+    write_train_list,
+)
+
+HELP = "write a train list from a VoxCeleb-style folder or a Kaldi data directory (converting m4a first)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", help="folder holding speaker/session/utterance files (with --convert-to: the "
+                                       "m4a files); with --kaldi, the folder the list's paths are relative to")
+    parser.add_argument("--out", required=True, help="train list to write")
+    parser.add_argument("--ext", nargs="+", default=list(AUDIO_EXTENSIONS), help="audio file endings to list")
+    kaldi = parser.add_argument_group("Kaldi data directory")
+    kaldi.add_argument("--kaldi", help="Kaldi data directory with wav.scp and utt2spk")
+    kaldi.add_argument("--kaldi-base", help="folder that relative wav.scp paths start from (default: the "
+                                            "current directory, as in Kaldi)")
+    convert = parser.add_argument_group("conversion of VoxCeleb2's m4a files")
+    convert.add_argument("--convert-to", type=Path, help="convert the m4a files under --root into this folder "
+                                                         "(same layout), then list it")
+    convert.add_argument("--format", choices=["wav", "flac"], default="wav")
+    convert.add_argument("--workers", type=int, default=None, help="parallel ffmpeg processes (default: CPUs)")
+    convert.add_argument("--sample-rate", type=int, default=16000)
+    convert.add_argument("--ffmpeg", default=None, help="path of the ffmpeg executable (default: from PATH)")
+    convert.add_argument("--source-ext", default=".m4a")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.kaldi and not args.root:
+        return usage_error(args.command, "give --root (a VoxCeleb-style folder) or --kaldi (a Kaldi data "
+                                         "directory)")
+    if args.kaldi and args.convert_to:
+        return usage_error(args.command, "--convert-to converts the m4a files under --root; it does not take "
+                                         "--kaldi")
+    try:
+        if args.kaldi:
+            root, entries = relative_entries(read_kaldi_data_dir(args.kaldi, args.kaldi_base), args.root)
+        else:
+            root, extensions = args.root, tuple(e if e.startswith(".") else f".{e}" for e in args.ext)
+            if args.convert_to:
+                if convert(args).failed:
+                    return 1
+                root, extensions = args.convert_to, (f".{args.format}",)
+            entries = scan_voxceleb_folder(root, extensions)
+    except (ValueError, OSError, FFmpegNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    write_train_list(entries, args.out)
+    per_speaker = Counter(s for s, _ in entries)
+    print(f"{args.out}: {len(entries)} utterances of {len(per_speaker)} speakers "
+          f"({min(per_speaker.values())}-{max(per_speaker.values())} per speaker)")
+    print(f"train with: data.train_list={args.out} data.train_root={root}")
+    return 0
+
+
+def convert(args: argparse.Namespace) -> ConversionReport:
+    """The m4a files under --root as --format files under --convert-to; prints progress and what failed."""
+    start = time.perf_counter()
+    last = [0.0]
+
+    def progress(report: ConversionReport, total: int) -> None:
+        done = report.converted + len(report.failed)
+        now = time.perf_counter()
+        if now - last[0] > 10 or done == total:
+            last[0] = now
+            print(f"{done}/{total} converted ({len(report.failed)} failed), {done / (now - start):.0f} files/s",
+                  flush=True)
+
+    report = convert_tree(args.root, args.convert_to, args.format, args.workers, args.ffmpeg, args.sample_rate,
+                          args.source_ext, progress=progress)
+    print(f"{args.convert_to}: {report.converted} converted, {report.skipped} already there, "
+          f"{len(report.failed)} failed in {time.perf_counter() - start:.0f} s")
+    if report.failed:
+        for source, error in report.failed[:10]:
+            print(f"failed: {source}: {error}", file=sys.stderr)
+        print("the train list was not written: run the same command again to retry the failed files",
+              file=sys.stderr)
+    return report
+

@@ -1,0 +1,187 @@
+"""Train a speaker-verification model. The arguments are Hydra overrides and flags, passed through unchanged,
+so `speakerid train ...` and `python train.py ...` (in a checkout) are the same command.
+
+    speakerid train                                     # the smoke experiment on a generated synthetic corpus
+    speakerid train experiment=arsc data.dir=/data/arsc
+    speakerid train experiment=vox2_ecapa_c1024 data.train_list=/data/vox2/train_list.txt \\
+        data.train_root=/data/vox2/dev/wav eval=vox1_o eval.dir=/data/voxceleb1
+    speakerid train experiment=arsc data.dir=/data/arsc trainer.resume=true   # continue the latest such run
+    speakerid train trainer.init_from=best.pt trainer.init_head=false ...    # fine-tune on other speakers
+    speakerid train -m seed=1,2,3                       # Hydra multirun: one run folder per job
+    speakerid train debug=tiny                          # seconds-long run with a tiny model, for checks
+    speakerid train experiment=arsc --cfg job           # print the composed config and exit
+
+Each run writes runs/<name>/<date_time>/ (config, TensorBoard, metrics.jsonl, checkpoints, train.log). With
+a terminal a progress bar shows each epoch; without one (nohup, a batch job) or with
+trainer.progress_bar=false, the log gets a line every trainer.log_every_steps steps: epoch and step, loss,
+top-1, learning rate, utterances/s and the time left in the epoch and in the run. The run ends with a block
+naming best.pt and the TensorBoard, evaluate, verify and resume commands.
+
+Exit status: 0 trained (or already finished: nothing to resume), 1 a config, list, audio or checkpoint
+error (named), 128+N stopped by signal N after checkpointing (resume with trainer.resume=true).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from speakerid.config import ConfigError, check_folder_name
+from speakerid.configs import SEARCH_PATH
+from speakerid.metrics import format_eer
+from speakerid.training import train
+from speakerid.training.state import RESUME_KEYS, RunFinished, claim_run_folder
+
+log = logging.getLogger("speakerid")
+
+HELP = "train a model (Hydra overrides, as train.py takes them)"
+PASS_THROUGH = True  # speakerid.cli.main hands the arguments over unparsed: they are Hydra's
+
+_claimed: dict[tuple[str, str], str] = {}
+
+
+def runs_of(runs_root: str, name: str) -> str:
+    """runs/<name>: where the runs of one name live, side by side (trainer.resume=true looks there)."""
+    try:
+        check_folder_name(name, "name")
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    return str(Path(runs_root) / name)
+
+
+def claimed_folder(parent: str, stamp: str) -> str:
+    """A run folder name under `parent` that no other run has, created now (Hydra's date-and-time name has
+    one-second resolution). Under torchrun only rank 0 claims; the others keep their Hydra files apart."""
+    key = (parent, stamp)
+    if key not in _claimed:  # Hydra may resolve its run dir more than once
+        rank = int(os.environ.get("RANK", "0"))
+        try:
+            _claimed[key] = claim_run_folder(parent, stamp) if rank == 0 else f".ranks/{stamp}-rank{rank}-{os.getpid()}"
+        except OSError as e:
+            sys.exit(f"error: cannot create a run folder under {parent} ({e.strerror or e}); give a writable "
+                     f"folder with runs_root=...")
+    return _claimed[key]
+
+
+OmegaConf.register_new_resolver("speakerid.runs_of", runs_of, replace=True)
+OmegaConf.register_new_resolver("speakerid.claim", claimed_folder, replace=True)
+
+
+def run_training(cfg: DictConfig, launcher: str) -> dict[str, Any]:
+    """One Hydra job: train, report, and exit with the run's status when it is not 0."""
+    if cfg.run_dir is None:
+        with open_dict(cfg):
+            cfg.run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        results = train(cfg)
+    except RunFinished as e:
+        log.info("%s", e)
+        discard_unused_run_folder(Path(cfg.run_dir))
+        return {}
+    except (ValueError, OSError, RuntimeError) as e:
+        # Expected user errors (bad config, list, audio or checkpoint): the message says what and where.
+        log.error("%s: %s", type(e).__name__, e)
+        sys.exit(1)
+    eer = results.get("val/eer")
+    if eer is not None and "exit_code" not in results:
+        log.info("final: EER %s, minDCF(0.01) %.4f, minDCF(0.05) %.4f; best EER %s", format_eer(eer),
+                 results["val/min_dcf_p0.01"], results["val/min_dcf_p0.05"], format_eer(results["best/eer"]))
+    if int(os.environ.get("RANK", "0")) == 0:
+        log.info("%s", end_block(results, cfg, command_overrides(), launcher))
+    if "exit_code" in results:  # stopped by SIGTERM/SIGINT after checkpointing
+        sys.exit(results["exit_code"])
+    return results
+
+
+def command_overrides() -> list[str]:
+    """The overrides this job was started with, less trainer.resume and what names its run folder: those of
+    the config, then the user's Hydra settings (hydra.searchpath, ...)."""
+    overrides = HydraConfig.get().overrides
+    task = [o for o in overrides.task if not o.lstrip("+~").startswith(tuple(f"{k}=" for k in RESUME_KEYS))]
+    own = ("hydra.mode=", "hydra.run.", "hydra.sweep.")
+    return task + [o for o in overrides.hydra if not o.startswith(own)]
+
+
+def end_block(results: dict[str, Any], cfg: DictConfig, overrides: list[str], launcher: str) -> str:
+    """Where the run's files are and the commands that use them, as the last lines of its log."""
+    run_dir = Path(results["run_dir"]).resolve()
+    checkpoints = run_dir / "checkpoints"
+    model = checkpoints / "best.pt" if (checkpoints / "best.pt").is_file() else checkpoints / "last.pt"
+    # trainer.resume=true finds the run among its siblings under runs_root/name; a run folder given by
+    # hand (hydra.run.dir, run_dir) is resumed by naming its checkpoint.
+    sibling = run_dir.parent == Path(runs_of(cfg.runs_root, cfg.name)).resolve()
+    resume = "true" if sibling else str(checkpoints / "last.pt")
+    if "LOCAL_RANK" in os.environ:
+        launcher = f"torchrun <the same torchrun options> {launcher.split()[-1]}"
+    # the protocol it validated on (the checkpoint's own data config gives the default, eval=folder)
+    evaluate = [o for o in overrides if o.lstrip("+").startswith(("eval=", "eval."))]
+    if "exit_code" in results:
+        head = (f"run stopped by {results['interrupted']} after {results['epochs']} of {cfg.trainer.epochs} "
+                f"epochs: {run_dir}")
+    else:
+        best = f", best EER {format_eer(results['best/eer'])}" if math.isfinite(results["best/eer"]) else ""
+        head = f"run finished ({results['epochs']}/{cfg.trainer.epochs} epochs{best}): {run_dir}"
+    lines = [
+        head,
+        f"  model        {model}" + ("  (best validation EER)" if model.name == "best.pt" else ""),
+        f"  TensorBoard  tensorboard --logdir {shlex.quote(str(run_dir.parent))}",
+        f"  evaluate     {join('speakerid', 'evaluate', '--model', str(model), *evaluate)}",
+        f"  verify       {join('speakerid', 'verify', '--model', str(model))} a.wav b.wav",
+        f"  resume       {launcher} {join(*overrides, f'trainer.resume={resume}')}",
+    ]
+    return "\n".join(lines)
+
+
+def join(*words: str) -> str:
+    """A command line that a POSIX shell reads back as these words."""
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def discard_unused_run_folder(run_dir: Path) -> None:
+    """Remove the folder this invocation claimed when it trained nothing: it holds only Hydra's record of
+    the command and the log (whose message the user has just seen)."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def launch(argv: list[str], launcher: str) -> dict[str, Any]:
+    """Run the training app on Hydra arguments `argv`, as `launcher` ("python train.py", "speakerid train")
+    names the command in what the run prints. Returns the results of its (last) job; exits on errors."""
+    results: dict[str, Any] = {}
+
+    @hydra.main(version_base="1.3", config_path=SEARCH_PATH, config_name="train")
+    def app(cfg: DictConfig) -> float:
+        results.clear()
+        results.update(run_training(cfg, launcher))
+        eer = results.get("val/eer")
+        return eer if eer is not None else float("nan")  # the value Hydra sweepers optimise
+
+    _claimed.clear()  # run folders claimed by an earlier launch in this process are not this one's
+    saved, sys.argv = sys.argv, [sys.argv[0], *argv]  # Hydra reads its arguments from sys.argv
+    try:
+        app()
+    finally:
+        sys.argv = saved
+    return results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overrides", nargs=argparse.REMAINDER,
+                        help="Hydra overrides (key=value, group=option, +key=value, ~key) and flags "
+                             "(-m, --cfg job, --info, --hydra-help)")
+
+
+def run(args: argparse.Namespace) -> int:
+    launch(list(args.overrides), "speakerid train")
+    return 0
