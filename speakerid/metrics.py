@@ -36,7 +36,8 @@ class OperatingPoints:
         return self.misses / self.n_target
 
 
-def _validate(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+def validate_scores(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Scores as finite float64 and labels as bool, one each per trial, with both classes present."""
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels).ravel()
     if scores.shape != labels.shape:
@@ -47,7 +48,7 @@ def _validate(scores, labels) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("labels must be 0 (non-target) or 1 (target)")
     labels = labels.astype(bool)
     if labels.all() or not labels.any():
-        raise ValueError("EER and minDCF need at least one target and one non-target trial")
+        raise ValueError("need at least one target and one non-target trial")
     return scores, labels
 
 
@@ -56,7 +57,7 @@ class SortedTrials:
     the same trials (bootstrap resamples) cost O(n) each instead of a sort each."""
 
     def __init__(self, scores, labels):
-        scores, labels = _validate(scores, labels)
+        scores, labels = validate_scores(scores, labels)
         self.order = np.argsort(-scores, kind="stable")
         sorted_scores = scores[self.order]
         self.sorted_labels = labels[self.order]
