@@ -16,13 +16,10 @@ in the VoxCeleb layout).
 
 from __future__ import annotations
 
-import logging
 from pathlib import PurePosixPath
 from typing import Iterator, Sequence
 
 import numpy as np
-
-log = logging.getLogger("speakerid")
 
 FEW_SPEAKERS = 20  # below this, intervals from a speaker bootstrap are rough; say so
 
@@ -44,16 +41,20 @@ class SpeakerResampler:
         self.speakers, index = np.unique(enrol_speakers + test_speakers, return_inverse=True)
         self.enrol_index, self.test_index = np.split(index, [len(enrol_speakers)])
         self.same_speaker = self.enrol_index == self.test_index
-        if all("/" not in p for p in enrol):
-            log.warning("trial paths have no folders, so their speakers cannot be told apart: each file counts as "
-                        "a speaker of its own in the bootstrap, and intervals come out too narrow")
-        elif len(self.speakers) < FEW_SPEAKERS:
-            log.warning("only %d speakers in the trial list: bootstrap intervals over so few speakers are rough",
-                        len(self.speakers))
+        self.flat = all("/" not in p for p in enrol)
 
     @property
     def n_speakers(self) -> int:
         return len(self.speakers)
+
+    def caution(self) -> str | None:
+        """A warning for the user when these trials cannot give trustworthy intervals, else None."""
+        if self.flat:
+            return ("trial paths have no folders, so their speakers cannot be told apart: each file counts as a "
+                    "speaker of its own in the bootstrap, and intervals come out too narrow")
+        if self.n_speakers < FEW_SPEAKERS:
+            return f"only {self.n_speakers} speakers in the trial list: intervals over so few speakers are rough"
+        return None
 
     def weights(self, counts: np.ndarray) -> np.ndarray:
         """Per-trial counts for speaker draw counts `counts` (one per speaker)."""

@@ -3,7 +3,9 @@
 `Calibration` is the linear map llr = slope * score + offset (natural log), fitted by logistic regression
 on the scores of a labelled trial list (the NIST SRE / BOSARIS tradition, `fit_calibration`). It is stored
 in a model file as the plain dict of `to_dict()`, so the file stays loadable with
-`torch.load(weights_only=True)`.
+`torch.load(weights_only=True)`. A calibration file (`speakerid calibrate --out cal.json`) holds exactly two
+keys, `calibration` (Calibration.to_dict()) and `threshold` (speakerid.thresholds.Threshold.to_dict()),
+which is what a model file stores.
 
 Measures (all on natural-log LLRs, BOSARIS's definitions):
 - `cllr`: the log-likelihood-ratio cost in bits, 0 for perfect LLRs, 1 for LLRs that are always 0 (no
@@ -16,16 +18,21 @@ Measures (all on natural-log LLRs, BOSARIS's definitions):
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from speakerid.metrics import validate_scores
+from speakerid.io import write_json_atomic
+from speakerid.metrics import compute_min_dcf, validate_scores
+from speakerid.thresholds import Threshold
 
 
 @dataclass(frozen=True)
@@ -156,3 +163,41 @@ def actual_dcf(llr, labels, p_target: float, c_miss: float = 1.0, c_fa: float = 
     p_fa = np.mean(llr[~labels] >= threshold)
     cost = c_miss * p_miss * p_target + c_fa * p_fa * (1.0 - p_target)
     return float(cost / min(c_miss * p_target, c_fa * (1.0 - p_target)))
+
+
+def calibration_measures(scores, labels, calibration: Calibration, p_target: float = 0.01) -> dict[str, float]:
+    """What calibration changes and what it cannot: Cllr and actual DCF (at p_target) of the raw scores read
+    as LLRs (`_raw`) and of the calibrated LLRs, next to their floors minCllr and minDCF, which depend on
+    the ranking of the scores alone."""
+    llr = calibration.llr(scores)
+    return {"p_target": p_target,
+            "cllr_raw": cllr(scores, labels), "cllr": cllr(llr, labels), "min_cllr": min_cllr(scores, labels),
+            "actual_dcf_raw": actual_dcf(scores, labels, p_target), "actual_dcf": actual_dcf(llr, labels, p_target),
+            "min_dcf": compute_min_dcf(scores, labels, p_target)}
+
+
+CALIBRATION_FILE_KEYS = ("calibration", "threshold")
+
+
+def write_calibration_file(path: str | os.PathLike, calibration: Calibration, threshold: Threshold) -> None:
+    """The JSON `speakerid calibrate` writes and a model file stores: {"calibration": ..., "threshold": ...}."""
+    write_json_atomic(path, {"calibration": calibration.to_dict(), "threshold": threshold.to_dict()})
+
+
+def read_calibration_file(path: str | os.PathLike) -> tuple[Calibration, Threshold]:
+    """Read a calibration file, with errors that name it and the key at fault."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: calibration file does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a JSON calibration file ({e})") from None
+    if not isinstance(data, dict) or set(data) != set(CALIBRATION_FILE_KEYS):
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: a calibration file has exactly the keys calibration and threshold (as `speakerid "
+                         f"calibrate` writes it), got {got}")
+    try:
+        return Calibration.from_dict(data["calibration"]), Threshold.from_dict(data["threshold"])
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: {e}") from None

@@ -101,6 +101,33 @@ def error_rates(scores, labels, threshold: float) -> tuple[float, float]:
     return float(accepted[~labels].mean()), float((~accepted[labels]).mean())
 
 
+@dataclass(frozen=True)
+class Rates:
+    """The error rates of one threshold on a list, with bootstrap intervals over its speakers."""
+
+    far: float
+    frr: float
+    far_ci: tuple[float, float]
+    frr_ci: tuple[float, float]
+
+
+def rates_at(scores, labels, resampler: SpeakerResampler, threshold: float, n_bootstrap: int = 1000,
+             confidence: float = 0.95, seed: int = 0) -> Rates:
+    """FAR and FRR of accepting score >= threshold, and their spread over speaker resamples: what to expect
+    of this threshold on new speakers like the list's."""
+    scores, labels = validate_scores(scores, labels)
+    if len(resampler.enrol_index) != scores.size:
+        raise ValueError(f"{scores.size} scores but {len(resampler.enrol_index)} trials")
+    far, frr = error_rates(scores, labels, threshold)
+    accepted = scores >= threshold
+    false_accept, miss = accepted & ~labels, ~accepted & labels
+    boot_far, boot_frr = [], []
+    for weights in resampler.resamples(n_bootstrap, seed, labels):
+        boot_far.append(weights[false_accept].sum() / weights[~labels].sum())
+        boot_frr.append(weights[miss].sum() / weights[labels].sum())
+    return Rates(far, frr, percentile_interval(boot_far, confidence), percentile_interval(boot_frr, confidence))
+
+
 def choose_threshold(scores, labels, enrol: Sequence[str], test: Sequence[str], kind: str = "eer",
                      target: float | None = None, n_bootstrap: int = 1000, confidence: float = 0.95,
                      seed: int = 0) -> Threshold:
@@ -114,20 +141,11 @@ def choose_threshold(scores, labels, enrol: Sequence[str], test: Sequence[str], 
         raise ValueError(f"on these trials the {kind} rule{'' if target is None else f' at {target:g}'} accepts no "
                          f"trial at all: the highest-scoring trials are non-targets; a smaller target needs more "
                          f"non-target trials ({int(labels.size - labels.sum())} here)")
-    far, frr = error_rates(scores, labels, score)
-
-    accepted = scores >= score
-    false_accept, miss = accepted & ~labels, ~accepted & labels
     resampler = SpeakerResampler(enrol, test)
-    if len(resampler.enrol_index) != scores.size:
-        raise ValueError(f"{scores.size} scores but {len(resampler.enrol_index)} trials")
-    boot_scores, boot_far, boot_frr = [], [], []
-    for weights in resampler.resamples(n_bootstrap, seed, labels):
-        boot_scores.append(threshold_at(sorted_trials.points(weights), kind, target))
-        boot_far.append(weights[false_accept].sum() / weights[~labels].sum())
-        boot_frr.append(weights[miss].sum() / weights[labels].sum())
-    return Threshold(score=score, kind=kind, target=target, far=far, frr=frr,
-                     score_ci=percentile_interval(boot_scores, confidence),
-                     far_ci=percentile_interval(boot_far, confidence),
-                     frr_ci=percentile_interval(boot_frr, confidence), confidence=confidence,
-                     n_bootstrap=n_bootstrap)
+    rates = rates_at(scores, labels, resampler, score, n_bootstrap, confidence, seed)
+    # The same resamples again (same seed): the threshold the rule picks on each.
+    boot_scores = [threshold_at(sorted_trials.points(weights), kind, target)
+                   for weights in resampler.resamples(n_bootstrap, seed, labels)]
+    return Threshold(score=score, kind=kind, target=target, far=rates.far, frr=rates.frr,
+                     score_ci=percentile_interval(boot_scores, confidence), far_ci=rates.far_ci,
+                     frr_ci=rates.frr_ci, confidence=confidence, n_bootstrap=n_bootstrap)
