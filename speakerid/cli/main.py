@@ -8,7 +8,7 @@
 Each subcommand is a module of `speakerid.cli` with `HELP` (one line), `add_arguments(parser)` and
 `run(args) -> int` (the exit status), and its module docstring (with examples) as its `--help` text.
 Options have one name across subcommands: --model (a checkpoint, an averaged checkpoint or a model file),
---trials, --root, --out (one file), --out-dir (a folder), --device.
+--trials, --root, --scores (a score file), --out (one file), --out-dir (a folder), --device.
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ import sys
 # name -> module under speakerid.cli. One line per subcommand; the order is the order of `--help`.
 SUBCOMMANDS: dict[str, str] = {
     "evaluate": "evaluate",
+    "calibrate": "calibrate",
+    "report": "report",
+    "compare": "compare",
+    "summarize": "summarize",
 }
 
 def build_parser() -> argparse.ArgumentParser:
