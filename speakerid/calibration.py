@@ -1,21 +1,45 @@
-"""Score calibration: scores -> log-likelihood ratios.
+"""Score calibration: scores -> log-likelihood ratios, and the measures of how good such ratios are.
 
 `Calibration` is the linear map llr = slope * score + offset (natural log), fitted by logistic regression
-on the scores of a labelled trial list (the NIST SRE tradition). It is stored in a model file as the plain
-dict of `to_dict()`, so the file stays loadable with `torch.load(weights_only=True)`.
+on the scores of a labelled trial list (the NIST SRE / BOSARIS tradition, `fit_calibration`). It is stored
+in a model file as the plain dict of `to_dict()`, so the file stays loadable with
+`torch.load(weights_only=True)`. A calibration file (`speakerid calibrate --out cal.json`) holds exactly two
+keys, `calibration` (Calibration.to_dict()) and `threshold` (speakerid.thresholds.Threshold.to_dict()),
+which is what a model file stores.
+
+Measures (all on natural-log LLRs, BOSARIS's definitions):
+- `cllr`: the log-likelihood-ratio cost in bits, 0 for perfect LLRs, 1 for LLRs that are always 0 (no
+  information); large when confident LLRs are wrong.
+- `min_cllr`: the Cllr of the best monotonic calibration of the same scores (PAV, `pav_llr`); Cllr - minCllr
+  is the loss due to calibration alone.
+- `actual_dcf`: the detection cost of the Bayes decisions these LLRs make at a prior and costs, normalised
+  as speakerid.metrics' minDCF; minDCF is its floor, reached when the decision threshold is the best one.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+
+from speakerid.io import write_json_atomic
+from speakerid.metrics import compute_min_dcf, validate_scores
+from speakerid.thresholds import Threshold
 
 
 @dataclass(frozen=True)
 class Calibration:
     slope: float
     offset: float
+    prior: float = 0.5   # the target prior the fit weighted its classes with (0.5: both classes alike)
 
     def llr(self, scores) -> np.ndarray:
         """Natural-log likelihood ratios of `scores` (any shape)."""
@@ -29,4 +53,151 @@ class Calibration:
         missing = {"slope", "offset"} - set(data)
         if missing:
             raise ValueError(f"calibration lacks {', '.join(sorted(missing))}")
-        return cls(slope=float(data["slope"]), offset=float(data["offset"]))
+        values = {}
+        for key in ("slope", "offset", "prior"):
+            if key in data:
+                try:
+                    values[key] = float(data[key])
+                except (TypeError, ValueError):
+                    raise ValueError(f"calibration {key} must be a number, got {data[key]!r}") from None
+                if not math.isfinite(values[key]):
+                    raise ValueError(f"calibration {key} must be finite, got {data[key]!r}")
+        if not 0.0 < values.get("prior", 0.5) < 1.0:
+            raise ValueError(f"calibration prior must be in (0, 1), got {values['prior']}")
+        return cls(**values)
+
+
+def logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
+def _check_prior(name: str, p: float) -> None:
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {p}")
+
+
+def fit_calibration(scores, labels, prior: float = 0.5) -> Calibration:
+    """Linear logistic regression of scores to LLRs (BOSARIS's prior-weighted objective): minimises
+
+        prior * mean_targets log(1 + e^-(llr + logit(prior))) + (1 - prior) * mean_nontargets log(1 + e^(llr + logit(prior)))
+
+    over llr = slope * score + offset, so that llr + logit(prior) is the posterior log-odds at that prior.
+    The weights make the fit independent of how many target and non-target trials the list happens to hold.
+    """
+    scores, labels = validate_scores(scores, labels)
+    _check_prior("prior", prior)
+    n_target, n_nontarget = int(labels.sum()), int((~labels).sum())
+    if scores[labels].min() >= scores[~labels].max():
+        raise ValueError("every target score is >= every non-target score: with no overlap the best linear "
+                         "calibration has an infinite slope; calibrate on a larger or harder trial list")
+    # Each class weighs its prior in total; the weights average 1 so the solver's tolerances mean the same
+    # for any list size.
+    weights = np.where(labels, prior / n_target, (1.0 - prior) / n_nontarget) * scores.size
+    mean, std = scores.mean(), scores.std()  # standardised for the solver's conditioning, mapped back below
+    regression = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-10, max_iter=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        try:
+            regression.fit(((scores - mean) / std)[:, None], labels, sample_weight=weights)
+        except ConvergenceWarning as e:
+            raise ValueError(f"the calibration fit did not converge ({e})") from None
+    w, c = float(regression.coef_[0, 0]), float(regression.intercept_[0])
+    slope, offset = w / std, c - w * mean / std - logit(prior)
+    if slope <= 0:
+        raise ValueError(f"the fitted calibration slope is {slope:.4g} <= 0: higher scores mean different "
+                         f"speakers in these scores; are the labels (1 = same speaker) the right way round?")
+    return Calibration(slope=float(slope), offset=float(offset), prior=float(prior))
+
+
+def _llr_and_labels(llr, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Like validate_scores, but LLRs may be +-inf (PAV gives them at the ends)."""
+    llr = np.asarray(llr, dtype=np.float64).ravel()
+    if np.isnan(llr).any():
+        raise ValueError(f"LLRs contain {np.count_nonzero(np.isnan(llr))} NaN values")
+    _, labels = validate_scores(np.zeros_like(llr), labels)
+    return llr, labels
+
+
+def cllr(llr, labels) -> float:
+    """Log-likelihood-ratio cost in bits: the mean of log2(1 + e^-llr) over targets and of log2(1 + e^llr)
+    over non-targets, averaged over the two classes."""
+    llr, labels = _llr_and_labels(llr, labels)
+    target_cost = np.mean(np.logaddexp(0.0, -llr[labels]))
+    nontarget_cost = np.mean(np.logaddexp(0.0, llr[~labels]))
+    return float((target_cost + nontarget_cost) / (2.0 * math.log(2.0)))
+
+
+def pav_llr(scores, labels) -> np.ndarray:
+    """LLRs of the optimal monotonic (non-decreasing) calibration of these very scores: the PAV posterior
+    of the trials' labels (isotonic regression), as log-odds, less the log-odds of the list's own target
+    proportion. Tied scores get one LLR (the PAV pools them, as BOSARIS's opt_loglr does); the lowest
+    block is -inf when it holds only non-targets and the highest +inf when it holds only targets."""
+    scores, labels = validate_scores(scores, labels)
+    posterior = IsotonicRegression(increasing=True).fit(scores, labels.astype(np.float64)).predict(scores)
+    with np.errstate(divide="ignore"):
+        log_odds = np.log(posterior) - np.log1p(-posterior)
+    return log_odds - math.log(labels.sum() / (~labels).sum())
+
+
+def min_cllr(scores, labels) -> float:
+    """Cllr after the optimal monotonic calibration (PAV): the part of Cllr no calibration can remove."""
+    return cllr(pav_llr(scores, labels), labels)
+
+
+def bayes_threshold(p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+    """The LLR at and above which a Bayes decision accepts: -logit(effective prior) =
+    log(c_fa * (1 - p_target) / (c_miss * p_target))."""
+    _check_prior("p_target", p_target)
+    if c_miss <= 0 or c_fa <= 0:
+        raise ValueError(f"c_miss and c_fa must be > 0, got {c_miss}, {c_fa}")
+    return math.log(c_fa * (1.0 - p_target)) - math.log(c_miss * p_target)
+
+
+def actual_dcf(llr, labels, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+    """Normalised detection cost of accepting trials with llr >= bayes_threshold(p_target, c_miss, c_fa):
+    (c_miss * P_miss * p_target + c_fa * P_fa * (1 - p_target)) / min(c_miss * p_target, c_fa * (1 - p_target)),
+    the normalisation of speakerid.metrics.compute_min_dcf, so actual DCF >= minDCF on the same trials."""
+    threshold = bayes_threshold(p_target, c_miss, c_fa)
+    llr, labels = _llr_and_labels(llr, labels)
+    p_miss = np.mean(llr[labels] < threshold)
+    p_fa = np.mean(llr[~labels] >= threshold)
+    cost = c_miss * p_miss * p_target + c_fa * p_fa * (1.0 - p_target)
+    return float(cost / min(c_miss * p_target, c_fa * (1.0 - p_target)))
+
+
+def calibration_measures(scores, labels, calibration: Calibration, p_target: float = 0.01) -> dict[str, float]:
+    """What calibration changes and what it cannot: Cllr and actual DCF (at p_target) of the raw scores read
+    as LLRs (`_raw`) and of the calibrated LLRs, next to their floors minCllr and minDCF, which depend on
+    the ranking of the scores alone."""
+    llr = calibration.llr(scores)
+    return {"p_target": p_target,
+            "cllr_raw": cllr(scores, labels), "cllr": cllr(llr, labels), "min_cllr": min_cllr(scores, labels),
+            "actual_dcf_raw": actual_dcf(scores, labels, p_target), "actual_dcf": actual_dcf(llr, labels, p_target),
+            "min_dcf": compute_min_dcf(scores, labels, p_target)}
+
+
+CALIBRATION_FILE_KEYS = ("calibration", "threshold")
+
+
+def write_calibration_file(path: str | os.PathLike, calibration: Calibration, threshold: Threshold) -> None:
+    """The JSON `speakerid calibrate` writes and a model file stores: {"calibration": ..., "threshold": ...}."""
+    write_json_atomic(path, {"calibration": calibration.to_dict(), "threshold": threshold.to_dict()})
+
+
+def read_calibration_file(path: str | os.PathLike) -> tuple[Calibration, Threshold]:
+    """Read a calibration file, with errors that name it and the key at fault."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: calibration file does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a JSON calibration file ({e})") from None
+    if not isinstance(data, dict) or set(data) != set(CALIBRATION_FILE_KEYS):
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: a calibration file has exactly the keys calibration and threshold (as `speakerid "
+                         f"calibrate` writes it), got {got}")
+    try:
+        return Calibration.from_dict(data["calibration"]), Threshold.from_dict(data["threshold"])
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: {e}") from None

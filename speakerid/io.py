@@ -88,6 +88,15 @@ def check_writable(path: str | os.PathLike, folder: bool = False, what: str = "o
         raise OSError(e.errno, f"{what} {target} is not writable ({e.strerror or e})") from None
 
 
+def check_new_file(path: str | os.PathLike, overwrite: bool = False, what: str = "output",
+                   flag: str = "--overwrite") -> None:
+    """check_writable for a file a command is about to write, and refuse to replace an existing one unless
+    `overwrite` (the command's `flag`): a command never overwrites a user's file silently."""
+    if Path(path).exists() and not Path(path).is_dir() and not overwrite:
+        raise FileExistsError(f"{what} {path} already exists; pass {flag} to replace it")
+    check_writable(path, what=what)
+
+
 def _fsync_file(path: str | os.PathLike) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -163,3 +163,26 @@ def test_det_curve_points():
     far, frr = det_curve(s, y)
     np.testing.assert_allclose(far, [0, 0, 1 / 3, 1 / 3, 1 / 3, 2 / 3, 1])
     np.testing.assert_allclose(frr, [1, 2 / 3, 2 / 3, 1 / 3, 0, 0, 0])
+
+
+def test_weights_count_trials_as_repeated_copies():
+    """Weighted operating points equal those of the list with each trial repeated `weight` times (0: left
+    out), whatever the ties; one SortedTrials serves every weighting."""
+    from speakerid.metrics import SortedTrials, eer_at, min_dcf_at
+
+    rng = np.random.default_rng(3)
+    scores = np.round(np.r_[rng.normal(1, 1, 60), rng.normal(0, 1, 90)], 1)  # many ties
+    labels = np.r_[np.ones(60), np.zeros(90)]
+    sorted_trials = SortedTrials(scores, labels)
+    for _ in range(20):
+        weights = rng.integers(0, 3, size=scores.size)
+        repeated_scores, repeated_labels = np.repeat(scores, weights), np.repeat(labels, weights)
+        points = sorted_trials.points(weights)
+        assert eer_at(points)[0] == pytest.approx(compute_eer(repeated_scores, repeated_labels), abs=1e-12)
+        assert eer_at(points)[1] == compute_eer(repeated_scores, repeated_labels, return_threshold=True)[1]
+        dcf, threshold = compute_min_dcf(repeated_scores, repeated_labels, p_target=0.05, return_threshold=True)
+        assert min_dcf_at(points, 0.05, 1.0, 1.0) == pytest.approx((dcf, threshold), abs=1e-12)
+    with pytest.raises(ValueError, match="non-negative integers"):
+        sorted_trials.points(np.full(scores.size, 0.5))
+    with pytest.raises(ValueError, match="at least one target"):
+        sorted_trials.points(np.r_[np.zeros(60, int), np.ones(90, int)])

@@ -10,7 +10,7 @@ Each subcommand is a module of `speakerid.cli` with `HELP` (one line), `add_argu
 with `PASS_THROUGH = True` gets its arguments unparsed, as `args.overrides` (train: Hydra's overrides and
 flags, which argparse would take for its own); its --help is still this parser's.
 Options have one name across subcommands: --model (a checkpoint, an averaged checkpoint or a model file),
---trials, --root, --out (one file), --out-dir (a folder), --device.
+--trials, --root, --scores (a score file), --out (one file), --out-dir (a folder), --device.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ SUBCOMMANDS: dict[str, str] = {
     "average": "average",
     "check-data": "check_data",
     "prepare": "prepare",
+    "calibrate": "calibrate",
+    "report": "report",
+    "compare": "compare",
+    "summarize": "summarize",
 }
 
 def build_parser() -> argparse.ArgumentParser:

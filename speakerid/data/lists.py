@@ -1,5 +1,5 @@
-"""Train lists (`speaker relative/path`) and trial lists (`label enrol test`), with errors that name the
-file, the line and what is wrong."""
+"""Train lists (`speaker relative/path`), trial lists (`label enrol test`) and score files (`enrol test score
+label`), with errors that name the file, the line and what is wrong."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, TypeVar
+
+import numpy as np
 
 log = logging.getLogger("speakerid")
 
@@ -183,6 +185,79 @@ def _strip(list_file: Path, number: int, path: str, prefix: str) -> str:
         raise ListFormatError(f"{list_file}:{number}: path {path!r} does not start with the prefix {prefix!r} "
                               f"that eval.strip_prefix removes")
     return path[len(prefix):]
+
+
+@dataclass(frozen=True)
+class ScoreList:
+    """A score file: its trials, their scores, and the line each came from (for messages)."""
+
+    path: Path
+    trials: list[Trial]
+    scores: np.ndarray   # float64
+    lines: list[int]
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """1 = same speaker, 0 = different; None for a file without labels."""
+        if not has_labels(self.trials):
+            return None
+        return np.fromiter((t.label for t in self.trials), dtype=np.int64, count=len(self.trials))
+
+    def require_labels(self, purpose: str) -> np.ndarray:
+        """The labels, or an error saying that `purpose` needs them and which classes are missing."""
+        labels = self.labels
+        if labels is None:
+            raise ListFormatError(f"{self.path}: {purpose} needs labelled trials (`enrol test score label` lines, as "
+                                  f"`speakerid evaluate` writes for a labelled list); this file has 3 fields a line")
+        if labels.all() or not labels.any():
+            raise ListFormatError(f"{self.path}: {purpose} needs both target (1) and non-target (0) trials; all "
+                                  f"{len(labels)} are {int(labels[0])}")
+        return labels
+
+    @property
+    def enrol(self) -> list[str]:
+        return [t.enrol for t in self.trials]
+
+    @property
+    def test(self) -> list[str]:
+        return [t.test for t in self.trials]
+
+
+def read_scores(score_file: str | os.PathLike) -> ScoreList:
+    """Parse a score file as speakerid.evaluation.write_scores writes it: `enrol test score label` per line
+    (label 1 = same speaker), or `enrol test score` on every line for a list without labels."""
+    score_file = Path(score_file)
+    trials: list[Trial] = []
+    scores: list[float] = []
+    lines: list[int] = []
+    width = None  # set by the first line; every line must agree
+    for number, fields in _content_lines(score_file):
+        if len(fields) not in (3, 4):
+            raise ListFormatError(f"{score_file}:{number}: expected 4 fields 'enrol test score label' (or 3, 'enrol "
+                                  f"test score', without labels), got {len(fields)}: {' '.join(fields)!r}")
+        if width is None:
+            width, first_line = len(fields), number
+        elif len(fields) != width:
+            raise ListFormatError(f"{score_file}:{number}: {len(fields)} fields, but line {first_line} has {width}; a "
+                                  f"score file is either all 'enrol test score label' or all 'enrol test score'")
+        enrol, test, score = fields[:3]
+        try:
+            value = float(score)
+        except ValueError:
+            raise ListFormatError(f"{score_file}:{number}: score {score!r} is not a number") from None
+        if not np.isfinite(value):
+            raise ListFormatError(f"{score_file}:{number}: score {score!r} is not finite")
+        label = None
+        if width == 4:
+            if fields[3] not in ("0", "1"):
+                raise ListFormatError(f"{score_file}:{number}: label must be 0 or 1, got {fields[3]!r}")
+            label = int(fields[3])
+        trials.append(Trial(label, enrol, test))
+        scores.append(value)
+        lines.append(number)
+    if not trials:
+        raise ListFormatError(f"{score_file}: the score file has no entries")
+    return ScoreList(score_file, trials, np.asarray(scores, dtype=np.float64), lines)
 
 
 def has_labels(trials: list[Trial]) -> bool:

@@ -1,0 +1,62 @@
+"""Summarise runs of one setup with different seeds as mean and standard deviation per metric, so that a
+reported gain can be told from run-to-run noise.
+
+    python train.py -m experiment=arsc data.dir=/data/arsc seed=1,2,3             # a sweep: one run folder per job
+    speakerid summarize runs/arsc/2026-11-27_10-00-00_job*                        # final and best validation
+    speakerid summarize runs/arsc/*/checkpoints/best_eval/trials.cosine.json      # `speakerid evaluate` results
+    speakerid summarize runs/arsc/*_job* --out seeds.json
+
+Each argument is a training run folder (metrics.jsonl: the last validation's val/eer, val/min_dcf_p0.01,
+val/min_dcf_p0.05 and the run's best val/eer as best/eer) or an evaluation JSON of `speakerid evaluate`
+(eer, min_dcf_p0.01, min_dcf_p0.05). The seed of each comes from its run's config.yaml. The standard
+deviation is the sample one (n - 1); with n runs, the standard error of the mean is std / sqrt(n).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from speakerid.io import check_new_file, write_json_atomic
+from speakerid.summary import read_result, short_names, summarize, summary_table
+
+HELP = "mean and standard deviation per metric over runs with different seeds"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", nargs="+", type=Path, help="run folders or evaluation JSONs")
+    parser.add_argument("--out", type=Path, help="also write the summary as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.out is not None:
+            check_new_file(args.out, args.overwrite, what="--out")
+        results = [read_result(path) for path in args.results]
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    names = short_names([r.source for r in results])
+    summary = summarize(results)
+    print(summary_table(results, names, summary))
+    if len(results) < 2:
+        print("one result: no standard deviation")
+    if args.out is not None:
+        write_json_atomic(args.out, {
+            "runs": [{"source": str(r.source.resolve()), "name": name, "seed": r.seed, "metrics": r.metrics}
+                     for name, r in zip(names, results)],
+            "summary": summary})
+        print(f"written: {args.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Reports: the stratified report on a hand-worked example with real audio files, seed summaries, system
+comparisons, and the calibrate / report / compare / summarize subcommands as a user runs them."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speakerid.calibration import read_calibration_file
+from speakerid.cli.main import SUBCOMMANDS, main
+from speakerid.data.lists import ListFormatError, read_scores
+from speakerid.plots import PALETTE, det_comparison_image
+from speakerid.report import Bins, file_durations, read_attributes, stratified_report, trial_groups
+from speakerid.summary import read_result, summarize
+
+SECONDS = {"a/1.wav": 1.0, "a/2.wav": 3.0, "b/1.wav": 1.0, "b/2.wav": 3.0, "c/1.wav": 5.0, "c/2.wav": 3.0}
+# enrol test score label; enrolment durations 1 1 1 1 5 5 5 s, test durations 3 3 3 3 3 3 1 s
+TRIALS = """\
+a/1.wav a/2.wav 0.9 1
+b/1.wav b/2.wav 0.4 1
+a/1.wav b/2.wav 0.5 0
+b/1.wav a/2.wav 0.1 0
+c/1.wav c/2.wav 0.8 1
+c/1.wav a/2.wav 0.3 0
+c/1.wav b/1.wav 0.2 0
+"""
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    root = tmp_path / "wav"
+    for path, seconds in SECONDS.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / path, np.zeros(int(8000 * seconds), dtype=np.float32), 8000)
+    scores = tmp_path / "trials.scores.txt"
+    scores.write_text(TRIALS)
+    return root, scores
+
+
+def test_durations_come_from_the_headers(corpus):
+    root, _ = corpus
+    assert file_durations(root, list(SECONDS)) == SECONDS
+
+
+def test_stratified_report_by_hand(corpus):
+    """EER and minDCF(p=0.01) per group, worked out by hand (accept when score >= threshold):
+    all: targets .9 .8 .4, non-targets .5 .3 .2 .1; FAR stays 1/4 while FRR falls from 1/3 to 0: EER 25%;
+         minDCF = min(FRR + 99 FAR) = 1/3 (accept .9 and .8).
+    enrolment <2 s: targets .9 .4, non-targets .5 .1; at .5 FAR = FRR = 1/2: EER 50%; minDCF 1/2.
+    enrolment 4-6 s: target .8 above non-targets .3 .2: EER 0, minDCF 0.
+    test <2 s: one non-target, no target: not measured. test 2-4 s: targets .9 .8 .4, non-targets .5 .3 .1;
+         at .5 FAR = FRR = 1/3: EER 1/3; minDCF 1/3."""
+    root, path = corpus
+    scores = read_scores(path)
+    groups = trial_groups(scores.enrol, scores.test, file_durations(root, list(SECONDS)))
+    assert groups["enrol_duration"] == ["<2 s"] * 4 + ["4-6 s"] * 3
+    assert groups["test_duration"] == ["2-4 s"] * 6 + ["<2 s"]
+    rows = stratified_report(scores.scores, scores.labels, scores.enrol, scores.test, groups,
+                             p_targets=(0.01,), n_bootstrap=200, seed=1)
+    by = {(r["by"], r["group"]): r for r in rows}
+    assert [(r["by"], r["group"]) for r in rows] == [
+        ("all", "all"), ("enrol_duration", "<2 s"), ("enrol_duration", "4-6 s"),
+        ("test_duration", "<2 s"), ("test_duration", "2-4 s")]
+    expected = {("all", "all"): (0.25, 1 / 3), ("enrol_duration", "<2 s"): (0.5, 0.5),
+                ("enrol_duration", "4-6 s"): (0.0, 0.0), ("test_duration", "2-4 s"): (1 / 3, 1 / 3)}
+    for key, (eer, dcf) in expected.items():
+        assert by[key]["eer"] == pytest.approx(eer) and by[key]["min_dcf_p0.01"] == pytest.approx(dcf), key
+    assert by["test_duration", "<2 s"]["note"] == "no target trials" and "eer" not in by["test_duration", "<2 s"]
+    assert by["enrol_duration", "<2 s"]["n_speakers"] == 2 and by["all", "all"]["n_speakers"] == 3
+    assert by["enrol_duration", "4-6 s"]["range"] == [4.0, 6.0] and by["enrol_duration", "<2 s"]["range"] == [None, 2.0]
+    # Separated in every resample: the interval is a point. Resamples without c leave that group out.
+    assert by["enrol_duration", "4-6 s"]["eer_ci"] == [0.0, 0.0]
+    assert 0 < by["enrol_duration", "4-6 s"]["n_bootstrap"] < 200 and by["all", "all"]["n_bootstrap"] == 200
+    lo, hi = by["all", "all"]["eer_ci"]
+    assert 0.0 <= lo <= hi <= 1.0
+
+
+def test_attributes_group_by_value_or_bins(corpus, tmp_path):
+    _, path = corpus
+    scores = read_scores(path)
+    lines = ["enrol\ttest\tchannel\tsnr_db"]
+    for i, t in enumerate(scores.trials):
+        lines.append(f"{t.enrol}\t{t.test}\t{'phone call' if i % 2 else 'studio'}\t{5 * i}")
+    attributes_file = tmp_path / "attributes.tsv"
+    attributes_file.write_text("\n".join(lines) + "\n")
+    attributes = read_attributes(attributes_file)
+    assert attributes.names == ["channel", "snr_db"]
+    groups = trial_groups(scores.enrol, scores.test, attributes=attributes, bins={"snr_db": Bins((10, 20))})
+    assert groups["channel"] == ["studio", "phone call"] * 3 + ["studio"]  # tab-separated: spaces stay
+    assert groups["snr_db"] == ["<10", "<10", "10-20", "10-20", ">=20", ">=20", ">=20"]
+    assert set(groups) == {"channel", "snr_db"}  # no durations without a root
+
+    lines[3] = lines[3].replace("\t10", "\tloud")
+    attributes_file.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ListFormatError, match=r"attributes.tsv:4: snr_db value 'loud' is not a number"):
+        trial_groups(scores.enrol, scores.test, attributes=read_attributes(attributes_file),
+                     bins={"snr_db": Bins((10, 20))})
+    attributes_file.write_text("\n".join(lines[:5]) + "\n")
+    with pytest.raises(ListFormatError, match=r"attributes.tsv: has no line for the trial c/1.wav c/2.wav "
+                                              r"\(line 5 of .*trials.scores.txt\); 3 of 7 trials"):
+        trial_groups(scores.enrol, scores.test, attributes=read_attributes(attributes_file),
+                     source=str(path), lines=scores.lines)
+    attributes_file.write_text("enrol\ttest\tchannel\na/1.wav\ta/2.wav\n")
+    with pytest.raises(ListFormatError, match=r"attributes.tsv:2: 2 fields, but the header \(line 1\) names 3"):
+        read_attributes(attributes_file)
+    with pytest.raises(ValueError, match="--bins names snr, which is neither"):
+        trial_groups(scores.enrol, scores.test, bins={"snr": Bins((1.0,))})
+
+
+def test_score_file_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "s.txt"
+    path.write_text("a/1.wav b/1.wav 0.5 1\na/1.wav b/2.wav high 0\n")
+    with pytest.raises(ListFormatError, match=r"s.txt:2: score 'high' is not a number"):
+        read_scores(path)
+    path.write_text("a/1.wav b/1.wav 0.5 1\n\na/1.wav b/2.wav 0.1\n")
+    with pytest.raises(ListFormatError, match=r"s.txt:3: 3 fields, but line 1 has 4"):
+        read_scores(path)
+    path.write_text("a/1.wav b/1.wav 0.5 2\n")
+    with pytest.raises(ListFormatError, match=r"s.txt:1: label must be 0 or 1, got '2'"):
+        read_scores(path)
+    path.write_text("a/1.wav b/1.wav nan 1\n")
+    with pytest.raises(ListFormatError, match=r"s.txt:1: score 'nan' is not finite"):
+        read_scores(path)
+    path.write_text("a/1.wav b/1.wav 0.5\n")
+    with pytest.raises(ListFormatError, match=r"s.txt: calibration needs labelled trials"):
+        read_scores(path).require_labels("calibration")
+
+
+def write_run(folder, seed, validations):
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"seed: {seed}\nname: arsc\n")
+    with open(folder / "metrics.jsonl", "w") as f:
+        for step, (eer, dcf) in enumerate(validations):
+            f.write(json.dumps({"step": step, "train/loss": 1.0}) + "\n")
+            f.write(json.dumps({"step": step, "val/eer": eer, "val/min_dcf_p0.01": dcf, "val/min_dcf_p0.05": dcf / 2})
+                    + "\n")
+
+
+def test_summary_of_a_seed_sweep(tmp_path):
+    # final EERs 0.10, 0.12, 0.14: mean 0.12, sample std 0.02; best EERs 0.09, 0.12, 0.13
+    runs = tmp_path / "runs" / "arsc"
+    write_run(runs / "2026-11-27_10-00-00_job0", 1, [(0.09, 0.5), (0.10, 0.4)])
+    write_run(runs / "2026-11-27_10-00-00_job1", 2, [(0.12, 0.6)])
+    write_run(runs / "2026-11-27_10-00-00_job2", 3, [(0.13, 0.7), (0.14, 0.8)])
+    results = [read_result(p) for p in sorted(runs.iterdir())]
+    assert [r.seed for r in results] == [1, 2, 3]
+    summary = summarize(results)
+    assert summary["val/eer"]["mean"] == pytest.approx(0.12) and summary["val/eer"]["std"] == pytest.approx(0.02)
+    assert summary["best/eer"]["values"] == [0.09, 0.12, 0.13]
+    assert summary["val/min_dcf_p0.01"]["mean"] == pytest.approx(0.6)
+    assert summary["val/min_dcf_p0.01"]["std"] == pytest.approx(math.sqrt(((0.4 - 0.6) ** 2 + 0 + 0.2 ** 2) / 2))
+
+    # the command: a table with the runs, mean and std, and a JSON
+    out = tmp_path / "seeds.json"
+    assert main(["summarize", *map(str, sorted(runs.iterdir())), "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert [r["seed"] for r in record["runs"]] == [1, 2, 3] and record["summary"]["val/eer"]["n"] == 3
+    (runs / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty: not a run folder"):
+        read_result(runs / "empty")
+
+
+def test_summary_of_evaluation_jsons(tmp_path):
+    paths = []
+    for i, eer in enumerate([0.05, 0.07]):
+        path = tmp_path / f"seed{i}" / "trials.cosine.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"eer": eer, "min_dcf_p0.01": 0.3, "eer_threshold": 0.4, "n_trials": 10}))
+        paths.append(path)
+    summary = summarize([read_result(p) for p in paths])
+    assert set(summary) == {"eer", "min_dcf_p0.01"}  # thresholds are not metrics
+    assert summary["eer"]["mean"] == pytest.approx(0.06) and summary["eer"]["std"] == pytest.approx(math.sqrt(2) / 100)
+
+
+def gaussian_score_file(path, rng, n_speakers=30, separation=2.0):
+    """Scores of a speaker-structured list: N(separation, 1) targets, N(0, 1) non-targets."""
+    lines = []
+    for s in range(n_speakers):
+        for k in range(6):
+            lines.append(f"s{s}/e{k}.wav s{s}/t{k}.wav {rng.normal(separation, 1):.6f} 1")
+        for k in range(20):
+            other = (s + 1 + k % (n_speakers - 1)) % n_speakers
+            lines.append(f"s{s}/e{k}.wav s{other}/t{k}.wav {rng.normal(0, 1):.6f} 0")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_calibrate_command_writes_the_model_file_record(tmp_path, capsys):
+    scores = gaussian_score_file(tmp_path / "scores.txt", np.random.default_rng(0))
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", "--scores", str(scores), "--out", str(out), "--target-far", "0.05",
+                 "--n-bootstrap", "200"]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert set(record) == {"calibration", "threshold"}
+    assert set(record["calibration"]) == {"slope", "offset", "prior"}
+    # Equal-variance Gaussians 2 apart with unit variance: llr = 2 s - 2 (within sampling error)
+    assert record["calibration"]["slope"] == pytest.approx(2.0, abs=0.35)
+    assert record["calibration"]["offset"] == pytest.approx(-2.0, abs=0.4)
+    threshold = record["threshold"]
+    assert threshold["kind"] == "far" and threshold["target"] == 0.05 and threshold["far"] <= 0.05
+    assert threshold["n_bootstrap"] == 200 and threshold["confidence"] == 0.95
+    assert threshold["far_ci"][0] <= threshold["far"] <= threshold["far_ci"][1]
+    calibration, loaded = read_calibration_file(out)
+    assert loaded.score == threshold["score"] and calibration.slope == record["calibration"]["slope"]
+    for text in ("Cllr", "minCllr", "actual DCF(p=0.01)", "minDCF", "FAR <= 0.05"):
+        assert text in printed
+
+    # never over an existing file, and checked before the work
+    assert main(["calibrate", "--scores", str(scores), "--out", str(out)]) == 1
+    assert f"--out {out} already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["calibrate", "--scores", str(scores), "--out", str(out), "--overwrite", "--operating-point", "dcf",
+                 "--n-bootstrap", "50"]) == 0
+    assert json.loads(out.read_text())["threshold"]["kind"] == "dcf"
+
+
+def test_report_command_with_a_calibration_from_other_trials(corpus, tmp_path, capsys):
+    root, scores = corpus
+    held_out = gaussian_score_file(tmp_path / "fit.txt", np.random.default_rng(1))
+    calibration = tmp_path / "cal.json"
+    assert main(["calibrate", "--scores", str(held_out), "--out", str(calibration), "--n-bootstrap", "50"]) == 0
+    out = tmp_path / "report.json"
+    assert main(["report", "--scores", str(scores), "--root", str(root), "--calibration", str(calibration),
+                 "--n-bootstrap", "100", "--out", str(out)]) == 0
+    printed, warned = capsys.readouterr()
+    assert "warning: only 3 speakers in the trial list" in warned
+    report = json.loads(out.read_text())
+    assert report["rows"][0]["eer"] == pytest.approx(0.25) and "25.00" in printed
+    assert report["bins"]["enrol_duration"] == [2.0, 4.0, 6.0, 10.0, 20.0]
+    assert set(report["calibration"]) >= {"cllr_raw", "cllr", "min_cllr", "actual_dcf_raw", "actual_dcf", "min_dcf",
+                                          "threshold"}
+    assert "no target trials" in printed
+
+    (tmp_path / "bad.txt").write_text("a/1.wav a/2.wav 0.9 1\na/1.wav b/2.wav 0.5\n")
+    assert main(["report", "--scores", str(tmp_path / "bad.txt")]) == 1
+    assert "bad.txt:2: 3 fields, but line 1 has 4" in capsys.readouterr().err
+    assert main(["report", "--scores", str(scores), "--root", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere is not a directory" in capsys.readouterr().err
+    (tmp_path / "cal_bad.json").write_text(json.dumps({"calibration": {"slope": 1.0}}))
+    assert main(["report", "--scores", str(scores), "--calibration", str(tmp_path / "cal_bad.json")]) == 1
+    assert "cal_bad.json: a calibration file has exactly the keys calibration and threshold" in capsys.readouterr().err
+
+
+def test_compare_draws_every_system(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    a = gaussian_score_file(tmp_path / "a.scores.txt", rng, separation=2.0)
+    b = gaussian_score_file(tmp_path / "b.scores.txt", rng, n_speakers=25, separation=3.0)  # other trials
+    evaluation = tmp_path / "b.json"
+    evaluation.write_text(json.dumps({"eer": 0.1, "scores": str(b)}))
+    out = tmp_path / "det.png"
+    assert main(["compare", str(a), str(evaluation), "--out", str(out), "--names", "two", "three"]) == 0
+    printed = capsys.readouterr()
+    assert "two" in printed.out and "three" in printed.out and "different trials" in printed.err
+    from PIL import Image
+
+    image = np.asarray(Image.open(out).convert("RGB"))
+    for color in PALETTE[:2]:
+        assert np.all(image == color, axis=2).sum() > 200  # each curve drawn
+    assert main(["compare", str(a), "--out", str(out)]) == 1
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_det_comparison_image_one_colour_per_system():
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.ones(300), np.zeros(300)]
+    systems = [(f"s{i}", np.r_[rng.normal(d, 1, 300), rng.normal(0, 1, 300)], labels) for i, d in enumerate((1, 2, 3))]
+    image = det_comparison_image(systems, title="t", size=400)
+    assert image.shape == (400, 400, 3)
+    assert all(np.all(image == color, axis=2).sum() > 150 for color in PALETTE[:3])
+    assert np.all(image == PALETTE[3], axis=2).sum() == 0
+
+
+@pytest.mark.parametrize("command", ["calibrate", "report", "compare", "summarize"])
+def test_help_of_new_subcommands(command, capsys):
+    assert command in SUBCOMMANDS
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"\n    speakerid {command} " in capsys.readouterr().out  # an example line of the module docstring
