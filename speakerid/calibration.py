@@ -18,7 +18,6 @@ Measures (all on natural-log LLRs, BOSARIS's definitions):
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -30,7 +29,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from speakerid.io import write_json_atomic
+from speakerid.io import read_json, write_json_atomic
 from speakerid.metrics import compute_min_dcf, validate_scores
 from speakerid.thresholds import Threshold
 
@@ -79,7 +78,8 @@ def _check_prior(name: str, p: float) -> None:
 def fit_calibration(scores, labels, prior: float = 0.5) -> Calibration:
     """Linear logistic regression of scores to LLRs (BOSARIS's prior-weighted objective): minimises
 
-        prior * mean_targets log(1 + e^-(llr + logit(prior))) + (1 - prior) * mean_nontargets log(1 + e^(llr + logit(prior)))
+        prior * mean_targets log(1 + e^-(llr + logit(prior)))
+        + (1 - prior) * mean_nontargets log(1 + e^(llr + logit(prior)))
 
     over llr = slope * score + offset, so that llr + logit(prior) is the posterior log-odds at that prior.
     The weights make the fit independent of how many target and non-target trials the list happens to hold.
@@ -187,12 +187,7 @@ def write_calibration_file(path: str | os.PathLike, calibration: Calibration, th
 def read_calibration_file(path: str | os.PathLike) -> tuple[Calibration, Threshold]:
     """Read a calibration file, with errors that name it and the key at fault."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: calibration file does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a JSON calibration file ({e})") from None
+    data = read_json(path, "calibration file")
     if not isinstance(data, dict) or set(data) != set(CALIBRATION_FILE_KEYS):
         got = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{path}: a calibration file has exactly the keys calibration and threshold (as `speakerid "

@@ -70,6 +70,17 @@ def write_json_atomic(path: str | os.PathLike, record: Any, indent: int = 2) -> 
     write_text_atomic(path, json.dumps(record, indent=indent) + "\n")
 
 
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """The content of a JSON file, with errors that name it (as `what`) and what is wrong."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {what} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable {what} ({e})") from None
+
+
 def check_writable(path: str | os.PathLike, folder: bool = False, what: str = "output") -> None:
     """Fail now, not after hours of work, when `path` (a file, or a folder with folder=True) cannot be
     written: a file name that is a folder, a parent that is a file, a read-only or full disk."""

@@ -39,7 +39,8 @@ class DetAxes:
         self.image = Image.new("RGB", (size, size), "white")
         self.draw = ImageDraw.Draw(self.image)
         self.font = font = ImageFont.load_default(size=max(10, size // 40))
-        self.left, self.top, self.right, self.bottom = int(size * 0.14), int(size * 0.08), int(size * 0.96), int(size * 0.86)
+        self.left, self.top = int(size * 0.14), int(size * 0.08)
+        self.right, self.bottom = int(size * 0.96), int(size * 0.86)
         self.lo, self.hi = probit(LIMITS[0]), probit(LIMITS[1])
         draw, x, y = self.draw, self.x, self.y
         left, top, right, bottom = self.left, self.top, self.right, self.bottom

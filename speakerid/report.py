@@ -259,7 +259,8 @@ def stratified_report(scores, labels, enrol: Sequence[str], test: Sequence[str],
     for row, _, _, _, values in measured:
         for key in _measure_keys(p_targets):
             interval = percentile_interval([v[key] for v in values], confidence)
-            row[f"{key}_ci"] = [x if math.isfinite(x) else None for x in interval]  # None: no resample held both classes
+            # None where no resample held both classes of the group
+            row[f"{key}_ci"] = [x if math.isfinite(x) else None for x in interval]
         row["n_bootstrap"] = len(values)
     return rows
 

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 from omegaconf import OmegaConf
 
+from speakerid.io import read_json
 from speakerid.report import format_table
 
 VALIDATION_METRICS = ("val/eer", "val/min_dcf_p0.01", "val/min_dcf_p0.05")
@@ -84,12 +85,7 @@ def read_run_folder(run_dir: str | os.PathLike) -> Result:
 def read_evaluation(path: str | os.PathLike) -> Result:
     """The metrics of an evaluation JSON of `speakerid evaluate`."""
     path = Path(path)
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a JSON file ({e})") from None
+    record = read_json(path, "evaluation JSON")
     if not isinstance(record, dict) or "eer" not in record:
         raise ValueError(f"{path}: not an evaluation JSON of `speakerid evaluate` (no eer; a list without labels "
                          f"has no metrics)")

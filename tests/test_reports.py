@@ -109,21 +109,24 @@ def test_attributes_group_by_value_or_bins(corpus, tmp_path):
         trial_groups(scores.enrol, scores.test, bins={"snr": Bins((1.0,))})
 
 
-def test_score_file_errors_name_file_and_line(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("a/1.wav b/1.wav 0.5 1\na/1.wav b/2.wav high 0\n", r"s.txt:2: score 'high' is not a number"),
+    ("a/1.wav b/1.wav 0.5 1\n\na/1.wav b/2.wav 0.1\n", r"s.txt:3: 3 fields, but line 1 has 4"),
+    ("a/1.wav b/1.wav 0.5 2\n", r"s.txt:1: label must be 0 or 1, got '2'"),
+    ("a/1.wav b/1.wav nan 1\n", r"s.txt:1: score 'nan' is not finite"),
+    ("a/1.wav 0.5 1 x y\n", r"s.txt:1: expected 4 fields 'enrol test score label'"),
+])
+def test_score_file_errors_name_file_and_line(tmp_path, text, message):
     path = tmp_path / "s.txt"
-    path.write_text("a/1.wav b/1.wav 0.5 1\na/1.wav b/2.wav high 0\n")
-    with pytest.raises(ListFormatError, match=r"s.txt:2: score 'high' is not a number"):
+    path.write_text(text)
+    with pytest.raises(ListFormatError, match=message):
         read_scores(path)
-    path.write_text("a/1.wav b/1.wav 0.5 1\n\na/1.wav b/2.wav 0.1\n")
-    with pytest.raises(ListFormatError, match=r"s.txt:3: 3 fields, but line 1 has 4"):
-        read_scores(path)
-    path.write_text("a/1.wav b/1.wav 0.5 2\n")
-    with pytest.raises(ListFormatError, match=r"s.txt:1: label must be 0 or 1, got '2'"):
-        read_scores(path)
-    path.write_text("a/1.wav b/1.wav nan 1\n")
-    with pytest.raises(ListFormatError, match=r"s.txt:1: score 'nan' is not finite"):
-        read_scores(path)
+
+
+def test_scores_without_labels_cannot_be_measured(tmp_path):
+    path = tmp_path / "s.txt"
     path.write_text("a/1.wav b/1.wav 0.5\n")
+    assert read_scores(path).labels is None
     with pytest.raises(ListFormatError, match=r"s.txt: calibration needs labelled trials"):
         read_scores(path).require_labels("calibration")
 

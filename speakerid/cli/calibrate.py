@@ -22,8 +22,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from speakerid.bootstrap import SpeakerResampler
 from speakerid.calibration import calibration_measures, fit_calibration, write_calibration_file
+from speakerid.cli.options import add_bootstrap_arguments, add_output_arguments, probability, warn_about_speakers
 from speakerid.data.lists import ListFormatError, read_scores
 from speakerid.io import check_new_file
 from speakerid.thresholds import choose_threshold
@@ -31,49 +31,12 @@ from speakerid.thresholds import choose_threshold
 HELP = "calibrate scores to log-likelihood ratios and choose a threshold (FAR target, EER or DCF)"
 
 
-def probability(text: str) -> float:
-    """argparse type: a number strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
-    """The bootstrap options that calibrate and report share."""
-    parser.add_argument("--n-bootstrap", type=positive_int, default=1000,
-                        help="speaker resamples for the intervals (1000)")
-    parser.add_argument("--confidence", type=probability, default=0.95, help="level of the intervals (0.95)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the resampling (0)")
-
-
-def warn_about_speakers(enrol: list[str], test: list[str]) -> None:
-    """Say so when the trials' speakers are too few (or unknown) for trustworthy intervals."""
-    caution = SpeakerResampler(enrol, test).caution()
-    if caution:
-        print(f"warning: {caution}", file=sys.stderr)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scores", required=True, type=Path, help="labelled score file: enrol test score label")
-    parser.add_argument("--out", required=True, type=Path, help="calibration JSON to write")
+    add_output_arguments(parser, "calibration JSON to write", required=True)
     point = parser.add_mutually_exclusive_group()
-    point.add_argument("--target-far", type=probability, metavar="FAR", help="threshold for at most this false-acceptance "
-                       "rate, e.g. 0.01")
+    point.add_argument("--target-far", type=probability, metavar="FAR",
+                       help="threshold for at most this false-acceptance rate, e.g. 0.01")
     point.add_argument("--operating-point", choices=("eer", "dcf"), default="eer",
                        help="eer (default) or dcf: the minimum-DCF threshold at --p-target")
     parser.add_argument("--p-target", type=probability, default=0.01,
@@ -81,7 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior", type=probability, default=0.5, help="target prior that weights the calibration fit "
                         "(0.5: targets and non-targets alike, the usual choice)")
     add_bootstrap_arguments(parser)
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,12 +82,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"written: {args.out}")
     return 0
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

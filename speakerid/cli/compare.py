@@ -20,6 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from speakerid.data.lists import ListFormatError, read_scores
+from speakerid.cli.options import add_output_arguments
 from speakerid.io import atomic_write, check_new_file
 from speakerid.metrics import verification_metrics
 from speakerid.plots import PALETTE, det_comparison_image
@@ -30,11 +31,10 @@ HELP = "DET curves of several systems on one figure, and a table of their metric
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("systems", nargs="+", type=Path, help="evaluation JSONs or labelled score files")
-    parser.add_argument("--out", required=True, type=Path, help="the figure to write (PNG)")
+    add_output_arguments(parser, "the figure to write (PNG)", required=True)
     parser.add_argument("--names", nargs="+", help="a name per system for the legend and table "
                         "(default: the paths, less their common folders)")
     parser.add_argument("--title", default="", help="title of the figure")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def score_file_of(path: Path) -> Path:
@@ -77,12 +77,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"written: {args.out}")
     return 0
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

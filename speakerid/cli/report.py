@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from speakerid.calibration import read_calibration_file
-from speakerid.cli.calibrate import add_bootstrap_arguments, probability, warn_about_speakers
+from speakerid.cli.options import add_bootstrap_arguments, add_output_arguments, probability, warn_about_speakers
 from speakerid.data.audio import AudioError
 from speakerid.data.lists import ListFormatError, read_scores, trial_files
 from speakerid.io import check_new_file, write_json_atomic
@@ -56,8 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="target priors of the minDCF columns (0.01 0.05)")
     parser.add_argument("--calibration", type=Path, help="a calibration file of `speakerid calibrate` to check here")
     add_bootstrap_arguments(parser)
-    parser.add_argument("--out", type=Path, help="also write the report as JSON")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_output_arguments(parser, "also write the report as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,12 +103,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"written: {args.out}")
     return 0
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from speakerid.cli.options import add_output_arguments
 from speakerid.io import check_new_file, write_json_atomic
 from speakerid.summary import read_result, short_names, summarize, summary_table
 
@@ -26,8 +27,7 @@ HELP = "mean and standard deviation per metric over runs with different seeds"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", nargs="+", type=Path, help="run folders or evaluation JSONs")
-    parser.add_argument("--out", type=Path, help="also write the summary as JSON")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_output_arguments(parser, "also write the summary as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,12 +51,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"written: {args.out}")
     return 0
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
