@@ -51,8 +51,14 @@ class MetricLogger:
         """One row of TensorBoard's HPARAMS tab: the run's hyperparameters and its final metrics. The metrics
         are also written as scalars under their own tags, which is where that tab reads them."""
         if self.enabled:
-            # run_name ".": into this run's own folder (add_hparams would otherwise make a sub-run per call).
-            self.writer.add_hparams(hparams, metrics, run_name=".", global_step=step)
+            # Through this run's own event file: add_hparams would open a second writer (a second file, or a
+            # sub-run per call), which TensorBoard shows as another run.
+            from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+            for summary in hparams_summaries(hparams, metrics):
+                self.writer.file_writer.add_summary(summary, step)
+            for name, value in metrics.items():
+                self.writer.add_scalar(name, value, global_step=step)
 
     def flush(self) -> None:
         if self.enabled:

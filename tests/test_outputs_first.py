@@ -38,7 +38,7 @@ def test_unwritable_outputs_are_named_before_any_work(checkpoint, tiny_corpus_di
     assert "embedded" not in proc.stdout
     proc = run("evaluate", "--model", checkpoint, "--out-dir", a_file / "eval")
     assert proc.returncode == 1 and f"--out-dir {a_file / 'eval'} is not writable" in proc.stderr, proc.stderr
-    proc = run("-m", "speakerid.cli.main", "check-data", "--trials", tiny_corpus_dir / "trials.txt", "--root",
+    proc = run("check-data", "--trials", tiny_corpus_dir / "trials.txt", "--root",
                tiny_corpus_dir / "wav", "--out", a_folder)
     assert proc.returncode == 1 and f"--out {a_folder} is a folder" in proc.stderr, proc.stderr
 
