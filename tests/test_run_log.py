@@ -27,8 +27,8 @@ STEP_LINE = re.compile(r"epoch (\d+)/(\d+) step (\d+)/(\d+) \(run step (\d+)\): 
 
 
 def speakerid(*args, **kwargs):
-    return subprocess.run([*SPEAKERID, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          **kwargs)
+    return subprocess.run([*SPEAKERID, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=1800, **kwargs)  # generous: the tests share the machine
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_with_a_terminal_the_progress_bar_stays_and_no_step_lines(tiny_corpus_di
         if not chunk:
             break
         output += chunk
-    assert proc.wait(timeout=300) == 0, output.decode(errors="replace")[-3000:]
+    assert proc.wait(timeout=1800) == 0, output.decode(errors="replace")[-3000:]
     os.close(primary)
     text = output.decode(errors="replace")
     assert "epoch 1/1: 100%" in text and "6/6" in text  # tqdm's bar
