@@ -57,6 +57,8 @@ def test_paper_defaults_of_the_groups():
     ("trainer.precision=fp16", "trainer.precision"),  # trainer.device=cpu in debug=tiny
     ("trainer.grad_clip_norm=-1", "trainer.grad_clip_norm"),
     ("trainer.log_every_steps=0", "trainer.log_every_steps"),
+    ("trainer.num_threads=0", "trainer.num_threads"),
+    ("data.num_workers=-1", "data.num_workers"),
     ("model.channels=-1", "model.channels"),
     ("model.channels=abc", "model.channels"),
     ("model.dilations=[2,0,4]", "model.dilations"),

@@ -95,3 +95,48 @@ def test_cudnn_benchmark_matches_default_algorithms(tiny_cfg, tmp_path, global_t
         with torch.no_grad():
             outputs.append(model(features))
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture
+def torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cpu_threads_leave_a_core_to_each_loader_worker(monkeypatch):
+    """trainer.num_threads=auto on a CPU: one intra-op thread per core the loader workers leave free, so
+    that no thread waits at torch's barriers for a core another thread or process holds."""
+    from speakerid.training import setup
+
+    monkeypatch.setattr(setup, "available_cpus", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [setup.resolve_num_threads("auto", cpu, workers) for workers in (0, 1, 2, 3)] == [2, 1, 1, 1]
+    assert setup.resolve_num_threads("auto", cuda, 1) is None  # the host thread only launches work
+    assert setup.resolve_num_threads(3, cpu, 1) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun's choice for several processes per node
+    assert setup.resolve_num_threads("auto", cpu, 1) is None
+
+
+def test_the_run_sets_torch_threads_from_the_config(tiny_cfg, tmp_path, torch_threads, monkeypatch):
+    from speakerid.resources import available_cpus
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(3)
+    setup_run(tiny_cfg("trainer.num_threads=1", run_dir=tmp_path / "one"))
+    assert torch.get_num_threads() == 1
+    setup_run(tiny_cfg("data.num_workers=1", run_dir=tmp_path / "auto"))  # debug=tiny runs on the CPU
+    assert torch.get_num_threads() == max(1, available_cpus() - 1)
+
+
+@pytest.mark.parametrize("cpus,cpu_workers,gpu_workers", [(1, 0, 1), (2, 1, 1), (4, 2, 2), (16, 2, 8), (64, 2, 8)])
+def test_auto_loader_workers(monkeypatch, cpus, cpu_workers, gpu_workers):
+    """data.num_workers=auto: with a GPU half the CPUs, at most 8; on a CPU half of them, at most 2."""
+    from speakerid import resources
+    from speakerid.training.setup import resolve_num_workers
+
+    monkeypatch.setattr(resources, "available_cpus", lambda: cpus)
+    assert resolve_num_workers("auto", torch.device("cpu")) == cpu_workers
+    assert resolve_num_workers("auto", torch.device("cuda")) == gpu_workers
+    assert resolve_num_workers(5, torch.device("cuda")) == 5
