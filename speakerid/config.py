@@ -269,6 +269,8 @@ def validate_eval(node: dict, key: str = "eval") -> None:
     for name, (ok, allowed) in embedding_rules.items():
         if name in embedding:
             require(ok(embedding[name]), f"{key}.embedding.{name}", allowed, embedding[name])
+    if "num_workers" in embedding:
+        check_workers(embedding["num_workers"], f"{key}.embedding.num_workers")
     asnorm = node.get("asnorm") or {}
     if not asnorm.get("enabled"):
         return
