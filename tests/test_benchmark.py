@@ -155,3 +155,18 @@ def test_storage_corpus_joins_each_speakers_utterances(tmp_path):
             np.testing.assert_array_equal(decoded[fmt][first], stream[:n1])
             np.testing.assert_array_equal(decoded[fmt][second], stream[n1:n1 + n2])
 
+
+@pytest.mark.slow
+def test_device_bench_runs_every_run_on_a_cpu_with_tiny_sizes(tmp_path):
+    """scripts/device_bench.sh with SMOKE=1: the same runs as on the GPU, tiny, and the one table."""
+    env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path / "out"), "BENCH_DIR": str(tmp_path / "data"),
+           "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "device_bench.sh")], env=env, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0 and proc.stdout.rstrip().endswith("done"), proc.stdout + proc.stderr
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| stage | ecapa_compiled | ecapa_eager | resnet34_tiny | campplus_tiny |" in table
+    assert "no result" not in table, table
+    for label in ("(a) loading only", "(d) whole training loop with augmentation", "peer: SpeechBrain",
+                  "(e) whole loop, WAV", "(e) loading only, FLAC", "(f) extraction, 4-10 s, fp32, 2 loader"):
+        assert label in table, (label, table)
