@@ -7,6 +7,10 @@
   (d) whole training loop   the run's loader and TrainingStep together, augmentation as configured
   peer                      (c) with SpeechBrain's ECAPA_TDNN (channels [C]*4 + [3C], 256-d) in place of our
                             model: the same fbank, head, optimizer, batch, crop, precision and step code
+  (e) storage               (a) and (d) on a corpus of VoxCeleb2-like lengths (4-20 s, mean 7.8 s) as 16-bit
+                            WAV and as FLAC, with the files in the page cache (warm) and evicted from it (cold)
+  (f) extraction            embeddings of 4-10 s utterances as evaluation computes them (batches of nearly
+                            equal length, loader processes reading ahead), per --extract-workers
 
 Everything is built by the real trainer from the real configs (experiment `arsc`, with model.channels,
 data.batch_size, ... overridden), so the numbers are those of `python train.py`.
@@ -17,12 +21,18 @@ data.batch_size, ... overridden), so the numbers are those of `python train.py`.
     python scripts/benchmark.py --data synthetic --augment on --device cuda --precision bf16 --compile \\
         --batch-size 256 --steps 100
 
+--stages picks the stages (default: all); e and f write their corpora under --storage-dir once, from the
+training corpus's speakers. Before each cold measurement every file of the corpus is fsynced and dropped
+from the page cache (posix_fadvise DONTNEED), and the fraction still cached is measured (mincore) and
+reported: an eviction that did not take (tmpfs) shows there.
+
 It prints a table and writes the numbers, the settings and the machine to --out (JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -32,8 +42,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
+from speakerid.resources import available_cpus
 from speakerid.training import TrainingStep
 from speakerid.training.setup import crop_samples
 
@@ -70,10 +82,23 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch intra-op threads of the main process (default: torch's, the CPU count)")
     p.add_argument("--sample-dtype", choices=["int16", "float32"], default="int16")
     p.add_argument("--peer", choices=["on", "off"], default="on", help="time SpeechBrain's ECAPA_TDNN step")
-    p.add_argument("--stages", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
+    p.add_argument("--stages", default="a,b,c,d,e,f", help="comma-separated subset of a,b,c,d,e,f")
+    p.add_argument("--storage-dir", default=None, help="where stages e and f write their corpora "
+                   "(default: <synthetic-dir>/storage)")
+    p.add_argument("--storage-formats", default="wav,flac", help="stage e: comma-separated subset of wav,flac")
+    p.add_argument("--storage-utterances", type=int, default=None,
+                   help="stage e: files per corpus (default: enough for warm-up and timed batches, read once)")
+    p.add_argument("--storage-steps", type=int, default=None, help="stage e: timed batches (default: --steps, at "
+                   "most 30)")
+    p.add_argument("--storage-workers", default=None, help="stage e: loader processes (default: --workers)")
+    p.add_argument("--extract-utterances", type=int, default=2000, help="stage f: files of 4-10 s")
+    p.add_argument("--extract-workers", default="auto",
+                   help="stage f: comma-separated loader-process counts, one row each (auto: evaluation's default)")
     p.add_argument("--out", default=None, help="JSON to write (default: runs/benchmark/<date_time>.json)")
     p.add_argument("--override", nargs="*", default=[], help="extra config overrides (key=value)")
     p.add_argument("--prepare-only", action="store_true", help="generate the corpus / noise and exit")
+    p.add_argument("--table", nargs="+", metavar="JSON", help="print one table of the utterances/s in these "
+                   "results (of earlier runs, a column each) and exit")
     return p.parse_args(argv)
 
 
@@ -103,6 +128,118 @@ def corpus_and_noise(args) -> tuple[Path, str | None, str | None]:
     return root, musan, rir
 
 
+def storage_corpora(args, root: Path, stages: set[str]) -> dict[str, Path]:
+    """Train lists of the corpora of stages e ("wav", "flac") and f ("extract"), written on first use from the
+    speakers of the training corpus (its train list)."""
+    from bench_corpus import LongCorpusSpec, ensure_long_corpus
+
+    base = Path(args.storage_dir or Path(args.synthetic_dir) / "storage")
+    source = dict(source_list=str(root / "train_list.txt"), source_root=str(root / "wav"))
+    corpora = {}
+    if "e" in stages:
+        count = args.storage_utterances or args.batch_size * (args.warmup + storage_steps(args) + read_ahead(args))
+        for fmt in args.storage_formats.split(","):
+            spec = LongCorpusSpec(**source, utterances=count, fmt=fmt)
+            corpora[fmt] = timed_build(f"{fmt} corpus of {count} files of 4-20 s", base / fmt, spec)
+    if "f" in stages:
+        spec = LongCorpusSpec(**source, utterances=args.extract_utterances, min_seconds=4.0, max_seconds=10.0,
+                              lengths="uniform", seed=1)
+        corpora["extract"] = timed_build(f"extraction corpus of {args.extract_utterances} files of 4-10 s",
+                                         base / "extract", spec)
+    return corpora
+
+
+def timed_build(what: str, folder: Path, spec) -> Path:
+    from bench_corpus import ensure_long_corpus
+
+    t0 = time.perf_counter()
+    train_list = ensure_long_corpus(folder, spec)
+    print(f"{what}: {folder} ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    return train_list
+
+
+def storage_steps(args) -> int:
+    return args.storage_steps if args.storage_steps is not None else min(args.steps, 30)
+
+
+def read_ahead(args) -> int:
+    """Batches the loader reads beyond the timed ones (prefetch_factor 4 per worker): the cold corpus holds
+    them too, so that no timed batch comes from a file read earlier in the same measurement."""
+    from speakerid.training.setup import resolve_device, resolve_num_workers
+
+    workers = resolve_num_workers(args.storage_workers or args.workers, resolve_device(args.device))
+    return 4 * workers + 1
+
+
+def time_storage(args, run, corpora: dict[str, Path], rows: dict, tmp: Path) -> None:
+    """Stage e: loading only and the whole loop on each storage corpus, with a warm and a cold page cache."""
+    from omegaconf import OmegaConf
+
+    from bench_corpus import evict, resident_fraction, warm
+    from speakerid.data.lists import read_train_list
+    from speakerid.training.setup import setup_loader
+
+    cfg = OmegaConf.create(OmegaConf.to_container(run.cfg, resolve=True))
+    cfg.data.num_workers = args.storage_workers or args.workers
+    read_samples = run.speed.read_samples if run.speed is not None else crop_samples(run.cfg)
+    steps, device = storage_steps(args), run.env.device
+    for fmt in [f for f in ("wav", "flac") if f in corpora]:
+        train_list = read_train_list(corpora[fmt], corpora[fmt].parent / "wav")
+        files = [train_list.root / p for p in train_list.paths]
+        size_mb = sum(f.stat().st_size for f in files) / len(files) / 1e6
+        for cache in ("warm", "cold"):
+            for what in ("loading", "loop"):
+                (evict if cache == "cold" else warm)(files)
+                resident = resident_fraction(files)
+                loader = setup_loader(cfg, run.env, train_list, read_samples, tmp / "skipped.txt")
+                batches = iter(loader.loader)
+                call = (lambda: next(batches)) if what == "loading" else (lambda: run.step(*next(batches)))
+                per, _ = timed(call, steps, args.warmup, device)
+                del batches  # its worker processes end
+                key = f"storage_{fmt}_{cache}_{what}"
+                label = (f"(e) {'loading only' if what == 'loading' else 'whole loop'}, {fmt.upper()} "
+                         f"{size_mb:.2f} MB/file, {cache}")
+                rows[key] = {"stage": label, "utterances_per_s": args.batch_size / per, "ms_per_batch": 1000 * per,
+                             "page_cache_resident_before": resident, "mb_per_file": size_mb,
+                             "workers": loader.loader.num_workers, "timed_batches": steps}
+                print(f"  {label:<52} {args.batch_size / per:10.1f} utt/s  (cached before: "
+                      f"{'?' if resident is None else f'{100 * resident:.0f}%'})", flush=True)
+
+
+def time_extraction(args, run, train_list_file: Path, rows: dict) -> None:
+    """Stage f: evaluation's extraction (speakerid.evaluation.extract_embeddings, its default batching) of
+    every file of the 4-10 s corpus, in the page cache, per loader-process count."""
+    import soundfile as sf
+
+    from bench_corpus import warm
+    from speakerid.data.lists import read_train_list
+    from speakerid.evaluation import EmbeddingExtractor, ExtractionOptions, extract_embeddings, plan_batches
+
+    device = run.env.device
+    files = read_train_list(train_list_file, train_list_file.parent / "wav")
+    warm([files.root / p for p in files.paths])
+    extractor = EmbeddingExtractor(run.parts.fbank, run.parts.model)
+    defaults = ExtractionOptions(precision=args.precision)
+    lengths = np.array([sf.info(str(files.root / p)).frames for p in files.paths])
+    batches = len(plan_batches(lengths, defaults.batch_size, int(defaults.max_batch_seconds * 16000),
+                               defaults.max_trim))
+    for workers in args.extract_workers.split(","):
+        workers = workers if workers == "auto" else int(workers)
+        options = ExtractionOptions(precision=args.precision, num_workers=workers)
+        extract_embeddings(extractor, files.root, files.paths[:256], device, options)  # kernels, allocator
+        sync(device)
+        t0 = time.perf_counter()
+        extract_embeddings(extractor, files.root, files.paths, device, options)
+        seconds = time.perf_counter() - t0
+        label = f"(f) extraction, 4-10 s, {args.precision}, {workers} loader processes"
+        rows[f"extract_workers_{workers}"] = {
+            "stage": label, "utterances_per_s": len(files) / seconds, "files": len(files), "seconds": seconds,
+            "batches": batches, "mean_batch": len(files) / batches, "workers": workers}
+        print(f"  {label:<52} {len(files) / seconds:10.1f} utt/s  ({len(files)} files in {batches} batches)",
+              flush=True)
+    run.parts.model.train()
+
+
 def build_run(args, root: Path, musan: str | None, rir: str | None, run_dir: Path):
     from speakerid.configs import compose
     from speakerid.training import setup_run
@@ -115,6 +252,7 @@ def build_run(args, root: Path, musan: str | None, rir: str | None, run_dir: Pat
         f"data.sample_dtype={args.sample_dtype}", f"trainer.device={args.device}",
         f"trainer.precision={args.precision}", f"trainer.compile={str(args.compile).lower()}",
         "trainer.progress_bar=false", "trainer.epochs=1000",
+        *([f"trainer.num_threads={args.threads}"] if args.threads is not None else []),
     ]
     if args.augment == "on":
         overrides += ["augment=musan_rir", f"augment.musan_dir={musan}", f"augment.rir_dir={rir}"]
@@ -163,7 +301,7 @@ class SpeechBrainPeer(torch.nn.Module):
 
 def machine(device: torch.device) -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "cpus": available_cpus(),
             "torch_threads": torch.get_num_threads()}
     try:
         info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
@@ -175,15 +313,46 @@ def machine(device: torch.device) -> dict:
     return info
 
 
+def print_table(paths: list[str]) -> None:
+    """One markdown table, a row per stage and a column per result file (named by its stem), utterances/s."""
+    results = {Path(p).stem: json.loads(Path(p).read_text()) for p in paths if Path(p).is_file()}
+    missing = [p for p in paths if not Path(p).is_file()]
+    labels: list[str] = []
+    for result in results.values():
+        labels += [r["stage"] for r in result["stages"].values() if r["stage"] not in labels]
+    first = next(iter(results.values()), None)
+    if first is not None:
+        print(f"{first['machine'].get('gpu') or first['machine'].get('cpu')}, {first['machine']['cpus']} CPUs, "
+              f"torch {first['machine']['torch']}; utterances/s")
+    print("| stage | " + " | ".join(results) + " |")
+    print("| --- |" + " --- |" * len(results))
+    for label in labels:
+        cells = []
+        for result in results.values():
+            row = next((r for r in result["stages"].values() if r["stage"] == label), {})
+            cells.append(f"{row['utterances_per_s']:,.0f}" if "utterances_per_s" in row else "")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    for name, result in results.items():
+        ratios = ", ".join(f"{k} {v:.2f}" for k, v in result.get("ratios", {}).items())
+        print(f"{name}: {result['command']}" + (f"  ({ratios})" if ratios else ""))
+    if missing:
+        print("no result (the run failed or ran out of time): " + ", ".join(missing))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.table:
+        print_table(args.table)
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     stages = set(args.stages.split(","))
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    unknown = stages - set("abcdef")
+    if unknown:
+        raise SystemExit(f"--stages: unknown stage(s) {', '.join(sorted(unknown))}; choose from a,b,c,d,e,f")
     root, musan, rir = corpus_and_noise(args)
+    corpora = storage_corpora(args, root, stages)
     if args.prepare_only:
-        print(f"data {root}, musan {musan}, rirs {rir}")
+        print(f"data {root}, musan {musan}, rirs {rir}" + "".join(f", {k} {v.parent}" for k, v in corpora.items()))
         return 0
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     with tempfile.TemporaryDirectory() as tmp:
@@ -284,6 +453,15 @@ def main(argv=None) -> int:
             print(f"  {label:<44} {batch / median:10.1f} utt/s{spread}", flush=True)
         if "peer_step" in rows and peer_training_step is not None:
             rows["peer_step"]["parameters_m"] = peer_params
+        if "e" in stages:
+            time_storage(args, run, corpora, rows, Path(tmp))
+            cold = [r["utterances_per_s"] for k, r in rows.items() if k.endswith("_cold_loading")]
+            if cold and "step" in rows and min(cold) < rows["step"]["utterances_per_s"]:
+                print(f"  note: cold reads ({min(cold):.0f} utt/s) do not keep up with the step "
+                      f"({rows['step']['utterances_per_s']:.0f} utt/s): more loader processes (--storage-workers) "
+                      f"read more files at once")
+        if "f" in stages:
+            time_extraction(args, run, corpora["extract"], rows)
 
     # Ratios of medians, and per round (stages of one round ran minutes apart at most).
     ratios, ratios_by_round = {}, {}

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# The GPU benchmark in one call on a lent GPU machine (H100/H200; about 5 minutes: the time limits below
-# add up to 9 minutes, so a call with timeout_s=600 returns everything that finished):
-# bf16, C=1024, batch 256, 2 s crops; eager and torch.compile, with and without noise + reverberation,
-# SpeechBrain's ECAPA_TDNN step as the peer in the same runs. It installs nothing but the carried wheels
-# and generates its corpus (and, unless carried, its noise and RIRs) on the machine.
+# The whole GPU benchmark in one call on a lent GPU machine (one H100 or H200, 16 CPUs), printing one table
+# at the end. The time limits below add up to under 9 minutes (run it with timeout_s=600); each run writes its
+# JSON as soon as it finishes, so what finished is in the table even when a later run is cut off:
+#   1. ECAPA-TDNN C=1024, bf16 + torch.compile, noise + reverberation, batch 256, 2 s crops: every stage of
+#      scripts/benchmark.py in one run: (a) loading, (b) augmentation + features, (c) step, (d) whole loop,
+#      SpeechBrain's ECAPA_TDNN step as the peer, (e) loading and whole loop on 4-20 s WAV and FLAC with a
+#      warm and a cold page cache, (f) extraction of 4-10 s utterances in bf16 (auto and 0 loader processes)
+#   2. the same model eager (no compile): (c) and (d)
+#   3. every other encoder of the recipes (ResNet34, CAM++), compiled: (c) and (d)
+# It installs nothing but the carried wheels (hydra-core, omegaconf, soundfile, speechbrain and their needs)
+# and generates its corpora (and, unless carried, its noise and RIRs) on the machine.
 #
 # Prepare once on the development machine (folders ignored by .gitignore, never committed):
 #   mkdir -p .whl && cp ../shared/device-wheels/*.whl .whl/
@@ -11,35 +17,72 @@
 #   mkdir -p .bench_noise && cp -r ../shared/data/arsc/musan ../shared/data/arsc/RIRS_NOISES .bench_noise/
 # Then run it with carry [".whl"] (or [".whl", ".bench_noise"]):
 #   bash scripts/device_bench.sh
-# Results: one JSON per run and the printed tables (tables.txt) under $OUT (or runs/device_bench/).
+# Results: one JSON per run, the printed tables (tables.txt) and the combined table (table.md) under $OUT
+# (or runs/device_bench/).
+#
+# On a CPU-only machine, SMOKE=1 runs the same sequence with tiny sizes (tests/test_benchmark.py does), to
+# check that every run it makes works before a GPU's minutes are spent on it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
 OUT_DIR=${OUT:-runs/device_bench}
 mkdir -p "$OUT_DIR"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT_DIR/gpu.txt"
-nproc | tee "$OUT_DIR/cpus.txt"
-df -h /dev/shm | tee "$OUT_DIR/shm.txt"  # loader workers hand batches over in shared memory
+: > "$OUT_DIR/tables.txt"
+SMOKE=${SMOKE:-0}
 
+if [ "$SMOKE" = 1 ]; then
+  WORK=${BENCH_DIR:-/tmp/device_bench_smoke}
+  SIZES=(--synthetic-speakers 4 --synthetic-utterances 4 --device cpu --precision fp32 --batch-size 4
+         --crop-frames 40 --workers 0 --storage-utterances 12 --extract-utterances 10 --extract-workers 0,2)
+  ECAPA=(--channels 16 --override model.mfa_channels=48 model.attention_channels=8 model.se_bottleneck=8)
+  STEPS=(--steps 1 --warmup 1)
+  OTHER_STEPS=(--steps 1 --warmup 1)
+  OTHER_MODELS=(resnet34_tiny campplus_tiny)
+  COMPILE=()
+else
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT_DIR/gpu.txt"
+  nproc | tee "$OUT_DIR/cpus.txt"
+  df -h /dev/shm | tee "$OUT_DIR/shm.txt"  # loader workers hand batches over in shared memory
+  # Cold reads need a file system whose pages can be dropped: not tmpfs.
+  WORK=/tmp/bench_data
+  [ "$(stat -f -c %T /tmp)" = tmpfs ] && WORK=$PWD/data/bench_data
+  df -hT "$(dirname "$WORK")" | tee "$OUT_DIR/disk.txt"
+  SIZES=(--synthetic-speakers 400 --synthetic-utterances 24 --device cuda --precision bf16 --batch-size 256
+         --crop-frames 200 --workers auto --extract-utterances 6000 --extract-workers auto,0)
+  ECAPA=(--channels 1024)
+  STEPS=(--steps 100 --warmup 5)
+  OTHER_STEPS=(--steps 40 --warmup 5)
+  OTHER_MODELS=(resnet34 campplus)
+  COMPILE=(--compile)
+fi
 NOISE=()
 if [ -d .bench_noise/musan ]; then NOISE=(--musan-dir .bench_noise/musan --rir-dir .bench_noise/RIRS_NOISES); fi
-COMMON=(--data synthetic --synthetic-dir /tmp/bench_data --synthetic-speakers 400 --synthetic-utterances 24
-        --device cuda --precision bf16 --channels 1024 --batch-size 256 --crop-frames 200 --workers auto
+COMMON=(--data synthetic --synthetic-dir "$WORK" --storage-dir "$WORK/storage" "${SIZES[@]}" --augment on
         ${NOISE[@]+"${NOISE[@]}"})
 
 run() {  # name, time limit (s), extra arguments
   local name=$1 limit=$2; shift 2
   echo "=== $name" | tee -a "$OUT_DIR/tables.txt"
-  timeout "$limit" python3 scripts/benchmark.py "${COMMON[@]}" "$@" --out "$OUT_DIR/$name.json" 2>&1 \
+  timeout "$limit" "$PY" scripts/benchmark.py "${COMMON[@]}" "$@" --out "$OUT_DIR/$name.json" 2>&1 \
     | grep -v -E "^(W|I)[0-9]{4} " | tee -a "$OUT_DIR/tables.txt"
 }
 
-echo "=== generating the corpus" | tee -a "$OUT_DIR/tables.txt"
-timeout 120 python3 scripts/benchmark.py "${COMMON[@]}" --prepare-only 2>&1 | tee -a "$OUT_DIR/tables.txt"
-# Most important first (the targets: whole loop with noise + reverberation, and the peer in the same run).
-run bf16_compile_augment 200 --augment on --compile --steps 100 --warmup 5
-run bf16_eager_augment 100 --augment on --steps 60 --warmup 5
-run bf16_compile_noaugment 80 --augment off --compile --steps 100 --warmup 5 --peer off
-run bf16_eager_noaugment 50 --augment off --steps 60 --warmup 5 --peer off
+echo "=== generating the corpora" | tee -a "$OUT_DIR/tables.txt"
+timeout 90 "$PY" scripts/benchmark.py "${COMMON[@]}" ${STEPS[@]+"${STEPS[@]}"} --stages a,e,f --prepare-only 2>&1 \
+  | tee -a "$OUT_DIR/tables.txt"
+# Most important first: the targets (whole loop, cold storage, extraction) and the peer, in one run.
+run ecapa_compiled 220 "${ECAPA[@]}" ${COMPILE[@]+"${COMPILE[@]}"} "${STEPS[@]}" --stages a,b,c,d,e,f --peer on
+run ecapa_eager 55 "${ECAPA[@]}" "${STEPS[@]}" --stages c,d --peer off
+for model in "${OTHER_MODELS[@]}"; do
+  run "$model" 70 --model "$model" ${COMPILE[@]+"${COMPILE[@]}"} "${OTHER_STEPS[@]}" --stages c,d --peer off
+done
+"$PY" scripts/benchmark.py --table "$OUT_DIR"/ecapa_compiled.json "$OUT_DIR"/ecapa_eager.json \
+  $(for m in "${OTHER_MODELS[@]}"; do echo "$OUT_DIR/$m.json"; done) | tee "$OUT_DIR/table.md"
 echo "done"

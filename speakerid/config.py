@@ -41,6 +41,13 @@ def check_int_at_least(value: Any, minimum: int, key: str, meaning: str = "") ->
     return value
 
 
+def check_workers(value: Any, key: str) -> None:
+    """Loader processes: 'auto' (chosen from the device and the CPUs, speakerid.resources) or a count >= 0
+    (0: read in the main process)."""
+    require(value == "auto" or (is_int(value) and value >= 0), key,
+            "'auto' or an integer >= 0 (loader processes; 0 reads in the main process)", value)
+
+
 @dataclass(frozen=True)
 class MarginRange:
     """Margins in [0, upper). The upper bound is where the target logit of an embedding lying exactly on its
@@ -143,14 +150,16 @@ def validate_config(cfg: DictConfig) -> None:
     check_one_of(data.sample_dtype, SAMPLE_DTYPES, "data.sample_dtype")
     check_one_of(data.get("bad_audio", "error"), BAD_AUDIO_POLICIES, "data.bad_audio",
                  "stop at a bad audio file, naming it; or replace it, log it and count it")
-    require(data.num_workers == "auto" or (is_int(data.num_workers) and data.num_workers >= 0),
-            "data.num_workers", "'auto' or an integer >= 0", data.num_workers)
+    check_workers(data.num_workers, "data.num_workers")
 
     for key in ("pin_memory", "persistent_workers"):
         require(isinstance(data[key], bool), f"data.{key}", "true or false", data[key])
     require(is_int(data.prefetch_factor) and data.prefetch_factor >= 1, "data.prefetch_factor",
             "an integer >= 1 (batches each loader process prepares ahead)", data.prefetch_factor)
     require(isinstance(trainer.compile, bool), "trainer.compile", "true or false", trainer.compile)
+    threads = trainer.get("num_threads", "auto")
+    require(threads == "auto" or (is_int(threads) and threads >= 1), "trainer.num_threads",
+            "'auto' or an integer >= 1 (torch's intra-op threads)", threads)
     _validate_augment(cfg.augment)
     _validate_features(cfg.features, data.sample_rate)
     _validate_model(cfg.model)
@@ -261,6 +270,8 @@ def validate_eval(node: dict, key: str = "eval") -> None:
     for name, (ok, allowed) in embedding_rules.items():
         if name in embedding:
             require(ok(embedding[name]), f"{key}.embedding.{name}", allowed, embedding[name])
+    if "num_workers" in embedding:
+        check_workers(embedding["num_workers"], f"{key}.embedding.num_workers")
     asnorm = node.get("asnorm") or {}
     if asnorm.get("enabled"):
         if "top_k" in asnorm:

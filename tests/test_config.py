@@ -57,6 +57,8 @@ def test_paper_defaults_of_the_groups():
     ("trainer.precision=fp16", "trainer.precision"),  # trainer.device=cpu in debug=tiny
     ("trainer.grad_clip_norm=-1", "trainer.grad_clip_norm"),
     ("trainer.log_every_steps=0", "trainer.log_every_steps"),
+    ("trainer.num_threads=0", "trainer.num_threads"),
+    ("data.num_workers=-1", "data.num_workers"),
     ("model.channels=-1", "model.channels"),
     ("model.channels=abc", "model.channels"),
     ("model.dilations=[2,0,4]", "model.dilations"),
@@ -124,6 +126,7 @@ def test_vox1_protocols_name_the_official_lists():
     ("eval.embedding.max_trim=0.6", "eval.embedding.max_trim"),
     ("eval.embedding.batch_size=0", "eval.embedding.batch_size"),
     ("eval.embedding.precision=fp16", "eval.embedding.precision"),
+    ("eval.embedding.num_workers=-1", "eval.embedding.num_workers"),
     ("eval.asnorm.top_k=1", "eval.asnorm.top_k"),
 ])
 def test_bad_eval_values_name_the_key(override, key):
@@ -162,6 +165,8 @@ EVAL_NODE = {"name": "n", "trials": "/v/t.txt", "root": "/v/wav"}
      "eval.embedding.max_batch_seconds=0 is not allowed: a number of seconds > 0"),
     ({"embedding": {"max_trim": 0.5}},
      "eval.embedding.max_trim=0.5 is not allowed: a fraction in [0, 0.5) (0 = batch only equal lengths)"),
+    ({"embedding": {"num_workers": "all"}}, "eval.embedding.num_workers='all' is not allowed: 'auto' or an integer "
+     ">= 0 (loader processes; 0 reads in the main process)"),
     ({"root": ""}, "eval.root='' is not allowed: a non-empty string"),
     ({"name": "../x"}, "eval.name='../x' is not allowed: a plain name (no '/', not '..'): it names one folder or file"),
     ({"asnorm": {"enabled": True, "cohort_root": "/c"}},

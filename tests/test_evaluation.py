@@ -4,6 +4,7 @@ to end on small files, each against a one-file-at-a-time reference."""
 import itertools
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_curve
 
-from conftest import small_extractor
+from conftest import ARSC_DIR, requires_arsc, small_extractor
 from speakerid.data.audio import AudioError
 from speakerid.data.lists import MissingFilesError
 from speakerid.evaluation import (
@@ -130,6 +131,97 @@ def test_multicrop_crops_follow_the_extractors_fbank_hop_and_window(extractor, a
     for j, start in enumerate(np.linspace(0, len(audio) - crop, num=3)):
         expected = one_at_a_time(coarse, audio[int(start):int(start) + crop])
         assert float(emb.crops[0, j] @ expected) > 1 - 1e-6, j
+
+
+def pids_reading(monkeypatch, log):
+    """Record which process reads each file (loader processes inherit the patch when they fork)."""
+    from speakerid.evaluation import extraction
+
+    real = extraction.read_full
+
+    def read_and_log(path, *args, **kwargs):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(extraction, "read_full", read_and_log)
+    return lambda: [int(line) for line in log.read_text().split()]
+
+
+@requires_arsc()
+@pytest.mark.parametrize("mode", ["full", "multicrop"])
+def test_loader_processes_give_the_embeddings_of_reading_in_process(extractor, monkeypatch, tmp_path, mode):
+    """Real FLAC speech of many lengths: two loader processes reading whole planned batches give the
+    embeddings of reading in this process, file for file."""
+    from speakerid.data.lists import read_trials, trial_files
+
+    files = trial_files(read_trials(ARSC_DIR / "trials.txt"))[:32]
+    options = ExtractionOptions(mode=mode, num_crops=3, crop_frames=100, batch_size=8, max_trim=0.05, num_workers=0)
+    pids = pids_reading(monkeypatch, tmp_path / "pids.txt")
+    in_process = extract_embeddings(extractor, ARSC_DIR / "wav", files, options=options)
+    assert set(pids()) == {os.getpid()}
+    (tmp_path / "pids.txt").unlink()
+    workers = extract_embeddings(extractor, ARSC_DIR / "wav", files, options=replace(options, num_workers=2))
+    assert len(set(pids()) - {os.getpid()}) == 2 and os.getpid() not in pids()  # two other processes read
+    assert workers.keys == in_process.keys == files
+    cosine = np.einsum("ij,ij->i", workers.full.astype(np.float64), in_process.full.astype(np.float64))
+    assert cosine.min() > 1 - 1e-6
+    if mode == "multicrop":
+        cosine = np.einsum("ijk,ijk->ij", workers.crops.astype(np.float64), in_process.crops.astype(np.float64))
+        assert workers.crops.shape == (32, 3, 24) and cosine.min() > 1 - 1e-6
+
+
+@pytest.mark.parametrize("readers", [0, 2])
+def test_a_file_that_cannot_be_decoded_is_named_from_a_loader_process(extractor, audio_dir, tmp_path, readers):
+    """Its header reads (so batching plans it), its data does not: the error names it, without a worker's
+    traceback around the message."""
+    src, lengths = audio_dir
+    root = tmp_path / "audio"
+    shutil.copytree(src, root)
+    sf.write(str(root / "c/bad.flac"), read(root, "c/1.wav"), 16000)
+    data = (root / "c/bad.flac").read_bytes()
+    (root / "c/bad.flac").write_bytes(data[:len(data) // 3])
+    assert sf.info(str(root / "c/bad.flac")).frames == lengths["c/1.wav"]
+    with pytest.raises(AudioError, match=r"^\S*/c/bad\.flac: cannot read audio \(.*\)$"):
+        extract_embeddings(extractor, root, list(lengths) + ["c/bad.flac"], options=ExtractionOptions(batch_size=2),
+                           readers=readers)
+
+
+def test_files_at_another_rate_or_in_stereo_are_named_before_any_is_read(extractor, tmp_path):
+    """From the headers (speakerid.data.audio.length_at), with advice that embed and verify users can take."""
+    wave = 0.1 * np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    sf.write(str(tmp_path / "r8k.wav"), wave, 8000)
+    sf.write(str(tmp_path / "stereo.wav"), np.stack([wave, wave], axis=1), 16000)
+    with pytest.raises(AudioError, match=r"r8k\.wav: sample rate is 8000 Hz but the model's is 16000 Hz \(resample "
+                       r"the file to 16000 Hz; evaluate can do it on the fly with --resample\)$"):
+        extract_embeddings(extractor, tmp_path, ["r8k.wav"])
+    assert extract_embeddings(extractor, tmp_path, ["r8k.wav"], resample=True).full.shape == (1, 24)
+    with pytest.raises(AudioError, match=r"stereo\.wav: expected mono audio, got 2 channels$"):
+        extract_embeddings(extractor, tmp_path, ["stereo.wav"])
+
+
+def test_extraction_runs_without_cudnn_autotuning_and_restores_it(extractor, audio_dir, monkeypatch):
+    """Autotuning every new utterance length never pays off over a trial list (the trainer turns it on)."""
+    root, lengths = audio_dir
+    seen = []
+    hook = extractor.model.register_forward_pre_hook(lambda m, a: seen.append(torch.backends.cudnn.benchmark))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    try:
+        extract_embeddings(extractor, root, list(lengths))
+    finally:
+        hook.remove()
+    assert seen and not any(seen) and torch.backends.cudnn.benchmark is True
+
+
+def test_extraction_workers_follow_the_device_and_the_list():
+    from speakerid.evaluation.extraction import resolve_num_workers
+    from speakerid.resources import available_cpus
+
+    assert resolve_num_workers("auto", torch.device("cpu"), batches=50) == 0  # the model needs the cores
+    assert resolve_num_workers("auto", torch.device("cuda"), batches=50) == min(8, max(1, available_cpus() // 2))
+    assert resolve_num_workers(3, torch.device("cpu"), batches=50) == 3
+    assert resolve_num_workers(3, torch.device("cpu"), batches=2) == 1  # no more workers than batches ahead
+    assert resolve_num_workers(3, torch.device("cuda"), batches=1) == 0
 
 
 def test_embedding_file_round_trip_and_cache(extractor, audio_dir, tmp_path):

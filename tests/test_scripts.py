@@ -35,11 +35,12 @@ def trained_run(tiny_corpus_dir, tmp_path_factory):
 
 
 def test_evaluate_reproduces_validation_and_writes_scores(trained_run, tiny_corpus_dir, tmp_path):
+    """Validation read the files in the training process (auto on a CPU); two loader processes here."""
     run_dir, results = trained_run
     out = tmp_path / "eval"
     proc = speakerid("evaluate", "--model", run_dir / "checkpoints" / "last.pt",
                "--root", tiny_corpus_dir / "wav", "--trials", tiny_corpus_dir / "trials.txt", "--out-dir", out,
-               "--device", "cpu")
+               "--device", "cpu", "--num-workers", "2")
     assert proc.returncode == 0, proc.stderr
     assert f"EER {100 * results['val/eer']:.2f}%" in proc.stdout
     trials = (tiny_corpus_dir / "trials.txt").read_text().splitlines()
@@ -54,6 +55,11 @@ def test_evaluate_reproduces_validation_and_writes_scores(trained_run, tiny_corp
     assert report["min_dcf_p0.01"] == pytest.approx(results["val/min_dcf_p0.01"], abs=1e-9)
     assert report["trials"] == str(tiny_corpus_dir / "trials.txt") and report["scoring"] == "cosine"
     assert (out / "trials.cosine.det.png").is_file() and report["n_extracted"] == report["n_files"]
+    assert report["embedding"]["num_workers"] == 2
+    proc = run("scripts/evaluate.py", "--checkpoint", run_dir / "checkpoints" / "last.pt", "--out-dir", out,
+               "--num-workers", "-1")
+    assert proc.returncode == 1 and "eval.embedding.num_workers=-1 is not allowed: 'auto' or an integer >= 0" \
+        in proc.stderr, proc.stderr
 
 
 def test_evaluate_protocols_cache_and_verify(trained_run, tiny_corpus_dir, tmp_path):

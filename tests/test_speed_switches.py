@@ -41,20 +41,29 @@ def test_compiled_training_step_matches_eager(tiny_cfg, tmp_path):
     assert list(compiled.parts.model.state_dict()) == list(eager.parts.model.state_dict())  # no _orig_mod. keys
 
 
-def test_bf16_training_step_matches_fp32(tiny_cfg, tmp_path):
-    """trainer.precision=bf16: the model runs in bf16, the fbank and the margin arithmetic in float32; the
-    step's loss and its parameter update are those of fp32 within bf16's precision."""
+@pytest.mark.parametrize("optimised", [
+    ["trainer.precision=bf16"],
+    pytest.param(["trainer.precision=bf16", "trainer.compile=true"], marks=pytest.mark.slow),
+], ids=["bf16", "bf16_compiled"])
+def test_optimised_training_step_matches_eager_fp32(tiny_cfg, tmp_path, optimised):
+    """trainer.precision=bf16 (with trainer.compile=true: the fastest step on a GPU): the model runs in bf16,
+    the fbank and the margin arithmetic in float32; the step's loss and its parameter update are those of
+    the eager fp32 step within bf16's precision."""
     fp32 = setup_run(tiny_cfg("optim=sgd", run_dir=tmp_path / "fp32"))
-    bf16 = setup_run(tiny_cfg("optim=sgd", "trainer.precision=bf16", run_dir=tmp_path / "bf16"))
+    bf16 = setup_run(tiny_cfg("optim=sgd", *optimised, run_dir=tmp_path / "bf16"))
     same_weights(bf16, fp32)
+    compiled = "trainer.compile=true" in optimised
+    assert (bf16.parts.train_model is not bf16.parts.model) is compiled
     seen = {}
-    bf16.parts.fbank.register_forward_hook(lambda m, i, out: seen.__setitem__("features", out.dtype))
-    bf16.parts.model.register_forward_hook(lambda m, i, out: seen.__setitem__("embeddings", out.dtype))
+    if not compiled:  # hooks inside a compiled graph would be traced, not called
+        bf16.parts.fbank.register_forward_hook(lambda m, i, out: seen.__setitem__("features", out.dtype))
+        bf16.parts.model.register_forward_hook(lambda m, i, out: seen.__setitem__("embeddings", out.dtype))
     start = {k: v.clone() for k, v in fp32.parts.model.state_dict().items()}
     waves, labels = next(iter(fp32.loader.loader))
     loss32, params32 = one_step(fp32, waves, labels)
     loss16, params16 = one_step(bf16, waves, labels)
-    assert seen == {"features": torch.float32, "embeddings": torch.bfloat16}
+    if not compiled:
+        assert seen == {"features": torch.float32, "embeddings": torch.bfloat16}
     assert loss16 == pytest.approx(loss32, rel=0.02)
     update32 = torch.cat([(params32[k] - start[k]).flatten() for k in start if start[k].is_floating_point()])
     update16 = torch.cat([(params16[k] - start[k]).flatten() for k in start if start[k].is_floating_point()])
@@ -95,3 +104,48 @@ def test_cudnn_benchmark_matches_default_algorithms(tiny_cfg, tmp_path, global_t
         with torch.no_grad():
             outputs.append(model(features))
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture
+def torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cpu_threads_leave_a_core_to_each_loader_worker(monkeypatch):
+    """trainer.num_threads=auto on a CPU: one intra-op thread per core the loader workers leave free, so
+    that no thread waits at torch's barriers for a core another thread or process holds."""
+    from speakerid.training import setup
+
+    monkeypatch.setattr(setup, "available_cpus", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [setup.resolve_num_threads("auto", cpu, workers) for workers in (0, 1, 2, 3)] == [2, 1, 1, 1]
+    assert setup.resolve_num_threads("auto", cuda, 1) is None  # the host thread only launches work
+    assert setup.resolve_num_threads(3, cpu, 1) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun's choice for several processes per node
+    assert setup.resolve_num_threads("auto", cpu, 1) is None
+
+
+def test_the_run_sets_torch_threads_from_the_config(tiny_cfg, tmp_path, torch_threads, monkeypatch):
+    from speakerid.resources import available_cpus
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(3)
+    setup_run(tiny_cfg("trainer.num_threads=1", run_dir=tmp_path / "one"))
+    assert torch.get_num_threads() == 1
+    setup_run(tiny_cfg("data.num_workers=1", run_dir=tmp_path / "auto"))  # debug=tiny runs on the CPU
+    assert torch.get_num_threads() == max(1, available_cpus() - 1)
+
+
+@pytest.mark.parametrize("cpus,cpu_workers,gpu_workers", [(1, 0, 1), (2, 1, 1), (4, 2, 2), (16, 2, 8), (64, 2, 8)])
+def test_auto_loader_workers(monkeypatch, cpus, cpu_workers, gpu_workers):
+    """data.num_workers=auto: with a GPU half the CPUs, at most 8; on a CPU half of them, at most 2."""
+    from speakerid import resources
+    from speakerid.training.setup import resolve_num_workers
+
+    monkeypatch.setattr(resources, "available_cpus", lambda: cpus)
+    assert resolve_num_workers("auto", torch.device("cpu")) == cpu_workers
+    assert resolve_num_workers("auto", torch.device("cuda")) == gpu_workers
+    assert resolve_num_workers(5, torch.device("cuda")) == 5

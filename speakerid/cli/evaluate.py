@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", type=Path, help="where scores, JSON, DET plot and embeddings go "
                         "(default: <checkpoint>_eval/ beside the checkpoint)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--num-workers", help="shortcut for eval.embedding.num_workers=...: processes reading "
+                        "the audio ahead of the model (auto: half the CPUs, at most 8, with a GPU; 0 on a CPU)")
     parser.add_argument("--no-cache", action="store_true", help="extract every embedding, store none")
     parser.add_argument("--resample", action="store_true",
                         help="resample files at another sample rate than the model's (default: as the checkpoint "
@@ -76,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         overrides += [f"eval.trials={Path(args.trials).resolve()}", f"eval.name={Path(args.trials).stem}"]
     if args.root:
         overrides.append(f"eval.root={Path(args.root).resolve()}")
+    if args.num_workers is not None:
+        overrides.append(f"eval.embedding.num_workers={args.num_workers}")
     out_dir = args.out_dir or default_out_dir(checkpoint_path)
     device = resolve_device(args.device)
     try:

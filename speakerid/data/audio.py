@@ -16,6 +16,9 @@ class AudioError(RuntimeError):
     """An audio file cannot be used: unreadable, empty, multi-channel or at the wrong sample rate."""
 
 
+TRAINING_RATE_ADVICE = "set data.resample=true to resample on the fly"
+
+
 def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
     """(frames, sample_rate, channels) of an audio file, with errors that name it."""
     try:
@@ -32,16 +35,29 @@ def mono_info(path: str | os.PathLike) -> tuple[int, int]:
     return frames, rate
 
 
-def _check(path, frames: int, sample_rate: int, channels: int, expected_rate: int, resample: bool) -> None:
+def length_at(path: str | os.PathLike, sample_rate: int, resample: bool = False, rate_name: str = "data.sample_rate",
+              rate_advice: str = TRAINING_RATE_ADVICE) -> int:
+    """Length in samples at `sample_rate` of a non-empty mono file (its resampled length when it has another
+    rate and `resample` is on), from its header, with errors that name it. `rate_name` and `rate_advice` say,
+    in the error for a file at another rate, whose rate it should have and how the caller's user fixes it."""
+    frames, rate, channels = audio_info(path)
+    _check(path, frames, rate, channels, sample_rate, resample, rate_name, rate_advice)
+    return resampled_length(frames, rate, sample_rate)
+
+
+def resampled_length(frames: int, rate: int, sample_rate: int) -> int:
+    """Samples of `frames` samples at `rate` once resampled to `sample_rate` (torchaudio's length)."""
+    return frames if rate == sample_rate else math.ceil(frames * sample_rate / rate)
+
+
+def _check(path, frames: int, sample_rate: int, channels: int, expected_rate: int, resample: bool,
+           rate_name: str = "data.sample_rate", rate_advice: str = TRAINING_RATE_ADVICE) -> None:
     if frames <= 0:
         raise AudioError(f"{path}: audio file is empty (0 samples)")
     if channels != 1:
         raise AudioError(f"{path}: expected mono audio, got {channels} channels")
     if sample_rate != expected_rate and not resample:
-        raise AudioError(
-            f"{path}: sample rate is {sample_rate} Hz but data.sample_rate is {expected_rate} Hz "
-            f"(set data.resample=true to resample on the fly)"
-        )
+        raise AudioError(f"{path}: sample rate is {sample_rate} Hz but {rate_name} is {expected_rate} Hz ({rate_advice})")
 
 
 def wrap_pad(samples: np.ndarray, length: int) -> np.ndarray:

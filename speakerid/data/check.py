@@ -8,7 +8,6 @@ The header pass the trainer needs (`short_files`, `warn_short_training_files`) l
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from speakerid.data.audio import AudioError
+from speakerid.data.audio import AudioError, resampled_length
 
 from speakerid.data.lists import (
     has_labels,
@@ -146,7 +145,7 @@ def _header_length(path: Path, sample_rate: int) -> int | None:
         info = sf.info(str(path))
     except Exception:  # missing or unreadable: the checks that need the file name it
         return None
-    return info.frames if info.samplerate == sample_rate else math.ceil(info.frames * sample_rate / info.samplerate)
+    return resampled_length(info.frames, info.samplerate, sample_rate)
 
 
 def check_trial_audio(root: str | os.PathLike, paths: list[str], sample_rate: int, resample: bool = False,

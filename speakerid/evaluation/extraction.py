@@ -11,20 +11,20 @@ moves an embedding depends on the model: README.md gives the measured numbers, a
 
 from __future__ import annotations
 
-import math
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from speakerid.data.audio import AudioError, audio_info, read_full, wrap_pad
+from speakerid.data.audio import AudioError, length_at, read_full, wrap_pad
+from speakerid.data.lists import map_files
 from speakerid.evaluation.protocol import ExtractionOptions
 from speakerid.features import Fbank, samples_for_frames
+from speakerid.resources import auto_loader_workers
 from speakerid.scoring import Embeddings
 
 
@@ -73,18 +73,51 @@ def evenly_spaced_crops(waveform: np.ndarray, length: int, count: int) -> np.nda
 
 
 def _lengths(root: Path, paths: list[str], sample_rate: int, resample: bool) -> np.ndarray:
-    def length(rel: str) -> int:
-        frames, rate, channels = audio_info(root / rel)
-        if frames <= 0:
-            raise AudioError(f"{root / rel}: audio file is empty (0 samples)")
-        if rate != sample_rate and not resample:
-            raise AudioError(f"{root / rel}: sample rate is {rate} Hz but the model's is {sample_rate} Hz "
-                             f"(resample the file to {sample_rate} Hz; evaluate can do it on the fly with "
-                             f"--resample)")
-        return frames if rate == sample_rate else math.ceil(frames * sample_rate / rate)
+    advice = f"resample the file to {sample_rate} Hz; evaluate can do it on the fly with --resample"
+    lengths = map_files(lambda path: length_at(path, sample_rate, resample, "the model's", advice), root, paths)
+    return np.asarray(lengths, dtype=np.int64)
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return np.fromiter(pool.map(length, paths), dtype=np.int64, count=len(paths))
+
+class _PlannedBatches(Dataset):
+    """Item b: the waveforms of planned batch b cut to its shortest member, stacked [batch, samples], with
+    the multi-crop windows [batch * num_crops, crop] or None. Everything but the model happens here, in the
+    loader processes. A file that cannot be read comes back as its AudioError's message, which the main
+    process raises as it is (a DataLoader would wrap it in a worker's traceback)."""
+
+    def __init__(self, root: Path, keys: list[str], batches: list[np.ndarray], sample_rate: int, resample: bool,
+                 crop_samples: int | None, num_crops: int, waveforms: dict[str, np.ndarray] | None = None):
+        self.root, self.keys, self.batches, self.waveforms = root, keys, batches, waveforms
+        self.sample_rate, self.resample = sample_rate, resample
+        self.crop_samples, self.num_crops = crop_samples, num_crops
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def read(self, key: str) -> np.ndarray:
+        if self.waveforms is not None:
+            return self.waveforms[key]
+        return read_full(self.root / key, self.sample_rate, self.resample)
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None] | str:
+        try:
+            waves = [self.read(self.keys[i]) for i in self.batches[b]]
+        except AudioError as e:
+            return str(e)
+        shortest = min(len(w) for w in waves)
+        full = torch.from_numpy(np.stack([w[:shortest] for w in waves]))
+        if self.crop_samples is None:
+            return full, None
+        windows = np.concatenate([evenly_spaced_crops(w, self.crop_samples, self.num_crops) for w in waves])
+        return full, torch.from_numpy(windows)
+
+
+def resolve_num_workers(value: int | str, device: torch.device, batches: int) -> int:
+    """eval.embedding.num_workers for a list of `batches` batches; auto: speakerid.resources'
+    rule, with no worker on a CPU, where reading between batches costs little next to the model and a
+    worker would take a core from the model's threads. A single batch is read in the main process: a
+    worker could not overlap it with anything."""
+    workers = auto_loader_workers(device, cpu_device_limit=0) if value == "auto" else int(value)
+    return min(workers, batches - 1)
 
 
 @torch.no_grad()
@@ -97,19 +130,21 @@ def extract_embeddings(
     sample_rate: int = 16000,
     resample: bool = False,
     progress: bool = False,
-    readers: int | None = None,
+    readers: int | str | None = None,
     waveforms: dict[str, np.ndarray] | None = None,
 ) -> Embeddings:
     """L2-normalised embeddings of each unique file, keyed by its path relative to root: the full utterance
-    and, in multicrop mode, `num_crops` crops of `crop_frames`. Files are read by `readers` threads, two
-    batches ahead of the model: by default 4 on a GPU, and none on a CPU, whose cores the model's own
-    threads already occupy (files are then read in this thread, between batches). A file whose embedding
-    is not finite (NaN samples, say) is an AudioError that names it. `waveforms` (1-D float32 at
-    sample_rate, one per key of `paths`) stand in for the files: audio held in memory is batched the same."""
+    and, in multicrop mode, `num_crops` crops of `crop_frames`. Files are read by `options.num_workers`
+    loader processes (`readers`, when given, overrides it), each preparing whole planned batches ahead of
+    the model (two per process); with 0 they are read in this process between batches. Processes rather
+    than threads: reading, cutting and stacking a batch then holds no lock that the thread feeding the
+    device needs. cuDNN's autotuning (torch.backends.cudnn.benchmark) is off meanwhile: it would tune every
+    new utterance length, which never pays off over a trial list. A file whose embedding is not finite
+    (NaN samples, say) is an AudioError that names it, as is a file that cannot be read. `waveforms` (1-D
+    float32 at sample_rate, one per key of `paths`) stand in for the files: audio held in memory is batched
+    the same, in this process."""
     root = Path(root)
     device = torch.device(device)
-    if readers is None:
-        readers = 4 if device.type == "cuda" else 0
     keys = list(dict.fromkeys(paths))
     if not keys:
         raise ValueError("no files to embed")
@@ -119,51 +154,51 @@ def extract_embeddings(
                            options.max_trim)
     crop_samples = extractor.samples_for_frames(options.crop_frames)
     crops_per_forward = max(1, int(options.max_batch_seconds * sample_rate) // crop_samples)
+    # Audio in memory is not copied into loader processes: it is read in this one.
+    workers = 0 if waveforms is not None else resolve_num_workers(
+        options.num_workers if readers is None else readers, device, len(batches))
+    dataset = _PlannedBatches(root, keys, batches, sample_rate, resample,
+                              crop_samples if options.mode == "multicrop" else None, options.num_crops, waveforms)
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.precision == "bf16")
 
-    def embed(waves: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(waves).to(device, non_blocking=True)
+    def embed(waves: torch.Tensor) -> torch.Tensor:
         with autocast:
-            e = extractor(x)
-        return F.normalize(e.float(), dim=1).cpu().numpy()
+            e = extractor(waves.to(device, non_blocking=True))
+        return F.normalize(e.float(), dim=1)
 
-    full: np.ndarray | None = None
-    crops: np.ndarray | None = None
+    # Embeddings stay on the device until the end: copying each batch's back would make the host wait for
+    # the device after every batch instead of queueing the next one.
+    full_parts: list[torch.Tensor] = []
+    crop_parts: list[torch.Tensor] = []
     was_training = extractor.training
     extractor.eval()
+    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(keys), desc="embeddings", unit="utt", dynamic_ncols=True, disable=None)
-
-    def read(i: int) -> np.ndarray:
-        return read_full(root / keys[i], sample_rate, resample) if waveforms is None else waveforms[keys[i]]
-
     try:
-        with ThreadPoolExecutor(max_workers=max(readers, 1)) as pool:
-            load = (lambda batch: pool.map(read, batch)) if readers else (lambda batch: batch)
-            pending: deque = deque(load(batch) for batch in batches[:2])
-            for b, batch in enumerate(batches):
-                loaded = pending.popleft()
-                waves = list(loaded) if readers else [read(i) for i in loaded]
-                if b + 2 < len(batches):
-                    pending.append(load(batches[b + 2]))
-                shortest = min(len(w) for w in waves)
-                out = embed(np.stack([w[:shortest] for w in waves]))
-                if full is None:
-                    full = np.empty((len(keys), out.shape[1]), dtype=np.float32)
-                full[batch] = out
-                if options.mode == "multicrop":
-                    windows = np.concatenate([evenly_spaced_crops(w, crop_samples, options.num_crops) for w in waves])
-                    out = np.concatenate([embed(windows[i:i + crops_per_forward])
-                                          for i in range(0, len(windows), crops_per_forward)])
-                    if crops is None:
-                        crops = np.empty((len(keys), options.num_crops, out.shape[1]), dtype=np.float32)
-                    crops[batch] = out.reshape(len(batch), options.num_crops, -1)
-                if bar is not None:
-                    bar.update(len(batch))
+        for batch, item in zip(batches, loader):
+            if isinstance(item, str):
+                raise AudioError(item)
+            waves, windows = item
+            full_parts.append(embed(waves))
+            if windows is not None:
+                crop_parts.append(torch.cat([embed(windows[i:i + crops_per_forward])
+                                             for i in range(0, len(windows), crops_per_forward)]))
+            if bar is not None:
+                bar.update(len(batch))
+        order = np.concatenate(batches)
+        full = np.empty((len(keys), full_parts[0].shape[1]), dtype=np.float32)
+        full[order] = torch.cat(full_parts).cpu().numpy()
+        crops = None
+        if crop_parts:
+            crops = np.empty((len(keys), options.num_crops, crop_parts[0].shape[1]), dtype=np.float32)
+            crops[order] = torch.cat(crop_parts).cpu().numpy().reshape(len(keys), options.num_crops, -1)
     finally:
+        torch.backends.cudnn.benchmark = benchmark
         extractor.train(was_training)
         if bar is not None:
             bar.close()

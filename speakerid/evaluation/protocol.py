@@ -21,6 +21,7 @@ class ExtractionOptions:
     max_batch_seconds: float = 640.0  # audio per batch, so that long files do not exhaust memory
     max_trim: float = 0.0025        # at most this fraction of an utterance is cut to batch it with others
     precision: str = "fp32"         # fp32, or bf16 autocast (CUDA)
+    num_workers: int | str = "auto"  # loader processes reading the files; auto: extraction.resolve_num_workers
 
     def cache_fields(self) -> dict[str, Any]:
         """What changes an embedding, hence the embedding cache's key (batch sizes do not)."""

@@ -269,14 +269,9 @@ class Loop:
         data = run.cfg.data
         extractor = EmbeddingExtractor(run.parts.fbank, run.parts.model)
         broadcast_buffers(run.parts.model, run.env.dist)  # every rank embeds with rank 0's BatchNorm statistics
-        # cuDNN would autotune every new utterance length, which never pays off over a trial list.
-        benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
         start = time.perf_counter()
-        try:
-            result = run.lists.evaluation.run(extractor, run.env.device, data.sample_rate, data.resample,
-                                              dist=run.env.dist)
-        finally:
-            torch.backends.cudnn.benchmark = benchmark
+        result = run.lists.evaluation.run(extractor, run.env.device, data.sample_rate, data.resample,
+                                          dist=run.env.dist)
         self.time_left.validation_seconds = time.perf_counter() - start
         return log_validation(self.logger, result, run.state.progress.step)
 

@@ -38,6 +38,7 @@ from speakerid.distributed import (
 from speakerid.evaluation import Evaluation
 from speakerid.features import samples_for_frames
 from speakerid.io import check_writable
+from speakerid.resources import auto_loader_workers, available_cpus
 from speakerid.schedules import LRSchedule, MarginSchedule, epoch_at
 from speakerid.training.state import find_resume_checkpoint, load_resume_checkpoint
 
@@ -85,12 +86,33 @@ def setup_environment(cfg: DictConfig) -> Environment:
     # Processes started a second apart can name different dated folders: all use rank 0's.
     run_dir = Path(broadcast_object(str(cfg.run_dir), dist))
     tcfg = cfg.trainer
+    threads = resolve_num_threads(tcfg.get("num_threads", "auto"), device,
+                                  resolve_num_workers(cfg.data.num_workers, device))
+    if threads is not None:
+        torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = bool(tcfg.cudnn_benchmark) and not tcfg.deterministic
     if tcfg.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     return Environment(dist, device, run_dir)
+
+
+def resolve_num_threads(value: Any, device: torch.device, loader_workers: int) -> int | None:
+    """trainer.num_threads: torch's intra-op threads in the training process (None: leave torch's choice).
+
+    auto, on a CPU: the CPUs left once each loader worker has one, at least 1. PyTorch's threads meet at a
+    barrier after every operator, so when one of them loses its core (to a loader worker or to any other
+    process) all wait for it: on this project's 2-core machine two threads and a loader worker made the
+    default run take 3 min 45 s or 7 min 21 s depending on what else ran. One thread per free core keeps a
+    step at the pace of the cores it has. When OMP_NUM_THREADS is set (torchrun sets 1 for several
+    processes per node) or the model runs on a GPU (the host thread only launches work), auto changes
+    nothing."""
+    if value != "auto":
+        return int(value)
+    if device.type == "cuda" or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, available_cpus() - loader_workers)
 
 
 def setup_run_folder(cfg: DictConfig, env: Environment) -> tuple[CheckpointDir, Path | None, dict | None]:
@@ -168,12 +190,8 @@ def steps_per_epoch(cfg: DictConfig, utterances: int) -> int:
 
 
 def resolve_num_workers(value: Any, device: torch.device) -> int:
-    if value != "auto":
-        return int(value)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    # Workers only read crops (augmentation runs on the device), so a few keep up with a fast GPU; more would
-    # take the cores the main thread needs to launch the device's work. On a CPU they compete with the step.
-    return min(8, max(1, cpus // 2)) if device.type == "cuda" else min(2, max(0, cpus // 2))
+    """data.num_workers; auto: see speakerid.resources.auto_loader_workers (at most 2 on a CPU)."""
+    return auto_loader_workers(device, cpu_device_limit=2) if value == "auto" else int(value)
 
 
 @dataclass
