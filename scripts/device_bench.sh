@@ -24,14 +24,15 @@
 # check that every run it makes works before a GPU's minutes are spent on it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+PY=${PYTHON:-python3}
+# The device machine lacks hydra-core, omegaconf and soundfile: install the carried wheels there only.
+if [ -d .whl ] && ! $PY -c "import hydra, omegaconf, soundfile" 2>/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
 OUT_DIR=${OUT:-runs/device_bench}
 mkdir -p "$OUT_DIR"
 : > "$OUT_DIR/tables.txt"
@@ -64,7 +65,7 @@ else
 fi
 NOISE=()
 if [ -d .bench_noise/musan ]; then NOISE=(--musan-dir .bench_noise/musan --rir-dir .bench_noise/RIRS_NOISES); fi
-COMMON=(--data synthetic --synthetic-dir "$WORK" --storage-dir "$WORK/storage" "${SIZES[@]}" --augment on
+COMMON=(--data synthetic --synthetic-dir "$WORK/synthetic" --storage-dir "$WORK/storage" "${SIZES[@]}" --augment on
         ${NOISE[@]+"${NOISE[@]}"})
 
 run() {  # name, time limit (s), extra arguments
