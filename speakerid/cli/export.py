@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     from speakerid.data.audio import read_full
     from speakerid.data.lists import ListFormatError, read_file_list
-    from speakerid.io import check_writable
+    from speakerid.io import check_new_file
     from speakerid.speaker_model import load
 
     try:
@@ -66,9 +66,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--calibration and --mean-from are stored in a model file only (--format model)")
         if args.root is not None and args.mean_from is None:
             raise ValueError("--root goes with --mean-from")
-        check_writable(args.out, what="--out")
-        if args.out.exists() and not args.overwrite:
-            raise FileExistsError(f"--out {args.out} exists; --overwrite replaces it")
+        check_new_file(args.out, args.overwrite, what="--out")
         model = load(args.model, args.device if args.mean_from else "cpu")
         if args.calibration is not None:
             model.load_calibration(args.calibration)
