@@ -120,7 +120,7 @@ EOF
         ln -f "${last[0]}" "$dir/avg.pt"
         echo "$dir/avg.pt is ${last[0]}"
     else
-        "$python" -m speakerid.cli.main average --out "$dir/avg.pt" "${last[@]}"
+        "$python" -m speakerid.cli.main average --overwrite --out "$dir/avg.pt" "${last[@]}"
     fi
 }
 

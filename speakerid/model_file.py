@@ -16,15 +16,14 @@ allow-list):
                     (`speakerid.scoring.subtract_mean`)
     calibration     None, or {"slope", "offset", ...} for `speakerid.calibration.Calibration.from_dict`:
                     score -> log-likelihood ratio
-    threshold       None, or {"score": float, "kind": str, "target": float | None, ...}: the decision
-                    threshold on the score (same speaker when score >= threshold["score"])
+    threshold       None, or {"score", "kind", "target", ...} for `speakerid.thresholds.Threshold.from_dict`:
+                    the decision threshold on the score (same speaker when score >= threshold["score"])
 
 It holds no head, optimizer or training state: an ECAPA-TDNN C=1024 is about 60 MB in float32.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from speakerid.calibration import Calibration
 from speakerid.checkpoint import check_checkpoint, load_state_strict, load_weights_only
 from speakerid.evaluation import EmbeddingExtractor, file_digest
 from speakerid.io import atomic_write
+from speakerid.thresholds import Threshold
 
 FORMAT = "speakerid-model/1"
 _FORMAT_NAME = "speakerid-model/"
@@ -186,15 +186,14 @@ def check_embedding_mean(mean: Any, source: str, dim: int | None = None) -> list
 
 
 def check_calibration(calibration: Any, source: str) -> dict[str, Any]:
-    """A calibration dict that `Calibration.from_dict` reads, with a finite, positive slope."""
+    """A calibration dict that `Calibration.from_dict` reads, with a positive slope (a higher score must mean
+    a higher likelihood of the same speaker)."""
     if not isinstance(calibration, dict):
         raise ModelFileError(f"{source}: must be a dict with slope and offset, got {type(calibration).__name__}")
     try:
         parsed = Calibration.from_dict(calibration)
-    except (TypeError, ValueError) as e:
+    except ValueError as e:
         raise ModelFileError(f"{source}: {e}") from None
-    if not (math.isfinite(parsed.slope) and math.isfinite(parsed.offset)):
-        raise ModelFileError(f"{source}: slope and offset must be finite, got {parsed.slope} and {parsed.offset}")
     if parsed.slope <= 0:
         raise ModelFileError(f"{source}: slope must be positive (a higher score means more likely the same "
                              f"speaker), got {parsed.slope}")
@@ -203,41 +202,17 @@ def check_calibration(calibration: Any, source: str) -> dict[str, Any]:
 
 
 def check_threshold(threshold: Any, source: str) -> dict[str, Any]:
-    """A threshold dict: score (finite), kind (a name: eer, far, dcf, given, ...), target (a number or None),
-    and any further plain values."""
+    """A threshold dict that `speakerid.thresholds.Threshold.from_dict` reads: score, kind (far, eer or dcf),
+    target, and what else `speakerid calibrate` records (error rates, intervals)."""
     if not isinstance(threshold, dict):
         raise ModelFileError(f"{source}: must be a dict with score, kind and target, got "
                              f"{type(threshold).__name__}")
-    missing = [k for k in ("score", "kind", "target") if k not in threshold]
-    if missing:
-        raise ModelFileError(f"{source}: lacks {', '.join(missing)} (needs score, kind and target)")
-    if not (_is_number(threshold["score"]) and math.isfinite(threshold["score"])):
-        raise ModelFileError(f"{source}: score must be a finite number, got {threshold['score']!r}")
-    if not (isinstance(threshold["kind"], str) and threshold["kind"]):
-        raise ModelFileError(f"{source}: kind must be a name (eer, far, dcf, ...), got {threshold['kind']!r}")
-    target = threshold["target"]
-    if target is not None and not (_is_number(target) and math.isfinite(target)):
-        raise ModelFileError(f"{source}: target must be a finite number or null, got {target!r}")
+    try:
+        Threshold.from_dict(threshold)
+    except ValueError as e:
+        raise ModelFileError(f"{source}: {e}") from None
     _check_plain(threshold, source)
     return dict(threshold)
-
-
-def read_calibration_json(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(calibration, threshold) from the JSON `speakerid calibrate` writes: exactly
-    {"calibration": {...}, "threshold": {...}}, both checked."""
-    path = Path(path)
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"calibration file {path} does not exist") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{path}: not a JSON file ({e})") from None
-    if not isinstance(content, dict) or set(content) != {"calibration", "threshold"}:
-        keys = sorted(content) if isinstance(content, dict) else type(content).__name__
-        raise ModelFileError(f"{path}: expected exactly the keys calibration and threshold (as speakerid calibrate "
-                             f"writes them), got {keys}")
-    return (check_calibration(content["calibration"], f"{path}: calibration"),
-            check_threshold(content["threshold"], f"{path}: threshold"))
 
 
 def _is_number(x: Any) -> bool:

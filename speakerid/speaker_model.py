@@ -26,7 +26,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 import torch
 
-from speakerid.calibration import Calibration
+from speakerid.calibration import Calibration, read_calibration_file
 from speakerid.data.audio import resample_audio
 from speakerid.data.check import MIN_TRIAL_SECONDS, check_trial_audio
 from speakerid.data.lists import check_files_exist
@@ -37,10 +37,10 @@ from speakerid.model_file import (
     check_embedding_mean,
     check_threshold,
     load_extractor,
-    read_calibration_json,
     save_model_file,
 )
 from speakerid.scoring import Embeddings
+from speakerid.thresholds import Threshold
 
 # One recording: a path to an audio file, or a 1-D waveform (numpy array or torch tensor).
 Audio = Union[str, os.PathLike, np.ndarray, torch.Tensor]
@@ -126,14 +126,14 @@ class SpeakerModel:
 
     @property
     def threshold(self) -> dict[str, Any] | None:
-        """The decision threshold, {"score", "kind", "target", ...}, or None. Set it to such a dict, to a
-        number (a score threshold of kind "given") or to None."""
+        """The decision threshold, {"score", "kind", "target", ...} (`speakerid.thresholds.Threshold`), or
+        None. Set it to a `Threshold`, a dict of one, or None; `verify(threshold=...)` takes a bare score."""
         return None if self._threshold is None else dict(self._threshold)
 
     @threshold.setter
-    def threshold(self, value: dict[str, Any] | float | None) -> None:
-        if value is not None and not isinstance(value, dict):
-            value = {"score": float(value), "kind": "given", "target": None}
+    def threshold(self, value: Threshold | dict[str, Any] | None) -> None:
+        if isinstance(value, Threshold):
+            value = value.to_dict()
         self._threshold = None if value is None else check_threshold(value, "threshold")
 
     @property
@@ -152,8 +152,10 @@ class SpeakerModel:
         self._mean = np.array(check_embedding_mean(values.tolist(), "embedding_mean", self.embedding_dim))
 
     def load_calibration(self, path: str | os.PathLike) -> None:
-        """Take the calibration and threshold of a JSON written by `speakerid calibrate`."""
-        self.calibration, self.threshold = read_calibration_json(path)
+        """Take the calibration and threshold of a calibration file (`speakerid calibrate --out cal.json`)."""
+        calibration, threshold = read_calibration_file(path)
+        self._calibration = check_calibration(calibration.to_dict(), f"{path}: calibration")
+        self._threshold = check_threshold(threshold.to_dict(), f"{path}: threshold")
 
     # ------------------------------------------------------------------------------------------ embedding
     def embed(self, audio: Audio | Sequence[Audio], sample_rate: int | None = None) -> np.ndarray:

@@ -60,15 +60,26 @@ class Threshold:
         if data["kind"] not in KINDS:
             raise ValueError(f"threshold kind must be one of {', '.join(KINDS)}, got {data['kind']!r}")
 
+        def number(key: str, value: Any) -> float:
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"threshold {key} must be a number, got {value!r}") from None
+
         def interval(key: str) -> tuple[float, float]:
             lo, hi = data.get(key) or (None, None)
-            return (-math.inf if lo is None else float(lo), math.inf if hi is None else float(hi))
+            return (-math.inf if lo is None else number(key, lo), math.inf if hi is None else number(key, hi))
 
+        score = number("score", data["score"])
+        if not math.isfinite(score):
+            raise ValueError(f"threshold score must be finite, got {data['score']!r}")
+        target = data.get("target")
         nan = float("nan")
-        return cls(score=float(data["score"]), kind=data["kind"], target=data.get("target"),
-                   far=float(data.get("far", nan)), frr=float(data.get("frr", nan)),
+        return cls(score=score, kind=data["kind"], target=None if target is None else number("target", target),
+                   far=number("far", data.get("far", nan)), frr=number("frr", data.get("frr", nan)),
                    score_ci=interval("score_ci"), far_ci=interval("far_ci"), frr_ci=interval("frr_ci"),
-                   confidence=float(data.get("confidence", nan)), n_bootstrap=int(data.get("n_bootstrap", 0)))
+                   confidence=number("confidence", data.get("confidence", nan)),
+                   n_bootstrap=int(number("n_bootstrap", data.get("n_bootstrap", 0))))
 
 
 def check_target(kind: str, target: float | None) -> None:

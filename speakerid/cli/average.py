@@ -16,20 +16,22 @@ import argparse
 import sys
 from pathlib import Path
 
+from speakerid.cli.options import add_output_arguments
+
 HELP = "average the weights of a run's last checkpoints (WeSpeaker's model averaging)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints of one run (two or more)")
-    parser.add_argument("--out", type=Path, required=True, help="the checkpoint to write")
+    add_output_arguments(parser, "the checkpoint to write", required=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from speakerid.checkpoint import average_checkpoints, save_atomic
-    from speakerid.io import check_writable
+    from speakerid.io import check_new_file
 
     try:
-        check_writable(args.out, what="--out")
+        check_new_file(args.out, args.overwrite, what="--out")
         averaged = average_checkpoints(args.checkpoints)
         save_atomic(averaged, args.out)
     except (ValueError, RuntimeError, OSError) as e:

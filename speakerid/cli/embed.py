@@ -20,10 +20,11 @@ import sys
 import time
 from pathlib import Path
 
+from speakerid.cli.options import add_output_arguments
 from speakerid.data.audio import AudioError
 from speakerid.data.lists import ListFormatError, read_file_list
 from speakerid.evaluation import ExtractionOptions, save_embeddings
-from speakerid.io import check_writable
+from speakerid.io import check_new_file
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--folder", type=Path, help="embed every .wav/.flac under this folder (recursively)")
     source.add_argument("--list", type=Path, help="embed the files of this list")
     parser.add_argument("--root", type=Path, help="folder the list's paths start from (default: the list's folder)")
-    parser.add_argument("--out", type=Path, required=True, help="the .npz to write")
+    add_output_arguments(parser, "the .npz to write", required=True)
     parser.add_argument("--mode", choices=("full", "multicrop"), default="full",
                         help="full utterance only, or also TaoRuijie's evenly spaced crops")
     parser.add_argument("--num-crops", type=int, default=ExtractionOptions.num_crops)
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         print("error: --root goes with --list (a --folder is its own root)", file=sys.stderr)
         return 1
     try:
-        check_writable(args.out, what="--out")
+        check_new_file(args.out, args.overwrite, what="--out")
         if args.folder is not None:
             root, files = args.folder, files_in_folder(args.folder)
         else:

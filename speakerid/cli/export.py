@@ -28,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 
+from speakerid.cli.options import add_output_arguments
 from speakerid.data.audio import AudioError
 
 HELP = "write a model file (or TorchScript / ONNX) for deployment, and check it against the model"
@@ -38,7 +39,7 @@ FORMATS = ("model", "torchscript", "onnx")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "--checkpoint", dest="model", required=True,
                         help="a checkpoint, an averaged checkpoint or a model file")
-    parser.add_argument("--out", type=Path, required=True, help="the file to write")
+    add_output_arguments(parser, "the file to write", required=True)
     parser.add_argument("--format", choices=FORMATS, default="model", help="what to write (default: model)")
     parser.add_argument("--calibration", type=Path,
                         help="a `speakerid calibrate` JSON: its calibration and threshold go into the model file")
@@ -49,7 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder the --mean-from list's paths start from (default: the list's folder)")
     parser.add_argument("--check", nargs="*", type=Path, default=[], help="audio files for the parity check")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest cosine distance accepted")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--device", default="auto", help="for --mean-from: auto, cpu or cuda[:N]")
 
 
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     from speakerid.data.audio import read_full
     from speakerid.data.lists import ListFormatError, read_file_list
-    from speakerid.io import check_writable
+    from speakerid.io import check_new_file
     from speakerid.speaker_model import load
 
     try:
@@ -66,9 +66,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--calibration and --mean-from are stored in a model file only (--format model)")
         if args.root is not None and args.mean_from is None:
             raise ValueError("--root goes with --mean-from")
-        check_writable(args.out, what="--out")
-        if args.out.exists() and not args.overwrite:
-            raise FileExistsError(f"--out {args.out} exists; --overwrite replaces it")
+        check_new_file(args.out, args.overwrite, what="--out")
         model = load(args.model, args.device if args.mean_from else "cpu")
         if args.calibration is not None:
             model.load_calibration(args.calibration)

@@ -16,7 +16,6 @@ full utterance or multi-crop, with its mean subtraction and AS-norm), else the m
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -83,9 +82,10 @@ def score_as_evaluated(model, audio: list[Path], report_path: Path, model_path: 
     """(score, EER threshold, where the threshold comes from): the pair scored as the evaluation run whose JSON
     is `report_path` scored its trials."""
     from speakerid.evaluation import ExtractionOptions, load_embeddings
+    from speakerid.io import read_json
     from speakerid.scoring import Cohort, as_norm, raw_scores
 
-    report = json.loads(report_path.read_text(encoding="utf-8"))
+    report = read_json(report_path, "evaluation report")
     if report.get("eer_threshold") is None:
         raise ValueError(f"{report_path}: no eer_threshold (was the evaluated list without labels?)")
     ours = {model.loaded.sha256, model.loaded.provenance.get("checkpoint_sha256")}
