@@ -108,6 +108,7 @@ class SpeakerModel:
 
     @property
     def embedding_dim(self) -> int:
+        """The size of an embedding."""
         if self._dim is None:  # from the model itself: every encoder names its size differently
             with torch.no_grad():
                 self._dim = int(self.extractor(torch.zeros(1, self.sample_rate, device=self.device)).shape[1])

@@ -336,3 +336,17 @@ def test_embed_reads_its_list_as_every_list_is_read(checkpoint, tmp_path, capsys
         assert main(["embed", "--model", str(checkpoint), "--list", str(listed), "--out",
                      str(tmp_path / "e.npz")]) == 1
         assert "files.txt:2: " in capsys.readouterr().err and not (tmp_path / "e.npz").exists()
+
+
+def test_export_stores_the_mean_embedding_of_a_list(checkpoint, tmp_path, capsys):
+    for i, wave in enumerate(waves(3)):
+        sf.write(str(tmp_path / f"{i}.wav"), wave, 16000, subtype="FLOAT")
+    (tmp_path / "train.txt").write_text("spk0 0.wav\nspk1 1.wav\nspk1 2.wav\n")
+    out = tmp_path / "model.pt"
+    assert main(["export", "--model", str(checkpoint), "--out", str(out), "--mean-from", str(tmp_path / "train.txt"),
+                 "--device", "cpu"]) == 0, capsys.readouterr().err
+    model = speakerid.load(checkpoint, device="cpu")
+    expected = unit(model.embed([tmp_path / f"{i}.wav" for i in range(3)])).mean(axis=0)
+    stored = torch.load(out, weights_only=True)["embedding_mean"]
+    np.testing.assert_allclose(stored, expected, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(speakerid.load(out, device="cpu").embedding_mean, expected, rtol=0, atol=1e-7)
