@@ -56,7 +56,7 @@ def test_evaluate_reproduces_validation_and_writes_scores(trained_run, tiny_corp
     assert report["trials"] == str(tiny_corpus_dir / "trials.txt") and report["scoring"] == "cosine"
     assert (out / "trials.cosine.det.png").is_file() and report["n_extracted"] == report["n_files"]
     assert report["embedding"]["num_workers"] == 2
-    proc = run("scripts/evaluate.py", "--checkpoint", run_dir / "checkpoints" / "last.pt", "--out-dir", out,
+    proc = speakerid("evaluate", "--model", run_dir / "checkpoints" / "last.pt", "--out-dir", out,
                "--num-workers", "-1")
     assert proc.returncode == 1 and "eval.embedding.num_workers=-1 is not allowed: 'auto' or an integer >= 0" \
         in proc.stderr, proc.stderr
