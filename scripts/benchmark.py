@@ -84,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peer", choices=["on", "off"], default="on", help="time SpeechBrain's ECAPA_TDNN step")
     p.add_argument("--stages", default="a,b,c,d,e,f", help="comma-separated subset of a,b,c,d,e,f")
     p.add_argument("--storage-dir", default=None, help="where stages e and f write their corpora "
-                   "(default: <synthetic-dir>/storage)")
+                   "(default: <synthetic-dir>_storage)")
     p.add_argument("--storage-formats", default="wav,flac", help="stage e: comma-separated subset of wav,flac")
     p.add_argument("--storage-utterances", type=int, default=None,
                    help="stage e: files per corpus (default: enough for warm-up and timed batches, read once)")
@@ -133,7 +133,8 @@ def storage_corpora(args, root: Path, stages: set[str]) -> dict[str, Path]:
     speakers of the training corpus (its train list)."""
     from bench_corpus import LongCorpusSpec, ensure_long_corpus
 
-    base = Path(args.storage_dir or Path(args.synthetic_dir) / "storage")
+    # Beside the synthetic corpus, not in it: ensure_corpus refuses a folder holding what it did not write.
+    base = Path(args.storage_dir or f"{Path(args.synthetic_dir)}_storage")
     source = dict(source_list=str(root / "train_list.txt"), source_root=str(root / "wav"))
     corpora = {}
     if "e" in stages:
@@ -181,6 +182,9 @@ def time_storage(args, run, corpora: dict[str, Path], rows: dict, tmp: Path) -> 
 
     cfg = OmegaConf.create(OmegaConf.to_container(run.cfg, resolve=True))
     cfg.data.num_workers = args.storage_workers or args.workers
+    # Persistent workers would outlive a measurement (the DataLoader keeps them) and read ahead into the
+    # next one's evicted files.
+    cfg.data.persistent_workers = False
     read_samples = run.speed.read_samples if run.speed is not None else crop_samples(run.cfg)
     steps, device = storage_steps(args), run.env.device
     for fmt in [f for f in ("wav", "flac") if f in corpora]:
@@ -195,13 +199,14 @@ def time_storage(args, run, corpora: dict[str, Path], rows: dict, tmp: Path) -> 
                 batches = iter(loader.loader)
                 call = (lambda: next(batches)) if what == "loading" else (lambda: run.step(*next(batches)))
                 per, _ = timed(call, steps, args.warmup, device)
-                del batches  # its worker processes end
+                workers = loader.loader.num_workers
+                del batches, loader  # its worker processes end before the next eviction
                 key = f"storage_{fmt}_{cache}_{what}"
                 label = (f"(e) {'loading only' if what == 'loading' else 'whole loop'}, {fmt.upper()} "
                          f"{size_mb:.2f} MB/file, {cache}")
                 rows[key] = {"stage": label, "utterances_per_s": args.batch_size / per, "ms_per_batch": 1000 * per,
                              "page_cache_resident_before": resident, "mb_per_file": size_mb,
-                             "workers": loader.loader.num_workers, "timed_batches": steps}
+                             "workers": workers, "timed_batches": steps}
                 print(f"  {label:<52} {args.batch_size / per:10.1f} utt/s  (cached before: "
                       f"{'?' if resident is None else f'{100 * resident:.0f}%'})", flush=True)
 
@@ -330,7 +335,8 @@ def print_table(paths: list[str]) -> None:
         cells = []
         for result in results.values():
             row = next((r for r in result["stages"].values() if r["stage"] == label), {})
-            cells.append(f"{row['utterances_per_s']:,.0f}" if "utterances_per_s" in row else "")
+            value = row.get("utterances_per_s")
+            cells.append("" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.3g}")
         print(f"| {label} | " + " | ".join(cells) + " |")
     for name, result in results.items():
         ratios = ", ".join(f"{k} {v:.2f}" for k, v in result.get("ratios", {}).items())

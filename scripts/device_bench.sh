@@ -20,8 +20,8 @@
 # Results: one JSON per run, the printed tables (tables.txt) and the combined table (table.md) under $OUT
 # (or runs/device_bench/).
 #
-# On a CPU-only machine, SMOKE=1 runs the same sequence with tiny sizes (tests/test_benchmark.py does), to
-# check that every run it makes works before a GPU's minutes are spent on it.
+# On a CPU-only machine, SMOKE=1 runs the same sequence with tiny sizes and 20 times the time limits
+# (tests/test_benchmark.py does), to check that every run it makes works before a GPU's minutes are spent.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -37,6 +37,9 @@ OUT_DIR=${OUT:-runs/device_bench}
 mkdir -p "$OUT_DIR"
 : > "$OUT_DIR/tables.txt"
 SMOKE=${SMOKE:-0}
+# The limits are sized for the GPU; a smoke run on a shared CPU gets LIMIT_SCALE times more (default 20).
+SCALE=${LIMIT_SCALE:-1}
+[ "$SMOKE" = 1 ] && SCALE=${LIMIT_SCALE:-20}
 
 if [ "$SMOKE" = 1 ]; then
   WORK=${BENCH_DIR:-/tmp/device_bench_smoke}
@@ -65,18 +68,18 @@ else
 fi
 NOISE=()
 if [ -d .bench_noise/musan ]; then NOISE=(--musan-dir .bench_noise/musan --rir-dir .bench_noise/RIRS_NOISES); fi
-COMMON=(--data synthetic --synthetic-dir "$WORK/synthetic" --storage-dir "$WORK/storage" "${SIZES[@]}" --augment on
+COMMON=(--data synthetic --synthetic-dir "$WORK" --storage-dir "${WORK}_storage" "${SIZES[@]}" --augment on
         ${NOISE[@]+"${NOISE[@]}"})
 
 run() {  # name, time limit (s), extra arguments
   local name=$1 limit=$2; shift 2
   echo "=== $name" | tee -a "$OUT_DIR/tables.txt"
-  timeout "$limit" "$PY" scripts/benchmark.py "${COMMON[@]}" "$@" --out "$OUT_DIR/$name.json" 2>&1 \
+  timeout $((limit * SCALE)) "$PY" scripts/benchmark.py "${COMMON[@]}" "$@" --out "$OUT_DIR/$name.json" 2>&1 \
     | grep -v -E "^(W|I)[0-9]{4} " | tee -a "$OUT_DIR/tables.txt"
 }
 
 echo "=== generating the corpora" | tee -a "$OUT_DIR/tables.txt"
-timeout 90 "$PY" scripts/benchmark.py "${COMMON[@]}" ${STEPS[@]+"${STEPS[@]}"} --stages a,e,f --prepare-only 2>&1 \
+timeout $((90 * SCALE)) "$PY" scripts/benchmark.py "${COMMON[@]}" ${STEPS[@]+"${STEPS[@]}"} --stages a,e,f --prepare-only 2>&1 \
   | tee -a "$OUT_DIR/tables.txt"
 # Most important first: the targets (whole loop, cold storage, extraction) and the peer, in one run.
 run ecapa_compiled 220 "${ECAPA[@]}" ${COMPILE[@]+"${COMPILE[@]}"} "${STEPS[@]}" --stages a,b,c,d,e,f --peer on
