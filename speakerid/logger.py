@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 
 class MetricLogger:
@@ -51,8 +52,11 @@ class MetricLogger:
         """One row of TensorBoard's HPARAMS tab: the run's hyperparameters and its final metrics. The metrics
         are also written as scalars under their own tags, which is where that tab reads them."""
         if self.enabled:
-            # run_name ".": into this run's own folder (add_hparams would otherwise make a sub-run per call).
-            self.writer.add_hparams(hparams, metrics, run_name=".", global_step=step)
+            # Into this run's own event file: SummaryWriter.add_hparams would open a second writer (a sub-run).
+            for summary in hparams_summaries(hparams, metrics):  # the experiment, session start, session end
+                self.writer.file_writer.add_summary(summary, step)
+            for tag, value in metrics.items():
+                self.writer.add_scalar(tag, value, global_step=step)
 
     def flush(self) -> None:
         if self.enabled:
