@@ -97,6 +97,7 @@ def test_the_run_ends_with_its_files_and_commands_that_work(logged_run, tiny_cor
 
 def test_tensorboard_gets_the_config_hyperparameters_and_epoch_scalars(logged_run):
     _, run_dir, _ = logged_run
+    assert len(list((run_dir / "tensorboard").iterdir())) == 1  # one event file: no sub-run for the hparams
     acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0})
     acc.Reload()
     config_text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()

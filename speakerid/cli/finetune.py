@@ -25,6 +25,7 @@ signal N after checkpointing (the run's last lines give the command that resumes
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -192,8 +193,14 @@ def training_overrides(args: argparse.Namespace, trained: DictConfig, out: Path)
 
 
 def quoted(value: str) -> str:
-    """A Hydra override value that stays one string whatever it holds (spaces, commas, quotes)."""
+    """A Hydra override value that stays one string whatever it holds: as it is when Hydra reads it so (a
+    plain path), else in quotes (spaces, commas, brackets, quotes)."""
+    if PLAIN.fullmatch(value):
+        return value
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+PLAIN = re.compile(r"[\w./:-]+")
 
 
 def held_out_eer(extractor: Any, evaluation: Evaluation, cfg: DictConfig, device: torch.device) -> float:
