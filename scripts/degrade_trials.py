@@ -111,7 +111,7 @@ def main(argv=None) -> int:
             "noise_files": len(noise_files), "rir_dir": str(Path(args.rir_dir).resolve()) if rirs else None,
             "rirs": len(rirs), "snr_db": args.snr, "reverb_prob": args.reverb_prob, "seed": args.seed,
             "files": len(files)})
-    except (AugmentConfigError, AudioError, ListFormatError, FileNotFoundError) as e:
+    except (AugmentConfigError, AudioError, ListFormatError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {len(files)} degraded files and the trial list under {out}: evaluate with "

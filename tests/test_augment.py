@@ -4,6 +4,7 @@ perturbation's change of duration; and the banks are read from disk once."""
 
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -354,3 +355,27 @@ def test_a_zero_weight_choice_is_never_drawn(noise_dirs):
     last_zero.cumulative[-1] = 0.9999  # as if rounding left the total short of 1
     torch.manual_seed(9)
     assert last_zero.draw(20000).choice.max() == 1
+
+
+def test_synthetic_noise_banks_are_written_only_into_their_own_folder(tmp_path):
+    from speakerid.data.synthetic import ForeignFolderError
+
+    spec = NoiseSpec(seconds=0.3, noise_files=1, speech_files=1, music_files=1, rirs=1)
+    user = tmp_path / "user"
+    (user / "musan").mkdir(parents=True)
+    (user / "musan" / "mine.wav").write_bytes(b"a user's file")
+    with pytest.raises(ForeignFolderError, match="musan"):
+        ensure_noise_corpus(user, spec)
+    assert [p.relative_to(user) for p in sorted(user.rglob("*"))] == [Path("musan"), Path("musan/mine.wav")]
+
+    own = tmp_path / "own"
+    paths = ensure_noise_corpus(own, spec)
+    assert len(list(Path(paths["musan_dir"]).rglob("*.wav"))) == 3 and len(list(own.rglob("*.wav"))) == 4
+    # another spec replaces the banks whole (no file of the old one left), an interrupted one is redone
+    ensure_noise_corpus(own, NoiseSpec(seconds=0.3, noise_files=2, speech_files=1, music_files=0, rirs=1))
+    assert len(list((own / "musan" / "noise").rglob("*.wav"))) == 2 and not list((own / "musan").glob("music/*/*"))
+    marker = own / "noise_corpus.json"
+    marker.write_text(marker.read_text().replace('"complete": true', '"complete": false'))
+    (own / "musan" / "noise" / "synthetic" / "noise-000.wav").unlink()
+    ensure_noise_corpus(own, NoiseSpec(seconds=0.3, noise_files=2, speech_files=1, music_files=0, rirs=1))
+    assert len(list((own / "musan" / "noise").rglob("*.wav"))) == 2

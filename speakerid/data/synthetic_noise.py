@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from speakerid.data.synthetic import SAMPLE_RATE, draw_voice, synthesize
+from speakerid.data.synthetic import SAMPLE_RATE, ForeignFolderError, draw_voice, synthesize
 from speakerid.io import write_json_atomic
 
 
@@ -75,12 +76,23 @@ def _write(path: Path, audio: np.ndarray) -> None:
 
 def ensure_noise_corpus(root: str | os.PathLike, spec: NoiseSpec = NoiseSpec()) -> dict[str, str]:
     """Generate the folders under root unless the same spec is there already; returns {'musan_dir',
-    'rir_dir'}. The marker is written last, so an interrupted generation is redone."""
+    'rir_dir'}. Only an empty (or missing) folder or one this function generated is written into: a real
+    MUSAN there would otherwise get synthetic files mixed in (ForeignFolderError). The marker says
+    "incomplete" from the first file to the last, so an interrupted generation is redone."""
     root = Path(root)
     paths = {"musan_dir": str(root / "musan"), "rir_dir": str(root / "RIRS_NOISES")}
     marker = root / "noise_corpus.json"
-    if marker.exists() and json.loads(marker.read_text()).get("spec") == asdict(spec):
-        return paths
+    if marker.is_file():
+        record = json.loads(marker.read_text())
+        if record.get("spec") == asdict(spec) and record.get("complete", True):  # (older markers: written last)
+            return paths
+        for generated in ("musan", "RIRS_NOISES"):  # ours, of another spec or interrupted: replaced whole
+            shutil.rmtree(root / generated, ignore_errors=True)
+    elif root.is_dir() and any(root.iterdir()):
+        shown = ", ".join(sorted(p.name for p in root.iterdir())[:5])
+        raise ForeignFolderError(f"{root} holds files that speakerid did not generate ({shown}); synthetic noise "
+                                 f"banks are generated only into an empty folder or one generated before")
+    write_json_atomic(marker, {"spec": asdict(spec), "complete": False})
     rng = np.random.default_rng(spec.seed)
 
     def seconds() -> float:
@@ -99,5 +111,5 @@ def ensure_noise_corpus(root: str | os.PathLike, spec: NoiseSpec = NoiseSpec()) 
         room = f"Room{i // 4 + 1:03d}"
         _write(root / "RIRS_NOISES" / "simulated_rirs" / "smallroom" / room / f"{room}-{i % 4 + 1:05d}.wav",
                _rir(rng))
-    write_json_atomic(marker, {"spec": asdict(spec)})
+    write_json_atomic(marker, {"spec": asdict(spec), "complete": True})
     return paths
