@@ -48,9 +48,10 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         Path(tmp).unlink(missing_ok=True)
 
 
-def _exists(path: Path) -> FileExistsError:
-    return FileExistsError(errno.EEXIST, f"{path} exists and is not replaced (--overwrite, or overwrite=True "
-                                         f"from Python, replaces it)")
+def _exists(path: Path, what: str = "", flag: str = "--overwrite") -> FileExistsError:
+    """The one refusal to replace a file, whether found before the work (check_new_file) or at its end."""
+    return FileExistsError(f"{what} {path}".strip() + f" already exists; pass {flag} (overwrite=True from Python) "
+                                                      f"to replace it")
 
 
 @contextmanager
@@ -104,7 +105,7 @@ def check_new_file(path: str | os.PathLike, overwrite: bool = False, what: str =
     """check_writable for a file a command is about to write, and refuse to replace an existing one unless
     `overwrite` (the command's `flag`): a command never overwrites a user's file silently."""
     if Path(path).exists() and not Path(path).is_dir() and not overwrite:
-        raise FileExistsError(f"{what} {path} already exists; pass {flag} to replace it")
+        raise _exists(Path(path), what, flag)
     check_writable(path, what=what)
 
 
