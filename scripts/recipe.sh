@@ -20,7 +20,7 @@
 #               (3D-Speaker evaluates the last epoch); N = 1 links the last checkpoint
 #   3 finetune  WeSpeaker's large-margin fine-tuning from $WORK/train/avg.pt (model and head), in $WORK/lm
 #   4 average   the LM's last N = 1 epoch (their num_avg 1) as $WORK/lm/avg.pt
-#   5 evaluate  every avg.pt on Vox1-O, Vox1-E and Vox1-H cleaned, cosine scoring (<model>_eval/*.json), with
+#   5 evaluate  every avg.pt on Vox1-O, Vox1-E and Vox1-H cleaned, cosine scoring (<model>_eval/*.json, replaced), with
 #               the training set's mean embedding subtracted for the WeSpeaker recipes (as their score.sh)
 #   6 asnorm    the same with AS-norm, top 300 of a cohort of the VoxCeleb2-dev speakers (WeSpeaker's scoring)
 # CAM++ has no stages 3, 4 and 6 (3D-Speaker's recipe and published number have neither LM nor AS-norm).
@@ -129,7 +129,7 @@ evaluate() {  # overrides for every protocol...: each model on Vox1-O, E and H c
     for model in "$train_dir/avg.pt" ${lm_experiment:+"$lm_dir/avg.pt"}; do
         [[ -f $model ]] || { echo "error: $model is missing: run the stages before" >&2; exit 1; }
         for protocol in vox1_o vox1_e vox1_h; do
-            "$python" -m speakerid.cli.main evaluate --model "$model" "eval=$protocol" "eval.dir=$vox1" "$@"
+            "$python" -m speakerid.cli.main evaluate --overwrite --model "$model" "eval=$protocol" "eval.dir=$vox1" "$@"
         done
     done
 }
@@ -144,23 +144,10 @@ if stage 0; then
     if [[ $recipe == campplus ]]; then
         # 3D-Speaker's train.csv (local/prepare_data_csv.py, seg_dur 3.0): one row per whole 3 s of an
         # utterance, at least one; each row is a random 3 s crop of the whole utterance.
-        "$python" - "$train_list" "$train_root" "$fit_list" <<'EOF'
-import sys
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
-from speakerid.data.audio import audio_info
-from speakerid.data.lists import read_train_list
-from speakerid.data.prepare import write_train_list
-
-list_path, root, out = sys.argv[1:]
-train = read_train_list(list_path, root)
-with ThreadPoolExecutor(16) as pool:
-    infos = list(pool.map(lambda path: audio_info(Path(root) / path), train.paths))
-segments = [max(1, int(frames / rate / 3.0)) for frames, rate, _ in infos]
-write_train_list([entry for entry, n in zip(zip(train.speakers, train.paths), segments) for _ in range(n)], out)
-print(f"wrote {out}: {sum(segments)} rows (one per 3 s) for {len(train)} utterances")
-EOF
+        if [[ ! -f $fit_list ]]; then
+            "$python" -m speakerid.cli.main prepare --list "$train_list" --root "$train_root" --out "$fit_list" \
+                --segment-seconds 3
+        fi
         # 3D-Speaker's RIRs (local/prepare_data.sh): the real ones of real_rirs_isotropic_noises/rir_list, first
         # channel (torchaudio.load(...)[0]); speakerid's RIR bank takes mono files.
         "$python" - "$rirs" "$rir_dir" <<'EOF'

@@ -48,7 +48,7 @@ def test_kaldi_data_dir_becomes_a_train_list(tmp_path):
     listed = read_train_list(out, audio)  # the list the trainer reads, with every file present
     assert listed.speaker_ids == ["spkA", "spkB"] and all((audio / p).is_file() for p in listed.paths)
 
-    proc = prepare("--kaldi", data, "--out", out, "--root", tmp_path, cwd=tmp_path)
+    proc = prepare("--kaldi", data, "--out", out, "--root", tmp_path, "--overwrite", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert out.read_text().splitlines()[0] == "spkA audio/spkA/sess1/u1.flac"
 
@@ -143,3 +143,38 @@ def test_m4a_conversion_is_parallel_resumable_and_correct(tmp_path, fmt):
     assert f"data.train_list={listed} data.train_root={dst}" in proc.stdout
     assert sf.info(str(dst / "id1" / "vidA" / f"00001.{fmt}")).frames == pytest.approx(24000, abs=500)
     assert not list(dst.rglob("*.part"))
+
+
+def test_segment_list_has_one_row_per_whole_segment_and_never_replaces_a_list(tmp_path):
+    # durations by hand: 2.9 s -> 1 row (at least one), 3.0 s -> 1, 6.0 s -> 2, 9.7 s -> 3
+    root = tmp_path / "wav"
+    durations = {"a/s1/1.wav": 2.9, "a/s1/2.wav": 3.0, "b/s1/1.flac": 6.0, "b/s2/1.wav": 9.7}
+    for rel, seconds in durations.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(root / rel), np.zeros(round(seconds * 16000), dtype=np.int16), 16000)
+    (tmp_path / "train.txt").write_text("a a/s1/1.wav\na a/s1/2.wav\nb b/s1/1.flac\nb b/s2/1.wav\n")
+    proc = prepare("--list", tmp_path / "train.txt", "--root", root, "--out", tmp_path / "3s.txt",
+                   "--segment-seconds", 3)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "3s.txt").read_text() == ("a a/s1/1.wav\na a/s1/2.wav\nb b/s1/1.flac\nb b/s1/1.flac\n"
+                                                 "b b/s2/1.wav\nb b/s2/1.wav\nb b/s2/1.wav\n")
+    assert "7 rows (one per 3 s) of 4 utterances of 2 speakers" in proc.stdout
+    # the same from the folder itself
+    proc = prepare("--root", root, "--out", tmp_path / "3s_scan.txt", "--segment-seconds", 3)
+    assert proc.returncode == 0 and sorted((tmp_path / "3s_scan.txt").read_text().splitlines()) == \
+        sorted((tmp_path / "3s.txt").read_text().splitlines()), proc.stderr
+
+    # an existing list is never replaced without --overwrite, not even the one being read
+    before = (tmp_path / "train.txt").read_text()
+    proc = prepare("--list", tmp_path / "train.txt", "--root", root, "--out", tmp_path / "train.txt",
+                   "--segment-seconds", 3)
+    assert proc.returncode == 1 and "already exists; pass --overwrite" in proc.stderr
+    assert (tmp_path / "train.txt").read_text() == before
+    proc = prepare("--root", root, "--out", tmp_path / "3s.txt", "--overwrite")
+    assert proc.returncode == 0 and len((tmp_path / "3s.txt").read_text().splitlines()) == 4, proc.stderr
+    # a bad value and a bad line are named
+    assert "--segment-seconds must be positive" in prepare("--root", root, "--out", tmp_path / "x.txt",
+                                                           "--segment-seconds", 0).stderr
+    (tmp_path / "bad.txt").write_text("a a/s1/1.wav\nb\n")
+    proc = prepare("--list", tmp_path / "bad.txt", "--root", root, "--out", tmp_path / "x.txt", "--segment-seconds", 3)
+    assert proc.returncode == 1 and "bad.txt:2" in proc.stderr and not (tmp_path / "x.txt").exists()

@@ -8,10 +8,13 @@ are listed and the command exits 1 without writing the list).
     speakerid prepare --root /data/voxceleb2/dev/aac --convert-to /data/voxceleb2/dev/wav \\
         --out /data/voxceleb2/train_list.txt [--format flac] [--workers 32]
     speakerid prepare --kaldi data/train --out lists/train.txt [--root /data/audio]
+    speakerid prepare --list train.txt --root /data/wav --out train_3s.txt --segment-seconds 3
 
 It prints the data.train_list and data.train_root to train with. With --kaldi the paths of wav.scp are
 written relative to --root (default: the deepest folder holding them all). flac is lossless and smaller
-than wav; wav decodes with less CPU per crop.
+than wav; wav decodes with less CPU per crop. --segment-seconds S lists each utterance once per whole S
+seconds of it (at least once), as 3D-Speaker's recipes do (S = 3), from any of these sources or an existing
+list (--list).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from collections import Counter
 from pathlib import Path
 
 from speakerid.cli import usage_error
+from speakerid.cli.options import add_output_arguments
+from speakerid.data.audio import AudioError
+from speakerid.data.lists import ListFormatError, read_train_list
 from speakerid.data.prepare import (
     AUDIO_EXTENSIONS,
     ConversionReport,
@@ -30,9 +36,11 @@ from speakerid.data.prepare import (
     convert_tree,
     read_kaldi_data_dir,
     relative_entries,
+    rows_per_segment,
     scan_voxceleb_folder,
     write_train_list,
 )
+from speakerid.io import check_new_file
 
 HELP = "write a train list from a VoxCeleb-style folder or a Kaldi data directory (converting m4a first)"
 
@@ -40,8 +48,11 @@ HELP = "write a train list from a VoxCeleb-style folder or a Kaldi data director
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", help="folder holding speaker/session/utterance files (with --convert-to: the "
                                        "m4a files); with --kaldi, the folder the list's paths are relative to")
-    parser.add_argument("--out", required=True, help="train list to write")
+    add_output_arguments(parser, "train list to write", required=True)
     parser.add_argument("--ext", nargs="+", default=list(AUDIO_EXTENSIONS), help="audio file endings to list")
+    parser.add_argument("--list", help="an existing train list (paths relative to --root), for --segment-seconds")
+    parser.add_argument("--segment-seconds", type=float,
+                        help="one row per whole this many seconds of each utterance, at least one (3D-Speaker: 3)")
     kaldi = parser.add_argument_group("Kaldi data directory")
     kaldi.add_argument("--kaldi", help="Kaldi data directory with wav.scp and utt2spk")
     kaldi.add_argument("--kaldi-base", help="folder that relative wav.scp paths start from (default: the "
@@ -60,11 +71,20 @@ def run(args: argparse.Namespace) -> int:
     if not args.kaldi and not args.root:
         return usage_error(args.command, "give --root (a VoxCeleb-style folder) or --kaldi (a Kaldi data "
                                          "directory)")
+    if args.list and (args.kaldi or args.convert_to or not args.root):
+        return usage_error(args.command, "--list takes --root (the folder its paths are relative to), and "
+                                         "neither --kaldi nor --convert-to")
+    if args.segment_seconds is not None and not args.segment_seconds > 0:
+        return usage_error(args.command, f"--segment-seconds must be positive, got {args.segment_seconds:g}")
     if args.kaldi and args.convert_to:
         return usage_error(args.command, "--convert-to converts the m4a files under --root; it does not take "
                                          "--kaldi")
     try:
-        if args.kaldi:
+        check_new_file(args.out, args.overwrite, what="--out")  # before any conversion: never a user's list
+        if args.list:
+            listed = read_train_list(args.list, args.root)
+            root, entries = args.root, list(zip(listed.speakers, listed.paths))
+        elif args.kaldi:
             root, entries = relative_entries(read_kaldi_data_dir(args.kaldi, args.kaldi_base), args.root)
         else:
             root, extensions = args.root, tuple(e if e.startswith(".") else f".{e}" for e in args.ext)
@@ -73,13 +93,17 @@ def run(args: argparse.Namespace) -> int:
                     return 1
                 root, extensions = args.convert_to, (f".{args.format}",)
             entries = scan_voxceleb_folder(root, extensions)
-    except (ValueError, OSError, FFmpegNotFoundError) as e:
+        utterances = len(entries)
+        if args.segment_seconds is not None:
+            entries = rows_per_segment(entries, root, args.segment_seconds)
+    except (ValueError, OSError, FFmpegNotFoundError, ListFormatError, AudioError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     write_train_list(entries, args.out)
     per_speaker = Counter(s for s, _ in entries)
-    print(f"{args.out}: {len(entries)} utterances of {len(per_speaker)} speakers "
-          f"({min(per_speaker.values())}-{max(per_speaker.values())} per speaker)")
+    rows = "" if args.segment_seconds is None else f"{len(entries)} rows (one per {args.segment_seconds:g} s) of "
+    print(f"{args.out}: {rows}{utterances} utterances of {len(per_speaker)} speakers "
+          f"({min(per_speaker.values())}-{max(per_speaker.values())} {'rows' if rows else 'utterances'} per speaker)")
     print(f"train with: data.train_list={args.out} data.train_root={root}")
     return 0
 

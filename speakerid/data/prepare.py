@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from speakerid.data.audio import audio_info
 from speakerid.data.lists import LIST_ENCODING, Trial
 from speakerid.io import write_text_atomic
 
@@ -50,6 +51,16 @@ def scan_voxceleb_folder(root: str | os.PathLike, extensions=AUDIO_EXTENSIONS) -
 
 def write_train_list(entries: list[tuple[str, str]], out: str | os.PathLike) -> None:
     write_text_atomic(out, "".join(f"{speaker} {path}\n" for speaker, path in entries))
+
+
+def rows_per_segment(entries: list[tuple[str, str]], root: str | os.PathLike, seconds: float, workers: int = 16
+                     ) -> list[tuple[str, str]]:
+    """Each entry repeated once per whole `seconds` of its audio, at least once (3D-Speaker's train.csv,
+    seg_dur 3.0): an epoch then samples speech time rather than files, each row still a random crop of the
+    whole utterance. Durations come from the file headers."""
+    with ThreadPoolExecutor(workers) as pool:  # header reads wait on the disk, not the CPU
+        infos = list(pool.map(lambda entry: audio_info(Path(root) / entry[1]), entries))
+    return [entry for entry, (frames, rate, _) in zip(entries, infos) for _ in range(max(1, int(frames / rate / seconds)))]
 
 
 # --------------------------------------------------------------------------------------------- held-out speakers
