@@ -198,6 +198,10 @@ def compose_eval_protocol(overrides: list[str], data: Any, source: str = "the mo
         raise ConfigError("required config values are not set: " + ", ".join(missing)
                           + f" (e.g. {missing[0]}=/path/to/...)")
     try:
+        for key in ("trials", "root"):  # resolved now, through eval.dir only where they still use it
+            merged.eval[key] = merged.eval[key]
+        if "dir" in merged.eval.keys():  # it only spells out those two (and a model file keeps no data.dir)
+            del merged.eval["dir"]
         return Protocol.from_config(merged.eval)
     except InterpolationKeyError as e:  # a model file keeps no training paths for ${data.dir} and the like
         hint = " (evaluate: --trials and --root)" if e.full_key in ("eval.trials", "eval.root") else ""

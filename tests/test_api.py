@@ -350,3 +350,15 @@ def test_export_stores_the_mean_embedding_of_a_list(checkpoint, tmp_path, capsys
     stored = torch.load(out, weights_only=True)["embedding_mean"]
     np.testing.assert_allclose(stored, expected, rtol=0, atol=1e-7)
     np.testing.assert_allclose(speakerid.load(out, device="cpu").embedding_mean, expected, rtol=0, atol=1e-7)
+
+    # evaluate on that model file subtracts its mean, and says so in the names of what it writes
+    (tmp_path / "trials.txt").write_text("1 1.wav 2.wav\n0 0.wav 1.wav\n0 0.wav 2.wav\n")
+    assert main(["evaluate", "--model", str(out), "--trials", str(tmp_path / "trials.txt"), "--root", str(tmp_path),
+                 "--out-dir", str(tmp_path / "eval"), "--device", "cpu"]) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "eval" / "trials.cosine_meansub.json").read_text())
+    assert report["scoring"] == "cosine_meansub" and report["mean_subtraction"]["given"] == "with the model"
+    centred = unit(unit(model.embed([tmp_path / f"{i}.wav" for i in range(3)])) - expected)
+    scores = [float(line.split()[2]) for line in (tmp_path / "eval" / "trials.cosine_meansub.scores.txt")
+              .read_text().splitlines()]
+    np.testing.assert_allclose(scores, [centred[1] @ centred[2], centred[0] @ centred[1], centred[0] @ centred[2]],
+                               rtol=0, atol=1e-5)

@@ -75,8 +75,14 @@ def test_evaluate_protocols_cache_and_verify(trained_run, tiny_corpus_dir, tmp_p
     assert report["trials"] == str(tiny_corpus_dir / "trials.txt")  # ${data.dir} from the checkpoint
     assert report["asnorm"]["cohort_list"] == str(tiny_corpus_dir / "train_list.txt")
     assert report["n_extracted"] == 18 + 36  # trial files (multicrop) + cohort files (full)
-    proc = speakerid("evaluate", "--model", ckpt, "--out-dir", out, "--device", "cpu",
-               "eval.embedding.mode=multicrop", "eval.asnorm.enabled=true", "eval.asnorm.top_k=3")
+    again = ["evaluate", "--model", ckpt, "--out-dir", out, "--device", "cpu", "eval.embedding.mode=multicrop",
+             "eval.asnorm.enabled=true", "eval.asnorm.top_k=3"]
+    scores = (out / "trials.multicrop5_asnorm3.scores.txt").stat().st_mtime_ns
+    proc = speakerid(*again)  # the earlier scores are kept unless --overwrite
+    assert proc.returncode == 1 and "trials.multicrop5_asnorm3.scores.txt already exists; pass --overwrite" \
+        in proc.stderr and "embedded" not in proc.stdout, proc.stderr
+    assert (out / "trials.multicrop5_asnorm3.scores.txt").stat().st_mtime_ns == scores
+    proc = speakerid(*again, "--overwrite")
     assert proc.returncode == 0 and "all embeddings from the cache" in proc.stdout, proc.stderr
     assert json.loads((out / "trials.multicrop5_asnorm3.json").read_text())["eer"] == report["eer"]
 

@@ -31,7 +31,8 @@ from speakerid.config import ConfigError
 from speakerid.data.audio import AudioError
 from speakerid.data.lists import ListFormatError, MissingFilesError
 from speakerid.evaluation import Evaluation, save_embeddings, write_json, write_scores
-from speakerid.io import atomic_write, check_writable
+from speakerid.io import atomic_write, check_new_file, check_writable
+from speakerid.metrics import format_eer
 from speakerid.model_file import load_extractor
 from speakerid.plots import det_image
 from speakerid.scoring import Embeddings
@@ -58,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", help="shortcut for eval.embedding.num_workers=...: processes reading "
                         "the audio ahead of the model (auto: half the CPUs, at most 8, with a GPU; 0 on a CPU)")
     parser.add_argument("--no-cache", action="store_true", help="extract every embedding, store none")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the scores and metrics of an earlier evaluation of the same protocol and "
+                             "scoring in --out-dir")
     parser.add_argument("--resample", action="store_true",
                         help="resample files at another sample rate than the model's (default: as the checkpoint "
                              "was trained, data.resample)")
@@ -87,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_extractor(checkpoint_path)
         protocol = compose_eval_protocol(overrides, loaded.data, source=f"{loaded.kind} {checkpoint_path}")
         evaluation = Evaluation(protocol)  # lists parsed, every file checked, before any audio is read
+        # the scoring's name (and so the file names) as run() will do it: a model file's mean is subtracted too
+        scoring = protocol.scoring_with(protocol.mean_subtraction.enabled or loaded.embedding_mean is not None)
+        stem = out_dir / f"{protocol.name}.{scoring}"
+        for output in ("scores.txt", "json"):  # an earlier evaluation's scores are the user's: never replaced
+            check_new_file(f"{stem}.{output}", args.overwrite, what="evaluation output")
         resample = args.resample or loaded.resample
         evaluation.check_audio(loaded.sample_rate, resample, advice="--resample")
         extractor = loaded.extractor.to(device)
@@ -102,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
-    stem = out_dir / f"{protocol.name}.{protocol.scoring}"
+    assert result.scoring == scoring, (result.scoring, scoring)
     scores_path = Path(f"{stem}.scores.txt")
     write_scores(scores_path, result.trials, result.scores)
     report = {"checkpoint": str(checkpoint_path.resolve()), "checkpoint_sha256": model_id,
@@ -121,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         det_path = Path(f"{stem}.det.png")
         with atomic_write(det_path, "wb") as f:
             Image.fromarray(det_image(result.scores, result.labels, result.metrics["eer"],
-                                      f"{protocol.name} ({protocol.scoring})")).save(f, format="PNG")
+                                      f"{protocol.name} ({result.scoring})")).save(f, format="PNG")
         report["det_plot"] = str(det_path.resolve())
     json_path = Path(f"{stem}.json")
     write_json(json_path, report)
@@ -129,13 +138,13 @@ def run(args: argparse.Namespace) -> int:
     speed = (f"embedded {result.n_extracted} in {result.extraction_seconds:.1f} s "
              f"({result.n_extracted / result.extraction_seconds:.1f} utt/s on {device})" if result.n_extracted
              else "all embeddings from the cache")
-    print(f"{protocol.name} ({protocol.trials}), {protocol.scoring}: {len(result.trials)} trials, "
+    print(f"{protocol.name} ({protocol.trials}), {result.scoring}: {len(result.trials)} trials, "
           f"{result.n_files} files; {speed}")
     if result.metrics is None:
         print("the list has no labels: scores only, no EER or minDCF")
     else:
         m = result.metrics
-        print(f"EER {100 * m['eer']:.2f}%  minDCF(p=0.01) {m['min_dcf_p0.01']:.4f}  "
+        print(f"EER {format_eer(m['eer'])}  minDCF(p=0.01) {m['min_dcf_p0.01']:.4f}  "
               f"minDCF(p=0.05) {m['min_dcf_p0.05']:.4f}  (EER threshold {m['eer_threshold']:.4f})")
     print(f"scores: {scores_path}\nmetrics: {json_path}")
     return 0

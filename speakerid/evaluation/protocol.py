@@ -63,9 +63,14 @@ class Protocol:
     @property
     def scoring(self) -> str:
         """Short name of the scoring, used in reports and output file names: cosine, multicrop5_asnorm300..."""
+        return self.scoring_with(mean_subtraction=self.mean_subtraction.enabled)
+
+    def scoring_with(self, mean_subtraction: bool) -> str:
+        """The scoring's name when a mean embedding is (or is not) subtracted: a model file's stored mean is
+        subtracted with this protocol's mean subtraction off."""
         e = self.embedding
         name = "cosine" if e.mode == "full" else f"multicrop{e.num_crops}"
-        if self.mean_subtraction.enabled:
+        if mean_subtraction:
             name += "_meansub"
         return f"{name}_asnorm{self.asnorm.top_k}" if self.asnorm.enabled else name
 

@@ -48,11 +48,16 @@ class EvaluationResult:
     cohort: Cohort | None = None
     mean: np.ndarray | None = None     # the subtracted mean embedding (mean subtraction on)
 
+    @property
+    def scoring(self) -> str:
+        """The protocol's scoring name, `_meansub` included when a mean came with the model instead."""
+        return self.protocol.scoring_with(mean_subtraction=self.mean is not None)
+
     def report(self) -> dict[str, Any]:
         """The JSON written beside a score file."""
         p = self.protocol
         return {
-            "name": p.name, "trials": str(p.trials), "root": str(p.root), "scoring": p.scoring,
+            "name": p.name, "trials": str(p.trials), "root": str(p.root), "scoring": self.scoring,
             "embedding": asdict(p.embedding),
             "asnorm": {**asdict(p.asnorm), "cohort_speakers": len(self.cohort.speakers)}
             if self.cohort is not None else None,

@@ -290,7 +290,7 @@ class Loop:
 def log_validation(logger: MetricLogger, result: EvaluationResult, step: int) -> dict[str, float]:
     val = {f"val/{k}": result.metrics[k] for k in ("eer", "min_dcf_p0.01", "min_dcf_p0.05")}
     logger.log(val, step)
-    title = f"{result.protocol.name} ({result.protocol.scoring})"
+    title = f"{result.protocol.name} ({result.scoring})"
     logger.log_image("val/det", det_image(result.scores, result.labels, result.metrics["eer"], title), step)
     logger.log_histogram("val/scores_target", result.scores[result.labels == 1], step)
     logger.log_histogram("val/scores_nontarget", result.scores[result.labels == 0], step)
