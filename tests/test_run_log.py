@@ -84,7 +84,16 @@ def test_the_run_ends_with_its_files_and_commands_that_work(logged_run, tiny_cor
     assert commands["model"].split()[0] == str(best) and best.is_file()
     assert commands["TensorBoard"] == f"tensorboard --logdir {runs / 'debug'}"
     assert commands["evaluate"] == f"speakerid evaluate --model {best}"
-    assert commands["verify"] == f"speakerid verify --model {best} a.wav b.wav"
+    evaluated = run_dir / "checkpoints" / "best_eval" / "trials.cosine.json"  # evaluate writes it, verify reads it
+    assert commands["verify"] == f"speakerid verify --model {best} --threshold-from {evaluated} a.wav b.wav  " \
+                                 f"(after evaluate)"
+    # the evaluate and verify commands work as printed
+    proc = speakerid(*shlex.split(commands["evaluate"])[1:])
+    assert proc.returncode == 0 and evaluated.is_file(), proc.stderr
+    a, b = sorted((tiny_corpus_dir / "wav").rglob("*.wav"))[:2]
+    verify = shlex.split(commands["verify"].removesuffix("  (after evaluate)").replace("a.wav b.wav", f"{a} {b}"))
+    proc = speakerid(*verify[1:])
+    assert proc.returncode in (0, 1) and "EER threshold of trials, cosine" in proc.stdout, proc.stderr
     resume = shlex.split(commands["resume"])
     assert resume == ["speakerid", "train", "debug=tiny", f"data.dir={tiny_corpus_dir}", f"runs_root={runs}",
                       "trainer.log_every_steps=2", "trainer.progress_bar=true", "trainer.resume=true"]

@@ -37,6 +37,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from speakerid.builders import build_eval_protocol
+from speakerid.cli.evaluate import default_out_dir
 from speakerid.config import ConfigError, check_folder_name
 from speakerid.configs import SEARCH_PATH
 from speakerid.metrics import format_eer
@@ -98,7 +100,8 @@ def run_training(cfg: DictConfig, launcher: str) -> dict[str, Any]:
         log.info("final: EER %s, minDCF(0.01) %.4f, minDCF(0.05) %.4f; best EER %s", format_eer(eer),
                  results["val/min_dcf_p0.01"], results["val/min_dcf_p0.05"], format_eer(results["best/eer"]))
     if int(os.environ.get("RANK", "0")) == 0:
-        log.info("%s", end_block(results, cfg, command_overrides(), launcher))
+        log.info("%s", end_block(results, cfg, command_overrides(), launcher,
+                                 HydraConfig.get().runtime.choices.get("eval")))
     if "exit_code" in results:  # stopped by SIGTERM/SIGINT after checkpointing
         sys.exit(results["exit_code"])
     return results
@@ -113,7 +116,8 @@ def command_overrides() -> list[str]:
     return task + [o for o in overrides.hydra if not o.startswith(own)]
 
 
-def end_block(results: dict[str, Any], cfg: DictConfig, overrides: list[str], launcher: str) -> str:
+def end_block(results: dict[str, Any], cfg: DictConfig, overrides: list[str], launcher: str,
+              eval_group: str | None = None) -> str:
     """Where the run's files are and the commands that use them, as the last lines of its log."""
     run_dir = Path(results["run_dir"]).resolve()
     checkpoints = run_dir / "checkpoints"
@@ -124,8 +128,19 @@ def end_block(results: dict[str, Any], cfg: DictConfig, overrides: list[str], la
     resume = "true" if sibling else str(checkpoints / "last.pt")
     if "LOCAL_RANK" in os.environ:
         launcher = f"torchrun <the same torchrun options> {launcher.split()[-1]}"
-    # the protocol it validated on (the checkpoint's own data config gives the default, eval=folder)
+    # the protocol it validated on: its eval group (evaluate's default is eval=folder, on the checkpoint's
+    # own data config) and the eval values given on the command line
     evaluate = [o for o in overrides if o.lstrip("+").startswith(("eval=", "eval."))]
+    if eval_group not in (None, "folder") and not any(o.lstrip("+").startswith("eval=") for o in evaluate):
+        evaluate.insert(0, f"eval={eval_group}")
+    # verify needs a threshold: the EER threshold of that evaluation (a checkpoint stores none)
+    if cfg.get("eval") is not None:
+        protocol = build_eval_protocol(cfg)
+        evaluated = default_out_dir(model) / f"{protocol.name}.{protocol.scoring}.json"
+        verify = join("speakerid", "verify", "--model", str(model), "--threshold-from", str(evaluated))
+        verify += " a.wav b.wav  (after evaluate)"
+    else:
+        verify = join("speakerid", "verify", "--model", str(model), "--threshold", "<score>") + " a.wav b.wav"
     if "exit_code" in results:
         head = (f"run stopped by {results['interrupted']} after {results['epochs']} of {cfg.trainer.epochs} "
                 f"epochs: {run_dir}")
@@ -137,7 +152,7 @@ def end_block(results: dict[str, Any], cfg: DictConfig, overrides: list[str], la
         f"  model        {model}" + ("  (best validation EER)" if model.name == "best.pt" else ""),
         f"  TensorBoard  tensorboard --logdir {shlex.quote(str(run_dir.parent))}",
         f"  evaluate     {join('speakerid', 'evaluate', '--model', str(model), *evaluate)}",
-        f"  verify       {join('speakerid', 'verify', '--model', str(model))} a.wav b.wav",
+        f"  verify       {verify}",
         f"  resume       {launcher} {join(*overrides, f'trainer.resume={resume}')}",
     ]
     return "\n".join(lines)
