@@ -33,7 +33,9 @@ def test_a_wheel_installed_elsewhere_evaluates_from_another_directory(tiny_cfg, 
     where = subprocess.run([sys.executable, "-c", "import speakerid; print(speakerid.__file__)"], cwd=elsewhere,
                            env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert where.startswith(str(target)), where
-    proc = subprocess.run([sys.executable, "-m", "speakerid.cli.evaluate", "--checkpoint",
+    command = target / "bin" / "speakerid"  # the console script the wheel installs
+    assert command.is_file()
+    proc = subprocess.run([sys.executable, str(command), "evaluate", "--model",
                            str(tmp_path / "run" / "checkpoints" / "last.pt"), "--device", "cpu",
                            "--out-dir", str(elsewhere / "eval")], cwd=elsewhere, env=env, capture_output=True,
                           text=True, timeout=600)
