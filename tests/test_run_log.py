@@ -159,3 +159,24 @@ def test_with_a_terminal_the_progress_bar_stays_and_no_step_lines(tiny_corpus_di
     assert not STEP_LINE.search(text.replace("\r", "\n"))
     (run_dir,) = (tmp_path / "debug").iterdir()
     assert "run finished (1/1 epochs)" in (run_dir / "train.log").read_text()
+
+
+def test_the_end_block_names_the_protocol_the_run_validated_on(tmp_path):
+    """An experiment that validates on Vox1-O (its own eval group): evaluate's default (eval=folder) would
+    score another list, and verify would look for that list's JSON."""
+    from speakerid.cli.train import end_block
+    from speakerid.configs import compose
+
+    overrides = ["experiment=vox2_resnet34", "eval.dir=/data/vox1"]
+    cfg = compose("train", [*overrides, "data.train_list=/data/l.txt", "data.train_root=/data/wav",
+                            f"runs_root={tmp_path}"])
+    run_dir = tmp_path / "vox2_resnet34" / "2026-11-27_10-00-00"
+    block = end_block({"run_dir": str(run_dir), "epochs": 3, "best/eer": 0.1}, cfg, overrides, "python train.py",
+                      eval_group="vox1_o")
+    commands = {line.split()[0]: line.split(None, 1)[1] for line in block.splitlines()[1:]}
+    model = run_dir / "checkpoints" / "last.pt"
+    assert commands["evaluate"] == f"speakerid evaluate --model {model} eval=vox1_o eval.dir=/data/vox1"
+    assert commands["verify"] == (f"speakerid verify --model {model} --threshold-from "
+                                  f"{model.parent / 'last_eval' / 'vox1_o_cleaned.cosine.json'} a.wav b.wav  "
+                                  f"(after evaluate)")
+    assert commands["resume"] == "python train.py experiment=vox2_resnet34 eval.dir=/data/vox1 trainer.resume=true"
