@@ -60,7 +60,8 @@ def rows_per_segment(entries: list[tuple[str, str]], root: str | os.PathLike, se
     whole utterance. Durations come from the file headers."""
     with ThreadPoolExecutor(workers) as pool:  # header reads wait on the disk, not the CPU
         infos = list(pool.map(lambda entry: audio_info(Path(root) / entry[1]), entries))
-    return [entry for entry, (frames, rate, _) in zip(entries, infos) for _ in range(max(1, int(frames / rate / seconds)))]
+    rows = [max(1, int(frames / rate / seconds)) for frames, rate, _ in infos]
+    return [entry for entry, n in zip(entries, rows) for _ in range(n)]
 
 
 # --------------------------------------------------------------------------------------------- held-out speakers
