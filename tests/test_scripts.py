@@ -165,8 +165,9 @@ def test_prepare_list_scans_voxceleb_layout(tmp_path):
     assert "3 utterances of 2 speakers" in proc.stdout
 
     (root / "stray.wav").write_bytes(b"")
-    proc = run("-m", "speakerid.cli.main", "prepare", "--root", root, "--out", out)
-    assert proc.returncode == 1 and "stray.wav" in proc.stderr
+    listed = out.read_text()
+    proc = run("-m", "speakerid.cli.main", "prepare", "--root", root, "--out", out, "--overwrite")
+    assert proc.returncode == 1 and "stray.wav" in proc.stderr and out.read_text() == listed  # the list is kept
 
 
 def test_train_py_reports_bad_config_without_a_traceback(tmp_path):
