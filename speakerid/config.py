@@ -156,6 +156,9 @@ def validate_config(cfg: DictConfig) -> None:
         require(isinstance(data[key], bool), f"data.{key}", "true or false", data[key])
     require(is_int(data.prefetch_factor) and data.prefetch_factor >= 1, "data.prefetch_factor",
             "an integer >= 1 (batches each loader process prepares ahead)", data.prefetch_factor)
+    read_threads = data.get("read_threads", 1)
+    require(is_int(read_threads) and read_threads >= 1, "data.read_threads",
+            "an integer >= 1 (files each loader process reads at once)", read_threads)
     require(isinstance(trainer.compile, bool), "trainer.compile", "true or false", trainer.compile)
     threads = trainer.get("num_threads", "auto")
     require(threads == "auto" or (is_int(threads) and threads >= 1), "trainer.num_threads",

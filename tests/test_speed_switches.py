@@ -5,6 +5,8 @@ is not offered: PyTorch defines it for 4-D tensors only, and ECAPA-TDNN's Conv1d
 
 import copy
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -149,3 +151,35 @@ def test_auto_loader_workers(monkeypatch, cpus, cpu_workers, gpu_workers):
     assert resolve_num_workers("auto", torch.device("cpu")) == cpu_workers
     assert resolve_num_workers("auto", torch.device("cuda")) == gpu_workers
     assert resolve_num_workers(5, torch.device("cuda")) == 5
+
+
+def test_read_threads_give_the_same_batches_and_errors(tiny_cfg, tmp_path):
+    """data.read_threads: a loader process reads a batch's crops on several threads, and the batches of an
+    epoch are those of one thread (each crop comes from its own seed), in a real loader process; a bad
+    file is still the AudioError that names it."""
+    from speakerid.data.audio import AudioError
+
+    def epoch(threads, run_dir):
+        run = setup_run(tiny_cfg(f"data.read_threads={threads}", "data.num_workers=1", run_dir=tmp_path / run_dir))
+        assert run.loader.dataset.read_threads == threads
+        return [(waves.clone(), labels.clone()) for waves, labels in run.loader.loader]
+
+    one, four = epoch(1, "one"), epoch(4, "four")
+    assert len(one) == len(four) > 1
+    for (waves_1, labels_1), (waves_4, labels_4) in zip(one, four):
+        assert torch.equal(waves_1, waves_4) and torch.equal(labels_1, labels_4)
+
+    run = setup_run(tiny_cfg("data.read_threads=3", run_dir=tmp_path / "bad"))
+    dataset = run.loader.dataset
+    items = [(i, 1000 + i) for i in range(6)]
+    assert all(np.array_equal(a[0], b[0]) and a[1] == b[1]
+               for a, b in zip(dataset.__getitems__(items), [dataset[item] for item in items]))
+    dataset.paths = list(dataset.paths)
+    dataset.paths[4] = "missing/file.wav"
+    with pytest.raises(AudioError, match="missing/file.wav"):
+        dataset.__getitems__(items)
+
+
+def test_read_threads_must_be_a_positive_integer(tiny_cfg, tmp_path):
+    with pytest.raises(ValueError, match="data.read_threads"):
+        setup_run(tiny_cfg("data.read_threads=0", run_dir=tmp_path / "zero"))

@@ -8,6 +8,7 @@ the middle of an epoch sees exactly the batches it would have seen.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -24,14 +25,22 @@ class CropDataset(Dataset):
 
     A file that cannot be used (unreadable, truncated, empty, wrong rate, multi-channel, NaN/inf samples)
     is an AudioError naming it with bad_audio="error"; with "skip", another utterance drawn from the same
-    crop seed takes its place (so runs stay reproducible) and the file is appended to `skip_log`."""
+    crop seed takes its place (so runs stay reproducible) and the file is appended to `skip_log`.
+
+    A batch's crops are read on `read_threads` threads (the DataLoader hands the dataset a whole batch
+    through `__getitems__`): reading a crop mostly waits on the disk, and libsndfile releases the GIL, so
+    each loader process keeps that many reads in flight. A cold disk needs them (on an H100 with 8 loader
+    processes, files evicted from the page cache were read at less than the step's pace); each crop still
+    comes from its own seed, so the batch does not depend on the thread count."""
 
     MAX_REPLACEMENTS = 20
 
     def __init__(self, train_list: TrainList, crop_samples: int, sample_rate: int = 16000,
                  resample: bool = False, dtype: str = "float32", bad_audio: str = "error",
-                 skip_log: str | os.PathLike | None = None):
+                 skip_log: str | os.PathLike | None = None, read_threads: int = 1):
         check_one_of(bad_audio, BAD_AUDIO_POLICIES, "data.bad_audio")
+        if read_threads < 1:
+            raise ValueError(f"data.read_threads must be >= 1, got {read_threads}")
         self.root = train_list.root
         self.paths = train_list.paths
         self.labels = np.asarray(train_list.labels, dtype=np.int64)
@@ -41,6 +50,14 @@ class CropDataset(Dataset):
         self.dtype = dtype
         self.bad_audio = bad_audio
         self.skip_log = None if skip_log is None else str(skip_log)
+        self.read_threads = read_threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid: int | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()  # a thread pool does not cross into a spawned process
+        state["_pool"] = state["_pool_pid"] = None
+        return state
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -66,6 +83,14 @@ class CropDataset(Dataset):
                 index = int(rng.integers(len(self.paths)))
         raise AudioError(f"{self.MAX_REPLACEMENTS} files in a row could not be read (data.bad_audio=skip); the "
                          f"last one: {self.paths[index]}. Check the corpus with speakerid check-data")
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> list[tuple[np.ndarray, int]]:
+        if self.read_threads == 1 or len(items) == 1:
+            return [self[item] for item in items]
+        if self._pool_pid != os.getpid():  # first batch in this process (a forked worker inherits no threads)
+            self._pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="read")
+            self._pool_pid = os.getpid()
+        return list(self._pool.map(self.__getitem__, items))
 
     def _log_skip(self, error: AudioError) -> None:
         # Loader workers are separate processes: each appends one whole line (O_APPEND), which the

@@ -210,7 +210,7 @@ def setup_loader(cfg: DictConfig, env: Environment, train_list: TrainList, read_
     per-epoch schedule do not change."""
     data = cfg.data
     dataset = CropDataset(train_list, read_samples, data.sample_rate, data.resample, data.sample_dtype,
-                          bad_audio=data.bad_audio, skip_log=skip_log)
+                          bad_audio=data.bad_audio, skip_log=skip_log, read_threads=data.get("read_threads", 1))
     sampler = EpochSampler(len(dataset), seed=cfg.seed)
     if env.dist.enabled:
         sampler = ShardedSampler(sampler, data.batch_size, env.dist)
