@@ -32,6 +32,7 @@ It prints a table and writes the numbers, the settings and the machine to --out 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -91,6 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--storage-steps", type=int, default=None, help="stage e: timed batches (default: --steps, at "
                    "most 30)")
     p.add_argument("--storage-workers", default=None, help="stage e: loader processes (default: --workers)")
+    p.add_argument("--storage-read-threads", default=None, help="stage e: comma-separated data.read_threads "
+                   "values (files each loader process reads at once), rows for each (default: the config's)")
     p.add_argument("--extract-utterances", type=int, default=2000, help="stage f: files of 4-10 s")
     p.add_argument("--extract-workers", default="auto",
                    help="stage f: comma-separated loader-process counts, one row each (auto: evaluation's default)")
@@ -187,33 +190,37 @@ def time_storage(args, run, corpora: dict[str, Path], rows: dict, tmp: Path) -> 
     cfg.data.persistent_workers = False
     read_samples = run.speed.read_samples if run.speed is not None else crop_samples(run.cfg)
     steps, device = storage_steps(args), run.env.device
-    for fmt in [f for f in ("wav", "flac") if f in corpora]:
+    thread_counts = ([int(n) for n in args.storage_read_threads.split(",")] if args.storage_read_threads
+                     else [cfg.data.get("read_threads", 1)])
+    for fmt, threads, cache, what in itertools.product([f for f in ("wav", "flac") if f in corpora],
+                                                        thread_counts, ("warm", "cold"), ("loading", "loop")):
         train_list = read_train_list(corpora[fmt], corpora[fmt].parent / "wav")
         files = [train_list.root / p for p in train_list.paths]
         size_mb = sum(f.stat().st_size for f in files) / len(files) / 1e6
-        for cache in ("warm", "cold"):
-            for what in ("loading", "loop"):
-                (evict if cache == "cold" else warm)(files)
-                resident = resident_fraction(files)
-                loader = setup_loader(cfg, run.env, train_list, read_samples, tmp / "skipped.txt")
-                batches = iter(loader.loader)
-                call = (lambda: next(batches)) if what == "loading" else (lambda: run.step(*next(batches)))
-                per, _ = timed(call, steps, args.warmup, device)
-                workers = loader.loader.num_workers
-                del batches, loader  # its worker processes end before the next eviction
-                key = f"storage_{fmt}_{cache}_{what}"
-                label = (f"(e) {'loading only' if what == 'loading' else 'whole loop'}, {fmt.upper()} "
-                         f"{size_mb:.2f} MB/file, {cache}")
-                rows[key] = {"stage": label, "utterances_per_s": args.batch_size / per, "ms_per_batch": 1000 * per,
-                             "page_cache_resident_before": resident, "mb_per_file": size_mb,
-                             "workers": workers, "timed_batches": steps}
-                print(f"  {label:<52} {args.batch_size / per:10.1f} utt/s  (cached before: "
-                      f"{'?' if resident is None else f'{100 * resident:.0f}%'})", flush=True)
+        cfg.data.read_threads = threads
+        (evict if cache == "cold" else warm)(files)
+        resident = resident_fraction(files)
+        loader = setup_loader(cfg, run.env, train_list, read_samples, tmp / "skipped.txt")
+        batches = iter(loader.loader)
+        call = (lambda: next(batches)) if what == "loading" else (lambda: run.step(*next(batches)))
+        per, _ = timed(call, steps, args.warmup, device)
+        workers = loader.loader.num_workers
+        del batches, loader  # its worker processes end before the next eviction
+        key = f"storage_{fmt}_{cache}_{what}" + (f"_rt{threads}" if threads != 1 else "")
+        label = (f"(e) {'loading only' if what == 'loading' else 'whole loop'}, {fmt.upper()} "
+                 f"{size_mb:.2f} MB/file, {cache}" + (f", {threads} read threads" if threads != 1 else ""))
+        rows[key] = {"stage": label, "utterances_per_s": args.batch_size / per, "ms_per_batch": 1000 * per,
+                     "page_cache_resident_before": resident, "mb_per_file": size_mb,
+                     "workers": workers, "read_threads": threads, "timed_batches": steps}
+        print(f"  {label:<52} {args.batch_size / per:10.1f} utt/s  (cached before: "
+              f"{'?' if resident is None else f'{100 * resident:.0f}%'})", flush=True)
 
 
 def time_extraction(args, run, train_list_file: Path, rows: dict) -> None:
     """Stage f: evaluation's extraction (speakerid.evaluation.extract_embeddings, its default batching) of
-    every file of the 4-10 s corpus, in the page cache, per loader-process count."""
+    every file of the 4-10 s corpus, in the page cache, per loader-process count; then where its time goes:
+    the reading path with no model (per loader-process count), the header scan that plans the batches, and
+    the model on the same batches with the audio already in memory."""
     import soundfile as sf
 
     from bench_corpus import warm
@@ -242,6 +249,51 @@ def time_extraction(args, run, train_list_file: Path, rows: dict) -> None:
             "batches": batches, "mean_batch": len(files) / batches, "workers": workers}
         print(f"  {label:<52} {len(files) / seconds:10.1f} utt/s  ({len(files)} files in {batches} batches)",
               flush=True)
+    # Where the time goes: reading with no model, the header scan that plans the batches, and the model on
+    # the same batches from memory (no file reads), at evaluation's max_trim and at one that fills batches
+    # of 64 (a larger cut: those embeddings differ from evaluation's).
+    from speakerid.data.audio import read_full
+    from speakerid.evaluation.extraction import file_lengths
+
+    class ReadingOnly(torch.nn.Module):
+        """Extraction's reading path with no model: the first samples of each waveform as its "embedding"."""
+
+        samples_for_frames = extractor.samples_for_frames
+
+        def forward(self, waves):
+            return waves[:, :8]
+
+    for workers in args.extract_workers.split(","):
+        workers = workers if workers == "auto" else int(workers)
+        options = ExtractionOptions(precision=args.precision, num_workers=workers)
+        sync(device)
+        t0 = time.perf_counter()
+        extract_embeddings(ReadingOnly(), files.root, files.paths, device, options)
+        seconds = time.perf_counter() - t0
+        label = f"(f) reading only (no model), {workers} loader processes"
+        rows[f"extract_reading_workers_{workers}"] = {"stage": label, "utterances_per_s": len(files) / seconds,
+                                                      "files": len(files), "seconds": seconds, "workers": workers}
+        print(f"  {label:<52} {len(files) / seconds:10.1f} utt/s", flush=True)
+    t0 = time.perf_counter()
+    file_lengths(files.root, files.paths, 16000, False)
+    seconds = time.perf_counter() - t0
+    rows["extract_header_scan"] = {"stage": "(f) header scan that plans the batches", "files": len(files),
+                                   "utterances_per_s": len(files) / seconds, "seconds": seconds}
+    print(f"  {rows['extract_header_scan']['stage']:<52} {len(files) / seconds:10.1f} utt/s", flush=True)
+    audio = {p: read_full(files.root / p, 16000) for p in files.paths}
+    for max_trim in (defaults.max_trim, 0.05):
+        options = ExtractionOptions(precision=args.precision, max_trim=max_trim)
+        planned = len(plan_batches(lengths, options.batch_size, int(options.max_batch_seconds * 16000), max_trim))
+        sync(device)
+        t0 = time.perf_counter()
+        extract_embeddings(extractor, files.root, files.paths, device, options, waveforms=audio)
+        seconds = time.perf_counter() - t0
+        label = f"(f) model only (audio in memory), max_trim {max_trim:g}"
+        rows[f"extract_memory_trim{max_trim:g}"] = {
+            "stage": label, "utterances_per_s": len(files) / seconds, "files": len(files), "seconds": seconds,
+            "batches": planned, "mean_batch": len(files) / planned, "max_trim": max_trim}
+        print(f"  {label:<52} {len(files) / seconds:10.1f} utt/s  ({planned} batches)", flush=True)
+    del audio
     run.parts.model.train()
 
 

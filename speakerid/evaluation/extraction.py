@@ -72,7 +72,8 @@ def evenly_spaced_crops(waveform: np.ndarray, length: int, count: int) -> np.nda
     return np.stack([waveform[int(s):int(s) + length] for s in starts])
 
 
-def _lengths(root: Path, paths: list[str], sample_rate: int, resample: bool) -> np.ndarray:
+def file_lengths(root: Path, paths: list[str], sample_rate: int, resample: bool) -> np.ndarray:
+    """Samples at `sample_rate` of each file, from the headers (read on threads), for planning batches."""
     advice = f"resample the file to {sample_rate} Hz; evaluate can do it on the fly with --resample"
     lengths = map_files(lambda path: length_at(path, sample_rate, resample, "the model's", advice), root, paths)
     return np.asarray(lengths, dtype=np.int64)
@@ -148,7 +149,7 @@ def extract_embeddings(
     keys = list(dict.fromkeys(paths))
     if not keys:
         raise ValueError("no files to embed")
-    lengths = (_lengths(root, keys, sample_rate, resample) if waveforms is None
+    lengths = (file_lengths(root, keys, sample_rate, resample) if waveforms is None
                else np.array([len(waveforms[k]) for k in keys], dtype=np.int64))
     batches = plan_batches(lengths, options.batch_size, int(options.max_batch_seconds * sample_rate),
                            options.max_trim)
