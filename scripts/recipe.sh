@@ -96,32 +96,7 @@ train() {  # run folder, experiment, overrides...: resumes the run when the fold
 }
 
 average() {  # run folder, N: the mean of its last N epoch checkpoints as <run>/avg.pt (N = 1: the last one)
-    local dir=$1 n=$2
-    local all=("$dir"/checkpoints/step-*.pt)
-    [[ -f ${all[0]} ]] || { echo "error: no checkpoints in $dir/checkpoints: run the training stage first" >&2; exit 1; }
-    if [[ ${#all[@]} -lt $n ]]; then
-        echo "error: $dir/checkpoints holds ${#all[@]} epoch checkpoints, $n are to be averaged" \
-             "(trainer.keep_checkpoints must be at least $n, and the run finished)" >&2
-        exit 1
-    fi
-    # The last N checkpoints are the last N epochs only once the run has trained all of them.
-    "$python" - "$dir/checkpoints/last.pt" <<'EOF'
-import sys
-
-from speakerid.checkpoint import load_checkpoint
-
-checkpoint = load_checkpoint(sys.argv[1])
-done, epochs = checkpoint["progress"]["epoch"], checkpoint["config"]["trainer"]["epochs"]
-if done < epochs:
-    sys.exit(f"error: {sys.argv[1]} is at epoch {done} of {epochs}: finish the training stage first")
-EOF
-    local last=("${all[@]: -$n}")  # step-<9 digits>.pt: the glob's order is the step order
-    if [[ $n -eq 1 ]]; then
-        ln -f "${last[0]}" "$dir/avg.pt"
-        echo "$dir/avg.pt is ${last[0]}"
-    else
-        "$python" -m speakerid.cli.main average --overwrite --out "$dir/avg.pt" "${last[@]}"
-    fi
+    "$python" -m speakerid.cli.main average --overwrite --last "$2" --out "$1/avg.pt" "$1" || exit 1
 }
 
 evaluate() {  # overrides for every protocol...: each model on Vox1-O, E and H cleaned

@@ -161,14 +161,40 @@ class CheckpointDir:
         os.replace(tmp, self.last)
 
 
+def last_epoch_checkpoints(run_dir: str | os.PathLike, count: int) -> list[Path]:
+    """The checkpoints of a finished run's last `count` epochs, oldest first: what WeSpeaker averages
+    (`num_avg`). Errors say what to change: a run that kept fewer (trainer.keep_checkpoints), one that has not
+    finished, or a mid-epoch checkpoint (trainer.checkpoint_every_*) among the last `count`."""
+    check_int_at_least(count, 1, "--last")
+    folder = Path(run_dir) / "checkpoints"
+    saved = sorted(folder.glob("step-*.pt"))  # step-<9 digits>.pt: name order is step order
+    if not saved:
+        raise ValueError(f"{folder}: no epoch checkpoints (step-*.pt); is {run_dir} a run folder that trained?")
+    if len(saved) < count:
+        raise ValueError(f"{folder} holds {len(saved)} epoch checkpoints, {count} are to be averaged "
+                         f"(trainer.keep_checkpoints must be at least {count}, and the run finished)")
+    # The last N checkpoints are the last N epochs only once the run has trained all of them.
+    newest = load_checkpoint(folder / "last.pt")
+    done, epochs = newest["progress"]["epoch"], newest["config"]["trainer"]["epochs"]
+    if done < epochs:
+        raise ValueError(f"{folder / 'last.pt'} is at epoch {done} of {epochs}: finish the run first "
+                         f"(trainer.resume=true)")
+    chosen = saved[-count:]
+    for path in chosen:
+        if load_checkpoint(path)["progress"].get("position", 0) != 0:
+            raise ValueError(f"{path} was saved in the middle of an epoch (trainer.checkpoint_every_*): "
+                             f"average epoch ends only, given by name")
+    return chosen
+
+
 def average_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
     """A checkpoint whose model and head are the element-wise mean of those of `paths` (WeSpeaker averages
     the last checkpoints of a run before scoring). Floating-point tensors are averaged in float64 and stored
     in their own dtype; integer buffers (BatchNorm's num_batches_tracked) keep the newest value. The result
     holds the newest checkpoint's config, speakers and progress, but no optimizer, scheduler or RNG state:
     it is for evaluation and export, not for resuming."""
-    if len(paths) < 2:
-        raise ValueError(f"averaging needs at least two checkpoints, got {len(paths)}")
+    if not paths:
+        raise ValueError("no checkpoints to average")
     seen: dict[tuple[int, int], str | os.PathLike] = {}
     for p in paths:  # last.pt is a hard link to the newest step-<N>.pt: the same file must not count twice
         st = os.stat(p)

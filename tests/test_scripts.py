@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -209,6 +210,41 @@ def test_average_checkpoints_evaluates_but_does_not_resume(trained_run, tiny_cfg
         setup_run(tiny_cfg(f"trainer.resume={out}", run_dir=tmp_path / "resumed"))
 
 
+def test_average_last_epochs_of_a_run_folder(trained_run, tmp_path):
+    """speakerid average --last N RUN: the last N epoch ends of a finished run, the same file as naming
+    them; N = 1 is the last epoch without optimizer state; too few, or a mid-epoch checkpoint, is refused."""
+    run_dir, _ = trained_run
+    steps = sorted((run_dir / "checkpoints").glob("step-*.pt"))
+    proc = speakerid("average", "--out", tmp_path / "named.pt", *steps)
+    assert proc.returncode == 0, proc.stderr
+    proc = speakerid("average", "--out", tmp_path / "last2.pt", "--last", "2", run_dir)
+    assert proc.returncode == 0 and "the mean of 2 checkpoints" in proc.stdout, proc.stderr
+    named, last2 = load_checkpoint(tmp_path / "named.pt"), load_checkpoint(tmp_path / "last2.pt")
+    for part in ("model", "head"):
+        assert all(torch.equal(named[part][k], last2[part][k]) for k in named[part])
+
+    proc = speakerid("average", "--out", tmp_path / "last1.pt", "--last", "1", run_dir)
+    assert proc.returncode == 0, proc.stderr
+    last1, newest = load_checkpoint(tmp_path / "last1.pt"), load_checkpoint(steps[-1])
+    assert "optimizer" not in last1 and last1["progress"] == newest["progress"]
+    assert all(torch.equal(last1["model"][k], newest["model"][k]) for k in newest["model"])
+
+    proc = speakerid("average", "--out", tmp_path / "x.pt", "--last", "3", run_dir)
+    assert proc.returncode == 1 and "holds 2 epoch checkpoints, 3 are to be averaged" in proc.stderr
+    proc = speakerid("average", "--out", tmp_path / "x.pt", "--last", "2", *steps)
+    assert proc.returncode == 2 and "--last N takes one run folder" in proc.stderr
+    proc = speakerid("average", "--out", tmp_path / "x.pt", steps[-1])
+    assert proc.returncode == 2 and "two or more checkpoints" in proc.stderr
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir / "checkpoints", copy / "checkpoints")
+    mid_epoch = load_checkpoint(steps[-1])
+    mid_epoch["progress"]["position"] = 8
+    torch.save(mid_epoch, copy / "checkpoints" / "step-999999999.pt")
+    proc = speakerid("average", "--out", tmp_path / "x.pt", "--last", "2", copy)
+    assert proc.returncode == 1 and "step-999999999.pt was saved in the middle of an epoch" in proc.stderr
+    assert not (tmp_path / "x.pt").exists()
+
+
 # --------------------------------------------------------------------------------------------- scripts/recipe.sh
 def run_recipe(recipe, root, from_stage, stop_stage, work):
     env = {**os.environ, "PYTHON": sys.executable, "WORK": str(work), "STOP_STAGE": str(stop_stage)}
@@ -246,8 +282,9 @@ def test_recipe_prepares_3d_speakers_segment_list_and_real_rirs(tmp_path):
 
 
 def test_recipe_averages_the_authors_number_of_epochs(tmp_path):
-    """Stage 2 takes the last num_avg epoch checkpoints of a finished run: a run that kept fewer, or has not
-    finished, stops with what to change; N = 1 (3D-Speaker's last epoch) links the newest checkpoint."""
+    """Stage 2 takes the last num_avg epoch checkpoints of a finished run (speakerid average --last): a run
+    that kept fewer, or has not finished, stops with what to change; N = 1 (3D-Speaker's last epoch) is the
+    newest checkpoint's weights."""
     from speakerid.checkpoint import FORMAT_VERSION
 
     def checkpoints(recipe, epochs_done, epochs):
@@ -255,8 +292,9 @@ def test_recipe_averages_the_authors_number_of_epochs(tmp_path):
         folder.mkdir(parents=True, exist_ok=True)
         for epoch in range(1, epochs_done + 1):
             path = folder / f"step-{100 * epoch:09d}.pt"
-            torch.save({"format_version": FORMAT_VERSION, "progress": {"epoch": epoch, "step": 100 * epoch},
-                        "config": {"trainer": {"epochs": epochs}}}, path)
+            torch.save({"format_version": FORMAT_VERSION, "config": {"trainer": {"epochs": epochs}},
+                        "progress": {"epoch": epoch, "step": 100 * epoch, "position": 0}, "speakers": ["a", "b"],
+                        "model": {"w": torch.full((3,), float(epoch))}, "head": {"v": torch.ones(2)}}, path)
         (folder / "last.pt").unlink(missing_ok=True)
         (folder / "last.pt").hardlink_to(path)
         return path
@@ -270,12 +308,12 @@ def test_recipe_averages_the_authors_number_of_epochs(tmp_path):
 
     checkpoints("campplus", 3, 60)
     proc = run_recipe("campplus", tmp_path, 2, 2, tmp_path / "campplus")
-    assert proc.returncode == 1 and "is at epoch 3 of 60: finish the training stage first" in proc.stderr
-    newest = checkpoints("campplus", 4, 4)
+    assert proc.returncode == 1 and "is at epoch 3 of 60: finish the run first" in proc.stderr
+    checkpoints("campplus", 4, 4)
     proc = run_recipe("campplus", tmp_path, 2, 2, tmp_path / "campplus")
     assert proc.returncode == 0, proc.stderr
-    avg = tmp_path / "campplus/train/avg.pt"
-    assert avg.stat().st_ino == newest.stat().st_ino and torch.load(avg)["progress"]["epoch"] == 4
+    avg = torch.load(tmp_path / "campplus/train/avg.pt")
+    assert avg["progress"]["epoch"] == 4 and torch.equal(avg["model"]["w"], torch.full((3,), 4.0))
 
 
 @pytest.mark.parametrize("args,message", [

@@ -2,7 +2,8 @@
 the last epochs of a run before scoring. The result evaluates, embeds, verifies and exports like any
 checkpoint, but cannot be resumed (it has no optimizer state).
 
-    speakerid average --out avg.pt runs/vox2/<date_time>/checkpoints/step-*.pt
+    speakerid average --out avg.pt --last 10 runs/vox2/<date_time>   # the last 10 epochs of a finished run
+    speakerid average --out avg.pt runs/vox2/<date_time>/checkpoints/step-*.pt   # or checkpoints by name
     speakerid export --model avg.pt --out model.pt         # then, for deployment
 
 Floating-point tensors are averaged in float64 and stored in their own dtype; BatchNorm's counters come from
@@ -16,28 +17,37 @@ import argparse
 import sys
 from pathlib import Path
 
+from speakerid.cli import usage_error
 from speakerid.cli.options import add_output_arguments
 
 HELP = "average the weights of a run's last checkpoints (WeSpeaker's model averaging)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoints", nargs="+", type=Path, help="checkpoints of one run (two or more)")
+    parser.add_argument("checkpoints", nargs="+", type=Path,
+                        help="checkpoints of one run (two or more), or with --last its run folder")
+    parser.add_argument("--last", type=int, metavar="N", help="the last N epochs of the finished run whose "
+                        "folder is given (N = 1: its last epoch, without the optimizer state)")
     add_output_arguments(parser, "the checkpoint to write", required=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    from speakerid.checkpoint import average_checkpoints, save_atomic
+    from speakerid.checkpoint import average_checkpoints, last_epoch_checkpoints, save_atomic
     from speakerid.io import check_new_file
 
+    if args.last is not None and (len(args.checkpoints) != 1 or not args.checkpoints[0].is_dir()):
+        return usage_error(args.command, "--last N takes one run folder (runs/<experiment>/<date_time>)")
+    if args.last is None and len(args.checkpoints) < 2:
+        return usage_error(args.command, "averaging needs two or more checkpoints, or --last N and a run folder")
     try:
         check_new_file(args.out, args.overwrite, what="--out")
-        averaged = average_checkpoints(args.checkpoints)
+        paths = args.checkpoints if args.last is None else last_epoch_checkpoints(args.checkpoints[0], args.last)
+        averaged = average_checkpoints(paths)
         save_atomic(averaged, args.out)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     progress = averaged["progress"]
-    print(f"wrote {args.out}: the mean of {len(args.checkpoints)} checkpoints (newest at epoch "
+    print(f"wrote {args.out}: the mean of {len(paths)} checkpoints (newest at epoch "
           f"{progress['epoch']}, step {progress['step']})")
     return 0
