@@ -5,7 +5,7 @@
 # is generated first, outside the timing. Needs a machine where nothing else runs: any other load makes
 # the "quiet" run contended too.
 #
-#   bash scripts/cpu_load_check.sh                         # the default run (about 4-7 minutes each)
+#   bash scripts/cpu_load_check.sh                         # the default run (about 4.5 minutes each)
 #   bash scripts/cpu_load_check.sh trainer.epochs=3        # extra overrides go to both runs
 #   NICE=15 bash scripts/cpu_load_check.sh                 # both runs and the busy loop at this niceness
 # Runs are written under a temporary runs_root, removed at the end.
