@@ -192,9 +192,10 @@ def time_storage(args, run, corpora: dict[str, Path], rows: dict, tmp: Path) -> 
     steps, device = storage_steps(args), run.env.device
     thread_counts = ([int(n) for n in args.storage_read_threads.split(",")] if args.storage_read_threads
                      else [cfg.data.get("read_threads", 1)])
-    for fmt, threads, cache, what in itertools.product([f for f in ("wav", "flac") if f in corpora],
-                                                        thread_counts, ("warm", "cold"), ("loading", "loop")):
-        train_list = read_train_list(corpora[fmt], corpora[fmt].parent / "wav")
+    lists = {fmt: read_train_list(corpora[fmt], corpora[fmt].parent / "wav") for fmt in ("wav", "flac")
+             if fmt in corpora}
+    for fmt, threads, cache, what in itertools.product(lists, thread_counts, ("warm", "cold"), ("loading", "loop")):
+        train_list = lists[fmt]
         files = [train_list.root / p for p in train_list.paths]
         size_mb = sum(f.stat().st_size for f in files) / len(files) / 1e6
         cfg.data.read_threads = threads
@@ -221,18 +222,23 @@ def time_extraction(args, run, train_list_file: Path, rows: dict) -> None:
     every file of the 4-10 s corpus, in the page cache, per loader-process count; then where its time goes:
     the reading path with no model (per loader-process count), the header scan that plans the batches, and
     the model on the same batches with the audio already in memory."""
-    import soundfile as sf
-
     from bench_corpus import warm
+    from speakerid.data.audio import read_full
     from speakerid.data.lists import read_train_list
     from speakerid.evaluation import EmbeddingExtractor, ExtractionOptions, extract_embeddings, plan_batches
+    from speakerid.evaluation.extraction import file_lengths
 
     device = run.env.device
     files = read_train_list(train_list_file, train_list_file.parent / "wav")
     warm([files.root / p for p in files.paths])
     extractor = EmbeddingExtractor(run.parts.fbank, run.parts.model)
     defaults = ExtractionOptions(precision=args.precision)
-    lengths = np.array([sf.info(str(files.root / p)).frames for p in files.paths])
+    # The header scan that plans evaluation's batches, timed: one part of extraction's time.
+    t0 = time.perf_counter()
+    lengths = file_lengths(files.root, files.paths, 16000, False)
+    seconds = time.perf_counter() - t0
+    rows["extract_header_scan"] = {"stage": "(f) header scan that plans the batches", "files": len(files),
+                                   "utterances_per_s": len(files) / seconds, "seconds": seconds}
     batches = len(plan_batches(lengths, defaults.batch_size, int(defaults.max_batch_seconds * 16000),
                                defaults.max_trim))
     for workers in args.extract_workers.split(","):
@@ -249,11 +255,9 @@ def time_extraction(args, run, train_list_file: Path, rows: dict) -> None:
             "batches": batches, "mean_batch": len(files) / batches, "workers": workers}
         print(f"  {label:<52} {len(files) / seconds:10.1f} utt/s  ({len(files)} files in {batches} batches)",
               flush=True)
-    # Where the time goes: reading with no model, the header scan that plans the batches, and the model on
-    # the same batches from memory (no file reads), at evaluation's max_trim and at one that fills batches
-    # of 64 (a larger cut: those embeddings differ from evaluation's).
-    from speakerid.data.audio import read_full
-    from speakerid.evaluation.extraction import file_lengths
+    # Where the time goes: reading with no model, the header scan (above), and the model on the same batches
+    # from memory (no file reads), at evaluation's max_trim and at one that fills batches of 64 (a larger
+    # cut: those embeddings differ from evaluation's).
 
     class ReadingOnly(torch.nn.Module):
         """Extraction's reading path with no model: the first samples of each waveform as its "embedding"."""
@@ -274,11 +278,6 @@ def time_extraction(args, run, train_list_file: Path, rows: dict) -> None:
         rows[f"extract_reading_workers_{workers}"] = {"stage": label, "utterances_per_s": len(files) / seconds,
                                                       "files": len(files), "seconds": seconds, "workers": workers}
         print(f"  {label:<52} {len(files) / seconds:10.1f} utt/s", flush=True)
-    t0 = time.perf_counter()
-    file_lengths(files.root, files.paths, 16000, False)
-    seconds = time.perf_counter() - t0
-    rows["extract_header_scan"] = {"stage": "(f) header scan that plans the batches", "files": len(files),
-                                   "utterances_per_s": len(files) / seconds, "seconds": seconds}
     print(f"  {rows['extract_header_scan']['stage']:<52} {len(files) / seconds:10.1f} utt/s", flush=True)
     audio = {p: read_full(files.root / p, 16000) for p in files.paths}
     for max_trim in (defaults.max_trim, 0.05):

@@ -6,7 +6,6 @@ is not offered: PyTorch defines it for 4-D tensors only, and ECAPA-TDNN's Conv1d
 import copy
 
 import numpy as np
-
 import pytest
 import torch
 
@@ -181,5 +180,9 @@ def test_read_threads_give_the_same_batches_and_errors(tiny_cfg, tmp_path):
 
 
 def test_read_threads_must_be_a_positive_integer(tiny_cfg, tmp_path):
-    with pytest.raises(ValueError, match="data.read_threads"):
+    """Refused by the config check, before any process or loader starts."""
+    from speakerid.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.read_threads=0 is not allowed: an integer >= 1"):
         setup_run(tiny_cfg("data.read_threads=0", run_dir=tmp_path / "zero"))
+    assert not (tmp_path / "zero").exists()
