@@ -10,9 +10,10 @@ reverberation is one batched FFT convolution. The same code runs on the CPU.
 Definitions (what the tests check):
 - SNR is 10*log10(P_speech / P_noise), both powers the mean square over the crop. The speech power is
   that of the signal the noise is added to (after reverberation when a choice does both).
-- A category with several files per utterance (speech babble) sums its segments after scaling each to
-  unit power, then scales the sum to the drawn SNR. Choices with two categories (TV = babble + music)
-  add each at its own drawn SNR.
+- A category with several files per utterance (speech babble) either scales each segment to an SNR of its
+  own and sums them (snr_per_file, as TaoRuijie and voxceleb_trainer: n talkers at 13-20 dB each make
+  babble about 10*log10(n) dB louder), or sums the segments at unit power and scales the sum to one drawn
+  SNR. Choices with two categories (TV = babble + music) add each at its own drawn SNR.
 - Reverberation: RIR normalised to unit energy (divided by sqrt(sum(rir**2))), full convolution with
   the crop, truncated to the crop length (no alignment to the direct path), as TaoRuijie and WeSpeaker do.
 - Randomness comes from torch's default generator of the training device, which checkpoints save and
@@ -188,6 +189,7 @@ def fft_convolve(signals: torch.Tensor, kernels: torch.Tensor, length: int) -> t
 class NoiseCategory:
     snr_db: tuple[float, float]   # SNR drawn uniformly in [lo, hi] dB
     files: tuple[int, int]        # number of files summed, drawn uniformly in [lo, hi]
+    snr_per_file: bool = False    # each file at its own SNR (True), or their sum at one SNR (False)
 
 
 @dataclass
@@ -198,7 +200,8 @@ class AugmentPlan:
     uses: torch.Tensor                                                # [B, components] bool
     starts: dict[str, torch.Tensor] = field(default_factory=dict)     # category -> [B, max files] bank positions
     counts: dict[str, torch.Tensor] = field(default_factory=dict)     # category -> [B] files summed
-    snr_db: dict[str, torch.Tensor] = field(default_factory=dict)     # category -> [B]
+    snr_db: dict[str, torch.Tensor] = field(default_factory=dict)     # category -> [B, max files]; column 0
+                                                                      # only, unless snr_per_file
     rir: torch.Tensor | None = None                                   # [B] index into the RIR bank
 
 
@@ -263,7 +266,7 @@ class NoiseReverb(nn.Module):
             plan.starts[name] = bank.draw_starts(files)
             plan.counts[name] = torch.randint(low, high + 1, (batch,), device=device)
             lo, hi = category.snr_db
-            plan.snr_db[name] = lo + (hi - lo) * torch.rand(batch, device=device)
+            plan.snr_db[name] = lo + (hi - lo) * torch.rand(batch, high, device=device)
         if self.rirs is not None:
             plan.rir = torch.randint(0, len(self.rirs), (batch,), device=device)
         return plan
@@ -271,15 +274,20 @@ class NoiseReverb(nn.Module):
     def noise(self, category: str, plan: AugmentPlan, speech_power: torch.Tensor) -> torch.Tensor:
         """The noise of `category` for every utterance, scaled to its drawn SNR against speech_power [B, 1]."""
         bank = self.banks[category]
-        starts, counts = plan.starts[category], plan.counts[category]
+        starts, counts, snr_db = plan.starts[category], plan.counts[category], plan.snr_db[category]
+        per_file = self.categories[category].snr_per_file
         mix = None
         for k in range(starts.shape[1]):  # at most files[1] (8 for babble) vectorised steps
             segment = bank.segments(starts[:, k])
             segment = segment * torch.rsqrt(segment.square().mean(dim=1, keepdim=True).clamp_min(1e-20))
+            if per_file:
+                segment = segment * torch.pow(10.0, -snr_db[:, k:k + 1] / 20.0)
             segment = segment * (k < counts).unsqueeze(1)
             mix = segment if mix is None else mix + segment
+        if per_file:
+            return mix * torch.sqrt(speech_power)
         noise_power = mix.square().mean(dim=1, keepdim=True)
-        target_power = speech_power * torch.pow(10.0, -plan.snr_db[category].unsqueeze(1) / 10.0)
+        target_power = speech_power * torch.pow(10.0, -snr_db[:, :1] / 10.0)
         return mix * torch.sqrt(target_power / noise_power.clamp_min(1e-20))
 
     def apply(self, waves: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:

@@ -49,7 +49,8 @@ def build_noise_reverb(cfg: DictConfig, crop_samples: int) -> NoiseReverb | None
     applies anything. Ranges were checked by validate_config."""
     aug = cfg.augment
     choices = {name: (float(c.weight), list(c.apply)) for name, c in aug.choices.items()}
-    categories = {name: NoiseCategory(tuple(map(float, c.snr_db)), tuple(map(int, c.files)))
+    categories = {name: NoiseCategory(tuple(map(float, c.snr_db)), tuple(map(int, c.files)),
+                                      bool(c.get("snr_per_file", False)))
                   for name, c in aug.categories.items()}
     return _build_noise_reverb(
         choices, categories, aug.get("musan_dir"), aug.get("rir_dir"), crop_samples, sample_rate=cfg.data.sample_rate,

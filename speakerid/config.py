@@ -197,8 +197,11 @@ def _validate_augment(aug: DictConfig) -> None:
                 OmegaConf.to_container(choice))
     check_choice_weights({name: choice.weight for name, choice in aug.choices.items()})
     for name, category in aug.categories.items():
-        require(set(category) == {"snr_db", "files"}, f"augment.categories.{name}",
-                "{snr_db: [lo, hi], files: [lo, hi]}", OmegaConf.to_container(category))
+        require({"snr_db", "files"} <= set(category) <= {"snr_db", "files", "snr_per_file"},
+                f"augment.categories.{name}", "{snr_db: [lo, hi], files: [lo, hi]} and optionally snr_per_file",
+                OmegaConf.to_container(category))
+        require(isinstance(category.get("snr_per_file", False), bool), f"augment.categories.{name}.snr_per_file",
+                "true (each file at its own SNR) or false (their sum at one SNR)", category.get("snr_per_file"))
         snr = list(category.get("snr_db") or [])
         require(len(snr) == 2 and all(isinstance(v, (int, float)) for v in snr) and snr[0] <= snr[1],
                 f"augment.categories.{name}.snr_db", "[low, high] in dB with low <= high", snr)

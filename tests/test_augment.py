@@ -28,8 +28,11 @@ from speakerid.data.synthetic_noise import NoiseSpec, ensure_noise_corpus
 CROP = 4000
 TAORUIJIE_CHOICES = {"none": (1, []), "reverb": (1, ["reverb"]), "babble": (1, ["speech"]),
                      "music": (1, ["music"]), "noise": (1, ["noise"]), "tv": (1, ["speech", "music"])}
-TAORUIJIE_CATEGORIES = {"noise": NoiseCategory((0, 15), (1, 1)), "speech": NoiseCategory((13, 20), (3, 8)),
+TAORUIJIE_CATEGORIES = {"noise": NoiseCategory((0, 15), (1, 1)),
+                        "speech": NoiseCategory((13, 20), (3, 8), snr_per_file=True),
                         "music": NoiseCategory((5, 15), (1, 1))}
+# The same with one SNR for the sum of the babble talkers (a config's snr_per_file: false).
+SUM_SNR_CATEGORIES = {**TAORUIJIE_CATEGORIES, "speech": NoiseCategory((13, 20), (3, 8))}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +44,12 @@ def noise_dirs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def module(noise_dirs):
     return build_noise_reverb(TAORUIJIE_CHOICES, TAORUIJIE_CATEGORIES, noise_dirs["musan_dir"],
+                              noise_dirs["rir_dir"], CROP, bank_dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def module_sum_snr(noise_dirs):
+    return build_noise_reverb(TAORUIJIE_CHOICES, SUM_SNR_CATEGORIES, noise_dirs["musan_dir"],
                               noise_dirs["rir_dir"], CROP, bank_dtype="float32")
 
 
@@ -62,7 +71,9 @@ def test_fft_size_is_the_smallest_5_smooth_number_at_least_n():
         assert fft_size(n) == expected, n
 
 
-def test_added_noise_has_the_drawn_snr(module):
+def test_added_noise_has_the_drawn_snr(module_sum_snr):
+    """With one SNR per category the whole added noise has it (per-file SNRs: the re-derivation below)."""
+    module = module_sum_snr
     torch.manual_seed(0)
     x = speech_like(400, np.random.default_rng(0))
     plan = module.draw(len(x))
@@ -75,14 +86,15 @@ def test_added_noise_has_the_drawn_snr(module):
             continue
         category = applied[0]
         snr = 10 * math.log10(x64[b].square().mean() / (out[b] - x64[b]).square().mean())
-        assert snr == pytest.approx(plan.snr_db[category][b].item(), abs=0.1)
+        assert snr == pytest.approx(plan.snr_db[category][b, 0].item(), abs=0.1)
         lo, hi = TAORUIJIE_CATEGORIES[category].snr_db
-        assert lo <= plan.snr_db[category][b].item() <= hi
+        assert lo <= plan.snr_db[category][b, 0].item() <= hi
         checked[category] += 1
     assert min(checked.values()) >= 30, checked
 
 
-def test_tv_adds_babble_and_music_each_at_its_own_snr(module):
+def test_tv_adds_babble_and_music_each_at_its_own_snr(module_sum_snr):
+    module = module_sum_snr
     torch.manual_seed(1)
     x = speech_like(200, np.random.default_rng(1))
     plan = module.draw(len(x))
@@ -95,13 +107,15 @@ def test_tv_adds_babble_and_music_each_at_its_own_snr(module):
         torch.testing.assert_close(out[b], x[b] + babble[b] + music[b])
         for noise, category in ((babble, "speech"), (music, "music")):
             snr = 10 * math.log10(power[b].item() / noise[b].double().square().mean().item())
-            assert snr == pytest.approx(plan.snr_db[category][b].item(), abs=0.1)
+            assert snr == pytest.approx(plan.snr_db[category][b, 0].item(), abs=0.1)
 
 
-def test_noise_segments_match_a_float64_rederivation_from_the_files(module, noise_dirs):
+@pytest.mark.parametrize("snr_per_file", [True, False])
+def test_noise_segments_match_a_float64_rederivation_from_the_files(request, noise_dirs, snr_per_file):
     """Independently of the bank: read the files, find each drawn segment (wrapping short files), give each
-    unit power, sum the drawn number of files, scale to the SNR."""
-    from pathlib import Path
+    unit power, then either scale each to its own SNR and sum them (TaoRuijie's dataLoader.add_noise), or
+    sum them and scale the sum to one SNR."""
+    module = request.getfixturevalue("module" if snr_per_file else "module_sum_snr")
 
     files = {c: sorted((Path(noise_dirs["musan_dir"]) / c).rglob("*.wav")) for c in ("speech", "noise")}
     clips = {c: [sf.read(str(p), dtype="float64")[0] for p in ps] for c, ps in files.items()}
@@ -121,6 +135,7 @@ def test_noise_segments_match_a_float64_rederivation_from_the_files(module, nois
         for b in range(len(x)):
             mix = np.zeros(CROP)
             used_files = []
+            per_file = snr_per_file and category == "speech"
             for k in range(counts[b].item()):
                 start = plan.starts[category][b, k].item()
                 f = int(np.searchsorted(bank_starts, start, side="right") - 1)
@@ -128,12 +143,38 @@ def test_noise_segments_match_a_float64_rederivation_from_the_files(module, nois
                 assert 0 <= offset <= lengths[f] - CROP
                 clip = clips[category][f]
                 segment = clip[(offset + np.arange(CROP)) % len(clip)]  # short files wrap
-                mix += segment / np.sqrt(np.mean(segment ** 2))
+                segment = segment / np.sqrt(np.mean(segment ** 2))
+                snr = plan.snr_db[category][b, k].item()
+                assert TAORUIJIE_CATEGORIES[category].snr_db[0] <= snr <= TAORUIJIE_CATEGORIES[category].snr_db[1]
+                mix += segment * np.sqrt(power[b].item() / 10 ** (snr / 10)) if per_file else segment
                 used_files.append(f)
             assert len(set(used_files)) == len(used_files)  # distinct files within one babble
-            snr = plan.snr_db[category][b].item()
-            expected = mix * np.sqrt(power[b].item() / (np.mean(mix ** 2) * 10 ** (snr / 10)))
+            snr = plan.snr_db[category][b, 0].item()
+            expected = mix if per_file else mix * np.sqrt(power[b].item() / (np.mean(mix ** 2) * 10 ** (snr / 10)))
             np.testing.assert_allclose(got[b], expected, rtol=0, atol=2e-5 * np.abs(expected).max())
+
+
+def test_babble_of_two_orthogonal_talkers_at_10_and_20_db_worked_by_hand():
+    """Two 'talkers' are sinusoids with whole numbers of periods in the crop, so their powers add exactly.
+    Each at its own SNR: noise power = P (10^-1 + 10^-2) = 0.11 P, an SNR of 10 log10(1 / 0.11) = 9.586 dB.
+    One SNR for the sum (the first draw, 10 dB): noise power 0.1 P."""
+    t = np.arange(CROP)
+    talkers = [np.sin(2 * np.pi * 5 * t / CROP), 3.0 * np.sin(2 * np.pi * 17 * t / CROP)]
+    bank = NoiseBank(talkers, CROP, dtype=torch.float32)
+    speech = torch.full((1, CROP), 0.5)  # power P = 0.25
+    for per_file, expected_noise_power in ((True, 0.25 * 0.11), (False, 0.25 * 0.1)):
+        module = aug.NoiseReverb({"babble": (1, ["speech"])},
+                                 {"speech": NoiseCategory((10, 20), (2, 2), snr_per_file=per_file)},
+                                 {"speech": bank}, None, CROP)
+        plan = aug.AugmentPlan(choice=torch.tensor([0]), uses=torch.tensor([[False, True]]),
+                               starts={"speech": torch.tensor([[0, CROP]])}, counts={"speech": torch.tensor([2])},
+                               snr_db={"speech": torch.tensor([[10.0, 20.0]])})
+        noise = (module.apply(speech, plan) - speech).double()
+        assert noise.square().mean().item() == pytest.approx(expected_noise_power, rel=1e-4)
+        if per_file:  # each talker keeps its own level: 0.1 P and 0.01 P
+            first = torch.from_numpy(talkers[0]) * math.sqrt(0.25 * 0.1 / 0.5)
+            torch.testing.assert_close(noise[0], first + torch.from_numpy(talkers[1]) * math.sqrt(0.25 * 0.01 / 4.5),
+                                       atol=1e-5, rtol=0)
 
 
 def test_reverberation_equals_a_float64_direct_convolution(module, noise_dirs):

@@ -30,12 +30,17 @@ def test_musan_rir_is_taoruijies_recipe_and_needs_its_folders():
     assert all(c.weight == 1 for c in cfg.augment.choices.values())
     assert list(cfg.augment.categories.speech.snr_db) == [13, 20] and list(cfg.augment.categories.speech.files) == [3, 8]
     assert list(cfg.augment.categories.noise.snr_db) == [0, 15] and list(cfg.augment.categories.music.snr_db) == [5, 15]
+    # dataLoader.add_noise scales every babble talker to an SNR of its own before summing them.
+    assert cfg.augment.categories.speech.snr_per_file is True
 
 
 @pytest.mark.parametrize("override, message", [
     ("augment.choices.babble.weight=-1", r"augment.choices.babble.weight=-1 is not allowed"),
     ("augment.categories.speech.snr_db=[20,13]", r"augment.categories.speech.snr_db=\[20, 13\] is not allowed"),
     ("augment.categories.speech.files=[0,8]", r"augment.categories.speech.files=\[0, 8\] is not allowed"),
+    ("augment.categories.speech.snr_per_file=sometimes",
+     r"augment.categories.speech.snr_per_file='sometimes' is not allowed"),
+    ("+augment.categories.noise.snr_per_fille=true", r"augment.categories.noise=\{'snr_db': \[0, 15\], "),
     ("augment.speed.factors=[0.9,0.9]", r"augment.speed.factors=\[0.9, 0.9\] is not allowed"),
     ("augment.bank_dtype=float16", r"augment.bank_dtype='float16' is not allowed"),
     ("augment.max_bank_mb=0", r"augment.max_bank_mb=0 is not allowed"),
