@@ -124,23 +124,8 @@ if stage 0; then
                 --segment-seconds 3
         fi
         # 3D-Speaker's RIRs (local/prepare_data.sh): the real ones of real_rirs_isotropic_noises/rir_list, first
-        # channel (torchaudio.load(...)[0]); speakerid's RIR bank takes mono files.
-        "$python" - "$rirs" "$rir_dir" <<'EOF'
-import sys
-from pathlib import Path
-
-import soundfile
-
-rirs, out = Path(sys.argv[1]), Path(sys.argv[2])
-folder = rirs / "real_rirs_isotropic_noises"
-names = sorted({Path(field).name for line in (folder / "rir_list").read_text().splitlines()
-                for field in line.split() if field.endswith(".wav")})
-out.mkdir(parents=True, exist_ok=True)
-for name in names:
-    audio, rate = soundfile.read(folder / name, dtype="float32", always_2d=True)
-    soundfile.write(out / name, audio[:, 0], rate, subtype="FLOAT")
-print(f"wrote {len(names)} mono RIRs to {out}")
-EOF
+        # channel; speakerid's RIR bank takes mono files.
+        "$python" -m speakerid.cli.main prepare --real-rirs "$rirs" --out "$rir_dir" || exit 1
     fi
 fi
 

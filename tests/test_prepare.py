@@ -178,3 +178,33 @@ def test_segment_list_has_one_row_per_whole_segment_and_never_replaces_a_list(tm
     (tmp_path / "bad.txt").write_text("a a/s1/1.wav\nb\n")
     proc = prepare("--list", tmp_path / "bad.txt", "--root", root, "--out", tmp_path / "x.txt", "--segment-seconds", 3)
     assert proc.returncode == 1 and "bad.txt:2" in proc.stderr and not (tmp_path / "x.txt").exists()
+
+
+def test_real_rirs_are_first_channels_rerunnable_and_never_replace_another_file(tmp_path):
+    """`prepare --real-rirs`: the files rir_list names, first channel, mono float; a second run keeps what it
+    wrote; a different file of the same name in --out is refused and left as it was."""
+    folder = tmp_path / "RIRS_NOISES/real_rirs_isotropic_noises"
+    folder.mkdir(parents=True)
+    stereo = np.stack([np.linspace(1, 0, 800), np.linspace(-0.5, 0, 800)], axis=1).astype(np.float32)
+    sf.write(folder / "room_a_rir.wav", stereo, 16000, subtype="FLOAT")
+    sf.write(folder / "room_b_rir.wav", stereo[:, ::-1].copy(), 8000, subtype="FLOAT")
+    sf.write(folder / "room_a_noise.wav", np.ones(800, np.float32) * 0.1, 16000, subtype="FLOAT")  # not listed
+    (folder / "rir_list").write_text("--rir-id a --room-id a RIRS_NOISES/real_rirs_isotropic_noises/room_a_rir.wav\n"
+                                     "--rir-id b --room-id b RIRS_NOISES/real_rirs_isotropic_noises/room_b_rir.wav\n")
+    out = tmp_path / "mono"
+    for _ in range(2):
+        proc = prepare("--real-rirs", tmp_path / "RIRS_NOISES", "--out", out)
+        assert proc.returncode == 0, proc.stderr
+        assert f"{out}: 2 mono RIRs" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["room_a_rir.wav", "room_b_rir.wav"]
+    a, rate_a = sf.read(out / "room_a_rir.wav", dtype="float32")
+    b, rate_b = sf.read(out / "room_b_rir.wav", dtype="float32")
+    assert (rate_a, rate_b) == (16000, 8000) and np.array_equal(a, stereo[:, 0]) and np.array_equal(b, stereo[:, 1])
+
+    sf.write(out / "room_b_rir.wav", np.zeros(10, np.float32), 8000, subtype="FLOAT")  # someone else's file
+    proc = prepare("--real-rirs", tmp_path / "RIRS_NOISES", "--out", out)
+    assert proc.returncode == 1 and f"{out / 'room_b_rir.wav'} already exists with other content" in proc.stderr
+    assert np.array_equal(sf.read(out / "room_b_rir.wav", dtype="float32")[0], np.zeros(10, np.float32))
+
+    proc = prepare("--real-rirs", tmp_path, "--out", out)
+    assert proc.returncode == 1 and "real_rirs_isotropic_noises/rir_list not found" in proc.stderr

@@ -9,12 +9,15 @@ are listed and the command exits 1 without writing the list).
         --out /data/voxceleb2/train_list.txt [--format flac] [--workers 32]
     speakerid prepare --kaldi data/train --out lists/train.txt [--root /data/audio]
     speakerid prepare --list train.txt --root /data/wav --out train_3s.txt --segment-seconds 3
+    speakerid prepare --real-rirs /data/RIRS_NOISES --out /data/real_rirs_mono
 
 It prints the data.train_list and data.train_root to train with. With --kaldi the paths of wav.scp are
 written relative to --root (default: the deepest folder holding them all). flac is lossless and smaller
 than wav; wav decodes with less CPU per crop. --segment-seconds S lists each utterance once per whole S
 seconds of it (at least once), as 3D-Speaker's recipes do (S = 3), from any of these sources or an existing
-list (--list).
+list (--list). --real-rirs writes 3D-Speaker's RIRs (the real ones of RIRS_NOISES'
+real_rirs_isotropic_noises/rir_list, first channel) as mono files into the folder --out, for
+augment.rir_dir of augment=campplus.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from speakerid.data.prepare import (
     relative_entries,
     rows_per_segment,
     scan_voxceleb_folder,
+    write_real_rirs,
     write_train_list,
 )
 from speakerid.io import check_new_file
@@ -48,7 +52,7 @@ HELP = "write a train list from a VoxCeleb-style folder or a Kaldi data director
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", help="folder holding speaker/session/utterance files (with --convert-to: the "
                                        "m4a files); with --kaldi, the folder the list's paths are relative to")
-    add_output_arguments(parser, "train list to write", required=True)
+    add_output_arguments(parser, "train list to write (with --real-rirs: the folder to write into)", required=True)
     parser.add_argument("--ext", nargs="+", default=list(AUDIO_EXTENSIONS), help="audio file endings to list")
     parser.add_argument("--list", help="an existing train list (paths relative to --root), for --segment-seconds")
     parser.add_argument("--segment-seconds", type=float,
@@ -65,9 +69,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     convert.add_argument("--sample-rate", type=int, default=16000)
     convert.add_argument("--ffmpeg", default=None, help="path of the ffmpeg executable (default: from PATH)")
     convert.add_argument("--source-ext", default=".m4a")
+    parser.add_argument("--real-rirs", type=Path, metavar="RIRS_NOISES",
+                        help="write 3D-Speaker's RIRs from this RIRS_NOISES folder into the folder --out instead")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.real_rirs:
+        if args.root or args.kaldi or args.list or args.convert_to or args.segment_seconds is not None:
+            return usage_error(args.command, "--real-rirs takes only --out (the folder to write into)")
+        try:
+            written = write_real_rirs(args.real_rirs, args.out)
+        except (ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"{args.out}: {written} mono RIRs; train with augment.rir_dir={args.out}")
+        return 0
     if not args.kaldi and not args.root:
         return usage_error(args.command, "give --root (a VoxCeleb-style folder) or --kaldi (a Kaldi data "
                                          "directory)")

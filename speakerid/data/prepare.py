@@ -1,7 +1,7 @@
 """Data preparation: a train list (`speaker relative/path`) from a VoxCeleb-style folder
 (`speaker/session/utterance.{wav,flac}`) or from a Kaldi data directory (`wav.scp` + `utt2spk`); speakers
 split into training and held-out ones, and a balanced trial list of the held-out ones; VoxCeleb2's m4a
-files converted to wav or flac with ffmpeg."""
+files converted to wav or flac with ffmpeg; 3D-Speaker's real RIRs as mono files."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from speakerid.data.audio import audio_info
 from speakerid.data.lists import LIST_ENCODING, Trial
-from speakerid.io import write_text_atomic
+from speakerid.io import atomic_path, write_text_atomic
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 
@@ -274,3 +275,41 @@ def convert_tree(src: str | os.PathLike, dst: str | os.PathLike, fmt: str = "wav
             if progress is not None:
                 progress(report, len(todo))
     return report
+
+
+REAL_RIRS = "real_rirs_isotropic_noises"
+
+
+def write_real_rirs(rirs_noises: str | os.PathLike, out: str | os.PathLike) -> int:
+    """3D-Speaker's RIRs (egs/voxceleb/sv-cam++/local/prepare_data.sh): the real impulse responses that
+    RIRS_NOISES/real_rirs_isotropic_noises/rir_list names, their first channel (3D-Speaker reads
+    torchaudio.load(...)[0]), as mono float files in `out`, the folder augment.rir_dir then takes (its
+    RIR bank reads mono files). Returns the number of files in `out`. A file already there with the same
+    samples is kept, so the command can run again; one with other content is an error, never replaced."""
+    folder = Path(rirs_noises) / REAL_RIRS
+    rir_list = folder / "rir_list"
+    if not rir_list.is_file():
+        raise FileNotFoundError(f"{rir_list} not found: give the RIRS_NOISES folder as distributed "
+                                f"(https://www.openslr.org/28)")
+    names = sorted({Path(field).name for line in rir_list.read_text(encoding="utf-8").splitlines()
+                    for field in line.split() if field.endswith(".wav")})
+    if not names:
+        raise ValueError(f"{rir_list}: no .wav file named in it")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        try:
+            audio, rate = sf.read(folder / name, dtype="float32", always_2d=True)
+        except (OSError, RuntimeError) as e:  # soundfile's LibsndfileError is a RuntimeError
+            raise ValueError(f"{folder / name} (named in {rir_list}): cannot be read: {e}") from None
+        first = audio[:, 0]
+        target = out / name
+        if target.exists():
+            kept, kept_rate = sf.read(target, dtype="float32")
+            if kept_rate != rate or not np.array_equal(kept, first):
+                raise FileExistsError(f"{target} already exists with other content than the first channel of "
+                                      f"{folder / name}; remove it or write into another folder")
+            continue
+        with atomic_path(target, overwrite=False) as tmp:
+            sf.write(tmp, first, rate, subtype="FLOAT", format="WAV")
+    return len(names)
