@@ -420,3 +420,16 @@ def test_synthetic_noise_banks_are_written_only_into_their_own_folder(tmp_path):
     (own / "musan" / "noise" / "synthetic" / "noise-000.wav").unlink()
     ensure_noise_corpus(own, NoiseSpec(seconds=0.3, noise_files=2, speech_files=1, music_files=0, rirs=1))
     assert len(list((own / "musan" / "noise").rglob("*.wav"))) == 2
+
+
+@pytest.mark.parametrize("override, per_file", [([], True), (["augment.categories.speech.snr_per_file=false"], False)])
+def test_musan_rir_config_builds_babble_with_an_snr_per_talker(noise_dirs, override, per_file):
+    from conftest import compose_config
+    from speakerid import builders
+
+    cfg = compose_config(["debug=tiny", "data.dir=/x", "run_dir=/tmp/x", "augment=musan_rir",
+                          f"augment.musan_dir={noise_dirs['musan_dir']}", f"augment.rir_dir={noise_dirs['rir_dir']}",
+                          *override])
+    module = builders.build_noise_reverb(cfg, CROP)
+    assert module.categories["speech"].snr_per_file is per_file
+    assert module.categories["noise"].snr_per_file is False  # one file: either way the same
