@@ -278,7 +278,8 @@ def time_extraction(args, run, train_list_file: Path, rows: dict) -> None:
         rows[f"extract_reading_workers_{workers}"] = {"stage": label, "utterances_per_s": len(files) / seconds,
                                                       "files": len(files), "seconds": seconds, "workers": workers}
         print(f"  {label:<52} {len(files) / seconds:10.1f} utt/s", flush=True)
-    print(f"  {rows['extract_header_scan']['stage']:<52} {len(files) / seconds:10.1f} utt/s", flush=True)
+    scan = rows["extract_header_scan"]
+    print(f"  {scan['stage']:<52} {scan['utterances_per_s']:10.1f} utt/s", flush=True)
     audio = {p: read_full(files.root / p, 16000) for p in files.paths}
     for max_trim in (defaults.max_trim, 0.05):
         options = ExtractionOptions(precision=args.precision, max_trim=max_trim)
