@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -70,3 +74,37 @@ def requires_arsc():
         not (ARSC_DIR / "train_list.txt").is_file(),
         reason=f"the arsc real-speech corpus is not at {ARSC_DIR} (set SPEAKERID_ARSC_DIR to its folder)",
     )
+
+
+@dataclass
+class CliRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def speakerid_cli(*args) -> CliRun:
+    """`speakerid ARGS` run in this process, as `subprocess.run` would report it: the exit status, what went to
+    stdout, and stderr with the log lines (the commands log to stderr). An interpreter start with torch costs
+    about 10 s on a 2-core CI machine; tests/test_api.py and tests/test_install.py start the real command."""
+    from speakerid.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    capture = logging.StreamHandler(err)
+    capture.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(capture)
+    root.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:  # argparse (--help, usage errors) and sys.exit("message"), as Python ends them
+                code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+                if isinstance(e.code, str):
+                    print(e.code, file=err)
+    finally:
+        root.handlers[:] = handlers  # a command's logging.basicConfig must not outlive it
+        root.setLevel(level)
+    return CliRun(code, out.getvalue(), err.getvalue())

@@ -2,14 +2,12 @@
 
 import json
 import logging
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ARSC_DIR, REPO, requires_arsc
+from conftest import ARSC_DIR, requires_arsc, speakerid_cli
 from speakerid.data.check import check_data, short_files, warn_short_training_files
 from speakerid.data.lists import ListFormatError
 from speakerid.features import samples_for_frames
@@ -84,9 +82,7 @@ def test_shallow_check_does_not_decode(corpus):
 def test_script_writes_report_and_fails_on_errors(corpus):
     tmp_path, root, train_list, trials, _ = corpus
     out = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, "-m", "speakerid.cli.main", "check-data", "--list", train_list, "--root",
-                           root, "--trials", trials, "--out", out],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = speakerid_cli("check-data", "--list", train_list, "--root", root, "--trials", trials, "--out", out)
     assert proc.returncode == 1
     assert "errors" in proc.stdout and out.is_file()
     assert {p["kind"] for p in json.loads(out.read_text())["problems"]} >= {"missing", "speaker_overlap"}
@@ -156,8 +152,7 @@ def test_trial_files_that_evaluation_cannot_embed_are_errors(corpus):
 def test_script_reports_paths_outside_the_root(tmp_path, path, why):
     trials = tmp_path / "trials.txt"
     trials.write_text(f"1 a/1.wav a/2.wav\n0 a/1.wav {path}\n")
-    proc = subprocess.run([sys.executable, "-m", "speakerid.cli.main", "check-data", "--trials", trials, "--root",
-                           tmp_path, "--out", tmp_path / "r.json"], cwd=REPO, capture_output=True, text=True)
+    proc = speakerid_cli("check-data", "--trials", trials, "--root", tmp_path, "--out", tmp_path / "r.json")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"error: {trials}:2: path '{path}' {why}: paths must be relative to the root and stay inside it" \
         in proc.stderr
@@ -168,9 +163,7 @@ def test_script_reports_a_byte_order_mark_and_a_trial_file_too_short(corpus):
     sf.write(str(root / "b/s1/blip.wav"), tone(0.05), 16000)
     trials = tmp_path / "bom_trials.txt"
     trials.write_bytes("\ufeff1 a/s1/0.wav a/s1/1.wav\n0 a/s1/0.wav b/s1/blip.wav\n".encode())
-    proc = subprocess.run([sys.executable, "-m", "speakerid.cli.main", "check-data", "--trials", trials,
-                           "--trials-root", root, "--out", tmp_path / "r.json"], cwd=REPO, capture_output=True,
-                          text=True)
+    proc = speakerid_cli("check-data", "--trials", trials, "--trials-root", root, "--out", tmp_path / "r.json")
     assert proc.returncode == 1, proc.stderr
     assert "WARNING bom: 1" in proc.stdout and f"{trials}: starts with a UTF-8 byte-order mark" in proc.stdout
     assert "ERROR too_short: 1" in proc.stdout and "b/s1/blip.wav: 0.050 s, shorter than 0.10 s" in proc.stdout

@@ -1,14 +1,12 @@
 """No file a user is given can make the program run code: a checkpoint's stored config is only built when it
 names the project's own encoders and features (an allow-list checked before anything is called)."""
 
-import subprocess
-import sys
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose_config
+from conftest import compose_config, speakerid_cli
 from speakerid.builders import UnsafeFileConfigError, build_model, extractor_from_checkpoint
 from speakerid.checkpoint import FORMAT_VERSION
 
@@ -59,9 +57,7 @@ def test_evaluate_refuses_a_malicious_checkpoint_before_calling_anything(tmp_pat
     checkpoint = tiny_checkpoint()
     checkpoint["config"]["model"] = opener(victim)
     torch.save(checkpoint, tmp_path / "evil.pt")
-    proc = subprocess.run([sys.executable, "-m", "speakerid.cli.main", "evaluate", "--model",
-                           str(tmp_path / "evil.pt"),
-                           "--trials", str(tmp_path / "none.txt"), "--root", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = speakerid_cli("evaluate", "--model", tmp_path / "evil.pt", "--trials", tmp_path / "none.txt",
+                         "--root", tmp_path)
     assert proc.returncode == 1 and "builtins.open" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert victim.read_text() == "the user's data\n"

@@ -4,15 +4,13 @@ VoxCeleb layout), from a tiny checkpoint; the speaker split and the trial list i
 
 import json
 import shlex
-import subprocess
-import sys
 from collections import Counter
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, compose_config
+from conftest import compose_config, speakerid_cli
 from speakerid.checkpoint import load_checkpoint
 from speakerid.data.lists import read_train_list, read_trials
 from speakerid.data.prepare import make_trials, split_speakers
@@ -22,8 +20,7 @@ TINY_TRAINING = ["data.batch_size=6", "data.crop_frames=60", "data.num_workers=0
 
 
 def speakerid(*args):
-    return subprocess.run([sys.executable, "-m", "speakerid.cli.main", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=1800)  # generous: the tests share the machine
+    return speakerid_cli(*args)
 
 
 @pytest.mark.parametrize("command", ["train", "check-data", "prepare", "finetune"])

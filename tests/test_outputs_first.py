@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO
+from conftest import REPO, speakerid_cli
 from speakerid.training import train
 
 
 def run(script, *args):
-    """A script of the checkout, or a `speakerid` subcommand (a name without .py)."""
-    command = [script] if script.endswith(".py") else ["-m", "speakerid.cli.main", script]
-    return subprocess.run([sys.executable, *command, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+    """A script of the checkout, or a `speakerid` subcommand (a name without .py: run in this process)."""
+    if not script.endswith(".py"):
+        return speakerid_cli(script, *args)
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
 
 

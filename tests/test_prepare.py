@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO
+from conftest import REPO, speakerid_cli
 from speakerid.cli.main import main as cli_main
 from speakerid.data.lists import read_train_list
 from speakerid.data.prepare import KaldiFormatError, read_kaldi_data_dir, write_real_rirs
@@ -18,10 +18,17 @@ FFMPEG = shutil.which("ffmpeg")
 requires_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (apt-get install ffmpeg)")
 
 
-def prepare(*args, env=None, cwd=REPO):
-    """`speakerid prepare ...`, from any folder."""
-    env = {**(env or os.environ), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "speakerid.cli.main", "prepare", *map(str, args)], cwd=cwd,
+def prepare(*args, env=None, cwd=None):
+    """`speakerid prepare ...`, from any folder (cwd); in this process unless it needs its own environment."""
+    if env is None:
+        previous = os.getcwd()
+        os.chdir(cwd or previous)
+        try:
+            return speakerid_cli("prepare", *args)
+        finally:
+            os.chdir(previous)
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "speakerid.cli.main", "prepare", *map(str, args)], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=300, env=env)
 
 

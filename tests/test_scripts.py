@@ -1,4 +1,4 @@
-"""The command-line entry points, run as a user runs them."""
+"""The command-line entry points, called as a user calls them (in this process: see conftest.speakerid_cli)."""
 
 import json
 import os
@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import REPO
+from conftest import REPO, speakerid_cli
 from speakerid.checkpoint import load_checkpoint
 from speakerid.training import setup_run, train
 
@@ -22,8 +22,8 @@ def run(*args, cwd=REPO):
 
 
 def speakerid(*args):
-    """The `speakerid` console command, from this checkout."""
-    return run("-m", "speakerid.cli.main", *args)
+    """The `speakerid` console command, from this checkout, in this process."""
+    return speakerid_cli(*args)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_prepare_list_scans_voxceleb_layout(tmp_path):
         sf.write(str(root / rel), np.zeros(160, dtype=np.int16), 16000)
     (root / "id001" / "vidA" / "notes.txt").write_text("not audio")
     out = tmp_path / "lists" / "train.txt"
-    proc = run("-m", "speakerid.cli.main", "prepare", "--root", root, "--out", out)
+    proc = speakerid("prepare", "--root", root, "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert out.read_text() == ("id001 id001/vidA/00001.wav\nid001 id001/vidA/00002.wav\n"
                                "id002 id002/vidB/00001.flac\n")
@@ -167,7 +167,7 @@ def test_prepare_list_scans_voxceleb_layout(tmp_path):
 
     (root / "stray.wav").write_bytes(b"")
     listed = out.read_text()
-    proc = run("-m", "speakerid.cli.main", "prepare", "--root", root, "--out", out, "--overwrite")
+    proc = speakerid("prepare", "--root", root, "--out", out, "--overwrite")
     assert proc.returncode == 1 and "stray.wav" in proc.stderr and out.read_text() == listed  # the list is kept
 
 
