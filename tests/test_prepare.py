@@ -10,7 +10,6 @@ import pytest
 import soundfile as sf
 
 from conftest import REPO, speakerid_cli
-from speakerid.cli.main import main as cli_main
 from speakerid.data.lists import read_train_list
 from speakerid.data.prepare import KaldiFormatError, read_kaldi_data_dir, write_real_rirs
 
@@ -188,7 +187,7 @@ def test_segment_list_has_one_row_per_whole_segment_and_never_replaces_a_list(tm
     assert proc.returncode == 1 and "bad.txt:2" in proc.stderr and not (tmp_path / "x.txt").exists()
 
 
-def test_real_rirs_are_first_channels_rerunnable_and_never_replace_another_file(tmp_path, capsys):
+def test_real_rirs_are_first_channels_rerunnable_and_never_replace_another_file(tmp_path):
     """`prepare --real-rirs`: the files rir_list names, first channel, mono float; a second run keeps what it
     wrote; a different file of the same name in --out is refused and left as it was."""
     folder = tmp_path / "RIRS_NOISES/real_rirs_isotropic_noises"
@@ -200,8 +199,8 @@ def test_real_rirs_are_first_channels_rerunnable_and_never_replace_another_file(
     (folder / "rir_list").write_text("--rir-id a --room-id a RIRS_NOISES/real_rirs_isotropic_noises/room_a_rir.wav\n"
                                      "--rir-id b --room-id b RIRS_NOISES/real_rirs_isotropic_noises/room_b_rir.wav\n")
     out = tmp_path / "mono"
-    assert cli_main(["prepare", "--real-rirs", str(tmp_path / "RIRS_NOISES"), "--out", str(out)]) == 0
-    assert f"{out}: 2 mono RIRs" in capsys.readouterr().out
+    proc = prepare("--real-rirs", tmp_path / "RIRS_NOISES", "--out", out)
+    assert proc.returncode == 0 and f"{out}: 2 mono RIRs" in proc.stdout, proc.stderr
     assert write_real_rirs(tmp_path / "RIRS_NOISES", out) == 2  # again: what it wrote is kept
     assert sorted(p.name for p in out.iterdir()) == ["room_a_rir.wav", "room_b_rir.wav"]
     a, rate_a = sf.read(out / "room_a_rir.wav", dtype="float32")
@@ -209,8 +208,8 @@ def test_real_rirs_are_first_channels_rerunnable_and_never_replace_another_file(
     assert (rate_a, rate_b) == (16000, 8000) and np.array_equal(a, stereo[:, 0]) and np.array_equal(b, stereo[:, 1])
 
     sf.write(out / "room_b_rir.wav", np.zeros(10, np.float32), 8000, subtype="FLOAT")  # someone else's file
-    assert cli_main(["prepare", "--real-rirs", str(tmp_path / "RIRS_NOISES"), "--out", str(out)]) == 1
-    assert f"{out / 'room_b_rir.wav'} already exists with other content" in capsys.readouterr().err
+    proc = prepare("--real-rirs", tmp_path / "RIRS_NOISES", "--out", out)
+    assert proc.returncode == 1 and f"{out / 'room_b_rir.wav'} already exists with other content" in proc.stderr
     assert np.array_equal(sf.read(out / "room_b_rir.wav", dtype="float32")[0], np.zeros(10, np.float32))
 
     with pytest.raises(FileNotFoundError, match="real_rirs_isotropic_noises/rir_list not found"):
