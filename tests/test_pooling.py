@@ -97,3 +97,63 @@ def test_ecapa_pooling_state_dict_keys_unchanged():
     model = ECAPATDNN(channels=16, emb_dim=8, mfa_channels=48, se_bottleneck=8, attention_channels=8)
     pooling = [(k, tuple(v.shape)) for k, v in model.state_dict().items() if k.startswith("pool")]
     assert pooling == ECAPA_POOLING_KEYS
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_attentive_pooling_matches_a_float64_loop(unbiased):
+    """ECAPA-TDNN's attentive statistics, re-derived frame by frame: the attention sees each frame with the
+    global mean and std over the T frames (divisor T, or T - 1 as TaoRuijie's torch.var; variance clamped at
+    1e-4), softmax over time per channel, then the weighted mean and std (variance clamped at 1e-4)."""
+    from speakerid.models.pooling import AttentiveStatsPooling
+
+    torch.manual_seed(0)
+    channels, frames = 3, 6
+    pooling = AttentiveStatsPooling(channels, bottleneck=4, unbiased_context_std=unbiased).double().eval()
+    for p in pooling.parameters():
+        p.data.uniform_(-0.5, 0.5)
+    bn = pooling.attention[2]
+    bn.running_mean.uniform_(-0.2, 0.2)
+    bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, channels, frames, dtype=torch.float64) * 2
+    x[1, 2] = 0.7 + 0.001 * torch.arange(frames)  # a near-constant channel: its variance sits under the clamp
+    out = pooling(x)
+
+    conv1, conv2 = pooling.attention[0], pooling.attention[4]
+    for b in range(2):
+        context = []
+        for c in range(channels):
+            v = x[b, c].tolist()
+            mean = sum(v) / frames
+            var = sum((t - mean) ** 2 for t in v) / (frames - 1 if unbiased else frames)
+            context.append((mean, math.sqrt(max(var, 1e-4))))
+        scores = [[0.0] * frames for _ in range(channels)]
+        for t in range(frames):
+            inputs = [x[b, c, t].item() for c in range(channels)] + [m for m, _ in context] + [s for _, s in context]
+            hidden = []
+            for h in range(4):
+                z = conv1.bias[h].item() + sum(conv1.weight[h, i, 0].item() * inputs[i] for i in range(3 * channels))
+                z = max(z, 0.0)
+                z = (z - bn.running_mean[h].item()) / math.sqrt(bn.running_var[h].item() + bn.eps)
+                hidden.append(math.tanh(z * bn.weight[h].item() + bn.bias[h].item()))
+            for c in range(channels):
+                scores[c][t] = conv2.bias[c].item() + sum(conv2.weight[c, h, 0].item() * hidden[h] for h in range(4))
+        for c in range(channels):
+            e = [math.exp(s - max(scores[c])) for s in scores[c]]
+            w = [v / sum(e) for v in e]
+            v = x[b, c].tolist()
+            mean = sum(wi * vi for wi, vi in zip(w, v))
+            var = sum(wi * vi * vi for wi, vi in zip(w, v)) - mean * mean
+            assert out[b, c].item() == pytest.approx(mean, rel=1e-9, abs=1e-12)
+            assert out[b, channels + c].item() == pytest.approx(math.sqrt(max(var, 1e-4)), rel=1e-9)
+
+
+def test_unbiased_context_std_changes_only_the_attentions_input():
+    """The switch changes the model's output (it is not a no-op) and not its parameters: checkpoints of either
+    setting load into the other."""
+    torch.manual_seed(0)
+    base = ECAPATDNN(channels=16, emb_dim=8, mfa_channels=48, se_bottleneck=8, attention_channels=8).eval()
+    other = ECAPATDNN(channels=16, emb_dim=8, mfa_channels=48, se_bottleneck=8, attention_channels=8,
+                      unbiased_context_std=True).eval()
+    other.load_state_dict(base.state_dict())
+    features = torch.randn(2, 80, 30)
+    assert not torch.allclose(base(features), other(features))

@@ -1,8 +1,10 @@
 """ECAPA-TDNN (Desplanques, Thienpondt, Demuynck, Interspeech 2020).
 
 Layer sizes follow the paper: SE bottleneck 128 and attention bottleneck 128, which gives 6.2M / 14.7M
-parameters for C = 512 / 1024 with a 192-d output (TaoRuijie's implementation uses a 256 attention
-bottleneck; set attention_channels=256 to match it).
+parameters for C = 512 / 1024 with a 192-d output. TaoRuijie's implementation differs in two places, both
+options here (model=ecapa_tdnn_taoruijie sets them): a 256 attention bottleneck (attention_channels=256) and
+the unbiased standard deviation in the attention's global context (unbiased_context_std=True). With those
+two, its training step and ours give the same loss and gradients from the same weights and batch.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class ECAPATDNN(nn.Module):
         se_bottleneck: int = 128,
         attention_channels: int = 128,
         dilations: tuple[int, ...] = (2, 3, 4),
+        unbiased_context_std: bool = False,
     ):
         super().__init__()
         self.in_dim = in_dim
@@ -99,7 +102,7 @@ class ECAPATDNN(nn.Module):
             SERes2Block(channels, 3, d, scale, se_bottleneck) for d in dilations
         )
         self.mfa = nn.Sequential(nn.Conv1d(channels * len(dilations), mfa_channels, 1), nn.ReLU(inplace=True))
-        self.pooling = AttentiveStatsPooling(mfa_channels, attention_channels)
+        self.pooling = AttentiveStatsPooling(mfa_channels, attention_channels, unbiased_context_std)
         self.pool_bn = nn.BatchNorm1d(mfa_channels * 2)
         self.embedding = nn.Linear(mfa_channels * 2, emb_dim)
         self.emb_bn = nn.BatchNorm1d(emb_dim)
