@@ -10,6 +10,9 @@ reverberation is one batched FFT convolution. The same code runs on the CPU.
 Definitions (what the tests check):
 - SNR is 10*log10(P_speech / P_noise), both powers the mean square over the crop. The speech power is
   that of the signal the noise is added to (after reverberation when a choice does both).
+- With a power floor f (TaoRuijie's 1e-4; default 0), the SNR that sets the noise's gain is
+  10*log10((P_speech + f) / (P_noise + f)), P_noise measured at the file's own level: quiet noise comes out
+  softer than drawn (by 3 dB at a mean square of f), as in TaoRuijie's dataLoader.add_noise.
 - A category with several files per utterance (speech babble) either scales each segment to an SNR of its
   own and sums them (snr_per_file, as TaoRuijie and voxceleb_trainer: n talkers at 13-20 dB each make
   babble about 10*log10(n) dB louder), or sums the segments at unit power and scales the sum to one drawn
@@ -35,7 +38,13 @@ import torch
 import torchaudio
 from torch import nn
 
-from speakerid.config import BANK_DTYPES, check_choice_weights, check_one_of, check_speed_factors
+from speakerid.config import (
+    BANK_DTYPES,
+    check_choice_weights,
+    check_one_of,
+    check_power_floor,
+    check_speed_factors,
+)
 from speakerid.data.audio import AudioError, mono_info, read_full
 
 log = logging.getLogger("speakerid")
@@ -127,20 +136,26 @@ class NoiseBank(nn.Module):
 
     def __init__(self, clips: Sequence[np.ndarray], crop_samples: int, dtype: torch.dtype = torch.int16):
         super().__init__()
-        pieces, lengths = [], []
+        pieces, lengths, gains = [], [], []
         for clip in clips:
             clip = np.asarray(clip, dtype=np.float32)
             if len(clip) < crop_samples:
                 clip = np.pad(clip, (0, crop_samples - len(clip)), mode="wrap")
+            gain = 1.0
             if dtype == torch.int16:
                 # Peak-normalised before quantising, so quiet recordings keep their resolution (every
-                # segment is rescaled to its SNR anyway).
+                # segment is rescaled to its SNR anyway; `gains` keeps the file's own level).
                 peak = float(np.abs(clip).max())
-                clip = np.round(clip / peak * 32767.0).astype(np.int16) if peak > 0 else clip.astype(np.int16)
+                if peak > 0:
+                    clip, gain = np.round(clip / peak * 32767.0).astype(np.int16), peak / 32767.0
+                else:
+                    clip = clip.astype(np.int16)
             pieces.append(torch.from_numpy(np.ascontiguousarray(clip)).to(dtype))
             lengths.append(len(clip))
+            gains.append(gain)
         self.crop_samples = crop_samples
         self.register_buffer("data", torch.cat(pieces), persistent=False)
+        self.register_buffer("gains", torch.tensor(gains, dtype=torch.float32), persistent=False)
         lengths_t = torch.tensor(lengths, dtype=torch.long)
         self.register_buffer("lengths", lengths_t, persistent=False)
         self.register_buffer("starts", torch.cumsum(lengths_t, 0) - lengths_t, persistent=False)
@@ -156,8 +171,12 @@ class NoiseBank(nn.Module):
         return self.starts[files] + offset
 
     def segments(self, starts: torch.Tensor) -> torch.Tensor:
-        """float32 [*starts.shape, crop] slices of the bank beginning at `starts`."""
+        """float32 [*starts.shape, crop] slices of the bank beginning at `starts` (at the bank's level)."""
         return self.data.unfold(0, self.crop_samples, 1)[starts].float()
+
+    def file_gains(self, starts: torch.Tensor) -> torch.Tensor:
+        """The factor that brings the segment at each of `starts` back to its file's own level."""
+        return self.gains[torch.searchsorted(self.starts, starts.contiguous(), right=True) - 1]
 
 
 def fft_size(n: int) -> int:
@@ -217,10 +236,13 @@ class NoiseReverb(nn.Module):
         banks: Mapping[str, NoiseBank],
         rirs: torch.Tensor | None,
         crop_samples: int,
+        power_floor: float = 0.0,
     ):
         super().__init__()
         self.crop_samples = crop_samples
         self.categories = dict(categories)
+        self.power_floor = check_power_floor(
+            power_floor, {c: (cat.files[1], cat.snr_per_file) for c, cat in self.categories.items()})
         self.banks = nn.ModuleDict(banks)
         self.components = [REVERB] + list(self.categories)
         for name, (weight, apply) in choices.items():
@@ -250,7 +272,8 @@ class NoiseReverb(nn.Module):
         probs = ", ".join(f"{n} {p:.3f}" for n, p in zip(self.choice_names, self.probabilities.tolist()))
         sizes = ", ".join(f"{c} {b.num_files} files" for c, b in self.banks.items())
         rirs = 0 if self.rirs is None else len(self.rirs)
-        return f"choices: {probs}; banks: {sizes}, {rirs} RIRs"
+        floor = f"; power floor {self.power_floor:g}" if self.power_floor else ""
+        return f"choices: {probs}; banks: {sizes}, {rirs} RIRs{floor}"
 
     def draw(self, batch: int) -> AugmentPlan:
         device = self.probabilities.device
@@ -275,17 +298,22 @@ class NoiseReverb(nn.Module):
         """The noise of `category` for every utterance, scaled to its drawn SNR against speech_power [B, 1]."""
         bank = self.banks[category]
         starts, counts, snr_db = plan.starts[category], plan.counts[category], plan.snr_db[category]
-        per_file = self.categories[category].snr_per_file
+        floor = self.power_floor
+        # With a floor each file is scaled on its own (check_power_floor: one file, or snr_per_file).
+        per_file = self.categories[category].snr_per_file or floor > 0
         mix = None
         for k in range(starts.shape[1]):  # at most files[1] (8 for babble) vectorised steps
             segment = bank.segments(starts[:, k])
-            segment = segment * torch.rsqrt(segment.square().mean(dim=1, keepdim=True).clamp_min(1e-20))
+            if floor:
+                segment = segment * bank.file_gains(starts[:, k]).unsqueeze(1)
+            power = segment.square().mean(dim=1, keepdim=True) + floor
+            segment = segment * torch.rsqrt(power.clamp_min(1e-20))
             if per_file:
                 segment = segment * torch.pow(10.0, -snr_db[:, k:k + 1] / 20.0)
             segment = segment * (k < counts).unsqueeze(1)
             mix = segment if mix is None else mix + segment
         if per_file:
-            return mix * torch.sqrt(speech_power)
+            return mix * torch.sqrt(speech_power + floor)
         noise_power = mix.square().mean(dim=1, keepdim=True)
         target_power = speech_power * torch.pow(10.0, -snr_db[:, :1] / 10.0)
         return mix * torch.sqrt(target_power / noise_power.clamp_min(1e-20))
@@ -334,6 +362,7 @@ def build_noise_reverb(
     rir_max_seconds: float | None = None,
     bank_dtype: str = "int16",
     max_bank_mb: float = 4096,
+    power_floor: float = 0.0,
 ) -> NoiseReverb | None:
     """Scan the folders, drop what is not there (with one warning), check the size cap, then read every
     file once. Returns None when no choice applies anything."""
@@ -393,7 +422,7 @@ def build_noise_reverb(
                         categories[c].files[1], len(found[c]))
     banks = {c: NoiseBank(_read_all(found[c], sample_rate, max_samples), crop_samples, dtype) for c in used}
     rir_bank = load_rir_bank(rirs, sample_rate, rir_max_seconds) if rirs else None
-    module = NoiseReverb(choices, {c: categories[c] for c in used}, banks, rir_bank, crop_samples)
+    module = NoiseReverb(choices, {c: categories[c] for c in used}, banks, rir_bank, crop_samples, power_floor)
     log.info("augment: %.0f MB of banks in memory; %s", mb, module.extra_repr())
     return module
 

@@ -55,7 +55,7 @@ def build_noise_reverb(cfg: DictConfig, crop_samples: int) -> NoiseReverb | None
     return _build_noise_reverb(
         choices, categories, aug.get("musan_dir"), aug.get("rir_dir"), crop_samples, sample_rate=cfg.data.sample_rate,
         max_file_seconds=aug.max_file_seconds, rir_max_seconds=aug.rir_max_seconds, bank_dtype=aug.bank_dtype,
-        max_bank_mb=aug.max_bank_mb,
+        max_bank_mb=aug.max_bank_mb, power_floor=aug.get("power_floor", 0.0),
     )
 
 

@@ -73,6 +73,20 @@ def check_scale(value: Any, key: str = "head.s") -> float:
     return float(value)
 
 
+def check_power_floor(value: Any, categories: dict[str, tuple[int, bool]], key: str = "augment.power_floor") -> float:
+    """The floor added to both mean squares of an SNR (TaoRuijie's 1e-4). It needs each file's own level, so a
+    category that sums several files must scale each to an SNR of its own. categories: name -> (most files
+    per utterance, snr_per_file)."""
+    require(is_number(value) and math.isfinite(value) and value >= 0, key,
+            "a mean square >= 0 added to the speech and noise powers of an SNR (0: none; TaoRuijie: 1e-4)", value)
+    if value > 0:
+        for name, (most_files, per_file) in categories.items():
+            require(most_files == 1 or per_file, key,
+                    f"a floor > 0 applies to each file's own SNR, so augment.categories.{name} (up to {most_files} "
+                    f"files summed) needs snr_per_file: true, or set {key}=0", value)
+    return float(value)
+
+
 def check_speed_factors(factors: list, key: str = "augment.speed.factors") -> None:
     require(len(factors) >= 1 and len(set(factors)) == len(factors)
             and all(is_number(f) and 0.5 <= f <= 2.0 for f in factors),
@@ -208,6 +222,8 @@ def _validate_augment(aug: DictConfig) -> None:
         files = list(category.get("files") or [])
         require(len(files) == 2 and all(is_int(v) for v in files) and 1 <= files[0] <= files[1],
                 f"augment.categories.{name}.files", "[low, high] integers with 1 <= low <= high", files)
+    check_power_floor(aug.get("power_floor", 0.0),
+                      {name: (int(c.files[1]), bool(c.get("snr_per_file", False))) for name, c in aug.categories.items()})
     for key in ("max_file_seconds", "rir_max_seconds"):
         require(aug[key] is None or (isinstance(aug[key], (int, float)) and aug[key] > 0), f"augment.{key}",
                 "null or a duration > 0 in seconds", aug[key])

@@ -23,6 +23,7 @@ from speakerid.augment import (
     change_speed,
     fft_size,
 )
+from speakerid.config import ConfigError
 from speakerid.data.synthetic_noise import NoiseSpec, ensure_noise_corpus
 
 CROP = 4000
@@ -175,6 +176,63 @@ def test_babble_of_two_orthogonal_talkers_at_10_and_20_db_worked_by_hand():
             first = torch.from_numpy(talkers[0]) * math.sqrt(0.25 * 0.1 / 0.5)
             torch.testing.assert_close(noise[0], first + torch.from_numpy(talkers[1]) * math.sqrt(0.25 * 0.01 / 4.5),
                                        atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int16])
+def test_power_floor_worked_by_hand(dtype):
+    """TaoRuijie's add_noise: gain^2 = (P_speech + f) / (P_noise + f) * 10^(-SNR / 10), P_noise at the file's own
+    level. A sinusoid of amplitude sqrt(2e-4) has P_noise = 1e-4 = f; speech 0.5 has P = 0.25; at 10 dB the
+    added noise has power 1e-4 * 0.2501 / 2e-4 * 0.1 = 0.012505 (without the floor 0.025). The int16 bank is
+    peak-normalised, so this also checks that the file's level is restored."""
+    t = np.arange(3 * CROP)
+    file = math.sqrt(2e-4) * np.sin(2 * np.pi * 7 * t / CROP)  # whole periods in any crop-long window
+    speech = torch.full((1, CROP), 0.5)
+    plan = aug.AugmentPlan(choice=torch.tensor([0]), uses=torch.tensor([[False, True]]),
+                           starts={"noise": torch.tensor([[CROP // 3]])}, counts={"noise": torch.tensor([1])},
+                           snr_db={"noise": torch.tensor([[10.0]])})
+    for floor, expected in ((1e-4, 0.012505), (0.0, 0.025)):
+        module = aug.NoiseReverb({"noise": (1, ["noise"])}, {"noise": NoiseCategory((0, 15), (1, 1))},
+                                 {"noise": NoiseBank([file], CROP, dtype)}, None, CROP, power_floor=floor)
+        noise = (module.apply(speech, plan) - speech).double()
+        assert noise.square().mean().item() == pytest.approx(expected, rel=2e-4)
+
+
+def test_power_floor_matches_a_float64_rederivation_from_the_files(noise_dirs):
+    """Per talker, from the files at their own level (an int16 bank, so their peaks are restored): each segment
+    gets gain sqrt((P_speech + f) / (P_segment + f) * 10^(-SNR / 10)). A large floor, so that it matters for
+    every file."""
+    floor = 1e-2
+    module = build_noise_reverb(TAORUIJIE_CHOICES, TAORUIJIE_CATEGORIES, noise_dirs["musan_dir"],
+                                noise_dirs["rir_dir"], CROP, power_floor=floor)
+    files = sorted((Path(noise_dirs["musan_dir"]) / "speech").rglob("*.wav"))
+    clips = [sf.read(str(p), dtype="float64")[0] for p in files]
+    bank_starts = np.cumsum([0] + [max(len(c), CROP) for c in clips[:-1]])
+    torch.manual_seed(8)
+    x = speech_like(24, np.random.default_rng(8))
+    plan = module.draw(len(x))
+    got = module.noise("speech", plan, x.square().mean(dim=1, keepdim=True)).double().numpy()
+    power = x.double().square().mean(dim=1).numpy()
+    softer = 0
+    for b in range(len(x)):
+        expected = np.zeros(CROP)
+        for k in range(plan.counts["speech"][b].item()):
+            start = plan.starts["speech"][b, k].item()
+            f = int(np.searchsorted(bank_starts, start, side="right") - 1)
+            clip = clips[f]
+            segment = clip[(start - bank_starts[f] + np.arange(CROP)) % len(clip)]
+            snr = plan.snr_db["speech"][b, k].item()
+            gain2 = (power[b] + floor) / (np.mean(segment ** 2) + floor) * 10 ** (-snr / 10)
+            expected += np.sqrt(gain2) * segment
+            softer += gain2 * np.mean(segment ** 2) < 0.9 * power[b] * 10 ** (-snr / 10)
+        np.testing.assert_allclose(got[b], expected, rtol=0, atol=2e-4 * np.abs(expected).max())
+    assert softer > 10  # the floor really changed the gains
+
+
+def test_power_floor_needs_an_snr_per_file_for_a_sum_of_files(noise_dirs):
+    with pytest.raises(ConfigError, match=r"augment.power_floor=0.0001 .* augment.categories.speech "
+                                                     r"\(up to 8 files summed\) needs snr_per_file: true"):
+        build_noise_reverb(TAORUIJIE_CHOICES, SUM_SNR_CATEGORIES, noise_dirs["musan_dir"], noise_dirs["rir_dir"],
+                           CROP, power_floor=1e-4)
 
 
 def test_reverberation_equals_a_float64_direct_convolution(module, noise_dirs):
@@ -422,8 +480,11 @@ def test_synthetic_noise_banks_are_written_only_into_their_own_folder(tmp_path):
     assert len(list((own / "musan" / "noise").rglob("*.wav"))) == 2
 
 
-@pytest.mark.parametrize("override, per_file", [([], True), (["augment.categories.speech.snr_per_file=false"], False)])
-def test_musan_rir_config_builds_babble_with_an_snr_per_talker(noise_dirs, override, per_file):
+@pytest.mark.parametrize("override, per_file, floor", [
+    ([], True, 1e-4),
+    (["augment.categories.speech.snr_per_file=false", "augment.power_floor=0"], False, 0.0),
+])
+def test_musan_rir_config_builds_babble_with_an_snr_per_talker(noise_dirs, override, per_file, floor):
     from conftest import compose_config
     from speakerid import builders
 
@@ -432,4 +493,5 @@ def test_musan_rir_config_builds_babble_with_an_snr_per_talker(noise_dirs, overr
                           *override])
     module = builders.build_noise_reverb(cfg, CROP)
     assert module.categories["speech"].snr_per_file is per_file
+    assert module.power_floor == floor
     assert module.categories["noise"].snr_per_file is False  # one file: either way the same
