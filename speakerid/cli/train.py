@@ -4,7 +4,8 @@ so `speakerid train ...` and `python train.py ...` (in a checkout) are the same 
     speakerid train                                     # the smoke experiment on a generated synthetic corpus
     speakerid train experiment=arsc data.dir=/data/arsc
     speakerid train experiment=vox2_ecapa_c1024 data.train_list=/data/vox2/train_list.txt \\
-        data.train_root=/data/vox2/dev/wav eval=vox1_o eval.dir=/data/voxceleb1
+        data.train_root=/data/vox2/dev/wav eval.dir=/data/voxceleb1 \\
+        augment.musan_dir=/data/musan augment.rir_dir=/data/RIRS_NOISES
     speakerid train experiment=arsc data.dir=/data/arsc trainer.resume=true   # continue the latest such run
     speakerid train trainer.init_from=best.pt trainer.init_head=false ...    # fine-tune on other speakers
     speakerid train -m seed=1,2,3                       # Hydra multirun: one run folder per job
