@@ -140,6 +140,27 @@ def check_file_config(cfg: DictConfig, nodes: tuple[str, ...], source: str) -> N
         walk({k: v for k, v in value.items() if k != "_target_"}, "")
 
 
+def model_config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`key: saved -> current` for every value in which two resolved `model` configs differ. A key that only
+    one of them has counts as the class's default there (a checkpoint written before the key existed), so
+    only real differences are named: switches such as unbiased_context_std change what the weights compute
+    without changing their shapes, which loading weights alone would never notice."""
+    import inspect
+
+    if saved.get("_target_") != current.get("_target_"):
+        return [f"_target_: {saved.get('_target_')} -> {current.get('_target_')}"]
+    cls = _file_buildable()["model"].get(current.get("_target_"))
+    defaults = {} if cls is None else {name: p.default for name, p in inspect.signature(cls).parameters.items()
+                                       if p.default is not inspect.Parameter.empty}
+
+    def value(config: dict[str, Any], key: str) -> Any:
+        v = config.get(key, defaults.get(key))
+        return list(v) if isinstance(v, (list, tuple)) else v
+
+    return [f"{key}: {value(saved, key)!r} -> {value(current, key)!r}" for key in sorted(set(saved) | set(current))
+            if key != "_target_" and value(saved, key) != value(current, key)]
+
+
 def build_file_extractor(cfg: DictConfig, source: str) -> EmbeddingExtractor:
     """The extractor (fbank + model, untrained) that a config read from a file (a checkpoint's, a model
     file's) describes: checked against the allow-list, then built by calling the allowed class itself with

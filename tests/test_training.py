@@ -240,6 +240,23 @@ def test_margin_and_lr_schedules_step_every_step_and_resume_on_the_curve(tiny_cf
     assert tensorboard_scalars(tmp_path / "second")["train/margin"] == pytest.approx(scalars["train/margin"][8:])
 
 
+def test_model_config_differences_take_a_missing_key_as_the_classes_default(tiny_cfg):
+    """A checkpoint written before a model switch existed has no such key: it was built with the default."""
+    from omegaconf import OmegaConf
+
+    from speakerid.builders import model_config_differences
+
+    current = OmegaConf.to_container(tiny_cfg().model, resolve=True)
+    old = {k: v for k, v in current.items() if k != "unbiased_context_std"}
+    assert model_config_differences(old, current) == []
+    assert model_config_differences(old, {**current, "unbiased_context_std": True}) == [
+        "unbiased_context_std: False -> True"]
+    assert model_config_differences({**current, "dilations": (2, 3, 4)}, {**current, "dilations": [2, 3, 5]}) == [
+        "dilations: [2, 3, 4] -> [2, 3, 5]"]
+    assert model_config_differences({**current, "_target_": "speakerid.models.ResNet"}, current) == [
+        "_target_: speakerid.models.ResNet -> speakerid.models.ECAPATDNN"]
+
+
 def test_fine_tuning_starts_from_a_checkpoint_with_a_new_optimizer(tiny_cfg, tmp_path):
     """trainer.init_from (large-margin fine-tuning): model and head weights loaded strictly, a new optimizer,
     new schedules and a new run folder; a mismatching checkpoint names the differing keys."""
@@ -266,3 +283,7 @@ def test_fine_tuning_starts_from_a_checkpoint_with_a_new_optimizer(tiny_cfg, tmp
     with pytest.raises(RuntimeError, match=r"(?s)trainer.init_from=.*model: the checkpoint does not match.*"
                                            r"blocks.0.body.0.0.weight: checkpoint \(16, 16, 1\) vs model \(24, 24, 1\)"):
         setup_run(tiny_cfg("model.channels=24", f"trainer.init_from={base}", run_dir=tmp_path / "other"))
+    # Same shapes, another computation: named too, before a step is taken.
+    with pytest.raises(RuntimeError, match=r"trainer.init_from=.*: its model was built with other settings than "
+                                           r"this run's \(checkpoint -> this run\): unbiased_context_std: False -> True"):
+        setup_run(tiny_cfg("model.unbiased_context_std=true", f"trainer.init_from={base}", run_dir=tmp_path / "flag"))

@@ -257,18 +257,29 @@ def setup_model_and_head(cfg: DictConfig, env: Environment, num_classes: int, sp
                        builders.build_model(cfg).to(env.device),
                        builders.build_head(cfg, num_classes=num_classes).to(env.device))
     if cfg.trainer.get("init_from") and not resuming:
-        initialise_from(Path(cfg.trainer.init_from), parts, speakers, bool(cfg.trainer.init_head))
+        initialise_from(Path(cfg.trainer.init_from), parts, speakers, bool(cfg.trainer.init_head),
+                        OmegaConf.to_container(cfg.model, resolve=True))
     if env.dist.rank:  # the same initial weights everywhere, but each rank its own augmentation draws
         torch.manual_seed(cfg.seed + 1000 * env.dist.rank)
     return parts
 
 
-def initialise_from(path: Path, parts: ModelParts, speakers: list[str], head: bool) -> None:
+def initialise_from(path: Path, parts: ModelParts, speakers: list[str], head: bool,
+                    model_config: dict[str, Any] | None = None) -> None:
     """Start from the weights of an earlier run (large-margin fine-tuning, new data): model and, with
-    `head`, the classification head, loaded strictly (differing keys and shapes are named). Only tensors
-    are read; the optimizer, schedules and progress start anew."""
+    `head`, the classification head, loaded strictly (differing keys and shapes are named). This run's
+    `model_config` must be the one the checkpoint saved: a switch such as unbiased_context_std changes what
+    the weights compute, not their shapes. Only tensors are read; the optimizer, schedules and progress
+    start anew."""
     checkpoint = load_checkpoint(path, map_location="cpu")
     load_state_strict(parts.model, checkpoint["model"], what=f"trainer.init_from={path}: model")
+    saved = (checkpoint.get("config") or {}).get("model")
+    if model_config is not None and saved is not None:
+        differences = builders.model_config_differences(saved, model_config)
+        if differences:
+            raise RuntimeError(f"trainer.init_from={path}: its model was built with other settings than this run's "
+                               f"(checkpoint -> this run): {'; '.join(differences)}. The weights would compute "
+                               f"something else here; give this run the checkpoint's model settings")
     if head:
         if checkpoint.get("speakers") != speakers:
             theirs = len(checkpoint.get("speakers") or [])
