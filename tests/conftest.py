@@ -50,7 +50,7 @@ def tiny_cfg(tiny_corpus_dir, tmp_path):
     return make
 
 
-def small_extractor(channels: int, emb_dim: int):
+def small_extractor(channels: int, emb_dim: int, **model_options):
     """A small random ECAPA-TDNN extractor in eval mode with non-trivial BatchNorm statistics (so that eval
     mode is not an identity), for tests that compare two ways of computing the same embeddings."""
     import torch
@@ -61,7 +61,7 @@ def small_extractor(channels: int, emb_dim: int):
 
     torch.manual_seed(0)
     model = ECAPATDNN(channels=channels, mfa_channels=3 * channels, emb_dim=emb_dim,
-                      se_bottleneck=channels // 4, attention_channels=channels // 4)
+                      se_bottleneck=channels // 4, attention_channels=channels // 4, **model_options)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm1d):
             m.running_mean.uniform_(-0.5, 0.5)

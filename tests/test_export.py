@@ -11,9 +11,9 @@ from speakerid.data.audio import read_full
 from speakerid.export import OnnxExtractor, export_onnx, export_torchscript, load_torchscript
 
 
-@pytest.fixture(scope="module")
-def extractor():
-    return small_extractor(channels=64, emb_dim=48)
+@pytest.fixture(scope="module", params=[False, True], ids=["paper", "unbiased_context_std"])
+def extractor(request):
+    return small_extractor(channels=64, emb_dim=48, unbiased_context_std=request.param)
 
 
 @pytest.fixture(scope="module")

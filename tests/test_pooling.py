@@ -157,3 +157,14 @@ def test_unbiased_context_std_changes_only_the_attentions_input():
     other.load_state_dict(base.state_dict())
     features = torch.randn(2, 80, 30)
     assert not torch.allclose(base(features), other(features))
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_a_single_frame_pools_to_finite_statistics(unbiased):
+    """One frame has no unbiased variance; its global std is the clamp's sqrt(1e-4), as with divisor T."""
+    from speakerid.models.pooling import AttentiveStatsPooling
+
+    pooling = AttentiveStatsPooling(4, bottleneck=2, unbiased_context_std=unbiased).eval()
+    mean, std = pooling._context(torch.randn(2, 4, 1))
+    torch.testing.assert_close(std, torch.full((2, 4), 0.01))
+    assert torch.isfinite(pooling(torch.randn(2, 4, 1))).all()

@@ -87,7 +87,8 @@ class AttentiveStatsPooling(nn.Module):
         frames = x.shape[2]
         if self.unbiased_context_std:
             var, mean = torch.var_mean(x, dim=2, correction=1)
-            return mean, torch.sqrt(var.clamp(min=1e-4))
+            # One frame has no unbiased variance (0 / 0): take it as 0, which the clamp lifts, as for T.
+            return mean, torch.sqrt(torch.nan_to_num(var, nan=0.0).clamp(min=1e-4))
         return self._stats(x, torch.full_like(x[:, :1, :], 1.0 / frames))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
