@@ -147,7 +147,7 @@ def test_attentive_pooling_matches_a_float64_loop(unbiased):
             assert out[b, channels + c].item() == pytest.approx(math.sqrt(max(var, 1e-4)), rel=1e-9)
 
 
-def test_unbiased_context_std_changes_only_the_attentions_input():
+def test_unbiased_context_std_changes_the_output_not_the_parameters():
     """The switch changes the model's output (it is not a no-op) and not its parameters: checkpoints of either
     setting load into the other."""
     torch.manual_seed(0)

@@ -4,7 +4,8 @@ Layer sizes follow the paper: SE bottleneck 128 and attention bottleneck 128, wh
 parameters for C = 512 / 1024 with a 192-d output. TaoRuijie's implementation differs in two places, both
 options here (model=ecapa_tdnn_taoruijie sets them): a 256 attention bottleneck (attention_channels=256) and
 the unbiased standard deviation in the attention's global context (unbiased_context_std=True). With those
-two, its training step and ours give the same loss and gradients from the same weights and batch.
+two, its training step and ours give the same loss and embeddings from the same weights and batches
+(scripts/taoruijie_parity.py).
 """
 
 from __future__ import annotations
