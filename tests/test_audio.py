@@ -33,6 +33,28 @@ def test_crop_is_a_contiguous_piece_of_the_file(tmp_path, ext):
     np.testing.assert_allclose(f, i / 32768.0, atol=1e-7)
 
 
+@pytest.mark.parametrize("subtype", ["FLOAT", "DOUBLE", "PCM_24", "PCM_U8"])
+def test_int16_crops_of_float_and_other_pcm_files_hold_the_audio(tmp_path, subtype):
+    """libsndfile reads integer PCM into int16 scaled, but float files' values unscaled (0.3 -> 0): an int16
+    crop of a float WAV was silence. Every subtype now gives the float32 crop's samples, rounded."""
+    t = np.arange(40_000) / 16000
+    wave = (0.6 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    sf.write(str(tmp_path / "a.wav"), wave, 16000, subtype=subtype)
+    f = read_crop(tmp_path / "a.wav", 16_240, np.random.default_rng(3), dtype="float32")
+    i = read_crop(tmp_path / "a.wav", 16_240, np.random.default_rng(3), dtype="int16")
+    assert i.dtype == np.int16 and np.abs(f).max() > 0.5
+    step = 1 / 128 if subtype == "PCM_U8" else 1 / 32768  # the file's own resolution
+    np.testing.assert_allclose(i / 32768.0, f, atol=step)
+
+
+def test_an_int16_crop_of_a_float_file_with_nan_names_the_file(tmp_path):
+    wave = np.full(20_000, np.nan, dtype=np.float32)
+    sf.write(str(tmp_path / "nan.wav"), wave, 16000, subtype="FLOAT")
+    for dtype in ("int16", "float32"):
+        with pytest.raises(AudioError, match="nan.wav: contains NaN or infinite samples"):
+            read_crop(tmp_path / "nan.wav", 16_240, np.random.default_rng(0), dtype=dtype)
+
+
 @pytest.fixture
 def frames_requested(monkeypatch):
     """The frame counts asked of SoundFile.read, in order."""

@@ -60,6 +60,10 @@ def _check(path, frames: int, sample_rate: int, channels: int, expected_rate: in
         raise AudioError(f"{path}: sample rate is {sample_rate} Hz but {rate_name} is {expected_rate} Hz ({rate_advice})")
 
 
+# Subtypes whose samples libsndfile reads into an integer array without scaling them from [-1, 1].
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+
+
 def wrap_pad(samples: np.ndarray, length: int) -> np.ndarray:
     """Repeat a short signal cyclically up to `length` samples (TaoRuijie's 'wrap' padding)."""
     if len(samples) >= length:
@@ -82,7 +86,8 @@ def read_crop(
     dtype: str = "float32",
 ) -> np.ndarray:
     """A random crop of `crop_samples` samples (at `sample_rate`) of a mono file, read by seeking; files
-    shorter than the crop are wrap-padded. `dtype` int16 halves the bytes moved out of loader workers."""
+    shorter than the crop are wrap-padded. `dtype` int16 halves the bytes moved out of loader workers (a float
+    file is read as float32 and then converted). NaN or infinite samples are an AudioError naming the file."""
     try:
         with sf.SoundFile(str(path)) as f:
             frames, rate, channels = f.frames, f.samplerate, f.channels
@@ -92,18 +97,21 @@ def read_crop(
             start = int(rng.integers(0, frames - source_len + 1)) if frames > source_len else 0
             if start:
                 f.seek(start)
-            read_dtype = "int16" if (dtype == "int16" and rate == sample_rate) else "float32"
-            samples = f.read(min(source_len, frames), dtype=read_dtype, always_2d=False)
+            # libsndfile scales integer PCM to int16, but hands float files' values over unscaled (0.3 -> 0).
+            direct = dtype == "int16" and rate == sample_rate and f.subtype not in FLOAT_SUBTYPES
+            samples = f.read(min(source_len, frames), dtype="int16" if direct else "float32", always_2d=False)
     except AudioError:
         raise
     except Exception as e:
         raise AudioError(f"{path}: cannot read audio ({e})") from None
     if len(samples) == 0:
         raise AudioError(f"{path}: no samples could be read (truncated file?)")
+    if samples.dtype != np.int16 and not np.isfinite(samples).all():
+        raise AudioError(f"{path}: contains NaN or infinite samples")
     if rate != sample_rate:
         samples = resample_audio(samples, rate, sample_rate)
-        if dtype == "int16":
-            samples = np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)
+    if dtype == "int16" and samples.dtype != np.int16:
+        samples = np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)
     return wrap_pad(samples, crop_samples)
 
 
