@@ -8,7 +8,8 @@ import pytest
 import soundfile as sf
 
 from conftest import ARSC_DIR, requires_arsc, speakerid_cli
-from speakerid.data.check import check_data, short_files, warn_short_training_files
+from speakerid.data.audio import AudioError
+from speakerid.data.check import check_data, check_training_audio
 from speakerid.data.lists import ListFormatError
 from speakerid.features import samples_for_frames
 
@@ -174,19 +175,43 @@ def test_short_training_files_are_found_from_headers_and_logged(tmp_path, caplog
     for rel, n in lengths.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(tmp_path / rel), tone(n / 16000), 8000 if "8k" in rel else 16000)
-    (tmp_path / "a/garbage.wav").write_bytes(b"not audio" * 10)
-    paths = list(lengths) + ["a/garbage.wav", "a/missing.wav", "b/tiny.flac"]
-    # 1000 samples at 8 kHz are 2000 at 16 kHz once resampled; unreadable and missing files are left out.
-    assert short_files(tmp_path, paths, 3224, 16000, workers=3) == [("b/short.wav", 3223), ("b/tiny.flac", 800),
-                                                                     ("b/8k.wav", 2000)]
+    paths = list(lengths) + ["b/tiny.flac"]
     crop = samples_for_frames(200)  # the 2 s training crop: 32240 samples, a tenth is 3224
+    # 1000 samples at 8 kHz are 2000 at 16 kHz once resampled.
     with caplog.at_level(logging.WARNING, logger="speakerid"):
-        assert len(warn_short_training_files(tmp_path, paths, crop, 16000, workers=2)) == 3
+        short = check_training_audio(tmp_path, paths, crop, 16000, resample=True, workers=2)
+    assert short == [("b/short.wav", 3223), ("b/tiny.flac", 800), ("b/8k.wav", 2000)]
     [record] = caplog.records
     assert record.name == "speakerid" and record.getMessage().startswith(
-        "3 of 7 training files are shorter than a tenth of the 2.0 s crop and are repeated to fill it, "
+        "3 of 5 training files are shorter than a tenth of the 2.0 s crop and are repeated to fill it, "
         "e.g. b/short.wav (0.201 s)")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="speakerid"):
-        assert warn_short_training_files(tmp_path, ["a/long.wav", "a/tenth.wav"], crop, 16000) == []
+        assert check_training_audio(tmp_path, ["a/long.wav", "a/tenth.wav"], crop, 16000) == []
     assert not caplog.records
+
+
+def test_training_files_the_loader_cannot_read_stop_before_training_or_are_counted_with_skip(tmp_path, caplog):
+    """From the headers, before the first step: each file the loader would fail on is named with why."""
+    sf.write(str(tmp_path / "good.wav"), tone(1.0), 16000)
+    sf.write(str(tmp_path / "stereo.wav"), np.stack([tone(1.0)] * 2, axis=1), 16000)
+    sf.write(str(tmp_path / "8k.wav"), tone(1.0), 8000)
+    sf.write(str(tmp_path / "empty.wav"), np.zeros(0, dtype=np.float32), 16000)
+    (tmp_path / "._good.wav").write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 60)  # a macOS AppleDouble stub
+    paths = ["good.wav", "stereo.wav", "8k.wav", "empty.wav", "._good.wav", "good.wav"]
+    crop = samples_for_frames(200)
+    with pytest.raises(AudioError) as error:
+        check_training_audio(tmp_path, paths, crop, 16000, what="train list l.txt")
+    message = str(error.value)
+    assert message.startswith("4 of 5 files of train list l.txt cannot be read for training:\n")
+    assert f"{tmp_path / 'stereo.wav'}: expected mono audio, got 2 channels" in message
+    assert f"{tmp_path / '8k.wav'}: sample rate is 8000 Hz but data.sample_rate is 16000 Hz" in message
+    assert f"{tmp_path / 'empty.wav'}: audio file is empty" in message
+    assert f"{tmp_path / '._good.wav'}: " in message and "good.wav:" not in message.replace("._good.wav:", "")
+    assert "data.bad_audio=skip" in message
+    # data.resample=true reads the 8 kHz file; data.bad_audio=skip trains without the rest, with a warning.
+    with caplog.at_level(logging.WARNING, logger="speakerid"):
+        assert check_training_audio(tmp_path, paths, crop, 16000, resample=True, stop=False) == []
+    [record] = caplog.records
+    assert record.getMessage().startswith("3 of 5 files of train list cannot be read for training:")
+    assert "8k.wav" not in record.getMessage()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from speakerid.data.audio import AudioError, resampled_length
+from speakerid.data.audio import AudioError, length_at
 
 from speakerid.data.lists import (
     has_labels,
@@ -140,14 +140,6 @@ def _check_bom(report: DataReport, list_file: str | os.PathLike) -> None:
                    "first line; save the file as UTF-8 without BOM")
 
 
-def _header_length(path: Path, sample_rate: int) -> int | None:
-    try:
-        info = sf.info(str(path))
-    except Exception:  # missing or unreadable: the checks that need the file name it
-        return None
-    return resampled_length(info.frames, info.samplerate, sample_rate)
-
-
 def check_trial_audio(root: str | os.PathLike, paths: list[str], sample_rate: int, resample: bool = False,
                       what: str = "trial list", resample_advice: str = "data.resample=true", show: int = 10,
                       workers: int = 16) -> None:
@@ -169,27 +161,40 @@ def check_trial_audio(root: str | os.PathLike, paths: list[str], sample_rate: in
                          f"lists every problem:\n" + "\n".join(lines) + more)
 
 
-def short_files(root: str | os.PathLike, paths: list[str], min_samples: int, sample_rate: int = 16000,
-                workers: int = 16) -> list[tuple[str, int]]:
-    """(path, length in samples at sample_rate) of each unique file under root shorter than min_samples, in
-    list order, read from the headers only (a file at another rate counts at its resampled length).
-    Missing or unreadable files are left out: find_missing and the loader report those."""
+def check_training_audio(root: str | os.PathLike, paths: list[str], crop_samples: int, sample_rate: int = 16000,
+                         resample: bool = False, stop: bool = True, what: str = "train list", show: int = 10,
+                         workers: int = 16) -> list[tuple[str, int]]:
+    """One pass over the training files' headers before the first step. Files the loader could not read
+    (unreadable, empty, multi-channel, at another rate without data.resample) stop the run here with an
+    AudioError naming them, rather than at whatever step first draws one, hours in; with stop=False
+    (data.bad_audio=skip, which replaces them as training meets them) they get a warning. Files shorter
+    than a tenth of the crop get a warning: the loader repeats them ten times or more to fill a crop, so
+    the model sees the same few frames over and over. Returns those short files, (path, length at
+    sample_rate), in list order. Missing files are check_files_exist's."""
     unique = list(dict.fromkeys(paths))
-    lengths = map_files(lambda p: _header_length(p, sample_rate), root, unique, workers)
-    return [(p, n) for p, n in zip(unique, lengths) if n is not None and n < min_samples]
 
+    def header(path: Path) -> tuple[int | None, str | None]:
+        try:
+            return length_at(path, sample_rate, resample), None
+        except AudioError as e:
+            return None, str(e)
 
-def warn_short_training_files(root: str | os.PathLike, paths: list[str], crop_samples: int,
-                              sample_rate: int = 16000, workers: int = 16) -> list[tuple[str, int]]:
-    """Log a warning when training files are shorter than a tenth of the training crop: the loader repeats
-    them (wrap padding) ten times or more to fill a crop, so the model sees the same few frames over and
-    over. Returns short_files' list."""
-    short = short_files(root, paths, crop_samples // 10, sample_rate, workers)
+    found = map_files(header, root, unique, workers)
+    bad = [error for _, error in found if error is not None]
+    if bad:
+        listing = "\n".join(f"  {error}" for error in bad[:show])
+        more = f"\n  ... and {len(bad) - show} more" if len(bad) > show else ""
+        message = f"{len(bad)} of {len(unique)} files of {what} cannot be read for training:\n{listing}{more}"
+        if stop:
+            raise AudioError(f"{message}\nRemove them from the list (speakerid check-data lists every problem), or "
+                             f"set data.bad_audio=skip to train on the others")
+        log.warning("%s\ndata.bad_audio=skip: training replaces them whenever it draws them", message)
+    short = [(rel, n) for rel, (n, _) in zip(unique, found) if n is not None and n < crop_samples // 10]
     if short:
         path, n = short[0]
         log.warning("%d of %d training files are shorter than a tenth of the %.1f s crop and are repeated to fill "
                     "it, e.g. %s (%.3f s); remove them from the train list or check them with "
-                    "speakerid check-data --min-seconds %.2f", len(short), len(set(paths)),
+                    "speakerid check-data --min-seconds %.2f", len(short), len(unique),
                     crop_samples / sample_rate, path, n / sample_rate, crop_samples / 10 / sample_rate)
     return short
 

@@ -23,7 +23,7 @@ from speakerid import builders
 from speakerid.augment import NoiseReverb, SpeedPerturb
 from speakerid.checkpoint import CheckpointDir, load_checkpoint, load_state_strict
 from speakerid.data.dataset import CropDataset, EpochSampler, collate
-from speakerid.data.check import warn_short_training_files
+from speakerid.data.check import check_training_audio
 from speakerid.data.lists import TrainList, check_files_exist, read_train_list, warn_duplicate_paths
 from speakerid.data.synthetic import CorpusSpec, ensure_corpus
 from speakerid.distributed import (
@@ -153,7 +153,7 @@ def prepare_corpus(data_cfg: DictConfig) -> None:
 
 def setup_lists(cfg: DictConfig, env: Environment) -> Lists:
     """The train list and the validation trials: parsed (a malformed line stops here, named) and, with
-    data.check_files, every listed file checked to exist."""
+    data.check_files, every listed file checked to exist and to be audio the loader can read."""
     data = cfg.data
     protocol = builders.build_eval_protocol(cfg) if cfg.get("eval") is not None else None
     if env.dist.is_main:
@@ -166,8 +166,9 @@ def setup_lists(cfg: DictConfig, env: Environment) -> Lists:
     if data.check_files:
         t0 = time.perf_counter()
         check_files_exist(data.train_root, train_list.paths, what=f"train list {data.train_list}")
-        if env.dist.is_main:
-            warn_short_training_files(data.train_root, train_list.paths, crop_samples(cfg), data.sample_rate)
+        # Every rank reads the headers: a file that cannot be read stops them all here, before a step.
+        check_training_audio(data.train_root, train_list.paths, crop_samples(cfg), data.sample_rate, data.resample,
+                             stop=data.get("bad_audio", "error") == "error", what=f"train list {data.train_list}")
         if evaluation is not None:  # a trial file that cannot be embedded stops the run now, not after an epoch
             evaluation.check_files()
             evaluation.check_audio(data.sample_rate, data.resample)
