@@ -225,13 +225,26 @@ def time_extraction(args, run, train_list_file: Path, rows: dict) -> None:
     from bench_corpus import warm
     from speakerid.data.audio import read_full
     from speakerid.data.lists import read_train_list
-    from speakerid.evaluation import EmbeddingExtractor, ExtractionOptions, extract_embeddings, plan_batches
-    from speakerid.evaluation.extraction import file_lengths
+    from speakerid.evaluation import EmbeddingExtractor, ExtractionOptions, extract_embeddings
+    from speakerid.evaluation.extraction import file_lengths, plan_extraction
 
     device = run.env.device
     files = read_train_list(train_list_file, train_list_file.parent / "wav")
     warm([files.root / p for p in files.paths])
     extractor = EmbeddingExtractor(run.parts.fbank, run.parts.model)
+
+    class WithoutLengths(torch.nn.Module):
+        """The model behind a forward that takes no frame counts: extraction cuts its batches to the shortest
+        member (max_trim), as it did for every model before padded batches."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, features):
+            return self.model(features)
+
+    cut_extractor = EmbeddingExtractor(run.parts.fbank, WithoutLengths(run.parts.model))
     defaults = ExtractionOptions(precision=args.precision)
     # The header scan that plans evaluation's batches, timed: one part of extraction's time.
     t0 = time.perf_counter()
@@ -239,8 +252,7 @@ def time_extraction(args, run, train_list_file: Path, rows: dict) -> None:
     seconds = time.perf_counter() - t0
     rows["extract_header_scan"] = {"stage": "(f) header scan that plans the batches", "files": len(files),
                                    "utterances_per_s": len(files) / seconds, "seconds": seconds}
-    batches = len(plan_batches(lengths, defaults.batch_size, int(defaults.max_batch_seconds * 16000),
-                               defaults.max_trim))
+    batches = len(plan_extraction(extractor, lengths, defaults, device, 16000)[0])
     for workers in args.extract_workers.split(","):
         workers = workers if workers == "auto" else int(workers)
         options = ExtractionOptions(precision=args.precision, num_workers=workers)
@@ -256,15 +268,16 @@ def time_extraction(args, run, train_list_file: Path, rows: dict) -> None:
         print(f"  {label:<52} {len(files) / seconds:10.1f} utt/s  ({len(files)} files in {batches} batches)",
               flush=True)
     # Where the time goes: reading with no model, the header scan (above), and the model on the same batches
-    # from memory (no file reads), at evaluation's max_trim and at one that fills batches of 64 (a larger
-    # cut: those embeddings differ from evaluation's).
+    # from memory (no file reads), padded (evaluation's batching for this model) and, for comparison, cut to
+    # the shortest member at evaluation's max_trim (its batching before padded batches; smaller batches).
 
     class ReadingOnly(torch.nn.Module):
         """Extraction's reading path with no model: the first samples of each waveform as its "embedding"."""
 
         samples_for_frames = extractor.samples_for_frames
+        takes_lengths = extractor.takes_lengths
 
-        def forward(self, waves):
+        def forward(self, waves, lengths=None):
             return waves[:, :8]
 
     for workers in args.extract_workers.split(","):
@@ -281,17 +294,17 @@ def time_extraction(args, run, train_list_file: Path, rows: dict) -> None:
     scan = rows["extract_header_scan"]
     print(f"  {scan['stage']:<52} {scan['utterances_per_s']:10.1f} utt/s", flush=True)
     audio = {p: read_full(files.root / p, 16000) for p in files.paths}
-    for max_trim in (defaults.max_trim, 0.05):
-        options = ExtractionOptions(precision=args.precision, max_trim=max_trim)
-        planned = len(plan_batches(lengths, options.batch_size, int(options.max_batch_seconds * 16000), max_trim))
+    for name, model in (("padded", extractor), ("cut", cut_extractor)):
+        planned = len(plan_extraction(model, lengths, defaults, device, 16000)[0])
+        extract_embeddings(model, files.root, files.paths[:256], device, defaults, waveforms=audio)  # kernels
         sync(device)
         t0 = time.perf_counter()
-        extract_embeddings(extractor, files.root, files.paths, device, options, waveforms=audio)
+        extract_embeddings(model, files.root, files.paths, device, defaults, waveforms=audio)
         seconds = time.perf_counter() - t0
-        label = f"(f) model only (audio in memory), max_trim {max_trim:g}"
-        rows[f"extract_memory_trim{max_trim:g}"] = {
+        label = f"(f) model only (audio in memory), {model.batching} batches"
+        rows[f"extract_memory_{name}"] = {
             "stage": label, "utterances_per_s": len(files) / seconds, "files": len(files), "seconds": seconds,
-            "batches": planned, "mean_batch": len(files) / planned, "max_trim": max_trim}
+            "batches": planned, "mean_batch": len(files) / planned, "batching": model.batching}
         print(f"  {label:<52} {len(files) / seconds:10.1f} utt/s  ({planned} batches)", flush=True)
     del audio
     run.parts.model.train()

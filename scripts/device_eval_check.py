@@ -3,7 +3,8 @@
 runs on a CPU too). On the files of a trial list it times:
 
   one-at-a-time    batch 1, no trimming: the reference embeddings
-  batched fp32     the evaluation default (batches of similar length, max_trim 0.25%)
+  batched fp32     the evaluation default (padded batches for a model that takes lengths, as ECAPA-TDNN;
+                   else batches of similar length cut to the shortest, max_trim 0.25%)
   batched bf16     the same under bf16 autocast (CUDA only)
   multicrop fp32   TaoRuijie's protocol: full utterance + 5 crops of 3 s
 

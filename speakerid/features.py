@@ -6,6 +6,8 @@ import torch
 import torchaudio
 from torch import nn
 
+from speakerid.models.lengths import frame_mask, masked_mean, zero_padding
+
 
 def num_frames(num_samples: int, hop_length: int = 160) -> int:
     """Frames produced by `Fbank` for a waveform of `num_samples` (centred STFT)."""
@@ -52,7 +54,9 @@ class Fbank(nn.Module):
             n_mels=n_mels,
         )
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """`lengths` [batch]: the samples of each waveform of a zero-padded batch. Each then gets the features
+        it has alone, zero past its own num_frames(length) frames (speakerid.models.lengths)."""
         if waveform.dim() != 2:
             raise ValueError(f"Fbank expects waveforms [batch, samples], got {tuple(waveform.shape)}")
         # Features are always computed in float32: log-Mel energies span a range bf16 cannot hold.
@@ -60,10 +64,31 @@ class Fbank(nn.Module):
             x = waveform.float().unsqueeze(1)
             x = nn.functional.pad(x, (1, 0), mode="reflect")
             x = nn.functional.conv1d(x, self.preemphasis_kernel).squeeze(1)
-            x = torch.log(self.mel(x) + 1e-6)
+            if lengths is None:
+                x = torch.log(self.mel(x) + 1e-6)
+                return x - x.mean(dim=-1, keepdim=True) if self.mean_norm else x
+            x = torch.log(self.mel.mel_scale(self._centred_spectrogram(x, lengths)) + 1e-6)
+            mask = frame_mask(num_frames(lengths, self.hop_length), x.shape[-1])
             if self.mean_norm:
-                x = x - x.mean(dim=-1, keepdim=True)
-        return x
+                x = x - masked_mean(x, mask)
+            return zero_padding(x, mask)
+
+    def _centred_spectrogram(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The power spectrogram of each row as its own first lengths[i] samples give it: the STFT centres
+        frames by reflecting the signal at both ends (torch.stft, center=True), and a padded row's end is
+        its own. So each row is reflected at its own end here, and the frames taken as they are."""
+        spectrogram = self.mel.spectrogram
+        pad = spectrogram.n_fft // 2
+        centred = nn.functional.pad(nn.functional.pad(x.unsqueeze(1), (pad, 0), mode="reflect"), (0, pad)).squeeze(1)
+        k = torch.arange(pad, device=x.device)
+        ends = lengths.to(x.device).unsqueeze(1)
+        # x[n + k] reflects to x[n - 2 - k] (the end sample itself is not repeated), at centred index n + pad + k.
+        reflection = x.gather(1, (ends - 2 - k).clamp(min=0))
+        centred = centred.scatter(1, ends + pad + k, reflection)
+        return torchaudio.functional.spectrogram(
+            centred, pad=0, window=spectrogram.window, n_fft=spectrogram.n_fft, hop_length=spectrogram.hop_length,
+            win_length=spectrogram.win_length, power=spectrogram.power, normalized=spectrogram.normalized,
+            center=False, onesided=spectrogram.onesided)
 
 
 class SpecAugment(nn.Module):

@@ -39,11 +39,12 @@ def test_benchmark_runs_every_stage_on_a_generated_corpus(tmp_path):
     result = json.loads(out.read_text())
     for key in ("loading", "augment_features", "step", "loop", "extract_workers_0", "extract_workers_2",
                 "extract_reading_workers_0", "extract_reading_workers_2", "extract_header_scan",
-                "extract_memory_trim0.0025", "extract_memory_trim0.05"):
+                "extract_memory_padded", "extract_memory_cut"):
         assert result["stages"][key]["utterances_per_s"] > 0, key
-    # batches filled up to 64 once the cut may be larger: fewer of them than evaluation's
+    # ECAPA's padded batches hold utterances of different lengths: fewer batches than cut ones
     memory = result["stages"]
-    assert memory["extract_memory_trim0.05"]["batches"] <= memory["extract_memory_trim0.0025"]["batches"]
+    assert memory["extract_memory_padded"]["batching"] == "padded" and memory["extract_memory_cut"]["batching"] == "cut"
+    assert memory["extract_memory_padded"]["batches"] < memory["extract_memory_cut"]["batches"]
     for fmt in ("wav", "flac"):
         files = list((tmp_path / "corpus_storage" / fmt / "wav").rglob(f"*.{fmt}"))
         assert len(files) == 12
@@ -175,5 +176,6 @@ def test_device_bench_runs_every_run_on_a_cpu_with_tiny_sizes(tmp_path):
     for label in ("(a) loading only", "(d) whole training loop with augmentation", "peer: SpeechBrain",
                   "(e) whole loop, WAV", "(e) loading only, FLAC", "(f) extraction, 4-10 s, fp32, 2 loader",
                   "(e) loading only, WAV", "cold, 2 read threads", "(f) reading only (no model), 2 loader",
-                  "(f) header scan", "(f) model only (audio in memory), max_trim 0.05"):
+                  "(f) header scan", "(f) model only (audio in memory), padded batches",
+                  "(f) model only (audio in memory), cut batches"):
         assert label in table, (label, table)

@@ -74,3 +74,24 @@ def test_specaugment_masks_one_band_and_one_span_per_item():
     widths = [int(zero[b].all(dim=1).sum()) for b in range(64)]
     assert len(set(widths)) > 3  # widths drawn per item
     torch.testing.assert_close(aug.eval()(x), x)
+
+
+def test_fbank_of_a_padded_batch_with_lengths_equals_each_waveform_alone():
+    """Each row is reflected at its own end for the centred STFT and mean-normalised over its own frames;
+    the frames past its end are zero. Lengths around the hop and window cut frames at every phase."""
+    torch.manual_seed(0)
+    fbank = Fbank()
+    lengths = [32000, 31999, 16160, 16159, 4000, 401, 300]
+    batch = torch.zeros(len(lengths), max(lengths))
+    waves = [torch.randn(n) * (1 + i) for i, n in enumerate(lengths)]
+    for row, wave in zip(batch, waves):
+        row[:len(wave)] = wave
+    batch[1, 31999:] = 5.0  # what lies past a row's end does not matter
+    features = fbank(batch, torch.tensor(lengths))
+    assert features.shape == (len(lengths), 80, num_frames(max(lengths)))
+    for row, wave in enumerate(waves):
+        alone = fbank(wave[None])[0]
+        frames = num_frames(len(wave))
+        assert alone.shape[1] == frames
+        torch.testing.assert_close(features[row, :, :frames], alone, rtol=0, atol=1e-5)
+        assert (features[row, :, frames:] == 0).all()

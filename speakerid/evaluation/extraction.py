@@ -1,16 +1,23 @@
-"""Embeddings of audio files: the extractor (fbank + model), batches of nearly equal length, TaoRuijie's
+"""Embeddings of audio files: the extractor (fbank + model), batches of similar length, TaoRuijie's
 multi-crop windows, and `extract_embeddings`, which reads the files and runs the model.
 
-Batching and fidelity. A padded batch would change every full-utterance embedding (the fbank mean, the SE
-gates and the attentive pooling all average over time), so a batch holds utterances of nearly equal length
-and all are cut to the shortest among them. `max_trim` bounds the cut (a fraction of each utterance);
-within that, the batched embedding equals the one-at-a-time embedding of the cut utterance. How far the cut
-moves an embedding depends on the model: README.md gives the measured numbers, and
-`scripts/device_eval_check.py` measures them for any checkpoint. max_trim=0 batches only equal lengths.
+Batching and fidelity. Zero padding alone would change every full-utterance embedding (the fbank mean, the
+convolutions at the utterance's end, the SE gates and the attentive pooling all see the padding). So:
+
+- a model whose forward takes `lengths` (ECAPA-TDNN) gets padded batches with each utterance's frame
+  count, and masks the padding in every layer that looks across frames (speakerid.models.lengths): each
+  embedding equals the one-at-a-time embedding of the whole utterance, up to float rounding. Batches are
+  padded to a multiple of `PAD_MULTIPLE` samples on a GPU, so that a list's batches share a few shapes;
+- any other model gets batches of nearly equal length, all cut to the shortest among them. `max_trim`
+  bounds the cut (a fraction of each utterance); within that, the batched embedding equals the
+  one-at-a-time embedding of the cut utterance. How far the cut moves an embedding depends on the model:
+  README.md gives the measured numbers, and `scripts/device_eval_check.py` measures them for any
+  checkpoint. max_trim=0 batches only equal lengths.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -23,21 +30,31 @@ from torch.utils.data import DataLoader, Dataset
 from speakerid.data.audio import AudioError, length_at, read_full, wrap_pad
 from speakerid.data.lists import map_files
 from speakerid.evaluation.protocol import ExtractionOptions
-from speakerid.features import Fbank, samples_for_frames
+from speakerid.features import Fbank, num_frames, samples_for_frames
 from speakerid.resources import auto_loader_workers
 from speakerid.scoring import Embeddings
 
 
 class EmbeddingExtractor(nn.Module):
-    """Waveform [batch, samples] at the model's sample rate -> embedding [batch, emb_dim] (not normalised)."""
+    """Waveform [batch, samples] at the model's sample rate -> embedding [batch, emb_dim] (not normalised).
+    With `lengths` [batch] (samples of each waveform of a zero-padded batch; only when `takes_lengths`,
+    i.e. the model's forward takes the frame counts), each gets the embedding it has alone."""
 
     def __init__(self, fbank: Fbank, model: nn.Module):
         super().__init__()
         self.fbank = fbank
         self.model = model
+        self.takes_lengths = "lengths" in inspect.signature(model.forward).parameters
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        return self.model(self.fbank(waveform))
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None:
+            return self.model(self.fbank(waveform))
+        return self.model(self.fbank(waveform, lengths), num_frames(lengths, self.fbank.hop_length))
+
+    @property
+    def batching(self) -> str:
+        """How extract_embeddings batches utterances for this model: 'padded' (masked) or 'cut'."""
+        return "padded" if self.takes_lengths else "cut"
 
     def samples_for_frames(self, frames: int) -> int:
         """Waveform length that gives `frames` frames with this extractor's fbank hop and window (as
@@ -64,6 +81,48 @@ def plan_batches(lengths: np.ndarray, batch_size: int, max_batch_samples: int, m
     return batches
 
 
+# A padded batch is at least this full: no member is shorter than MIN_FILL times the batch's longest, so
+# padding adds at most 1 / MIN_FILL - 1 (11%) to a batch's work, next to nothing where lengths are dense.
+MIN_FILL = 0.9
+# On a GPU batches are padded to a multiple of 16 frames (0.16 s at 16 kHz): the batches of a list then
+# have a few dozen shapes, and the kernels the device picks for a shape are picked once.
+PAD_MULTIPLE = 16 * 160
+
+
+def plan_padded_batches(lengths: np.ndarray, batch_size: int, max_batch_samples: int, pad_multiple: int = 1
+                        ) -> list[tuple[np.ndarray, int]]:
+    """Group utterance indices into padded batches, longest first: (indices, padded length), the padded
+    length being the longest member's rounded up to a multiple of `pad_multiple`. A batch holds at most
+    batch_size utterances and at most max_batch_samples padded samples (but always at least one
+    utterance), none shorter than MIN_FILL times its longest member."""
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    batches: list[tuple[np.ndarray, int]] = []
+    start = 0
+    while start < len(order):
+        longest = int(lengths[order[start]])
+        padded = -(-longest // pad_multiple) * pad_multiple
+        end = start + 1
+        while (end < len(order) and end - start < batch_size and lengths[order[end]] >= longest * MIN_FILL
+               and (end - start + 1) * padded <= max_batch_samples):
+            end += 1
+        batches.append((order[start:end], padded))
+        start = end
+    return batches
+
+
+def plan_extraction(extractor: EmbeddingExtractor, lengths: np.ndarray, options: ExtractionOptions,
+                    device: torch.device, sample_rate: int) -> tuple[list[np.ndarray], list[int] | None]:
+    """extract_embeddings' batches of utterances with these lengths (samples): (indices per batch, padded
+    length per batch) for a model that takes lengths, (indices per batch, None) for cut batches."""
+    max_batch_samples = int(options.max_batch_seconds * sample_rate)
+    if not extractor.takes_lengths:
+        return plan_batches(lengths, options.batch_size, max_batch_samples, options.max_trim), None
+    plan = plan_padded_batches(lengths, options.batch_size, max_batch_samples,
+                               PAD_MULTIPLE if torch.device(device).type == "cuda" else 1)
+    return [b for b, _ in plan], [p for _, p in plan]
+
+
 def evenly_spaced_crops(waveform: np.ndarray, length: int, count: int) -> np.ndarray:
     """TaoRuijie's test crops: `count` windows of `length` samples at evenly spaced starts (truncated to
     integers) from the first to the last possible one; a shorter file is first wrap-padded to `length`."""
@@ -80,14 +139,16 @@ def file_lengths(root: Path, paths: list[str], sample_rate: int, resample: bool)
 
 
 class _PlannedBatches(Dataset):
-    """Item b: the waveforms of planned batch b cut to its shortest member, stacked [batch, samples], with
-    the multi-crop windows [batch * num_crops, crop] or None. Everything but the model happens here, in the
-    loader processes. A file that cannot be read comes back as its AudioError's message, which the main
-    process raises as it is (a DataLoader would wrap it in a worker's traceback)."""
+    """Item b: the waveforms of planned batch b stacked [batch, samples], either zero-padded to
+    `padded[b]` samples with their lengths [batch], or (`padded` None) cut to the batch's shortest member
+    with lengths None; and the multi-crop windows [batch * num_crops, crop] or None. Everything but the
+    model happens here, in the loader processes. A file that cannot be read comes back as its AudioError's
+    message, which the main process raises as it is (a DataLoader would wrap it in a worker's traceback)."""
 
-    def __init__(self, root: Path, keys: list[str], batches: list[np.ndarray], sample_rate: int, resample: bool,
-                 crop_samples: int | None, num_crops: int, waveforms: dict[str, np.ndarray] | None = None):
-        self.root, self.keys, self.batches, self.waveforms = root, keys, batches, waveforms
+    def __init__(self, root: Path, keys: list[str], batches: list[np.ndarray], padded: list[int] | None,
+                 sample_rate: int, resample: bool, crop_samples: int | None, num_crops: int,
+                 waveforms: dict[str, np.ndarray] | None = None):
+        self.root, self.keys, self.batches, self.padded, self.waveforms = root, keys, batches, padded, waveforms
         self.sample_rate, self.resample = sample_rate, resample
         self.crop_samples, self.num_crops = crop_samples, num_crops
 
@@ -99,17 +160,24 @@ class _PlannedBatches(Dataset):
             return self.waveforms[key]
         return read_full(self.root / key, self.sample_rate, self.resample)
 
-    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None] | str:
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None] | str:
         try:
             waves = [self.read(self.keys[i]) for i in self.batches[b]]
         except AudioError as e:
             return str(e)
-        shortest = min(len(w) for w in waves)
-        full = torch.from_numpy(np.stack([w[:shortest] for w in waves]))
+        if self.padded is None:
+            shortest = min(len(w) for w in waves)
+            full, lengths = torch.from_numpy(np.stack([w[:shortest] for w in waves])), None
+        else:
+            # A file may have grown or shrunk since its header was read: pad to what is there now.
+            full = torch.zeros(len(waves), max(self.padded[b], *map(len, waves)))
+            for row, w in zip(full, waves):
+                row[:len(w)] = torch.from_numpy(w)
+            lengths = torch.tensor([len(w) for w in waves])
         if self.crop_samples is None:
-            return full, None
+            return full, lengths, None
         windows = np.concatenate([evenly_spaced_crops(w, self.crop_samples, self.num_crops) for w in waves])
-        return full, torch.from_numpy(windows)
+        return full, lengths, torch.from_numpy(windows)
 
 
 def resolve_num_workers(value: int | str, device: torch.device, batches: int) -> int:
@@ -151,21 +219,21 @@ def extract_embeddings(
         raise ValueError("no files to embed")
     lengths = (file_lengths(root, keys, sample_rate, resample) if waveforms is None
                else np.array([len(waveforms[k]) for k in keys], dtype=np.int64))
-    batches = plan_batches(lengths, options.batch_size, int(options.max_batch_seconds * sample_rate),
-                           options.max_trim)
+    batches, padded = plan_extraction(extractor, lengths, options, device, sample_rate)
     crop_samples = extractor.samples_for_frames(options.crop_frames)
     crops_per_forward = max(1, int(options.max_batch_seconds * sample_rate) // crop_samples)
     # Audio in memory is not copied into loader processes: it is read in this one.
     workers = 0 if waveforms is not None else resolve_num_workers(
         options.num_workers if readers is None else readers, device, len(batches))
-    dataset = _PlannedBatches(root, keys, batches, sample_rate, resample,
+    dataset = _PlannedBatches(root, keys, batches, padded, sample_rate, resample,
                               crop_samples if options.mode == "multicrop" else None, options.num_crops, waveforms)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.precision == "bf16")
 
-    def embed(waves: torch.Tensor) -> torch.Tensor:
+    def embed(waves: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         with autocast:
-            e = extractor(waves.to(device, non_blocking=True))
+            e = extractor(waves.to(device, non_blocking=True),
+                          None if lengths is None else lengths.to(device, non_blocking=True))
         return F.normalize(e.float(), dim=1)
 
     # Embeddings stay on the device until the end: copying each batch's back would make the host wait for
@@ -184,8 +252,8 @@ def extract_embeddings(
         for batch, item in zip(batches, loader):
             if isinstance(item, str):
                 raise AudioError(item)
-            waves, windows = item
-            full_parts.append(embed(waves))
+            waves, wave_lengths, windows = item
+            full_parts.append(embed(waves, wave_lengths))
             if windows is not None:
                 crop_parts.append(torch.cat([embed(windows[i:i + crops_per_forward])
                                              for i in range(0, len(windows), crops_per_forward)]))

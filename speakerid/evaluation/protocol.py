@@ -19,7 +19,8 @@ class ExtractionOptions:
     crop_frames: int = 300          # 300 frames = 3 s (TaoRuijie: 300 * 160 + 240 samples)
     batch_size: int = 64            # utterances per batch
     max_batch_seconds: float = 640.0  # audio per batch, so that long files do not exhaust memory
-    max_trim: float = 0.0025        # at most this fraction of an utterance is cut to batch it with others
+    max_trim: float = 0.0025        # models without lengths (extraction's docstring): at most this fraction of
+                                    # an utterance is cut to batch it with others
     precision: str = "fp32"         # fp32, or bf16 autocast (CUDA)
     num_workers: int | str = "auto"  # loader processes reading the files; auto: extraction.resolve_num_workers
 

@@ -141,7 +141,8 @@ class Evaluation:
             if cache_dir is None:
                 extracted += len(paths)
                 return extract(paths)
-            cache = EmbeddingCache(cache_dir, model_id or "unnamed", root, opts, sample_rate, resample)
+            cache = EmbeddingCache(cache_dir, model_id or "unnamed", root, opts, sample_rate, resample,
+                                   extractor.batching)
             embeddings, new = cache.get(paths, extract)
             extracted += new
             return embeddings

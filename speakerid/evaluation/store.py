@@ -76,10 +76,11 @@ class EmbeddingCache:
     its file's size and modification time: a file changed since it was embedded is embedded again."""
 
     def __init__(self, folder: str | os.PathLike, model_id: str, root: str | os.PathLike, options: ExtractionOptions,
-                 sample_rate: int, resample: bool):
+                 sample_rate: int, resample: bool, batching: str = "cut"):
         self.root = Path(root)
+        # batching (EmbeddingExtractor.batching): padded batches give other embeddings than cut ones.
         self.meta = {"model": model_id, "root": str(self.root.resolve()), "sample_rate": sample_rate,
-                     "resample": bool(resample), **options.cache_fields()}
+                     "resample": bool(resample), "batching": batching, **options.cache_fields()}
         key = {k: v for k, v in self.meta.items() if k != "model"}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         self.path = Path(folder) / f"{self.root.name}-{options.mode}-{digest}.npz"

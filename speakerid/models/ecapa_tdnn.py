@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from speakerid.models.checks import check_features
+from speakerid.models.lengths import frame_mask, masked_mean, zero_padding
 from speakerid.models.pooling import AttentiveStatsPooling
 
 
@@ -38,8 +39,9 @@ class SqueezeExcitation(nn.Module):
             nn.Sigmoid(),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        # The gate's average pooling of a one-frame mean is that mean.
+        return x * self.gate(x if mask is None else masked_mean(x, mask))
 
 
 class Res2Conv(nn.Module):
@@ -55,12 +57,12 @@ class Res2Conv(nn.Module):
             ConvReluBN(self.width, self.width, kernel_size, dilation) for _ in range(scale - 1)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         chunks = torch.split(x, self.width, dim=1)
         outputs = []
         previous = None
         for chunk, block in zip(chunks, self.blocks):
-            previous = block(chunk if previous is None else chunk + previous)
+            previous = block(zero_padding(chunk if previous is None else chunk + previous, mask))
             outputs.append(previous)
         outputs.append(chunks[-1])
         return torch.cat(outputs, dim=1)
@@ -76,8 +78,11 @@ class SERes2Block(nn.Module):
             SqueezeExcitation(channels, se_bottleneck),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            return x + self.body(x)
+        reduce, res2, expand, se = self.body
+        return x + se(expand(res2(reduce(x), mask)), mask)
 
 
 class ECAPATDNN(nn.Module):
@@ -108,16 +113,19 @@ class ECAPATDNN(nn.Module):
         self.embedding = nn.Linear(mfa_channels * 2, emb_dim)
         self.emb_bn = nn.BatchNorm1d(emb_dim)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """`lengths` [batch]: the frames of each utterance of a padded batch (speakerid.models.lengths);
+        each then gets the embedding it has alone. None: every frame counts."""
         check_features(features, "ECAPATDNN", self.in_dim)
-        x = self.stem(features)
+        mask = None if lengths is None else frame_mask(lengths, features.shape[2])
+        x = self.stem(zero_padding(features, mask))
         block_outputs = []
         # Each block receives the sum of the stem and all earlier block outputs (dense residuals).
         residual_sum = x
         for block in self.blocks:
-            x = block(residual_sum)
+            x = block(residual_sum, mask)
             block_outputs.append(x)
             residual_sum = residual_sum + x
         x = self.mfa(torch.cat(block_outputs, dim=1))
-        x = self.pool_bn(self.pooling(x))
+        x = self.pool_bn(self.pooling(x, mask))
         return self.emb_bn(self.embedding(x))

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speakerid.models.lengths import masked_mean, zero_padding
+
 
 class TemporalStatsPooling(nn.Module):
     """Temporal statistics pooling (TSTP, the x-vector's): mean and standard deviation over time,
@@ -82,22 +84,33 @@ class AttentiveStatsPooling(nn.Module):
         var = torch.sum(x * x * weights, dim=2) - mean * mean
         return mean, torch.sqrt(var.clamp(min=1e-4))
 
-    def _context(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The global mean and standard deviation over time."""
-        frames = x.shape[2]
+    def _context(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global mean and standard deviation over time (over each utterance's own frames)."""
+        if mask is None:
+            if self.unbiased_context_std:
+                var, mean = torch.var_mean(x, dim=2, correction=1)
+                # One frame has no unbiased variance (0 / 0): take it as 0, which the clamp lifts, as for T.
+                return mean, torch.sqrt(torch.nan_to_num(var, nan=0.0).clamp(min=1e-4))
+            return self._stats(x, torch.full_like(x[:, :1, :], 1.0 / x.shape[2]))
+        frames = mask.sum(dim=2).to(x.dtype)  # [batch, 1]
         if self.unbiased_context_std:
-            var, mean = torch.var_mean(x, dim=2, correction=1)
-            # One frame has no unbiased variance (0 / 0): take it as 0, which the clamp lifts, as for T.
-            return mean, torch.sqrt(torch.nan_to_num(var, nan=0.0).clamp(min=1e-4))
-        return self._stats(x, torch.full_like(x[:, :1, :], 1.0 / frames))
+            mean = masked_mean(x, mask)
+            var = zero_padding(x - mean, mask).square().sum(dim=2) / (frames - 1).clamp(min=1)
+            return mean.squeeze(2), torch.sqrt(var.clamp(min=1e-4))
+        return self._stats(x, mask.to(x.dtype) / frames.unsqueeze(2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [batch, channels, frames]; `mask` [batch, 1, frames] (speakerid.models.lengths): each
+        utterance pooled over its own frames only."""
         frames = x.shape[2]
-        mean, std = self._context(x)
+        mean, std = self._context(x, mask)
         context = torch.cat(
             (x, mean.unsqueeze(2).expand(-1, -1, frames), std.unsqueeze(2).expand(-1, -1, frames)), dim=1
         )
-        weights = torch.softmax(self.attention(context), dim=2)
+        scores = self.attention(context)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=2)
         mean, std = self._stats(x, weights)
         return torch.cat((mean, std), dim=1)
 

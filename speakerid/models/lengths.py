@@ -1,0 +1,29 @@
+"""Utterances of different lengths in one padded batch: a frame mask, and the masked reductions over time
+that make each utterance's result equal its own, unpadded one.
+
+A padded batch gives each utterance the result it has alone when (1) every convolution wider than one
+frame sees zeros past the utterance's end, as its own zero padding would give it, and (2) every mean,
+variance and softmax over time runs over the utterance's frames only. Pointwise layers (1x1
+convolutions, BatchNorm in eval mode, activations) leave the padded frames' values in the padded frames,
+so they need nothing. Evaluation batches whole utterances this way (speakerid.evaluation.extraction)
+instead of cutting them to a common length.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def frame_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """Bool [batch, 1, frames]: True at each utterance's own frames (the first lengths[i])."""
+    return (torch.arange(frames, device=lengths.device) < lengths.unsqueeze(1)).unsqueeze(1)
+
+
+def zero_padding(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """x [batch, channels, frames] with the padded frames set to 0 (x itself when there is no mask)."""
+    return x if mask is None else x.masked_fill(~mask, 0.0)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over time of each utterance's own frames: [batch, channels, frames] -> [batch, channels, 1]."""
+    return zero_padding(x, mask).sum(dim=2, keepdim=True) / mask.sum(dim=2, keepdim=True).to(x.dtype)
