@@ -287,3 +287,31 @@ def test_fine_tuning_starts_from_a_checkpoint_with_a_new_optimizer(tiny_cfg, tmp
     with pytest.raises(RuntimeError, match=r"trainer.init_from=.*: its model was built with other settings than "
                                            r"this run's \(checkpoint -> this run\): unbiased_context_std: False -> True"):
         setup_run(tiny_cfg("model.unbiased_context_std=true", f"trainer.init_from={base}", run_dir=tmp_path / "flag"))
+
+
+def test_a_train_list_edited_since_the_checkpoint_stops_a_mid_epoch_resume_only(tiny_cfg, tiny_corpus_dir, tmp_path,
+                                                                                   caplog):
+    """The rest of an epoch is a permutation of the list it was drawn from: after a line is removed (a bad
+    file, say) a mid-epoch checkpoint cannot go on as it would have, and the resume stops saying why; an
+    epoch-end checkpoint goes on with the new list and a warning."""
+    import logging
+
+    lines = (tiny_corpus_dir / "train_list.txt").read_text().splitlines()
+    edited = tmp_path / "edited.txt"
+    edited.write_text("\n".join(lines[:-1]) + "\n")  # the last utterance's speaker keeps others
+    first = train(tiny_cfg("trainer.epochs=1", "trainer.checkpoint_every_steps=4", "~eval", run_dir=tmp_path / "a"))
+    assert first["epochs"] == 1
+    saved = sorted((tmp_path / "a" / "checkpoints").glob("step-*.pt"))
+    mid, end = saved[0], saved[-1]
+    assert load_checkpoint(mid)["progress"]["position"] > 0 == load_checkpoint(end)["progress"]["position"]
+    assert load_checkpoint(end)["train_list"]["utterances"] == len(lines)
+    common = [f"data.train_list={edited}", f"data.train_root={tiny_corpus_dir / 'wav'}", "~eval", "trainer.epochs=2"]
+    with pytest.raises(RuntimeError, match=rf"(?s)edited.txt has changed since {mid} was written \({len(lines)} -> "
+                                           rf"{len(lines) - 1} utterances\), which was written after \d+ utterances "
+                                           r"of epoch 1: .*resume from a checkpoint written at the end of an epoch"):
+        setup_run(tiny_cfg(*common, f"trainer.resume={mid}", run_dir=tmp_path / "b"))
+    with caplog.at_level(logging.WARNING, logger="speakerid"):
+        resumed = setup_run(tiny_cfg(*common, f"trainer.resume={end}", run_dir=tmp_path / "c"))
+    assert any("the epochs from here on are drawn from the list as it is now" in r.getMessage() for r in caplog.records)
+    assert resumed.state.progress.epoch == 1
+    resumed.close()

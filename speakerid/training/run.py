@@ -67,7 +67,7 @@ def setup_run(cfg: DictConfig) -> Run:
                         precision=cfg.trainer.precision, grad_clip_norm=cfg.trainer.grad_clip_norm,
                         compile=cfg.trainer.compile)
     state = RunState(cfg, env.dist, env.device, checkpoints, parts.model, parts.head, optimisation.optimizer,
-                     optimisation.scaler, lists.speakers)
+                     optimisation.scaler, lists.train)
     if checkpoint is not None:
         state.restore(resume_from, checkpoint)
     return Run(cfg, env, lists, parts, optimisation, speed, noise_reverb, loader, step, state)

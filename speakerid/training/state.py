@@ -4,6 +4,7 @@ and which checkpoint `trainer.resume` means. The files themselves (atomic writes
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ from speakerid.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from speakerid.data.lists import TrainList
 from speakerid.distributed import DistEnv, all_gather_objects, barrier, broadcast_buffers
 
 log = logging.getLogger("speakerid")
@@ -64,6 +66,14 @@ class NonFiniteCounter:
     @property
     def in_a_row(self) -> int:
         return int(self._in_a_row.item())
+
+
+def train_list_fingerprint(train_list: TrainList) -> dict[str, Any]:
+    """What a checkpoint records of its train list: the number of utterances and a digest of the
+    (speaker, path) lines in order. An epoch's order is a permutation of the list's indices, so the rest of
+    an epoch can only be drawn as it would have been from the same list."""
+    lines = "".join(f"{speaker}\t{path}\n" for speaker, path in zip(train_list.speakers, train_list.paths))
+    return {"utterances": len(train_list), "sha256": hashlib.sha256(lines.encode()).hexdigest()}
 
 
 class RunFinished(Exception):
@@ -133,12 +143,13 @@ class RunState:
 
     def __init__(self, cfg: DictConfig, dist: DistEnv, device: torch.device, checkpoints: CheckpointDir,
                  model: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, speakers: list[str]):
+                 scaler: torch.amp.GradScaler, train_list: TrainList):
         self.cfg, self.dist, self.device = cfg, dist, device
         self.checkpoints = checkpoints
         self.model, self.head = model, head
         self.optimizer, self.scaler = optimizer, scaler
-        self.speakers = list(speakers)
+        self.speakers = list(train_list.speaker_ids)
+        self.train_list = train_list_fingerprint(train_list)
         self.progress = Progress()
         self.nonfinite = NonFiniteCounter(device)
 
@@ -155,6 +166,7 @@ class RunState:
             "rng": rng_state(),  # replaced in save() by the states of every rank
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "speakers": self.speakers,
+            "train_list": self.train_list,
             "versions": library_versions(),
         }
 
@@ -179,6 +191,7 @@ class RunState:
                 f"{path}: the checkpoint was trained on {len(checkpoint['speakers'])} speakers that differ from "
                 f"the {len(self.speakers)} of {self.cfg.data.train_list}; resume needs the same train list"
             )
+        self._check_train_list(path, checkpoint)
         load_state_strict(self.model, checkpoint["model"], what=f"{path} model")
         load_state_strict(self.head, checkpoint["head"], what=f"{path} head")
         self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -193,6 +206,24 @@ class RunState:
             if self.dist.rank:
                 torch.manual_seed(self.cfg.seed + 1000 * self.dist.rank + self.progress.step)
         log.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch + 1, self.progress.step)
+
+    def _check_train_list(self, path: Path, checkpoint: dict[str, Any]) -> None:
+        """A train list edited since the checkpoint (a bad file's line removed, say): from an epoch's end the
+        next epochs simply draw from the new list; in the middle of an epoch the rest of the epoch cannot be
+        drawn as it would have been, so the resume stops. Checkpoints from before this record pass."""
+        saved = checkpoint.get("train_list")
+        if saved is None or saved == self.train_list:
+            return
+        change = (f"{self.cfg.data.train_list} has changed since {path} was written ({saved['utterances']} -> "
+                  f"{self.train_list['utterances']} utterances)")
+        position = checkpoint["progress"]["position"]
+        if position:
+            raise RuntimeError(
+                f"{change}, which was written after {position} utterances of epoch "
+                f"{checkpoint['progress']['epoch'] + 1}: that epoch's order is a permutation of the list it "
+                f"was drawn from, so the run cannot go on where it stopped. Restore the list, or resume from a "
+                f"checkpoint written at the end of an epoch (trainer.resume=<run>/checkpoints/step-*.pt)")
+        log.warning("%s; the epochs from here on are drawn from the list as it is now", change)
 
 
 RESUME_PARTS = ("model", "head", "optimizer", "scaler", "progress", "rng", "speakers")
