@@ -61,8 +61,25 @@ def test_runs_started_together_get_their_own_folders_and_resume_true_finds_finis
     # Another setting is another run: it is not resumed, it starts.
     proc = train_py(*args, "trainer.resume=true", "head.m=0.3")
     assert proc.returncode == 0, proc.stderr
-    assert "started with other overrides and are not resumed" in proc.stderr + proc.stdout
+    assert "started with other settings and are not resumed" in proc.stderr + proc.stdout
     assert len(list((tmp_path / "debug").iterdir())) == 3
+
+
+@pytest.mark.slow
+def test_resume_true_with_run_dir_compares_this_jobs_overrides(tiny_corpus_dir, tmp_path):
+    """With run_dir=..., Hydra keeps its record of the command in another folder: resume=true used to find
+    no overrides of its own and resume any run beside it (another seed, another learning rate). Runs are
+    now compared by the resolved config each wrote when it started."""
+    args = ["debug=tiny", f"data.dir={tiny_corpus_dir}", f"runs_root={tmp_path / 'hydra'}", "trainer.epochs=1", "~eval"]
+    first = train_py(*args, "seed=5", f"run_dir={tmp_path / 'runs' / 'a'}")
+    assert first.returncode == 0, first.stderr
+    other = train_py(*args, "seed=9", f"run_dir={tmp_path / 'runs' / 'b'}", "trainer.resume=true")
+    assert other.returncode == 0, other.stderr
+    assert "started with other settings and are not resumed" in other.stderr + other.stdout
+    assert load_checkpoint(tmp_path / "runs" / "b" / "checkpoints" / "last.pt")["config"]["seed"] == 9
+    same = train_py(*args, "seed=5", f"run_dir={tmp_path / 'runs' / 'c'}", "trainer.resume=true")
+    assert same.returncode == 0, same.stderr
+    assert f"{tmp_path / 'runs' / 'a'}/checkpoints/last.pt: this run already finished" in same.stderr + same.stdout
 
 
 @pytest.mark.slow

@@ -86,10 +86,15 @@ def test_resume_continues_exactly(tiny_cfg, tmp_path):
     assert results["val/eer"] == straight["val/eer"]
 
 
-def test_resume_true_picks_the_latest_run_of_the_same_name(tiny_cfg, tmp_path):
+def test_resume_true_picks_the_latest_run_of_the_same_name_and_settings(tiny_cfg, tmp_path):
+    from speakerid.training.state import RunFinished
+
     train(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "runs" / "2026-01-01_00-00-00"))
-    trainer = setup_run(tiny_cfg("trainer.epochs=2", "trainer.resume=true", run_dir=tmp_path / "runs" / "2026-01-02_00-00-00"))
-    assert trainer.state.progress.epoch == 1
+    with pytest.raises(RunFinished, match="2026-01-01_00-00-00/checkpoints/last.pt: this run already finished"):
+        setup_run(tiny_cfg("trainer.epochs=1", "trainer.resume=true", run_dir=tmp_path / "runs" / "2026-01-02_00-00-00"))
+    # Other settings (here more epochs, which stretch the LR schedule) are another run: it starts afresh.
+    other = setup_run(tiny_cfg("trainer.epochs=2", "trainer.resume=true", run_dir=tmp_path / "runs" / "2026-01-03_00-00-00"))
+    assert other.state.progress.step == 0
     # Nothing to resume yet: a new run starts (job scripts can always pass resume=true).
     assert setup_run(tiny_cfg("trainer.resume=true", run_dir=tmp_path / "elsewhere" / "x")).state.progress.step == 0
     with pytest.raises(FileNotFoundError, match="no such checkpoint file"):

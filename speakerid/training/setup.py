@@ -120,7 +120,7 @@ def setup_run_folder(cfg: DictConfig, env: Environment) -> tuple[CheckpointDir, 
     Never trains over another run's checkpoints, and fails now when the folder cannot be written or the
     run to resume has already finished (RunFinished)."""
     checkpoints = CheckpointDir(env.run_dir / "checkpoints", keep=cfg.trainer.keep_checkpoints)
-    resume_from = find_resume_checkpoint(cfg.trainer.resume, env.run_dir)
+    resume_from = find_resume_checkpoint(cfg, env.run_dir)
     if resume_from is None and checkpoints.last.exists():
         raise FileExistsError(f"{env.run_dir} already holds a run's checkpoints: resume it with "
                               f"trainer.resume=true, or give another run_dir")

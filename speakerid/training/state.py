@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -83,34 +84,43 @@ class RunFinished(Exception):
 RESUME_KEYS = ("trainer.resume",)  # overrides that may differ between a run and its resumption
 
 
-def run_overrides(run_dir: Path) -> list[str] | None:
-    """The command-line overrides Hydra recorded for a run (.hydra/overrides.yaml), less trainer.resume;
-    None for a run started without Hydra (train(cfg) from Python)."""
-    path = run_dir / ".hydra" / "overrides.yaml"
+def run_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's resolved config less what may differ between a run and its resumption: trainer.resume and
+    run_dir (where the run's folder is)."""
+    settings = {k: v for k, v in config.items() if k != "run_dir"}
+    settings["trainer"] = {k: v for k, v in settings.get("trainer", {}).items() if k != "resume"}
+    return settings
+
+
+def saved_run_settings(run_dir: Path) -> dict[str, Any] | None:
+    """run_settings of the config.yaml a run wrote when it started (resolved: plain YAML, read as such so
+    that nothing in it is interpolated), or None without one."""
+    path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    overrides = OmegaConf.to_container(OmegaConf.load(path))
-    return sorted(o for o in overrides if not o.lstrip("+~").startswith(tuple(f"{k}=" for k in RESUME_KEYS)))
+    config = yaml.safe_load(path.read_text())
+    return run_settings(config) if isinstance(config, dict) else None
 
 
-def find_resume_checkpoint(resume: Any, run_dir: Path) -> Path | None:
+def find_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     """trainer.resume: false -> None; a path -> that file; true -> the newest last.pt among the runs of this
-    name (the sibling folders of this run, multirun jobs included) started with the same overrides, or None
-    when there is none yet, so that a job script can always pass resume=true and be requeued at any
-    moment. Runs with other overrides (another job of a sweep, another setting) are never picked up."""
+    name (the sibling folders of this run, multirun jobs included) whose resolved config is this one's
+    (run_settings), or None when there is none yet, so that a job script can always pass resume=true and be
+    requeued at any moment. Runs of other settings (another job of a sweep, another seed, a default changed
+    since) are never picked up, however their folders were named."""
+    resume = cfg.trainer.resume
     if resume is False or resume is None:
         return None
     if resume is True:
-        ours = run_overrides(run_dir)
+        ours = run_settings(yaml.safe_load(OmegaConf.to_yaml(cfg, resolve=True)))
         candidates, others = [], []
         for last in run_dir.parent.glob("*/checkpoints/last.pt"):
-            theirs = run_overrides(last.parent.parent)
-            (candidates if ours is None or theirs == ours else others).append(last)
+            (candidates if saved_run_settings(last.parent.parent) == ours else others).append(last)
         if others:
-            log.info("trainer.resume=true: %d run(s) of this name were started with other overrides and are "
+            log.info("trainer.resume=true: %d run(s) of this name were started with other settings and are "
                      "not resumed (e.g. %s)", len(others), others[0].parent.parent)
         if not candidates:
-            log.warning("trainer.resume=true: no checkpoint of a run with these overrides under %s/*/checkpoints/ "
+            log.warning("trainer.resume=true: no checkpoint of a run with these settings under %s/*/checkpoints/ "
                         "yet; starting a new run", run_dir.parent)
             return None
         return max(candidates, key=lambda p: p.stat().st_mtime)
