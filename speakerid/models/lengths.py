@@ -25,5 +25,8 @@ def zero_padding(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over time of each utterance's own frames: [batch, channels, frames] -> [batch, channels, 1]."""
-    return zero_padding(x, mask).sum(dim=2, keepdim=True) / mask.sum(dim=2, keepdim=True).to(x.dtype)
+    """Mean over time of each utterance's own frames: [batch, channels, frames] -> [batch, channels, 1].
+    Summed and divided in at least float32: under bf16 autocast a frame count such as 1001 has no bf16."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    total = zero_padding(x, mask).sum(dim=2, keepdim=True, dtype=dtype)
+    return (total / mask.sum(dim=2, keepdim=True)).to(x.dtype)
