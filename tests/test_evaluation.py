@@ -112,7 +112,7 @@ def test_plan_padded_batches_bounds_the_padding_and_the_batch(pad_multiple):
         assert members.min() >= MIN_FILL * members.max()  # padding at most 11% of a member's length
         assert len(batch) == 1 or len(batch) * padded <= 16 * 100000
     assert [len(b) for b, _ in plan[:2]] == [1, 1]
-    assert np.mean([len(b) for b, _ in plan]) > 12  # dense lengths fill batches
+    assert np.mean([len(b) for b, _ in plan]) > 10  # dense lengths fill batches (up to max_batch_samples)
 
 
 def test_padded_batches_give_each_whole_utterance_its_own_embedding(extractor, audio_dir):
