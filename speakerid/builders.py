@@ -12,6 +12,7 @@ from torch import nn
 
 from speakerid.augment import NoiseCategory, NoiseReverb, SpeedPerturb
 from speakerid.augment import build_noise_reverb as _build_noise_reverb
+from speakerid.checkpoint import UnsafeFileConfigError, check_literal_config
 from speakerid.evaluation import EmbeddingExtractor, Protocol
 from speakerid.schedules import LRSchedule, MarginSchedule
 
@@ -88,10 +89,6 @@ def build_lr_schedule(cfg: DictConfig) -> LRSchedule:
 def build_margin_schedule(cfg: DictConfig) -> MarginSchedule | None:
     """The head's margin as a function of epochs done, or None when head.m stays fixed."""
     return None if cfg.get("margin_schedule") is None else instantiate(cfg.margin_schedule)
-
-
-class UnsafeFileConfigError(RuntimeError):
-    """A config read from a file would make speakerid build something other than its own classes."""
 
 
 def _file_buildable() -> dict[str, dict[str, type]]:
@@ -190,6 +187,7 @@ def extractor_from_checkpoint(checkpoint: dict[str, Any], source: str = "checkpo
     reads any file a model comes in.)"""
     from speakerid.checkpoint import load_state_strict
 
+    check_literal_config(checkpoint["config"], source)  # before OmegaConf, whose every read resolves
     cfg = OmegaConf.create(checkpoint["config"])
     extractor = build_file_extractor(cfg, source)
     load_state_strict(extractor.model, checkpoint["model"], what=f"{source} model")
@@ -201,20 +199,28 @@ def build_eval_protocol(cfg: DictConfig) -> Protocol:
     return Protocol.from_config(cfg.eval)
 
 
-def compose_eval_protocol(overrides: list[str], data: Any, source: str = "the model") -> Protocol:
+def compose_eval_protocol(overrides: list[str], data: Any, source: str = "the model",
+                          literal: dict[str, str] | None = None) -> Protocol:
     """The protocol of configs/evaluate.yaml with Hydra overrides (`eval=vox1_o`, `eval.dir=...`), with
-    `data` (a training config's data node, from `source`) resolving interpolations such as ${data.dir}."""
+    `data` (a training config's data node, from `source`) resolving interpolations such as ${data.dir}.
+    `literal` (eval keys such as trials, root, name) are set after composing and taken as they are: a path
+    may hold what Hydra's override grammar or OmegaConf would read otherwise (`,`, quotes, `${...}`)."""
     from omegaconf.errors import InterpolationKeyError
 
     from speakerid.config import ConfigError, missing_keys
     from speakerid.configs import compose
 
+    literal = literal or {}
     cfg = compose("evaluate", overrides)
     merged = OmegaConf.create({"data": OmegaConf.to_container(data, resolve=True) if not isinstance(data, dict)
                                else data, "eval": OmegaConf.to_container(cfg.eval, resolve=False)})
     for section in ("asnorm", "mean_subtraction"):  # off: not resolved (a model file has no ${data.train_list})
         if section in merged.eval and not merged.eval[section].get("enabled", False):
             merged.eval[section] = {"enabled": False}
+    for key in literal:  # filled in after resolving: a string in an OmegaConf node would be parsed
+        merged.eval[key] = None
+    if {"trials", "root"} <= literal.keys() and "dir" in merged.eval.keys():  # dir only spells out those two
+        del merged.eval["dir"]
     missing = [k for k in missing_keys(merged) if k.startswith("eval.")]
     if missing:
         raise ConfigError("required config values are not set: " + ", ".join(missing)
@@ -224,7 +230,7 @@ def compose_eval_protocol(overrides: list[str], data: Any, source: str = "the mo
             merged.eval[key] = merged.eval[key]
         if "dir" in merged.eval.keys():  # it only spells out those two (and a model file keeps no data.dir)
             del merged.eval["dir"]
-        return Protocol.from_config(merged.eval)
+        return Protocol.from_config({**OmegaConf.to_container(merged.eval, resolve=True), **literal})
     except InterpolationKeyError as e:  # a model file keeps no training paths for ${data.dir} and the like
         hint = " (evaluate: --trials and --root)" if e.full_key in ("eval.trials", "eval.root") else ""
         raise ConfigError(f"{e.full_key} is not set: {str(e).splitlines()[0].lower()} in {source}; set "

@@ -93,12 +93,35 @@ def load_weights_only(path: str | os.PathLike, map_location: str | torch.device 
 
 
 def check_checkpoint(checkpoint: Any, path: str | os.PathLike) -> dict[str, Any]:
-    """`checkpoint` (as loaded from `path`) if it is a checkpoint of a format this speakerid reads."""
+    """`checkpoint` (as loaded from `path`) if it is a checkpoint of a format this speakerid reads, its config
+    free of interpolations."""
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
         raise RuntimeError(f"{path}: not a speakerid checkpoint (no format_version)")
     if checkpoint["format_version"] > FORMAT_VERSION:
         raise RuntimeError(f"{path}: written by a newer speakerid (format {checkpoint['format_version']})")
+    check_literal_config(checkpoint.get("config"), str(path))
     return checkpoint
+
+
+class UnsafeFileConfigError(RuntimeError):
+    """A config read from a file would make speakerid build something other than its own classes, or resolve
+    an interpolation."""
+
+
+def check_literal_config(config: Any, source: str, where: str = "") -> None:
+    """Refuse a config read from a file (a checkpoint's, a model file's) with an interpolation in any value:
+    once the config is an OmegaConf object, reading any value resolves it, and resolvers run code
+    (${speakerid.claim:...} creates folders, ${oc.env:...} reads the environment). Training stores its config
+    resolved, so its own checkpoints never hold one."""
+    if isinstance(config, dict):
+        for k, v in config.items():
+            check_literal_config(v, source, f"{where}.{k}" if where else str(k))
+    elif isinstance(config, (list, tuple)):
+        for i, v in enumerate(config):
+            check_literal_config(v, source, f"{where}.{i}")
+    elif isinstance(config, str) and "${" in config:
+        raise UnsafeFileConfigError(f"{source}: its config value {where}={config!r} is an interpolation, which "
+                                    f"speakerid does not resolve from a file")
 
 
 def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
@@ -187,12 +210,43 @@ def last_epoch_checkpoints(run_dir: str | os.PathLike, count: int) -> list[Path]
     return chosen
 
 
-def average_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
+_MISSING = object()
+
+
+def config_differences(saved: Any, current: Any, node: str = "", ignore: tuple[str, ...] = ()) -> list[str]:
+    """`key: saved -> current` for every value under the dotted `node` ("" for all) in which two plain
+    configs differ, less the dotted keys in `ignore` and what lies under them. A key only `current` has is
+    not named: `saved` was written before the key existed."""
+
+    def at(config: Any) -> Any:
+        for key in filter(None, node.split(".")):
+            config = config.get(key, _MISSING) if isinstance(config, dict) else _MISSING
+        return config
+
+    def walk(a: Any, b: Any, prefix: str) -> list[str]:
+        if a is _MISSING or prefix[:-1] in ignore:
+            return []
+        if isinstance(a, dict) and a and isinstance(b, dict):
+            return [d for key in sorted(a, key=str) for d in walk(a[key], b.get(key), f"{prefix}{key}.")]
+        b = None if b is _MISSING else b
+        return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
+
+    return walk(at(saved), at(current), f"{node}." if node else "")
+
+
+def average_checkpoints(paths: list[str | os.PathLike], allow_different_runs: bool = False) -> dict[str, Any]:
     """A checkpoint whose model and head are the element-wise mean of those of `paths` (WeSpeaker averages
     the last checkpoints of a run before scoring). Floating-point tensors are averaged in float64 and stored
     in their own dtype; integer buffers (BatchNorm's num_batches_tracked) keep the newest value. The result
     holds the newest checkpoint's config, speakers and progress, but no optimizer, scheduler or RNG state:
-    it is for evaluation and export, not for resuming."""
+    it is for evaluation and export, not for resuming.
+
+    The checkpoints must have the same model and fbank config (switches such as unbiased_context_std or
+    f_max change what the weights compute, not their shapes) and, unless `allow_different_runs` (a model
+    soup of runs with other seeds or settings), be of one run: the same config but for the run folder and
+    trainer.resume. Differences are named `key: checkpoint -> newest checkpoint`."""
+    from speakerid.builders import model_config_differences
+
     if not paths:
         raise ValueError("no checkpoints to average")
     seen: dict[tuple[int, int], str | os.PathLike] = {}
@@ -214,6 +268,18 @@ def average_checkpoints(paths: list[str | os.PathLike]) -> dict[str, Any]:
                                  f"({len(differ)} keys, e.g. {differ[0]}); only checkpoints of one run average")
         if ckpt["speakers"] != reference["speakers"]:
             raise ValueError(f"{path}: trained on other speakers than {paths[newest]}")
+        theirs, ours = ckpt.get("config") or {}, reference.get("config") or {}
+        differ = [f"model.{d}" for d in model_config_differences(theirs.get("model") or {}, ours.get("model") or {})]
+        differ += config_differences(theirs, ours, "features.fbank")
+        if differ:
+            raise ValueError(f"{path}: its model or fbank was configured otherwise than that of {paths[newest]} "
+                             f"({'; '.join(differ)}); the mean of their weights would compute neither")
+        if not allow_different_runs:  # a resumed run writes to a new folder, with trainer.resume set
+            differ = config_differences(theirs, ours, ignore=("run_dir", "trainer.resume"))
+            if differ:
+                raise ValueError(f"{path}: not of the run of {paths[newest]} ({'; '.join(differ[:8])}"
+                                 f"{'; ...' if len(differ) > 8 else ''}); only checkpoints of one run average, "
+                                 f"unless --allow-different-runs is given")
     averaged = {k: v for k, v in reference.items() if k not in ("optimizer", "scheduler", "scaler", "rng",
                                                                    "rng_per_rank")}
     for part in ("model", "head"):

@@ -26,16 +26,17 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from speakerid.builders import build_file_extractor
 from speakerid.calibration import Calibration
-from speakerid.checkpoint import check_checkpoint, load_state_strict, load_weights_only
+from speakerid.checkpoint import check_checkpoint, check_literal_config, load_state_strict, load_weights_only
 from speakerid.evaluation import EmbeddingExtractor, file_digest
 from speakerid.io import atomic_write
 from speakerid.thresholds import Threshold
@@ -67,6 +68,9 @@ class LoadedModel:
     embedding_mean: list[float] | None = None
     calibration: dict[str, Any] | None = None
     threshold: dict[str, Any] | None = None
+    # data paths a checkpoint holds relative to the folder its training ran in, which is not known: left out
+    # of `data` (key -> path, e.g. {"dir": "data/synthetic_tiny"})
+    relative_paths: dict[str, str] = field(default_factory=dict)
 
 
 def load_extractor(path: str | os.PathLike) -> LoadedModel:
@@ -99,9 +103,43 @@ def _from_checkpoint(checkpoint: dict[str, Any], path: Path, sha256: str) -> Loa
             provenance[key] = checkpoint[key]
     config = {"model": OmegaConf.to_container(cfg.model, resolve=True),
               "features": {"fbank": OmegaConf.to_container(cfg.features.fbank, resolve=True)}}
+    data, relative = _absolute_data_paths(checkpoint["config"])
     return LoadedModel(path, sha256, kind, extractor.eval(), config, int(cfg.data.sample_rate),
-                       bool(cfg.data.get("resample", False)), OmegaConf.to_container(cfg.data, resolve=True),
-                       provenance)
+                       bool(cfg.data.get("resample", False)), data, provenance, relative_paths=relative)
+
+
+DATA_PATHS = ("dir", "train_list", "train_root")  # what ${data.*} of an eval protocol may name
+
+
+def _absolute_data_paths(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A checkpoint's data config (checked free of interpolations) with its paths absolute, and the relative
+    ones that could not be made so. Training did not change directory, so a relative data.dir is relative to
+    the folder training ran in, not to the one evaluating: read from anywhere else it would name another
+    corpus, or none. That folder is the one Hydra recorded in the run folder (<run_dir>/.hydra/hydra.yaml,
+    hydra.runtime.cwd); when it is not there, the relative paths are left out of `data`, so that only a
+    protocol that needs them stops, naming them."""
+    data = dict(config.get("data") or {})
+    relative = {k: data[k] for k in DATA_PATHS if isinstance(data.get(k), str) and not os.path.isabs(data[k])}
+    start = _training_directory(config.get("run_dir")) if relative else None
+    for key, value in relative.items():
+        if start is None:
+            del data[key]
+        else:
+            data[key] = str(start / value)
+    return data, ({} if start is not None else relative)
+
+
+def _training_directory(run_dir: Any) -> Path | None:
+    """The working directory of the training that wrote to `run_dir`, as Hydra recorded it; None when the run
+    folder or the record is not there (a run started from Python, a checkpoint copied elsewhere)."""
+    if not isinstance(run_dir, str) or not os.path.isabs(run_dir):
+        return None
+    try:  # safe_load: plain values only, and nothing in it is resolved
+        with open(Path(run_dir) / ".hydra" / "hydra.yaml", encoding="utf-8") as f:
+            cwd = yaml.safe_load(f)["hydra"]["runtime"]["cwd"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return Path(cwd) if isinstance(cwd, str) and os.path.isabs(cwd) and Path(cwd).is_dir() else None
 
 
 def _from_model_file(content: dict[str, Any], path: Path, sha256: str) -> LoadedModel:
@@ -157,6 +195,7 @@ def check_model_file(content: Any, source: str) -> dict[str, Any]:
             and isinstance(config.get("features"), dict) and isinstance(config["features"].get("fbank"), dict)):
         raise ModelFileError(f"{source}: config must hold model and features.fbank")
     _check_plain(config, f"{source}: config")
+    check_literal_config(config, source)
     rate = content["sample_rate"]
     if not (isinstance(rate, int) and not isinstance(rate, bool) and rate > 0):
         raise ModelFileError(f"{source}: sample_rate must be a positive integer, got {rate!r}")

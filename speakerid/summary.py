@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from omegaconf import OmegaConf
+import yaml
 
 from speakerid.io import read_json
 from speakerid.report import format_table
@@ -48,14 +48,18 @@ def _number(value: Any, where: str) -> float:
 
 
 def _seed_of(run_dir: Path) -> int | None:
+    """The seed in a run's config.yaml, None when it is not an integer there. Read as plain YAML: OmegaConf
+    would resolve an interpolation (`seed: ${oc.env:...}` or a resolver with side effects), and training
+    writes the file resolved, so a seed that is not a number is not one training used."""
     config = run_dir / "config.yaml"
     if not config.is_file():
         return None
     try:
-        seed = OmegaConf.load(config).get("seed")
-    except Exception:  # not YAML (yaml's errors) or not a mapping: the seed column only shows '-'
+        with open(config, encoding="utf-8") as f:
+            seed = yaml.safe_load(f).get("seed")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):  # not YAML, or not a mapping: '-'
         return None
-    return seed if isinstance(seed, int) else None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def read_run_folder(run_dir: str | os.PathLike) -> Result:

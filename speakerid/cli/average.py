@@ -9,6 +9,10 @@ checkpoint, but cannot be resumed (it has no optimizer state).
 Floating-point tensors are averaged in float64 and stored in their own dtype; BatchNorm's counters come from
 the newest checkpoint. Train with trainer.keep_checkpoints=N to keep the checkpoints of the last N epochs (and
 no trainer.checkpoint_every_* settings, so that each of them is an epoch end).
+
+The checkpoints must be of one run: the same config but for the run folder and trainer.resume (a resumed run
+writes to a new folder). --allow-different-runs averages runs of other seeds or settings too (a "model
+soup"), but never models or fbanks configured otherwise: their weights compute different things.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoints of one run (two or more), or with --last its run folder")
     parser.add_argument("--last", type=int, metavar="N", help="the last N epochs of the finished run whose "
                         "folder is given (N = 1: its last epoch, without the optimizer state)")
+    parser.add_argument("--allow-different-runs", action="store_true", help="average checkpoints of runs whose "
+                        "configs differ (other seeds, data or training settings; the model and fbank must still "
+                        "be the same); without it, only checkpoints of one run average")
     add_output_arguments(parser, "the checkpoint to write", required=True)
 
 
@@ -42,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_new_file(args.out, args.overwrite, what="--out")
         paths = args.checkpoints if args.last is None else last_epoch_checkpoints(args.checkpoints[0], args.last)
-        averaged = average_checkpoints(paths)
+        averaged = average_checkpoints(paths, allow_different_runs=args.allow_different_runs)
         save_atomic(averaged, args.out)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -12,7 +12,9 @@ so scoring other lists or norms does not extract them again.
         eval.asnorm.cohort_list=/data/vox2/train_list.txt eval.asnorm.cohort_root=/data/vox2/dev/wav
     speakerid evaluate --model model.pt --trials my_trials.txt --root /data/wav   # any list; a model file
 --model takes a training checkpoint, an averaged checkpoint or a model file (`speakerid export`); a model
-file keeps no training paths, so give it --trials and --root or eval=... eval.dir=...
+file keeps no training paths, so give it --trials and --root or eval=... eval.dir=... A checkpoint's relative
+data paths (data.dir=data/...) are read from the folder its training ran in, as Hydra recorded it in the run
+folder, never from the current one; without that record, give --trials and --root.
 """
 
 import argparse
@@ -78,10 +80,11 @@ def run(args: argparse.Namespace) -> int:
 
     checkpoint_path = Path(args.model)
     overrides = list(args.overrides)
+    literal = {}  # set on the composed config, not as overrides: a path may hold `,`, quotes or `${`
     if args.trials:
-        overrides += [f"eval.trials={Path(args.trials).resolve()}", f"eval.name={Path(args.trials).stem}"]
+        literal |= {"trials": str(Path(args.trials).resolve()), "name": Path(args.trials).stem}
     if args.root:
-        overrides.append(f"eval.root={Path(args.root).resolve()}")
+        literal["root"] = str(Path(args.root).resolve())
     if args.num_workers is not None:
         overrides.append(f"eval.embedding.num_workers={args.num_workers}")
     out_dir = args.out_dir or default_out_dir(checkpoint_path)
@@ -89,7 +92,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_writable(out_dir, folder=True, what="--out-dir")
         loaded = load_extractor(checkpoint_path)
-        protocol = compose_eval_protocol(overrides, loaded.data, source=f"{loaded.kind} {checkpoint_path}")
+        source = f"{loaded.kind} {checkpoint_path}"
+        if loaded.relative_paths:  # a protocol that needs one of them stops, saying why it is not known
+            source += (", whose " + ", ".join(f"data.{k}={v}" for k, v in loaded.relative_paths.items())
+                       + " are relative to the folder its training ran in, which neither it nor its run folder "
+                       "(.hydra/hydra.yaml) records")
+        protocol = compose_eval_protocol(overrides, loaded.data, source, literal)
         evaluation = Evaluation(protocol)  # lists parsed, every file checked, before any audio is read
         # the scoring's name (and so the file names) as run() will do it: a model file's mean is subtracted too
         scoring = protocol.scoring_with(protocol.mean_subtraction.enabled or loaded.embedding_mean is not None)
