@@ -127,6 +127,10 @@ def test_a_failed_validation_keeps_the_epoch_and_resume_validates_it(tiny_cfg, t
     assert len(calls) == 2 and results["epochs"] == 2  # the pending validation of epoch 1, then epoch 2's
     straight = train(tiny_cfg("trainer.epochs=2", run_dir=tmp_path / "straight"))
     assert results["val/eer"] == straight["val/eer"]
+    # Resumed without validation (~eval): the pending one is dropped, not a crash.
+    unvalidated = train(tiny_cfg("trainer.epochs=2", "~eval", f"trainer.resume={tmp_path / 'first' / 'checkpoints' / 'last.pt'}",
+                                 run_dir=tmp_path / "third"))
+    assert unvalidated["epochs"] == 2 and "val/eer" not in unvalidated
 
 
 def test_a_signal_during_the_last_validation_stops_with_the_exit_code(tiny_cfg, tmp_path, monkeypatch):

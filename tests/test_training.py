@@ -108,11 +108,18 @@ def test_refuses_to_train_over_an_existing_run(tiny_cfg, tmp_path):
 
 
 def test_resume_with_another_architecture_names_the_keys(tiny_cfg, tmp_path):
+    """From the configs when the checkpoint has one; from the weights' shapes when it has none."""
     train(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    with pytest.raises(RuntimeError, match=r"this run's settings differ from the checkpoint's .*model.channels: 16 -> 24"):
+        setup_run(tiny_cfg("model.channels=24", f"trainer.resume={last}", run_dir=tmp_path / "other"))
+    checkpoint = load_checkpoint(last)
+    del checkpoint["config"]
+    torch.save(checkpoint, tmp_path / "no_config.pt")
     with pytest.raises(RuntimeError, match=r"(?s)does not match the configured architecture\n  shapes differ \(\d+\):\n"
                        r".*    blocks.0.body.0.0.weight: checkpoint \(16, 16, 1\) vs model \(24, 24, 1\)"):
-        setup_run(tiny_cfg("model.channels=24", f"trainer.resume={tmp_path / 'run' / 'checkpoints' / 'last.pt'}",
-                         run_dir=tmp_path / "other"))
+        setup_run(tiny_cfg("model.channels=24", f"trainer.resume={tmp_path / 'no_config.pt'}",
+                           run_dir=tmp_path / "other2"))
 
 
 def test_missing_train_files_are_reported_before_training(tiny_cfg, tiny_corpus_dir, tmp_path):
@@ -168,8 +175,9 @@ def augment_overrides(noise_dirs):
 
 def test_resume_continues_exactly_with_augmentation(tiny_cfg, tmp_path, noise_dirs):
     """Noise, reverberation and speed draws come from RNG state that the checkpoint restores, so a run
-    resumed mid-epoch ends with the same parameters as an uninterrupted one."""
-    aug = augment_overrides(noise_dirs)
+    resumed mid-epoch ends with the same parameters as an uninterrupted one, and logs the same means
+    (the logging window of steps 4-6 spans the stop after step 4)."""
+    aug = augment_overrides(noise_dirs) + ["trainer.log_every_steps=3"]
     straight = setup_run(tiny_cfg(*aug, "trainer.epochs=2", run_dir=tmp_path / "straight"))
     # The augmentation is really on: speed-perturbed copies are new classes, and the inputs change.
     assert straight.parts.head.num_classes == 3 * 6 and straight.noise_reverb is not None
@@ -204,6 +212,13 @@ def test_resume_continues_exactly_with_augmentation(tiny_cfg, tmp_path, noise_di
     resumed.fit()
 
     assert_same_final_state(tmp_path / "straight", tmp_path / "second")
+    # The epoch's means include the 4 steps taken before the stop, as the uninterrupted run's do.
+    def logged(run):
+        return {(r["step"], key): value for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+                for key, value in r.items() if key in ("train/loss", "train/top1", "train/epoch_loss", "train/epoch_top1")}
+    straight_logged, resumed_logged = logged("straight"), logged("second")
+    assert ((6, "train/epoch_loss") in resumed_logged and (12, "train/epoch_loss") in resumed_logged)
+    assert {k: v for k, v in straight_logged.items() if k[0] > 4} == resumed_logged
 
 
 def test_margin_and_lr_schedules_step_every_step_and_resume_on_the_curve(tiny_cfg, tmp_path):
@@ -290,8 +305,43 @@ def test_fine_tuning_starts_from_a_checkpoint_with_a_new_optimizer(tiny_cfg, tmp
         setup_run(tiny_cfg("model.channels=24", f"trainer.init_from={base}", run_dir=tmp_path / "other"))
     # Same shapes, another computation: named too, before a step is taken.
     with pytest.raises(RuntimeError, match=r"trainer.init_from=.*: its model was built with other settings than "
-                                           r"this run's \(checkpoint -> this run\): unbiased_context_std: False -> True"):
+                                           r"this run's \(checkpoint -> this run\): model.unbiased_context_std: False -> True"):
         setup_run(tiny_cfg("model.unbiased_context_std=true", f"trainer.init_from={base}", run_dir=tmp_path / "flag"))
+    with pytest.raises(RuntimeError, match=r"other settings than this run's \(checkpoint -> this run\): "
+                                           r"features.fbank.f_max: 7600.0 -> 4000; features.fbank.hop_length: 160 -> 320"):
+        setup_run(tiny_cfg("features.fbank.f_max=4000", "features.fbank.hop_length=320", f"trainer.init_from={base}",
+                           run_dir=tmp_path / "fbank"))
+
+
+def test_a_resume_with_other_model_fbank_or_optimizer_settings_stops_and_other_changes_are_named(tiny_cfg, tmp_path,
+                                                                                                  caplog):
+    """The optimizer's settings come back from its state (a new weight decay would be ignored, another
+    optimizer fail at its first step) and the weights mean what the model and fbank settings say: a resume
+    that changes them stops, naming them; other changes (more epochs, another margin) resume with a
+    warning that names them."""
+    import logging
+
+    train(tiny_cfg("trainer.epochs=1", "~eval", run_dir=tmp_path / "a"))
+    last = tmp_path / "a" / "checkpoints" / "last.pt"
+    for overrides, named in ((["optim.weight_decay=0.5"], r"optim.weight_decay: 2e-05 -> 0.5"),
+                             (["optim=sgd"], r"optim._target_: 'torch.optim.Adam' -> 'torch.optim.SGD'"),
+                             (["model.unbiased_context_std=true"], r"model.unbiased_context_std: False -> True"),
+                             (["features.fbank.n_mels=40", "model.in_dim=40"], r"features.fbank.n_mels: 80 -> 40")):
+        with pytest.raises(RuntimeError, match=rf"last.pt: this run's settings differ from the checkpoint's in what "
+                                               rf"its weights or optimizer state mean \(checkpoint -> this run\): .*{named}"):
+            setup_run(tiny_cfg(*overrides, "trainer.epochs=2", "~eval", f"trainer.resume={last}",
+                               run_dir=tmp_path / "b"))
+    with caplog.at_level(logging.WARNING, logger="speakerid"):
+        resumed = setup_run(tiny_cfg("trainer.epochs=2", "head.m=0.3", "optim.lr=0.0005", "~eval",
+                                     f"trainer.resume={last}", run_dir=tmp_path / "c"))
+    [warning] = [r.getMessage() for r in caplog.records if "differ from the checkpoint's" in r.getMessage()]
+    assert "head.m: 0.2 -> 0.3" in warning and "trainer.epochs: 1 -> 2" in warning and "run_dir" not in warning
+    # The LR schedule sets the optimizer's lr at every step: a lower optim.lr takes effect (named, allowed).
+    assert "optim.lr: 0.001 -> 0.0005" in warning
+    resumed.optimisation.apply_schedules(resumed.state.progress.step, resumed.parts.head)
+    assert resumed.optimisation.optimizer.param_groups[0]["lr"] < 0.0005
+    assert resumed.state.progress.epoch == 1
+    resumed.close()
 
 
 def test_a_train_list_edited_since_the_checkpoint_stops_a_mid_epoch_resume_only(tiny_cfg, tiny_corpus_dir, tmp_path,

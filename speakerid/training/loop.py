@@ -65,9 +65,22 @@ class StopSignal:
 class DeviceMeans:
     """Mean loss and top-1 over the applied steps, summed on the device and read once."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, saved: dict | None = None, dist: DistEnv = DistEnv()):
+        """`saved`: what state() gave when the run was checkpointed: the sums over every rank, which rank 0
+        takes back (the others start from 0, so that their sum is the same again)."""
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top1, applied steps
         self.steps = 0
+        if saved is not None:
+            if dist.is_main:
+                self.sums += torch.tensor(saved["sums"], dtype=torch.float64, device=device)
+            self.steps = saved["steps"]
+
+    def state(self, dist: DistEnv = DistEnv()) -> dict:
+        """The sums over every rank and the step count, for a checkpoint (every rank must call it)."""
+        sums = self.sums.clone()
+        if dist.enabled:
+            torch.distributed.all_reduce(sums)
+        return {"sums": sums.tolist(), "steps": self.steps}
 
     def add(self, result: StepResult) -> None:
         applied = result.finite.to(torch.float64)
@@ -142,8 +155,13 @@ class Loop:
         # log goes to a file while the bar is drawn, the log gets a line at every logging step instead.
         self.show_bar = show_progress_bar(self.tcfg.progress_bar, run.env.dist)
         self.log_lines = not (self.show_bar and sys.stdout.isatty())
+        self.means: tuple[DeviceMeans, DeviceMeans] | None = None  # the epoch's and the window's, while training
 
     def save(self, best: bool = False):
+        progress, dist = self.run.state.progress, self.run.env.dist
+        in_epoch = self.means is not None and progress.position > 0
+        progress.epoch_means = self.means[0].state(dist) if in_epoch else None
+        progress.window_means = self.means[1].state(dist) if in_epoch else None
         path = self.run.state.save(best)
         self.last_save = time.monotonic()
         return path
@@ -156,7 +174,12 @@ class Loop:
         run.parts.model.train()
         run.parts.head.train()
         run.loader.sampler.set_epoch(progress.epoch, start=progress.position)
-        epoch, window = DeviceMeans(device), DeviceMeans(device)
+        # Resumed mid-epoch: the sums so far come back with the checkpoint.
+        resumed = progress.position > 0
+        epoch = DeviceMeans(device, progress.epoch_means if resumed else None, dist)
+        window = DeviceMeans(device, progress.window_means if resumed else None, dist)
+        self.means = (epoch, window)
+        timed_steps = 0  # the window's steps taken by this process (its speed)
         bar = None
         if self.show_bar:
             from tqdm import tqdm
@@ -171,15 +194,16 @@ class Loop:
             progress.position += batch
             epoch.add(result)
             window.add(result)
+            timed_steps += 1
             run.state.nonfinite.add(result.finite)
             log_step = progress.step % tcfg.log_every_steps == 0
             if log_step:
                 loss, top1, skipped = window.read(dist)  # waits for the device: the window's steps are done
                 window_seconds = time.perf_counter() - window_start
-                self.time_left.add_steps(window.steps, window_seconds)
+                self.time_left.add_steps(timed_steps, window_seconds)
                 scalars = {
                     "train/lr": run.optimisation.optimizer.param_groups[0]["lr"],
-                    "train/utterances_per_s": window.steps * batch / window_seconds,
+                    "train/utterances_per_s": timed_steps * batch / window_seconds,
                     "train/nonfinite_steps": run.state.nonfinite.total,
                 }
                 if hasattr(run.parts.head, "m"):
@@ -196,6 +220,8 @@ class Loop:
                     log.info("%s", self.step_line(loss, top1, scalars))
                 self.check_nonfinite(skipped)
                 window = DeviceMeans(device)
+                self.means = (epoch, window)
+                timed_steps = 0
                 window_start = time.perf_counter()
             if bar is not None:
                 bar.update(1)
@@ -207,6 +233,8 @@ class Loop:
             bar.close()
         loss, top1, _ = epoch.read(dist)
         self.check_nonfinite(0)
+        if self.stop.received is None:
+            self.means = None  # the epoch is over: its checkpoint holds no sums
         return {"train/epoch_loss": loss, "train/epoch_top1": top1}
 
     def step_line(self, loss: float, top1: float, scalars: dict[str, float]) -> str:
@@ -235,10 +263,13 @@ class Loop:
                         "(%d in the run)", state.progress.step, skipped_in_window, state.nonfinite.total)
         limit = self.tcfg.max_nonfinite_steps
         if state.nonfinite.in_a_row >= limit:
+            last = state.checkpoints.last
+            where = (f"The last checkpoint, {last}, holds the last good state" if last.exists()
+                     else "No checkpoint had been written yet")
             raise NonFiniteLossError(
                 f"{state.nonfinite.in_a_row} consecutive steps had a non-finite loss or gradient (limit "
-                f"trainer.max_nonfinite_steps={limit}); stopped. The last checkpoint, {state.checkpoints.last}, "
-                f"holds the last good state: lower optim.lr, set trainer.grad_clip_norm, or check the data")
+                f"trainer.max_nonfinite_steps={limit}); stopped. {where}: lower optim.lr, set "
+                f"trainer.grad_clip_norm, or check the data")
 
     def stop_requested(self, log_step: bool) -> bool:
         """A SIGTERM/SIGINT was received. With several processes they must stop at the same step, so the
@@ -317,7 +348,10 @@ def fit(run: Run) -> dict[str, Any]:
         loop = Loop(run, logger, stop)
         try:
             if progress.pending_validation:  # resumed from a checkpoint written before its validation
-                loop.validate_and_save(results)
+                if run.lists.evaluation is not None:
+                    loop.validate_and_save(results)
+                else:  # resumed with ~eval: there is nothing to validate it on
+                    progress.pending_validation = False
             while not loop.stop_requested(log_step=True) and progress.epoch < tcfg.epochs:  # ranks agree
                 t0 = time.perf_counter()
                 epoch_means = loop.train_epoch()

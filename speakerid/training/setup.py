@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from speakerid import builders
 from speakerid.augment import NoiseReverb, SpeedPerturb
-from speakerid.checkpoint import CheckpointDir, load_checkpoint, load_state_strict
+from speakerid.checkpoint import CheckpointDir, config_differences, load_checkpoint, load_state_strict
 from speakerid.data.dataset import CropDataset, EpochSampler, collate
 from speakerid.data.check import check_training_audio
 from speakerid.data.lists import TrainList, check_files_exist, read_train_list, warn_duplicate_paths
@@ -259,28 +259,29 @@ def setup_model_and_head(cfg: DictConfig, env: Environment, num_classes: int, sp
                        builders.build_head(cfg, num_classes=num_classes).to(env.device))
     if cfg.trainer.get("init_from") and not resuming:
         initialise_from(Path(cfg.trainer.init_from), parts, speakers, bool(cfg.trainer.init_head),
-                        OmegaConf.to_container(cfg.model, resolve=True))
+                        OmegaConf.to_container(cfg, resolve=True))
     if env.dist.rank:  # the same initial weights everywhere, but each rank its own augmentation draws
         torch.manual_seed(cfg.seed + 1000 * env.dist.rank)
     return parts
 
 
 def initialise_from(path: Path, parts: ModelParts, speakers: list[str], head: bool,
-                    model_config: dict[str, Any] | None = None) -> None:
+                    config: dict[str, Any] | None = None) -> None:
     """Start from the weights of an earlier run (large-margin fine-tuning, new data): model and, with
     `head`, the classification head, loaded strictly (differing keys and shapes are named). This run's
-    `model_config` must be the one the checkpoint saved: a switch such as unbiased_context_std changes what
-    the weights compute, not their shapes. Only tensors are read; the optimizer, schedules and progress
-    start anew."""
+    model and fbank settings (in its resolved `config`) must be those the checkpoint saved: a switch such
+    as unbiased_context_std, or another hop or band, changes what the weights compute, not their shapes.
+    Only tensors are read; the optimizer, schedules and progress start anew."""
     checkpoint = load_checkpoint(path, map_location="cpu")
     load_state_strict(parts.model, checkpoint["model"], what=f"trainer.init_from={path}: model")
-    saved = (checkpoint.get("config") or {}).get("model")
-    if model_config is not None and saved is not None:
-        differences = builders.model_config_differences(saved, model_config)
+    saved = checkpoint.get("config") or {}
+    if config is not None and saved.get("model") is not None:
+        differences = [f"model.{d}" for d in builders.model_config_differences(saved["model"], config["model"])]
+        differences += config_differences(saved, config, "features.fbank")
         if differences:
             raise RuntimeError(f"trainer.init_from={path}: its model was built with other settings than this run's "
                                f"(checkpoint -> this run): {'; '.join(differences)}. The weights would compute "
-                               f"something else here; give this run the checkpoint's model settings")
+                               f"something else here; give this run the checkpoint's model and fbank settings")
     if head:
         if checkpoint.get("speakers") != speakers:
             theirs = len(checkpoint.get("speakers") or [])

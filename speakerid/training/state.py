@@ -20,6 +20,7 @@ from torch import nn
 from speakerid.checkpoint import (
     FORMAT_VERSION,
     CheckpointDir,
+    config_differences,
     library_versions,
     load_checkpoint,
     load_state_strict,
@@ -45,6 +46,10 @@ class Progress:
     # validation (or by it failing) validates that epoch first when resumed.
     pending_validation: bool = False
     margin: float | None = None  # the head's margin at the last step (a record: the schedule recomputes it)
+    # Mid-epoch: the loss and top-1 sums (over every rank) and step counts of the epoch and of the logging
+    # window in progress, so that a resumed run logs the means an uninterrupted one would (loop.DeviceMeans).
+    epoch_means: dict | None = None
+    window_means: dict | None = None
 
 
 class NonFiniteCounter:
@@ -84,38 +89,36 @@ class RunFinished(Exception):
 RESUME_KEYS = ("trainer.resume",)  # overrides that may differ between a run and its resumption
 
 
-def run_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's resolved config less what may differ between a run and its resumption: trainer.resume and
-    run_dir (where the run's folder is)."""
-    settings = {k: v for k, v in config.items() if k != "run_dir"}
-    settings["trainer"] = {k: v for k, v in settings.get("trainer", {}).items() if k != "resume"}
-    return settings
+# What may differ between a run and its resumption: where its folder is, and the resume itself.
+RUN_FOLDER_KEYS = ("run_dir", "trainer.resume")
 
 
-def saved_run_settings(run_dir: Path) -> dict[str, Any] | None:
-    """run_settings of the config.yaml a run wrote when it started (resolved: plain YAML, read as such so
-    that nothing in it is interpolated), or None without one."""
+def saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """The resolved config.yaml a run wrote when it started, read as plain YAML (nothing in it is
+    interpolated), or None without one."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
     config = yaml.safe_load(path.read_text())
-    return run_settings(config) if isinstance(config, dict) else None
+    return config if isinstance(config, dict) else None
 
 
 def find_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     """trainer.resume: false -> None; a path -> that file; true -> the newest last.pt among the runs of this
-    name (the sibling folders of this run, multirun jobs included) whose resolved config is this one's
-    (run_settings), or None when there is none yet, so that a job script can always pass resume=true and be
+    name (the sibling folders of this run, multirun jobs included) whose resolved config is this one's but
+    for RUN_FOLDER_KEYS, or None when there is none yet, so that a job script can always pass resume=true and be
     requeued at any moment. Runs of other settings (another job of a sweep, another seed, a default changed
     since) are never picked up, however their folders were named."""
     resume = cfg.trainer.resume
     if resume is False or resume is None:
         return None
     if resume is True:
-        ours = run_settings(yaml.safe_load(OmegaConf.to_yaml(cfg, resolve=True)))
+        ours = yaml.safe_load(OmegaConf.to_yaml(cfg, resolve=True))
         candidates, others = [], []
         for last in run_dir.parent.glob("*/checkpoints/last.pt"):
-            (candidates if saved_run_settings(last.parent.parent) == ours else others).append(last)
+            theirs = saved_config(last.parent.parent)
+            same = theirs is not None and not config_differences(theirs, ours, ignore=RUN_FOLDER_KEYS)
+            (candidates if same else others).append(last)
         if others:
             log.info("trainer.resume=true: %d run(s) of this name were started with other settings and are "
                      "not resumed (e.g. %s)", len(others), others[0].parent.parent)
@@ -201,6 +204,7 @@ class RunState:
                 f"{path}: the checkpoint was trained on {len(checkpoint['speakers'])} speakers that differ from "
                 f"the {len(self.speakers)} of {self.cfg.data.train_list}; resume needs the same train list"
             )
+        self._check_settings(path, checkpoint)
         self._check_train_list(path, checkpoint)
         load_state_strict(self.model, checkpoint["model"], what=f"{path} model")
         load_state_strict(self.head, checkpoint["head"], what=f"{path} head")
@@ -216,6 +220,36 @@ class RunState:
             if self.dist.rank:
                 torch.manual_seed(self.cfg.seed + 1000 * self.dist.rank + self.progress.step)
         log.info("resumed from %s at epoch %d, step %d", path, self.progress.epoch + 1, self.progress.step)
+
+    # What the weights and the optimizer state mean: a resume must not change it. The optimizer's own
+    # settings come back from its state (weight decay, betas, momentum), so a change there would be
+    # ignored, or, for another optimizer, fail at its first step; its lr is the one exception: the LR
+    # schedule sets it at every step from the config (a lower optim.lr is how a diverging run goes on).
+    FIXED_ON_RESUME = ("features.fbank", "optim")
+    CHANGEABLE_ON_RESUME = ("optim.lr",)
+
+    def _check_settings(self, path: Path, checkpoint: dict[str, Any]) -> None:
+        """Stop when this run's model, fbank or optimizer settings differ from the checkpoint's; name every
+        other difference (more epochs, another margin, ...) in a warning."""
+        from speakerid.builders import model_config_differences
+
+        saved = checkpoint.get("config")
+        if not saved:
+            return
+        current = yaml.safe_load(OmegaConf.to_yaml(self.cfg, resolve=True))
+        fixed = [f"model.{d}" for d in model_config_differences(saved.get("model") or {}, current["model"])]
+        for node in self.FIXED_ON_RESUME:
+            fixed += config_differences(saved, current, node, ignore=self.CHANGEABLE_ON_RESUME)
+        if fixed:
+            raise RuntimeError(
+                f"{path}: this run's settings differ from the checkpoint's in what its weights or optimizer "
+                f"state mean (checkpoint -> this run): {'; '.join(fixed)}. Resume with the checkpoint's settings, "
+                f"or start a new run from its weights with trainer.init_from")
+        other = config_differences(saved, current, ignore=("model", *self.FIXED_ON_RESUME, *RUN_FOLDER_KEYS))
+        other += config_differences(saved, current, "optim.lr")
+        if other:
+            log.warning("resuming %s with settings that differ from the checkpoint's (checkpoint -> this run): %s",
+                        path, "; ".join(other[:12]) + (f"; and {len(other) - 12} more" if len(other) > 12 else ""))
 
     def _check_train_list(self, path: Path, checkpoint: dict[str, Any]) -> None:
         """A train list edited since the checkpoint (a bad file's line removed, say): from an epoch's end the
