@@ -328,10 +328,14 @@ def test_export_checks_the_calibration_json_and_keeps_existing_files(checkpoint,
 
 def test_embed_reads_its_list_as_every_list_is_read(checkpoint, tmp_path, capsys):
     listed = tmp_path / "files.txt"
-    listed.write_bytes("\ufeffa/1.wav\nspk b/2.flac\n# comment\n\n".encode("utf-8"))
+    listed.write_bytes("\ufeffa/1.wav\nb/2.flac\n# comment\n\n".encode("utf-8"))
     assert read_file_list(listed) == ["a/1.wav", "b/2.flac"]  # the byte-order mark is not part of a path
+    listed.write_text("spk a/1.wav\nspk b/2.flac\n")
+    assert read_file_list(listed) == ["a/1.wav", "b/2.flac"]  # a train list
     for line, why in [("../outside.wav", "goes up with '..'"), ("/etc/passwd", "is absolute"),
-                      ("spk a/1.wav extra", "expected 'path' or 'speaker path', got 3 fields")]:
+                      ("spk a/1.wav extra", "expected 'path' or 'speaker path', got 3 fields"),
+                      ("spk b/2.flac", "has 2 field\\(s\\), but line 1 .* has 1"),
+                      ("b/my file.wav", "has 2 field.*a path cannot contain whitespace")]:
         listed.write_text(f"a/1.wav\n{line}\n")
         with pytest.raises(ListFormatError, match=f"files.txt:2: .*{why}"):
             read_file_list(listed)

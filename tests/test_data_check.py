@@ -48,7 +48,8 @@ def corpus(tmp_path):
     (root / bad["corrupt"]).write_bytes((root / "b/s1/long.flac").read_bytes()[:6000])
     assert full
     lines = [f"{r.split('/')[0]} {r}" for r in good + list(bad.values())]
-    lines += ["a a/s1/0.wav", "c c/s1/missing.wav", "d b/s1/0.flac"]  # duplicate, missing, lone speaker
+    # duplicate, missing, lone speaker (in another speaker's folder)
+    lines += ["a a/s1/0.wav", "c c/s1/missing.wav", f"d {put('b/s3/lone.wav')}"]
     train_list = tmp_path / "train.txt"
     train_list.write_text("\n".join(lines) + "\n")
     trials = tmp_path / "trials.txt"
@@ -215,3 +216,61 @@ def test_training_files_the_loader_cannot_read_stop_before_training_or_are_count
     [record] = caplog.records
     assert record.getMessage().startswith("3 of 5 files of train list cannot be read for training:")
     assert "8k.wav" not in record.getMessage()
+
+
+def test_script_never_replaces_an_existing_file_nor_a_list_it_checks(corpus):
+    tmp_path, root, train_list, trials, _ = corpus
+    before = {p: p.read_bytes() for p in (train_list, trials)}
+    alias = tmp_path / "alias.txt"
+    alias.symlink_to(trials)
+    for out in (train_list, trials, alias):
+        for overwrite in ([], ["--overwrite"]):
+            proc = speakerid_cli("check-data", "--list", train_list, "--root", root, "--trials", trials, "--out", out,
+                                 *overwrite)
+            assert proc.returncode == 2 and f"--out {out} is the list being checked" in proc.stderr, proc.stderr
+    assert {p: p.read_bytes() for p in (train_list, trials)} == before
+    notes = tmp_path / "notes.json"
+    notes.write_text("mine")
+    proc = speakerid_cli("check-data", "--trials", trials, "--root", root, "--out", notes)
+    assert proc.returncode == 1 and f"--out {notes} already exists; pass --overwrite" in proc.stderr
+    assert notes.read_text() == "mine" and "errors" not in proc.stdout  # refused before any work
+    proc = speakerid_cli("check-data", "--trials", trials, "--root", root, "--out", notes, "--overwrite")
+    assert proc.returncode == 0 and json.loads(notes.read_text())["stats"]["trials"] == 3, proc.stderr
+
+
+def test_reversed_and_self_trials_are_reported_and_contradictions_stop_the_check(corpus):
+    tmp_path, root, train_list, trials, _ = corpus
+    lines = ["1 a/s1/0.wav a/s1/1.wav", "0 a/s1/0.wav b/s1/0.flac", "1 a/s1/1.wav a/s1/0.wav",
+             "1 a/s1/2.wav a/s1/2.wav"]
+    trials.write_text("\n".join(lines) + "\n")
+    report = check_data(trials=trials, trials_root=root, workers=2)
+    assert [(p.severity, p.kind, p.detail) for p in report.problems] == [
+        ("warning", "duplicate", "trial 1 a/s1/0.wav a/s1/1.wav appears 2 times, in either order (first on line 1)"),
+        ("warning", "self_trial", "line 4: 1 a/s1/2.wav a/s1/2.wav pairs a file with itself (it scores 1 whatever "
+                                  "the model)")]
+    trials.write_text("\n".join(lines + ["1 b/s1/0.flac a/s1/0.wav"]) + "\n")
+    proc = speakerid_cli("check-data", "--trials", trials, "--root", root, "--out", tmp_path / "r.json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (f"error: {trials}:5: the pair b/s1/0.flac a/s1/0.wav is labelled 1, but line 2 labels it 0 "
+            f"('0 a/s1/0.wav b/s1/0.flac')") in proc.stderr
+    train_list.write_text(train_list.read_text() + "b a/s1/1.wav\n")
+    proc = speakerid_cli("check-data", "--list", train_list, "--root", root, "--out", tmp_path / "r2.json")
+    assert proc.returncode == 1 and (f"error: {train_list}:{len(train_list.read_text().splitlines())}: a/s1/1.wav is "
+                                     f"listed for speaker b, but line 2 lists it for speaker a") in proc.stderr
+
+
+def test_strip_prefix_lets_the_overlap_check_compare_speakers(corpus):
+    """`1 wav/a/...` with the trial root one level up: every file is found, but the first folder is `wav`."""
+    tmp_path, root, train_list, _, _ = corpus
+    prefixed = tmp_path / "prefixed.txt"
+    prefixed.write_text("1 wav/a/s1/0.wav wav/a/s1/1.wav\n0 wav/a/s1/0.wav wav/b/s1/0.flac\n")
+    kinds = {p.kind: p for p in check_data(train_list, root, prefixed, tmp_path, workers=2).problems}
+    assert "speaker_overlap" not in kinds and "--strip-prefix wav/" in kinds["trial_speakers"].detail
+    out = tmp_path / "r.json"
+    proc = speakerid_cli("check-data", "--list", train_list, "--root", root, "--trials", prefixed, "--strip-prefix",
+                         "wav/", "--out", out)
+    assert proc.returncode == 1, proc.stderr
+    problems = json.loads(out.read_text())["problems"]
+    [overlap] = [p for p in problems if p["kind"] == "speaker_overlap"]
+    assert overlap["severity"] == "error" and "2 trial speakers" in overlap["detail"] and "a, b" in overlap["detail"]
+    assert not any(p["kind"] == "missing" and "/s1/0.wav" in p["where"] for p in problems)

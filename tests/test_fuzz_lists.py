@@ -1,5 +1,5 @@
-"""Property-based fuzzing of the train-list and trial-list parsers: well-formed lists round-trip; any other
-text either parses or fails with ListFormatError naming the file and line, never another exception."""
+"""Property-based fuzzing of the train-list, trial-list and file-list parsers: well-formed lists round-trip;
+any other text either parses or fails with ListFormatError naming the file and line, never another exception."""
 
 import re
 import tempfile
@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speakerid.data.lists import ListFormatError, read_train_list, read_trials
+from speakerid.data.lists import ListFormatError, read_file_list, read_train_list, read_trials
 
 token = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc")), min_size=1,
                 max_size=12).filter(
@@ -28,6 +28,13 @@ def write(text: str) -> Path:
 def test_train_list_round_trip(entries, bom):
     path = write(bom + "".join(f"{s} {p}\n" for s, p in entries))
     speakers = {s for s, _ in entries}
+    if len({(s, p) for s, p in entries}) > len({p for _, p in entries}):  # a file under two speakers
+        try:
+            read_train_list(path, "/root")
+        except ListFormatError as e:
+            assert "one file cannot be two speakers" in str(e)
+            return
+        raise AssertionError("a file listed under two speakers was accepted")
     if len(speakers) < 2:
         try:
             read_train_list(path, "/root")
@@ -42,15 +49,26 @@ def test_train_list_round_trip(entries, bom):
 
 
 @settings(max_examples=150, deadline=None)
+@given(st.lists(relpath, min_size=1, max_size=30), st.sampled_from(["", "\ufeff"]), st.booleans())
+def test_file_list_round_trip(paths, bom, with_speakers):
+    speaker = [p.split("/")[0] for p in paths]  # a speaker id has no "/"
+    lines = [f"{s} {p}" if with_speakers else p for s, p in zip(speaker, paths)]
+    assert read_file_list(write(bom + "\n".join(lines) + "\n")) == paths
+
+
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["0", "1"]), relpath, relpath), min_size=1, max_size=30),
        st.sampled_from(["", "\ufeff"]))
 def test_trials_round_trip(entries, bom):
     path = write(bom + "".join(f"{lab} {a} {b}\n" for lab, a, b in entries))
     labels = {lab for lab, _, _ in entries}
+    pairs = {frozenset((a, b)) for _, a, b in entries}
     try:
         trials = read_trials(path)
     except ListFormatError as e:
-        assert labels != {"0", "1"} and "only" in str(e)
+        contradiction = len({(lab, frozenset((a, b))) for lab, a, b in entries}) > len(pairs)
+        assert (contradiction and "a pair of files is either the same speaker or not" in str(e)) or (
+            labels != {"0", "1"} and "only" in str(e))
         return
     assert [(str(t.label), t.enrol, t.test) for t in trials] == entries
 
@@ -66,7 +84,7 @@ line = st.one_of(
 @given(st.lists(line, max_size=12))
 def test_arbitrary_text_parses_or_names_the_line(lines):
     path = write("\n".join(lines))
-    for parse in (lambda p: read_train_list(p, "/root"), read_trials):
+    for parse in (lambda p: read_train_list(p, "/root"), read_trials, read_file_list):
         try:
             parse(path)
         except ListFormatError as e:
@@ -83,7 +101,7 @@ def test_arbitrary_text_parses_or_names_the_line(lines):
 def test_binary_garbage_is_a_format_error(data):
     path = write("")
     path.write_bytes(data)
-    for parse in (lambda p: read_train_list(p, "/root"), read_trials):
+    for parse in (lambda p: read_train_list(p, "/root"), read_trials, read_file_list):
         try:
             parse(path)
         except ListFormatError as e:

@@ -8,6 +8,7 @@ from speakerid.data.lists import (
     MissingFilesError,
     check_files_exist,
     has_labels,
+    read_file_list,
     read_train_list,
     read_trials,
     starts_with_bom,
@@ -169,11 +170,68 @@ def test_duplicate_train_lines_are_logged_with_count_and_example(tmp_path, caplo
 
 
 def test_duplicate_trials_are_logged_with_count_and_example(tmp_path, caplog):
+    """`0 b a` repeats `0 a b`: scoring is symmetric, so it is the same trial counted again."""
     lst = write(tmp_path / "dup_trials.txt", "1 a/1.wav a/2.wav\n0 a/1.wav b/1.wav\n0 a/1.wav b/1.wav\n"
                                              "1 a/1.wav a/2.wav\n0 b/1.wav a/1.wav\n")
     with caplog.at_level(logging.WARNING, logger="speakerid"):
         dups = warn_duplicate_trials(lst, read_trials(lst))
-    assert {t.line(): n for t, n in dups.items()} == {"1 a/1.wav a/2.wav": 2, "0 a/1.wav b/1.wav": 2}
+    assert {t.line(): n for t, n in dups.items()} == {"1 a/1.wav a/2.wav": 2, "0 a/1.wav b/1.wav": 3}
     [record] = caplog.records
-    assert (f"trial list {lst}: 2 trials appear more than once (2 extra lines), e.g. '1 a/1.wav a/2.wav' 2 times"
+    assert (f"trial list {lst}: 2 trials appear more than once (3 extra lines), e.g. '1 a/1.wav a/2.wav' 2 times"
             in record.getMessage())
+
+
+@pytest.mark.parametrize("text", [
+    "1 a/1.wav b/1.wav\n0 a/1.wav a/2.wav\n0 a/1.wav b/1.wav\n",
+    "1 a/1.wav b/1.wav\n0 a/1.wav a/2.wav\n0 b/1.wav a/1.wav\n",  # the same pair in the other order
+])
+def test_a_pair_labelled_both_ways_is_an_error_naming_both_lines(tmp_path, text):
+    lst = write(tmp_path / "conflict.txt", text)
+    pair = " ".join(text.splitlines()[2].split()[1:])
+    with pytest.raises(ListFormatError, match=re.escape(f"conflict.txt:3: the pair {pair} is labelled 0, but line 1 "
+                                                        f"labels it 1 ('1 a/1.wav b/1.wav')")):
+        read_trials(lst)
+    prefixed = write(tmp_path / "prefixed.txt", "".join(f"{f[0]} wav/{f[1]} wav/{f[2]}\n"
+                                                        for f in map(str.split, text.splitlines())))
+    with pytest.raises(ListFormatError, match="prefixed.txt:3: the pair"):
+        read_trials(prefixed, strip_prefix="wav/")
+
+
+def test_a_trial_of_a_file_against_itself_is_logged_with_its_line(tmp_path, caplog):
+    lst = write(tmp_path / "self.txt", "0 a/1.wav b/1.wav\n# a comment\n1 a/1.wav a/1.wav\n1 a/1.wav a/2.wav\n")
+    with caplog.at_level(logging.WARNING, logger="speakerid"):
+        assert warn_duplicate_trials(lst, read_trials(lst)) == {}
+    [record] = caplog.records
+    assert (f"trial list {lst}: 1 trials pair a file with itself, e.g. line 3 '1 a/1.wav a/1.wav'; they score 1 "
+            f"whatever the model" in record.getMessage())
+
+
+def test_a_file_listed_under_two_speakers_is_an_error_naming_both_lines(tmp_path):
+    lst = write(tmp_path / "two.txt", "a a/1.wav\nb b/1.wav\n\nb a/1.wav\n")
+    with pytest.raises(ListFormatError, match=re.escape("two.txt:4: a/1.wav is listed for speaker b, but line 1 "
+                                                        "lists it for speaker a: one file cannot be two speakers")):
+        read_train_list(lst, tmp_path)
+    # the same file twice under one speaker is a repeat (warn_duplicate_paths), not a contradiction
+    assert read_train_list(write(tmp_path / "rep.txt", "a a/1.wav\nb b/1.wav\na a/1.wav\n"), tmp_path).paths == \
+        ["a/1.wav", "b/1.wav", "a/1.wav"]
+
+
+def test_file_lists_are_read_as_all_paths_or_all_speaker_paths(tmp_path):
+    assert read_file_list(write(tmp_path / "p.txt", "a/1.wav\n# c\nb/2.wav\n")) == ["a/1.wav", "b/2.wav"]
+    assert read_file_list(write(tmp_path / "s.txt", "a a/1.wav\nb b/2.wav\n")) == ["a/1.wav", "b/2.wav"]
+
+
+@pytest.mark.parametrize("text,match", [
+    # one path with a space, alone: it was read as speaker 'a/my' and path 'file.wav', a different file
+    ("a/my file.wav\n", r"f.txt:1: 'a/my file.wav': 'a/my' is a path, not a speaker id: if the line is one path, it "
+                        r"contains whitespace"),
+    ("b/1.wav\na/my file.wav\n", r"f.txt:2: 'a/my file.wav' has 2 field\(s\), but line 1 \('b/1.wav'\) has 1: a list "
+                                 r"is either all 'path' or all 'speaker path' lines, and a path cannot contain "
+                                 r"whitespace"),
+    ("a a/1.wav\nb/2.wav\n", r"f.txt:2: 'b/2.wav' has 1 field\(s\), but line 1 \('a a/1.wav'\) has 2"),
+    ("a a/my file.wav\n", r"f.txt:1: expected 'path' or 'speaker path', got 3 fields: 'a a/my file.wav' \(a path "
+                          r"cannot contain whitespace\)"),
+])
+def test_a_path_with_whitespace_in_a_file_list_is_an_error_naming_the_line(tmp_path, text, match):
+    with pytest.raises(ListFormatError, match=match):
+        read_file_list(write(tmp_path / "f.txt", text))

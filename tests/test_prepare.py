@@ -1,5 +1,6 @@
 """Data preparation as a user runs it: Kaldi data directories to train lists, VoxCeleb2 m4a to wav/flac."""
 
+import logging
 import os
 import shutil
 import subprocess
@@ -10,8 +11,15 @@ import pytest
 import soundfile as sf
 
 from conftest import REPO, speakerid_cli
-from speakerid.data.lists import read_train_list
-from speakerid.data.prepare import KaldiFormatError, read_kaldi_data_dir, write_real_rirs
+from speakerid.data.check import check_data
+from speakerid.data.lists import read_train_list, warn_duplicate_paths
+from speakerid.data.prepare import (
+    KaldiFormatError,
+    conversion_jobs,
+    read_kaldi_data_dir,
+    scan_voxceleb_folder,
+    write_real_rirs,
+)
 
 FFMPEG = shutil.which("ffmpeg")
 requires_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (apt-get install ffmpeg)")
@@ -152,7 +160,7 @@ def test_m4a_conversion_is_parallel_resumable_and_correct(tmp_path, fmt):
     assert not list(dst.rglob("*.part"))
 
 
-def test_segment_list_has_one_row_per_whole_segment_and_never_replaces_a_list(tmp_path):
+def test_segment_list_has_one_row_per_whole_segment_and_never_replaces_a_list(tmp_path, caplog):
     # durations by hand: 2.9 s -> 1 row (at least one), 3.0 s -> 1, 6.0 s -> 2, 9.7 s -> 3
     root = tmp_path / "wav"
     durations = {"a/s1/1.wav": 2.9, "a/s1/2.wav": 3.0, "b/s1/1.flac": 6.0, "b/s2/1.wav": 9.7}
@@ -163,9 +171,24 @@ def test_segment_list_has_one_row_per_whole_segment_and_never_replaces_a_list(tm
     proc = prepare("--list", tmp_path / "train.txt", "--root", root, "--out", tmp_path / "3s.txt",
                    "--segment-seconds", 3)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "3s.txt").read_text() == ("a a/s1/1.wav\na a/s1/2.wav\nb b/s1/1.flac\nb b/s1/1.flac\n"
-                                                 "b b/s2/1.wav\nb b/s2/1.wav\nb b/s2/1.wav\n")
+    rows = "a a/s1/1.wav\na a/s1/2.wav\nb b/s1/1.flac\nb b/s1/1.flac\nb b/s2/1.wav\nb b/s2/1.wav\nb b/s2/1.wav\n"
+    assert (tmp_path / "3s.txt").read_text() == (
+        "# speakerid prepare --segment-seconds 3: each utterance is listed once per whole 3 s of it, at least once; "
+        "the repeated lines are intended\n" + rows)
     assert "7 rows (one per 3 s) of 4 utterances of 2 speakers" in proc.stdout
+    # the repeats are the recipe: neither training nor check-data asks to remove them, as they do for a list
+    # that repeats lines without saying so
+    (tmp_path / "repeats.txt").write_text(rows)
+    with caplog.at_level(logging.WARNING, logger="speakerid"):
+        assert warn_duplicate_paths("3s.txt", read_train_list(tmp_path / "3s.txt", root)) == {
+            "b/s1/1.flac": 2, "b/s2/1.wav": 3}
+        assert not caplog.records
+        warn_duplicate_paths("repeats.txt", read_train_list(tmp_path / "repeats.txt", root))
+        assert "Remove the repeated lines" in caplog.records[0].getMessage()
+    assert not any(p.kind == "duplicate" for p in check_data(tmp_path / "3s.txt", root, workers=2).problems)
+    assert any(p.kind == "duplicate" for p in check_data(tmp_path / "repeats.txt", root, workers=2).problems)
+    proc = prepare("--list", tmp_path / "3s.txt", "--root", root, "--out", tmp_path / "9s.txt", "--segment-seconds", 3)
+    assert proc.returncode == 1 and "already lists each utterance once per segment" in proc.stderr
     # the same from the folder itself
     proc = prepare("--root", root, "--out", tmp_path / "3s_scan.txt", "--segment-seconds", 3)
     assert proc.returncode == 0 and sorted((tmp_path / "3s_scan.txt").read_text().splitlines()) == \
@@ -214,3 +237,59 @@ def test_real_rirs_are_first_channels_rerunnable_and_never_replace_another_file(
 
     with pytest.raises(FileNotFoundError, match="real_rirs_isotropic_noises/rir_list not found"):
         write_real_rirs(tmp_path, out)
+
+
+def put_audio(root, *rels):
+    for rel in rels:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(root / rel), np.zeros(1600, dtype=np.int16), 16000)
+
+
+def test_names_a_list_line_cannot_hold_are_refused_and_named(tmp_path):
+    """Readers split a line at whitespace, skip one starting with '#' and read UTF-8: such names used to be
+    written as they are, into a list that training then refused (or read with a speaker fewer)."""
+    root, out = tmp_path / "wav", tmp_path / "list.txt"
+    put_audio(root, "spkA/s1/1.wav", "spkA/s1/my take.wav", "spk C/s1/1.wav", "#spkD/s1/1.wav", "spkE/s1\u00a0b/1.wav")
+    with open(os.fsencode(root / "spkA/s1") + b"/caf\xe9.wav", "wb") as f:  # a Latin-1 name
+        f.write((root / "spkA/s1/1.wav").read_bytes())
+    proc = prepare("--root", root, "--out", out)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and not out.exists()
+    assert f"error: {root}: 5 audio files have names that a list cannot hold" in proc.stderr
+    for problem in ["'spk C/s1/1.wav': contains whitespace", "#spkD/s1/1.wav: speaker #spkD starts with '#'",
+                    "spkA/s1/caf\\xe9.wav: not UTF-8", "'spkA/s1/my take.wav': contains whitespace",
+                    "'spkE/s1\\xa0b/1.wav': contains whitespace"]:
+        assert f"\n  {problem}" in proc.stderr, (problem, proc.stderr)
+    put_audio(root, *[f"spkB/s1/take {i}.wav" for i in range(7)])
+    with pytest.raises(ValueError, match=r"12 audio files .*\n(  .*\n){9}  .* \.\.\. and 2 more$"):
+        scan_voxceleb_folder(root)  # fine-tuning's scan too: ten named, the rest counted
+
+    data, _ = kaldi_dir(tmp_path)
+    (data / "utt2spk").write_text("u1 #spkA\nu2 #spkA\nu3 spkB\n")
+    proc = prepare("--kaldi", data, "--out", out, cwd=tmp_path)
+    assert proc.returncode == 1 and "speaker #spkA starts with '#'" in proc.stderr and not out.exists()
+
+
+def test_scan_follows_linked_folders_once_matches_endings_in_any_case_and_skips_dotfiles(tmp_path):
+    root, out = tmp_path / "wav", tmp_path / "list.txt"
+    put_audio(root, "spkA/s1/1.WAV", "spkA/s1/2.wav", "spkB/s1/1.Flac", ".Trash/s1/1.wav")
+    put_audio(tmp_path / "elsewhere", "spkF/s1/1.wav", "spkF/s2/1.wav")
+    (root / "spkF").symlink_to(tmp_path / "elsewhere" / "spkF")  # speakers gathered from other disks
+    (root / "spkA" / "s1" / "loop").symlink_to(root)  # a loop: followed blindly, the walk would never end
+    (root / "spkA" / "s1" / "._2.wav").write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 60)  # macOS AppleDouble stub
+    proc = prepare("--root", root, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == ("spkA spkA/s1/1.WAV\nspkA spkA/s1/2.wav\nspkB spkB/s1/1.Flac\nspkF spkF/s1/1.wav\n"
+                               "spkF spkF/s2/1.wav\n")
+    proc = prepare("--root", root, "--out", tmp_path / "upper.txt", "--ext", "WAV")
+    assert proc.returncode == 0 and "4 utterances of 2 speakers" in proc.stdout, proc.stderr
+    (root / "spkG").symlink_to(tmp_path / "elsewhere" / "spkF")  # the same folder under another speaker
+    proc = prepare("--root", root, "--out", tmp_path / "twice.txt")
+    assert proc.returncode == 1 and "1 folders are reached twice through links, so their files would be listed " \
+        "twice: spk" in proc.stderr and not (tmp_path / "twice.txt").exists()
+    assert {"spkF", "spkG"} <= set(proc.stderr.replace("(= ", " ").replace(")", " ").split())
+    # the m4a conversion skips the stubs too: ffmpeg cannot decode them, and the list would never be written
+    (tmp_path / "aac/id1/v").mkdir(parents=True)
+    for name in ("00001.m4a", "._00001.m4a"):
+        (tmp_path / "aac/id1/v" / name).write_bytes(b"")
+    assert conversion_jobs(tmp_path / "aac", tmp_path / "out", "wav") == [
+        (tmp_path / "aac/id1/v/00001.m4a", tmp_path / "out/id1/v/00001.wav")]

@@ -15,9 +15,14 @@ It prints the data.train_list and data.train_root to train with. With --kaldi th
 written relative to --root (default: the deepest folder holding them all). flac is lossless and smaller
 than wav; wav decodes with less CPU per crop. --segment-seconds S lists each utterance once per whole S
 seconds of it (at least once), as 3D-Speaker's recipes do (S = 3), from any of these sources or an existing
-list (--list). --real-rirs writes 3D-Speaker's RIRs (the real ones of RIRS_NOISES'
+list (--list); the list's first line, a comment, says so, and training and check-data then take the
+repeated lines as intended. --real-rirs writes 3D-Speaker's RIRs (the real ones of RIRS_NOISES'
 real_rirs_isotropic_noises/rir_list, first channel) as mono files into the folder --out, for
 augment.rir_dir of augment=campplus.
+
+Endings match in any case (--ext WAV), linked folders are followed, and names starting with '.' (macOS
+`._x.wav` stubs) are skipped. File and folder names with whitespace, a speaker starting with '#' or a name
+that is not UTF-8 stop the command, each named: a list line cannot hold them.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from speakerid.data.prepare import (
     AUDIO_EXTENSIONS,
     ConversionReport,
     FFmpegNotFoundError,
+    check_listable,
     convert_tree,
     read_kaldi_data_dir,
     relative_entries,
@@ -53,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", help="folder holding speaker/session/utterance files (with --convert-to: the "
                                        "m4a files); with --kaldi, the folder the list's paths are relative to")
     add_output_arguments(parser, "train list to write (with --real-rirs: the folder to write into)", required=True)
-    parser.add_argument("--ext", nargs="+", default=list(AUDIO_EXTENSIONS), help="audio file endings to list")
+    parser.add_argument("--ext", nargs="+", default=list(AUDIO_EXTENSIONS),
+                        help="audio file endings to list (in any case)")
     parser.add_argument("--list", help="an existing train list (paths relative to --root), for --segment-seconds")
     parser.add_argument("--segment-seconds", type=float,
                         help="one row per whole this many seconds of each utterance, at least one (3D-Speaker: 3)")
@@ -99,9 +106,13 @@ def run(args: argparse.Namespace) -> int:
         check_new_file(args.out, args.overwrite, what="--out")  # before any conversion: never a user's list
         if args.list:
             listed = read_train_list(args.list, args.root)
+            if listed.segmented and args.segment_seconds is not None:
+                raise ValueError(f"{args.list} already lists each utterance once per segment (written by "
+                                 f"--segment-seconds); give the list it was made from")
             root, entries = args.root, list(zip(listed.speakers, listed.paths))
         elif args.kaldi:
             root, entries = relative_entries(read_kaldi_data_dir(args.kaldi, args.kaldi_base), args.root)
+            check_listable(entries, args.kaldi)
         else:
             root, extensions = args.root, tuple(e if e.startswith(".") else f".{e}" for e in args.ext)
             if args.convert_to:
@@ -112,10 +123,10 @@ def run(args: argparse.Namespace) -> int:
         utterances = len(entries)
         if args.segment_seconds is not None:
             entries = rows_per_segment(entries, root, args.segment_seconds)
+        write_train_list(entries, args.out, args.segment_seconds)
     except (ValueError, OSError, FFmpegNotFoundError, ListFormatError, AudioError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    write_train_list(entries, args.out)
     per_speaker = Counter(s for s, _ in entries)
     rows = "" if args.segment_seconds is None else f"{len(entries)} rows (one per {args.segment_seconds:g} s) of "
     print(f"{args.out}: {rows}{utterances} utterances of {len(per_speaker)} speakers "

@@ -24,6 +24,8 @@ from speakerid.data.lists import (
     read_train_list,
     read_trials,
     repeated,
+    repeated_trials,
+    self_trials,
     starts_with_bom,
     trial_files,
 )
@@ -210,10 +212,13 @@ def check_data(
     deep: bool = False,
     workers: int = 16,
     min_trial_seconds: float = MIN_TRIAL_SECONDS,
+    strip_prefix: str | None = None,
 ) -> DataReport:
-    """Check a train list and/or a trial list. A malformed list line, or a path that is absolute or goes up
-    with `..`, raises ListFormatError (file:line). Training files shorter than min_seconds are a warning
-    (wrap-padded), trial files shorter than min_trial_seconds an error (no usable embedding)."""
+    """Check a train list and/or a trial list. A malformed list line, a path that is absolute or goes up
+    with `..`, a file listed under two speakers or a pair of trial files labelled both 1 and 0 raises
+    ListFormatError (file:line). Training files shorter than min_seconds are a warning (wrap-padded), trial
+    files shorter than min_trial_seconds an error (no usable embedding). strip_prefix is removed from each
+    trial path as evaluation's eval.strip_prefix removes it, so that the first folder left is the speaker."""
     report = DataReport()
     train_speakers: set[str] = set()
     if train_list is not None:
@@ -223,7 +228,7 @@ def check_data(
         counts = Counter(parsed.speakers)
         train_speakers = set(counts)
         report.stats.update({"train_utterances": len(parsed), "train_speakers": len(counts)})
-        for rel, n in repeated(parsed.paths).items():
+        for rel, n in ({} if parsed.segmented else repeated(parsed.paths)).items():  # segments repeat on purpose
             report.add("warning", "duplicate", str(train_list), f"{rel} is listed {n} times")
         for speaker, n in sorted(counts.items()):
             if n < min_utterances:
@@ -237,20 +242,29 @@ def check_data(
         _inspect_all(report, Path(train_root), unique, sample_rate, _train_rule(min_seconds), deep, workers)
 
     if trials is not None:
-        parsed_trials = read_trials(trials)
+        parsed_trials = read_trials(trials, strip_prefix)
         _check_bom(report, trials)
         files = trial_files(parsed_trials)
         report.stats.update({"trials": len(parsed_trials), "trial_files": len(files),
                              "target_trials": (sum(t.label for t in parsed_trials) if has_labels(parsed_trials)
                                                else None)})  # None: a list without labels
-        for trial, n in repeated(parsed_trials).items():
-            report.add("warning", "duplicate", str(trials), f"trial {trial.line()} appears {n} times")
+        for trial, n in repeated_trials(parsed_trials).items():
+            report.add("warning", "duplicate", str(trials),
+                       f"trial {trial.line()} appears {n} times, in either order (first on line {trial.number})")
+        for trial in self_trials(parsed_trials):
+            report.add("warning", "self_trial", str(trials), f"line {trial.number}: {trial.line()} pairs a file with "
+                                                             f"itself (it scores 1 whatever the model)")
         trial_speakers = {p.split("/")[0] for p in files if "/" in p}
         overlap = sorted(train_speakers & trial_speakers)
         if overlap:
             report.add("error", "speaker_overlap", str(trials),
                        f"{len(overlap)} trial speakers are also training speakers (e.g. {', '.join(overlap[:5])}): "
                        f"the EER would not measure unseen speakers")
+        elif train_speakers and len(trial_speakers) == 1:  # e.g. `wav/id10270/...`: the overlap check saw no speaker
+            [folder] = trial_speakers
+            report.add("warning", "trial_speakers", str(trials),
+                       f"every trial path starts with {folder}/, so the speaker overlap check found one speaker; if "
+                       f"{folder}/ is not a speaker, give the prefix to remove with --strip-prefix {folder}/")
         # Evaluation embeds whole utterances: only a file too short for any embedding is a problem.
         _inspect_all(report, Path(trials_root), files, sample_rate, _trial_rule(min_trial_seconds), deep, workers)
     return report

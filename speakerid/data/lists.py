@@ -8,7 +8,7 @@ import logging
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, TypeVar
 
@@ -19,6 +19,10 @@ log = logging.getLogger("speakerid")
 # UTF-8, with a leading byte-order mark (which Windows editors write) accepted and dropped: read as plain
 # UTF-8 it would become part of the first speaker id or label.
 LIST_ENCODING = "utf-8-sig"
+
+# The first line of a list that `speakerid prepare --segment-seconds` writes: its repeated lines (one per
+# segment of an utterance) are intended, and are not reported as duplicates.
+SEGMENT_HEADER = "# speakerid prepare --segment-seconds"
 
 T = TypeVar("T")
 H = TypeVar("H", bound=Hashable)
@@ -38,6 +42,7 @@ class TrainList:
     paths: list[str]          # relative to root, in list order
     speakers: list[str]       # speaker id of each utterance
     speaker_ids: list[str]    # sorted unique speakers; the class index of a speaker is its position here
+    segmented: bool = False   # starts with SEGMENT_HEADER: a file is listed once per segment of it
 
     @property
     def labels(self) -> list[int]:
@@ -53,6 +58,12 @@ class Trial:
     label: int | None     # 1 = same speaker, 0 = different; None in a list without labels (scores only)
     enrol: str
     test: str
+    number: int | None = field(default=None, compare=False, repr=False)  # its line in the list, for messages
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        """The two files in a fixed order: scoring is symmetric, so `a b` and `b a` are the same trial."""
+        return (self.enrol, self.test) if self.enrol <= self.test else (self.test, self.enrol)
 
     def line(self) -> str:
         """The trial as a list line."""
@@ -93,18 +104,24 @@ def _check_inside_root(list_file: Path, number: int, path: str) -> None:
 
 
 def read_train_list(list_file: str | os.PathLike, root: str | os.PathLike) -> TrainList:
-    """Parse a VoxCeleb2-style train list: one `speaker relative/path` per line."""
+    """Parse a VoxCeleb2-style train list: one `speaker relative/path` per line. A file listed under two
+    speakers is an error: training would teach the same audio as two classes."""
     list_file = Path(list_file)
     paths: list[str] = []
     speakers: list[str] = []
+    speaker_of: dict[str, str] = {}
     for number, fields in _content_lines(list_file):
         if len(fields) != 2:
             raise ListFormatError(
                 f"{list_file}:{number}: expected 2 fields 'speaker relative/path', got {len(fields)}: "
-                f"{' '.join(fields)!r}"
+                f"{' '.join(fields)!r} (paths and speaker ids cannot contain whitespace)"
             )
         speaker, path = fields
         _check_inside_root(list_file, number, path)
+        if speaker_of.setdefault(path, speaker) != speaker:
+            first = next(n for n, f in _content_lines(list_file) if f[1] == path)  # only on this error: no memory
+            raise ListFormatError(f"{list_file}:{number}: {path} is listed for speaker {speaker}, but line {first} "
+                                  f"lists it for speaker {speaker_of[path]}: one file cannot be two speakers")
         speakers.append(speaker)
         paths.append(path)
     if not paths:
@@ -112,7 +129,12 @@ def read_train_list(list_file: str | os.PathLike, root: str | os.PathLike) -> Tr
     speaker_ids = sorted(set(speakers))
     if len(speaker_ids) < 2:
         raise ListFormatError(f"{list_file}: a speaker classifier needs at least 2 speakers, found {len(speaker_ids)}")
-    return TrainList(Path(root), paths, speakers, speaker_ids)
+    return TrainList(Path(root), paths, speakers, speaker_ids, _first_line(list_file).startswith(SEGMENT_HEADER))
+
+
+def _first_line(list_file: Path) -> str:
+    with open(list_file, encoding=LIST_ENCODING) as f:
+        return f.readline()
 
 
 def read_trials(list_file: str | os.PathLike, strip_prefix: str | None = None) -> list[Trial]:
@@ -125,6 +147,7 @@ def read_trials(list_file: str | os.PathLike, strip_prefix: str | None = None) -
     trials: list[Trial] = []
     labelled: bool | None = None  # set by the first line; every line must agree
     first_line = 0
+    labels: dict[tuple[str, str], Trial] = {}  # the first trial of each pair of files, in either order
     for number, fields in _content_lines(list_file):
         if len(fields) not in (2, 3):
             raise ListFormatError(
@@ -153,26 +176,48 @@ def read_trials(list_file: str | os.PathLike, strip_prefix: str | None = None) -
             enrol, test = (_strip(list_file, number, p, strip_prefix) for p in (enrol, test))
         for path in (enrol, test):
             _check_inside_root(list_file, number, path)
-        trials.append(Trial(label, enrol, test))
+        trial = Trial(label, enrol, test, number)
+        if labelled:
+            first = labels.setdefault(trial.pair, trial)
+            if first.label != label:
+                raise ListFormatError(f"{list_file}:{number}: the pair {enrol} {test} is labelled {label}, but line "
+                                      f"{first.number} labels it {first.label} ({first.line()!r}): a pair of files "
+                                      f"is either the same speaker or not")
+        trials.append(trial)
     if not trials:
         raise ListFormatError(f"{list_file}: the trial list has no entries")
     if labelled:
-        labels = {t.label for t in trials}
-        if labels != {0, 1}:
+        found = {t.label for t in trials}
+        if found != {0, 1}:
             raise ListFormatError(f"{list_file}: EER needs both target (1) and non-target (0) trials; "
-                                  f"found only {labels}")
+                                  f"found only {found}")
     return trials
 
 
 def read_file_list(list_file: str | os.PathLike) -> list[str]:
-    """Parse a list of audio files to embed: one `relative/path` per line, or `speaker relative/path` (a
-    train list), in list order; paths stay inside the root they are joined to."""
+    """Parse a list of audio files to embed: `relative/path` on every line, or `speaker relative/path` on
+    every line (a train list), in list order; paths stay inside the root they are joined to.
+
+    A path cannot contain whitespace: `a/my file.wav` would read as speaker `a/my` and path `file.wav`. So
+    the first line sets the format and every line must follow it, and a speaker with a `/` (a path, not a
+    speaker id) is refused, naming the line."""
     list_file = Path(list_file)
     paths: list[str] = []
+    first: tuple[int, list[str]] | None = None
     for number, fields in _content_lines(list_file):
+        line = " ".join(fields)
         if len(fields) > 2:
             raise ListFormatError(f"{list_file}:{number}: expected 'path' or 'speaker path', got {len(fields)} "
-                                  f"fields: {' '.join(fields)!r}")
+                                  f"fields: {line!r} (a path cannot contain whitespace)")
+        first = first or (number, fields)
+        if len(fields) != len(first[1]):
+            raise ListFormatError(f"{list_file}:{number}: {line!r} has {len(fields)} field(s), but line {first[0]} "
+                                  f"({' '.join(first[1])!r}) has {len(first[1])}: a list is either all 'path' or "
+                                  f"all 'speaker path' lines, and a path cannot contain whitespace")
+        if len(fields) == 2 and "/" in fields[0]:
+            raise ListFormatError(f"{list_file}:{number}: {line!r}: {fields[0]!r} is a path, not a speaker id: if "
+                                  f"the line is one path, it contains whitespace, which a list cannot hold "
+                                  f"(rename the file)")
         _check_inside_root(list_file, number, fields[-1])
         paths.append(fields[-1])
     if not paths:
@@ -276,9 +321,10 @@ def repeated(items: Iterable[H]) -> dict[H, int]:
 
 def warn_duplicate_paths(list_file: str | os.PathLike, train: TrainList) -> dict[str, int]:
     """Log a warning when a train list names a file more than once (each copy is drawn as an utterance of
-    its own, so the file weighs more in training); returns {path: count} of the repeated paths."""
+    its own, so the file weighs more in training), unless the list is one of `prepare --segment-seconds`,
+    which repeats files on purpose; returns {path: count} of the repeated paths."""
     dups = repeated(train.paths)
-    if dups:
+    if dups and not train.segmented:
         path, n = next(iter(dups.items()))
         log.warning("train list %s: %d files are listed more than once (%d extra lines), e.g. %s %d times; each "
                     "copy is drawn as a separate utterance. Remove the repeated lines (speakerid check-data "
@@ -286,15 +332,33 @@ def warn_duplicate_paths(list_file: str | os.PathLike, train: TrainList) -> dict
     return dups
 
 
+def repeated_trials(trials: list[Trial]) -> dict[Trial, int]:
+    """Trials whose pair of files occurs more than once (in either order), as first listed, with counts."""
+    first: dict[tuple[str, str], Trial] = {}
+    for trial in trials:
+        first.setdefault(trial.pair, trial)
+    return {first[pair]: n for pair, n in repeated(t.pair for t in trials).items()}
+
+
+def self_trials(trials: list[Trial]) -> list[Trial]:
+    """Trials of a file against itself: they score 1 whatever the model, so they measure nothing."""
+    return [t for t in trials if t.enrol == t.test]
+
+
 def warn_duplicate_trials(list_file: str | os.PathLike, trials: list[Trial]) -> dict[Trial, int]:
-    """Log a warning when a trial list repeats a trial (each copy counts in the EER and minDCF); returns
-    {trial: count} of the repeated trials."""
-    dups = repeated(trials)
+    """Log a warning when a trial list repeats a trial, in either order (each copy counts in the EER and
+    minDCF), or pairs a file with itself; returns {trial: count} of the repeated trials."""
+    dups = repeated_trials(trials)
     if dups:
         trial, n = next(iter(dups.items()))
         log.warning("trial list %s: %d trials appear more than once (%d extra lines), e.g. '%s' %d times; each "
                     "copy counts in the EER and minDCF. Remove the repeated lines (speakerid check-data lists "
                     "them all)", list_file, len(dups), sum(dups.values()) - len(dups), trial.line(), n)
+    same = self_trials(trials)
+    if same:
+        log.warning("trial list %s: %d trials pair a file with itself, e.g. line %s '%s'; they score 1 whatever "
+                    "the model. Remove them (speakerid check-data lists them all)", list_file, len(same),
+                    same[0].number, same[0].line())
     return dups
 
 

@@ -16,24 +16,39 @@ import numpy as np
 import soundfile as sf
 
 from speakerid.data.audio import audio_info
-from speakerid.data.lists import LIST_ENCODING, Trial
+from speakerid.data.lists import LIST_ENCODING, SEGMENT_HEADER, Trial
 from speakerid.io import atomic_path, write_text_atomic
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 
 
 def scan_voxceleb_folder(root: str | os.PathLike, extensions=AUDIO_EXTENSIONS) -> list[tuple[str, str]]:
-    """(speaker, relative path) for every audio file at depth speaker/session/file, sorted by path.
-    Files at another depth are not VoxCeleb layout and are reported rather than guessed at."""
+    """(speaker, relative path) for every audio file at depth speaker/session/file, sorted by path; endings
+    match in any case, linked folders are followed, and names starting with '.' (hidden, or macOS `._x.wav`
+    AppleDouble stubs, which are not audio) are skipped. Files at another depth are not VoxCeleb layout,
+    folders reached twice through links would list their files twice, and names a list cannot hold would
+    be misread by every list reader: all are reported rather than guessed at."""
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a directory")
+    extensions = tuple(e.lower() for e in extensions)
     entries = []
     misplaced = []
-    for dirpath, _, files in os.walk(root):
+    walked: dict[str, Path] = {}  # real path of each folder walked -> its path under root
+    twice = []
+    for dirpath, dirs, files in os.walk(root, followlinks=True):
         rel_dir = Path(dirpath).relative_to(root)
+        real = os.path.realpath(dirpath)
+        if real in walked:
+            dirs.clear()
+            # A link to a folder above it would loop forever; a second way into any other folder is an error.
+            if os.path.commonpath([real, os.path.realpath(Path(dirpath).parent)]) != real:
+                twice.append(f"{rel_dir.as_posix()} (= {walked[real].as_posix()})")
+            continue
+        walked[real] = rel_dir
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
-            if not name.lower().endswith(tuple(extensions)):
+            if name.startswith(".") or not name.lower().endswith(extensions):
                 continue
             rel = (rel_dir / name).as_posix()
             if len(rel_dir.parts) != 2:
@@ -45,13 +60,49 @@ def scan_voxceleb_folder(root: str | os.PathLike, extensions=AUDIO_EXTENSIONS) -
             f"{root}: {len(misplaced)} audio files are not at speaker/session/utterance depth, e.g. "
             + ", ".join(misplaced[:3])
         )
+    if twice:
+        raise ValueError(f"{root}: {len(twice)} folders are reached twice through links, so their files would be "
+                         f"listed twice: " + ", ".join(sorted(twice)[:10]) + _more(twice, 10))
     if not entries:
         raise ValueError(f"{root}: no {'/'.join(extensions)} files found at speaker/session/utterance depth")
-    return sorted(entries, key=lambda e: e[1])
+    entries.sort(key=lambda e: e[1])
+    check_listable(entries, root)
+    return entries
 
 
-def write_train_list(entries: list[tuple[str, str]], out: str | os.PathLike) -> None:
-    write_text_atomic(out, "".join(f"{speaker} {path}\n" for speaker, path in entries))
+def _more(items: list, shown: int) -> str:
+    return f" ... and {len(items) - shown} more" if len(items) > shown else ""
+
+
+def check_listable(entries: list[tuple[str, str]], root: str | os.PathLike, show: int = 10) -> None:
+    """Raise ValueError naming the (speaker, path) entries that a `speaker path` list line cannot hold: list
+    readers split a line at whitespace, skip a line that starts with '#' as a comment, and read UTF-8, so
+    such a name would be misread or dropped."""
+    bad = []
+    for speaker, path in entries:
+        try:
+            f"{speaker} {path}".encode("utf-8")
+        except UnicodeEncodeError:  # os.walk keeps undecodable bytes of a name as surrogates
+            bad.append(f"{os.fsencode(path).decode('utf-8', 'backslashreplace')}: not UTF-8")
+            continue
+        if any(c.isspace() for c in speaker + path):  # what str.split() splits at, Unicode spaces included
+            bad.append(f"{path!r}: contains whitespace")
+        elif speaker.startswith("#"):
+            bad.append(f"{path}: speaker {speaker} starts with '#'")
+    if bad:
+        raise ValueError(f"{root}: {len(bad)} audio files have names that a list cannot hold (its lines are "
+                         f"split at whitespace, a line starting with '#' is a comment, and lists are UTF-8); "
+                         f"rename them:\n  " + "\n  ".join(bad[:show]) + _more(bad, show))
+
+
+def write_train_list(entries: list[tuple[str, str]], out: str | os.PathLike, segment_seconds: float | None = None
+                     ) -> None:
+    """With segment_seconds (entries from rows_per_segment), the list starts with SEGMENT_HEADER: its
+    repeated lines are then known to be intended, and are not reported as duplicates."""
+    header = "" if segment_seconds is None else (
+        f"{SEGMENT_HEADER} {segment_seconds:g}: each utterance is listed once per whole {segment_seconds:g} s of "
+        f"it, at least once; the repeated lines are intended\n")
+    write_text_atomic(out, header + "".join(f"{speaker} {path}\n" for speaker, path in entries))
 
 
 def rows_per_segment(entries: list[tuple[str, str]], root: str | os.PathLike, seconds: float, workers: int = 16
@@ -220,9 +271,10 @@ class ConversionReport:
 
 
 def conversion_jobs(src: Path, dst: Path, fmt: str, source_ext: str = ".m4a") -> list[tuple[Path, Path]]:
-    """(input, output) for every source_ext file under src, mirrored under dst with the new ending."""
-    return [(p, dst / p.relative_to(src).with_suffix(f".{fmt}"))
-            for p in sorted(src.rglob(f"*{source_ext}")) if p.is_file()]
+    """(input, output) for every source_ext file under src, mirrored under dst with the new ending; names
+    starting with '.' (hidden, or macOS `._x.m4a` AppleDouble stubs, which ffmpeg cannot decode) are skipped."""
+    return [(p, dst / p.relative_to(src).with_suffix(f".{fmt}")) for p in sorted(src.rglob(f"*{source_ext}"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)]
 
 
 def convert_one(ffmpeg: str, source: Path, target: Path, fmt: str, sample_rate: int = 16000) -> str | None:
