@@ -4,8 +4,12 @@ arguments with the same message. A message names the key, the value and what is 
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -27,6 +31,16 @@ def is_int(value: Any) -> bool:
 
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_finite(value: Any) -> bool:
+    """A number that is not inf or nan (inf passes a `> 0` test)."""
+    return is_number(value) and math.isfinite(value)
+
+
+def is_blank(value: Any) -> bool:
+    """An empty string: what `key=` or `key=$UNSET_VARIABLE` gives."""
+    return isinstance(value, str) and not value.strip()
 
 
 # ---------------------------------------------------------------- rules shared with constructors
@@ -100,15 +114,94 @@ def check_choice_weights(weights: dict[str, Any], key: str = "augment.choices") 
 
 
 def check_folder_name(value: Any, key: str) -> None:
-    """A name that becomes one folder or file name (run names, list names): never a path out of its parent."""
-    require(isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
-            and "\0" not in value, key, "a plain name (no '/', not '..'): it names one folder or file", value)
+    """A name that becomes one folder or file name (run names, list names): never a path out of its parent.
+    An integer is taken as its digits (Hydra reads name=123 as a number); other numbers and booleans are not
+    (name=1e3 or name=nan would not be the folder name typed)."""
+    if is_int(value):
+        value = str(value)
+    require(isinstance(value, str), key, f"a string (Hydra reads the value typed as a {type(value).__name__}: "
+            f"quote it, e.g. {key}=\"'{value}'\")", value)
+    require(value not in ("", ".", "..") and "/" not in value and "\\" not in value and "\0" not in value, key,
+            "a plain name (no '/', not '..'): it names one folder or file", value)
 
 
 BANK_DTYPES = ("int16", "float32")
 BAD_AUDIO_POLICIES = ("error", "skip")
 SAMPLE_DTYPES = ("float32", "int16")
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+# Every switch of the train config (a key whose default is true or false). Hydra reads `no`, `off` or `yes` as
+# strings, which count as true where the code tests them, so each must be a real true or false.
+SWITCHES = ("data.resample", "data.check_files", "data.pin_memory", "data.persistent_workers",
+            "trainer.init_head", "trainer.progress_bar", "trainer.deterministic", "trainer.cudnn_benchmark",
+            "trainer.sync_batchnorm", "trainer.compile", "features.fbank.mean_norm", "features.specaugment.enabled",
+            "augment.speed.speakers_as_new", "model.unbiased_context_std", "head.easy_margin", "optim.nesterov")
+# Groups whose keys are read by name (not passed to a constructor, which rejects an unknown keyword): a key
+# added there with `+` that no config file defines (+trainer.epoch=5) would be ignored. OPEN nodes hold names
+# the user chooses (augment choices and noise categories).
+CHECKED_GROUPS = ("data", "trainer", "augment")
+OPEN = ("augment.choices", "augment.categories")
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@functools.lru_cache(maxsize=None)
+def known_keys(group: str) -> dict:
+    """The keys the files of a config group define, as a tree: the union over its options (data.generate is
+    synthetic's, augment.musan_dir musan_rir's, ...)."""
+    def union(known: dict, node: dict) -> dict:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                known[key] = union(known[key] if isinstance(known.get(key), dict) else {}, value)
+            else:
+                known.setdefault(key, value)
+        return known
+
+    known: dict = {}
+    for path in sorted((CONFIG_DIR / group).glob("*.yaml")):
+        union(known, OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    known.pop("defaults", None)
+    return known
+
+
+def check_known_keys(node: DictConfig, known: dict, prefix: str) -> None:
+    for key, value in node.items():
+        if key not in known:
+            reject_unknown(str(key), prefix, [str(k) for k in known], "a config key")
+        if OmegaConf.is_dict(value) and isinstance(known[key], dict) and f"{prefix}{key}" not in OPEN:
+            check_known_keys(value, known[key], f"{prefix}{key}.")
+
+
+# Nodes built by Hydra's instantiate: a key their class does not take would fail there, after the lists are read
+# and as a TypeError.
+INSTANTIATED = ("model", "head", "optim", "scheduler", "margin_schedule", "features.fbank", "features.specaugment")
+HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+
+
+def check_constructor_keys(node: DictConfig, key: str) -> None:
+    params = inspect.signature(target_class(node, key)).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    known = [*params, *HYDRA_KEYS, *(["enabled"] if key == "features.specaugment" else [])]  # builders' own switch
+    for name in node:
+        if name not in known:
+            reject_unknown(str(name), f"{key}.", [p for p in params if p not in ("params", "num_classes")],
+                           f"a parameter of {node._target_}")
+
+
+def target_class(node: DictConfig, key: str) -> type:
+    from hydra.utils import get_class
+
+    try:
+        return get_class(node._target_)
+    except Exception as e:  # an unknown class: instantiate would fail on it too, say so now
+        raise ConfigError(f"{key}._target_={node._target_!r} cannot be imported ({e})") from None
+
+
+def reject_unknown(key: str, prefix: str, known: list[str], what: str) -> None:
+    close = difflib.get_close_matches(key, known, n=1)
+    raise ConfigError(f"{prefix}{key} is not {what}" + (f": did you mean {prefix}{close[0]}?" if close
+                      else f" (known: {', '.join(known)})"))
 
 
 def missing_keys(cfg: DictConfig) -> list[str]:
@@ -153,8 +246,31 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.get("run_dir") is None:
         raise ConfigError("run_dir is not set (train.py sets it from Hydra's run dir; set it when calling train())")
 
+    for key in ("trainer.init_from", *(cfg.get("required") or ())):  # `key=` (an unset variable) is not a value
+        value = OmegaConf.select(cfg, key, default=None)
+        require(not is_blank(value), key, "a value, not an empty string (an unset variable in a job script?)", value)
+    for group in CHECKED_GROUPS:
+        check_known_keys(cfg[group], known_keys(group), f"{group}.")
+    for key in INSTANTIATED:
+        node = OmegaConf.select(cfg, key, default=None)
+        if OmegaConf.is_dict(node) and "_target_" in node:
+            check_constructor_keys(node, key)
+    for key in SWITCHES:
+        value = OmegaConf.select(cfg, key, default=False)  # an option without it (resnet34: no easy_margin)
+        require(isinstance(value, bool), key, "true or false", value)
+
     check_folder_name(cfg.name, "name")
+    if is_int(cfg.name):  # Hydra reads name=123 as a number: the run folder (train.yaml) is named by its digits
+        cfg.name = str(cfg.name)
+    require(is_int(cfg.seed) and 0 <= cfg.seed < 2**63, "seed", "an integer in [0, 2**63) (the run's random seed)",
+            cfg.seed)
     data, trainer, head = cfg.data, cfg.trainer, cfg.head
+    require(trainer.init_from is None or isinstance(trainer.init_from, str), "trainer.init_from",
+            "null (train from scratch) or the path of a checkpoint to start from", trainer.init_from)
+    require(isinstance(trainer.resume, bool) or (isinstance(trainer.resume, str) and not is_blank(trainer.resume)),
+            "trainer.resume", "true (the latest run of this name), false or the path of a checkpoint"
+            + (": it is empty (an unset variable in a job script?)" if is_blank(trainer.resume) else ""),
+            trainer.resume)
     require(is_int(data.batch_size) and data.batch_size >= 2, "data.batch_size", "an integer >= 2 "
             "(BatchNorm needs at least 2 utterances per batch)", data.batch_size)
     require(is_int(data.crop_frames) and data.crop_frames >= 10, "data.crop_frames", "an integer >= 10 (frames "
@@ -166,14 +282,11 @@ def validate_config(cfg: DictConfig) -> None:
                  "stop at a bad audio file, naming it; or replace it, log it and count it")
     check_workers(data.num_workers, "data.num_workers")
 
-    for key in ("pin_memory", "persistent_workers"):
-        require(isinstance(data[key], bool), f"data.{key}", "true or false", data[key])
     require(is_int(data.prefetch_factor) and data.prefetch_factor >= 1, "data.prefetch_factor",
             "an integer >= 1 (batches each loader process prepares ahead)", data.prefetch_factor)
     read_threads = data.get("read_threads", 1)
     require(is_int(read_threads) and read_threads >= 1, "data.read_threads",
             "an integer >= 1 (files each loader process reads at once)", read_threads)
-    require(isinstance(trainer.compile, bool), "trainer.compile", "true or false", trainer.compile)
     threads = trainer.get("num_threads", "auto")
     require(threads == "auto" or (is_int(threads) and threads >= 1), "trainer.num_threads",
             "'auto' or an integer >= 1 (torch's intra-op threads)", threads)
@@ -186,19 +299,23 @@ def validate_config(cfg: DictConfig) -> None:
     if "s" in head:
         check_scale(head.s)
     lr = cfg.optim.get("lr")
-    require(isinstance(lr, (int, float)) and lr > 0, "optim.lr", "a learning rate > 0", lr)
+    require(is_finite(lr) and lr > 0, "optim.lr", "a finite learning rate > 0", lr)
+    weight_decay = cfg.optim.get("weight_decay", 0.0)
+    require(is_finite(weight_decay) and weight_decay >= 0, "optim.weight_decay", "a finite number >= 0",
+            weight_decay)
 
     check_one_of(trainer.precision, PRECISIONS, "trainer.precision")
     if trainer.precision == "fp16":  # CPU autocast has bf16 (slow, but the same arithmetic), not fp16
         on_cuda = str(trainer.device).startswith("cuda") or (trainer.device == "auto" and torch.cuda.is_available())
         require(on_cuda, "trainer.precision", "fp16 autocast needs a CUDA device; this run is on the CPU "
                 "(use trainer.precision=fp32, or bf16)", trainer.precision)
-    require(trainer.grad_clip_norm is None or (is_number(trainer.grad_clip_norm) and trainer.grad_clip_norm > 0),
-            "trainer.grad_clip_norm", "null (off) or a norm > 0", trainer.grad_clip_norm)
+    require(trainer.grad_clip_norm is None or (is_finite(trainer.grad_clip_norm) and trainer.grad_clip_norm > 0),
+            "trainer.grad_clip_norm", "null (off) or a finite norm > 0", trainer.grad_clip_norm)
     for key in ("epochs", "log_every_steps", "eval_every_epochs", "keep_checkpoints", "max_nonfinite_steps"):
         check_int_at_least(trainer[key], 1, f"trainer.{key}")
-    require(isinstance(trainer.checkpoint_every_minutes, (int, float)) and trainer.checkpoint_every_minutes >= 0,
-            "trainer.checkpoint_every_minutes", "a number of minutes >= 0 (0 = off)", trainer.checkpoint_every_minutes)
+    require(is_finite(trainer.checkpoint_every_minutes) and trainer.checkpoint_every_minutes >= 0,
+            "trainer.checkpoint_every_minutes", "a finite number of minutes >= 0 (0 = off)",
+            trainer.checkpoint_every_minutes)
     require(is_int(trainer.checkpoint_every_steps) and trainer.checkpoint_every_steps >= 0,
             "trainer.checkpoint_every_steps", "an integer >= 0 (0 = only at epoch ends)",
             trainer.checkpoint_every_steps)
@@ -217,7 +334,7 @@ def _validate_augment(aug: DictConfig) -> None:
         require(isinstance(category.get("snr_per_file", False), bool), f"augment.categories.{name}.snr_per_file",
                 "true (each file at its own SNR) or false (their sum at one SNR)", category.get("snr_per_file"))
         snr = list(category.get("snr_db") or [])
-        require(len(snr) == 2 and all(isinstance(v, (int, float)) for v in snr) and snr[0] <= snr[1],
+        require(len(snr) == 2 and all(is_finite(v) for v in snr) and snr[0] <= snr[1],
                 f"augment.categories.{name}.snr_db", "[low, high] in dB with low <= high", snr)
         files = list(category.get("files") or [])
         require(len(files) == 2 and all(is_int(v) for v in files) and 1 <= files[0] <= files[1],
@@ -225,14 +342,12 @@ def _validate_augment(aug: DictConfig) -> None:
     check_power_floor(aug.get("power_floor", 0.0),
                       {name: (int(c.files[1]), bool(c.get("snr_per_file", False))) for name, c in aug.categories.items()})
     for key in ("max_file_seconds", "rir_max_seconds"):
-        require(aug[key] is None or (isinstance(aug[key], (int, float)) and aug[key] > 0), f"augment.{key}",
-                "null or a duration > 0 in seconds", aug[key])
+        require(aug[key] is None or (is_finite(aug[key]) and aug[key] > 0), f"augment.{key}",
+                "null or a finite duration > 0 in seconds", aug[key])
     check_one_of(aug.bank_dtype, BANK_DTYPES, "augment.bank_dtype")
-    require(isinstance(aug.max_bank_mb, (int, float)) and aug.max_bank_mb > 0, "augment.max_bank_mb",
-            "a size > 0 in MB", aug.max_bank_mb)
+    require(is_finite(aug.max_bank_mb) and aug.max_bank_mb > 0, "augment.max_bank_mb",
+            "a finite size > 0 in MB", aug.max_bank_mb)
     check_speed_factors(list(aug.speed.factors))
-    require(isinstance(aug.speed.speakers_as_new, bool), "augment.speed.speakers_as_new", "true or false",
-            aug.speed.speakers_as_new)
 
 
 def _validate_features(features: DictConfig, sample_rate: int) -> None:
@@ -261,12 +376,7 @@ def _validate_model(model: DictConfig) -> None:
 
 def _margin_range(head: DictConfig) -> MarginRange:
     """The head class's own margin range (AM-softmax's margin is a cosine, the others' an angle)."""
-    from hydra.utils import get_class
-
-    try:
-        return getattr(get_class(head._target_), "margin_range", ANGULAR_MARGIN)
-    except Exception as e:  # an unknown class: instantiate would fail on it too, say so now
-        raise ConfigError(f"head._target_={head._target_!r} cannot be imported ({e})") from None
+    return getattr(target_class(head, "head"), "margin_range", ANGULAR_MARGIN)
 
 
 def validate_eval(node: dict, key: str = "eval") -> None:
@@ -283,7 +393,7 @@ def validate_eval(node: dict, key: str = "eval") -> None:
         "num_crops": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         "crop_frames": (lambda v: is_int(v) and v >= 10, "an integer >= 10 (frames of 10 ms)"),
         "batch_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-        "max_batch_seconds": (lambda v: isinstance(v, (int, float)) and v > 0, "a number of seconds > 0"),
+        "max_batch_seconds": (lambda v: is_finite(v) and v > 0, "a finite number of seconds > 0"),
         "max_trim": (lambda v: isinstance(v, (int, float)) and 0 <= v < 0.5,
                      "a fraction in [0, 0.5) (0 = batch only equal lengths)"),
         "precision": (lambda v: v in ("fp32", "bf16"), "fp32 or bf16"),
@@ -294,6 +404,9 @@ def validate_eval(node: dict, key: str = "eval") -> None:
             require(ok(embedding[name]), f"{key}.embedding.{name}", allowed, embedding[name])
     if "num_workers" in embedding:
         check_workers(embedding["num_workers"], f"{key}.embedding.num_workers")
+    for section in ("asnorm", "mean_subtraction"):  # a string ('no') would count as true
+        enabled = (node.get(section) or {}).get("enabled", False)
+        require(isinstance(enabled, bool), f"{key}.{section}.enabled", "true or false", enabled)
     asnorm = node.get("asnorm") or {}
     if asnorm.get("enabled"):
         if "top_k" in asnorm:

@@ -1,6 +1,7 @@
 """Every shipped config composes, and bad values stop the run before any data is read, naming the key."""
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -162,7 +163,7 @@ EVAL_NODE = {"name": "n", "trials": "/v/t.txt", "root": "/v/wav"}
     ({"embedding": {"crop_frames": 9}},
      "eval.embedding.crop_frames=9 is not allowed: an integer >= 10 (frames of 10 ms)"),
     ({"embedding": {"max_batch_seconds": 0}},
-     "eval.embedding.max_batch_seconds=0 is not allowed: a number of seconds > 0"),
+     "eval.embedding.max_batch_seconds=0 is not allowed: a finite number of seconds > 0"),
     ({"embedding": {"max_trim": 0.5}},
      "eval.embedding.max_trim=0.5 is not allowed: a fraction in [0, 0.5) (0 = batch only equal lengths)"),
     ({"embedding": {"num_workers": "all"}}, "eval.embedding.num_workers='all' is not allowed: 'auto' or an integer "
@@ -383,3 +384,131 @@ def test_an_experiments_required_keys_must_be_given():
     cfg = compose_config(["debug=tiny", "run_dir=/tmp/x", "+required=trainer.init_from"])
     with pytest.raises(ConfigError, match=r"^required='trainer.init_from' is not allowed: a list of dotted"):
         validate_config(cfg)
+
+
+# ------------------------------------------------------------------------------- types, unknown and empty values
+def test_every_switch_of_the_configs_is_checked():
+    """SWITCHES lists every key whose default is true or false (a new switch in a group file must join it)."""
+    import yaml
+
+    from speakerid.config import SWITCHES
+
+    found = set()
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict) and not prefix.endswith(("choices.", "categories.")):  # names users pick
+                walk(value, f"{prefix}{key}.")
+            elif isinstance(value, bool) and not key.startswith("_"):
+                found.add(f"{prefix}{key}")
+
+    for group in ("data", "trainer", "features", "augment", "model", "head", "optim"):
+        for path in (CONFIGS / group).glob("*.yaml"):
+            walk(yaml.safe_load(path.read_text()), f"{group}.")
+    found.remove("trainer.resume")  # true, false or a checkpoint path: a rule of its own
+    assert found and found <= set(SWITCHES), found - set(SWITCHES)
+
+
+@pytest.mark.parametrize("override,value", [
+    ("trainer.init_head=no", "'no'"), ("data.resample=no", "'no'"), ("trainer.deterministic=off", "'off'"),
+    ("data.check_files=0", "0"), ("features.specaugment.enabled=off", "'off'"),
+    ("augment.speed.speakers_as_new=yes", "'yes'"), ("model.unbiased_context_std=null", "None"),
+])
+def test_a_switch_must_be_true_or_false(override, value):
+    """Hydra reads no/off/yes as strings, which count as true where the code tests them."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}={re.escape(value)} is not allowed: true or false$"):
+        validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", override]))
+
+
+def test_an_eval_switch_must_be_true_or_false():
+    from speakerid.config import validate_eval
+
+    with pytest.raises(ConfigError, match=r"^eval\.asnorm\.enabled='no' is not allowed: true or false$"):
+        validate_eval({**EVAL_NODE, "asnorm": {"enabled": "no"}})
+
+
+@pytest.mark.parametrize("override,message", [
+    ("+trainer.epoch=5", "trainer.epoch is not a config key: did you mean trainer.epochs?"),
+    ("+data.crop_seconds=3", "data.crop_seconds is not a config key: did you mean data.crop_frames?"),
+    ("+data.generate.speakers=4", "data.generate.speakers is not a config key: did you mean "
+                                  "data.generate.test_speakers?"),
+    ("+augment.speed.factor=[1.0]", "augment.speed.factor is not a config key: did you mean augment.speed.factors?"),
+    ("+model.channel=8", "model.channel is not a parameter of speakerid.models.ECAPATDNN: did you mean "
+                         "model.channels?"),
+    ("+optim.momentum=0.9", "optim.momentum is not a parameter of torch.optim.Adam"),
+    ("+head.easy_margin=true", "head.easy_margin is not a parameter of speakerid.losses.AAMSoftmax"),
+])
+def test_a_key_added_with_plus_must_exist(override, message):
+    """`+key=value` adds a key Hydra would have refused: a typo would run with the default silently."""
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", override]))
+
+
+def test_keys_added_with_plus_that_exist_are_taken():
+    cfg = compose_config(["debug=tiny", "run_dir=/tmp/x", "+optim.betas=[0.8,0.99]", "augment=musan_rir",
+                          "augment.musan_dir=/m", "augment.rir_dir=/r", "+augment.choices.both={weight:1,apply:[reverb]}"])
+    validate_config(cfg)
+    assert list(cfg.optim.betas) == [0.8, 0.99] and "both" in cfg.augment.choices
+
+
+@pytest.mark.parametrize("override", ["trainer.init_from=", "trainer.init_from='  '", "trainer.resume="])
+def test_an_empty_checkpoint_path_is_an_error(override):
+    """`trainer.init_from=$CKPT` with CKPT unset would train from scratch."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}='\s*' is not allowed: .*empty"):
+        validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", override]))
+
+
+def test_a_required_key_given_empty_is_an_error():
+    cfg = recipe_config("vox2_resnet34_lm", leave_out=["trainer.init_from"])
+    cfg.trainer.init_from = ""  # an experiment's `required` checked only for null
+    with pytest.raises(ConfigError, match=r"^trainer\.init_from='' is not allowed: .*empty"):
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize("seed", ["abc", "1.5", "-1", "true", "null"])
+def test_the_seed_must_be_an_integer(seed):
+    with pytest.raises(ConfigError, match=r"^seed=.* is not allowed: an integer in \[0, 2\*\*63\)"):
+        validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", f"seed={seed}"]))
+    validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", "seed=0"]))
+
+
+@pytest.mark.parametrize("override", ["optim.lr=inf", "optim.lr=nan", "optim.lr=true", "optim.weight_decay=inf",
+                                      "trainer.grad_clip_norm=inf", "trainer.checkpoint_every_minutes=inf",
+                                      "augment.max_bank_mb=inf", "augment.rir_max_seconds=inf"])
+def test_infinite_hyperparameters_name_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=\S+ is not allowed: .*finite"):
+        validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", override]))
+
+
+def test_a_numeric_run_name_is_its_digits_and_others_must_be_quoted():
+    cfg = compose_config(["debug=tiny", "run_dir=/tmp/x", "name=123"])
+    validate_config(cfg)
+    assert cfg.name == "123"
+    for value, typed in (("nan", "float"), ("1.5", "float"), ("true", "bool")):
+        with pytest.raises(ConfigError, match=rf"^name=\S+ is not allowed: a string \(Hydra reads the value typed as "
+                                              rf"a {typed}: quote it, e\.g\. name=\"'"):
+            validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", f"name={value}"]))
+    validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", "name='nan'"]))
+
+
+@pytest.mark.slow
+def test_each_sweep_keeps_its_own_record_and_jobs_stay_beside_single_runs(tmp_path):
+    """Hydra writes multirun.yaml into the sweep dir: it was runs/<name>/, so each sweep replaced the last's."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    for seed in (1, 2):  # head.m=2.0 stops each job at its config check: the folders are what is tested
+        proc = subprocess.run([sys.executable, "train.py", "-m", "debug=tiny", f"runs_root={tmp_path}",
+                               f"seed={seed}", "head.m=2.0"], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1 and "head.m=2.0 is not allowed" in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    import yaml
+
+    records = sorted((tmp_path / ".multirun" / "debug").glob("*/multirun.yaml"))
+    assert [yaml.safe_load(r.read_text())["seed"] for r in records] == [1, 2], records
+    jobs = sorted(p.name for p in (tmp_path / "debug").iterdir())
+    assert len(jobs) == 2 and all(re.fullmatch(r"[\d_-]{19}_job0(_\d+)?", j) for j in jobs), jobs

@@ -183,3 +183,33 @@ def test_finetune_refuses_only_the_overrides_of_keys_it_sets():
                      "data.batch_size=8", "data.resample=true", "trainer.epochs=3", "optim.lr=1e-4", "debug=tiny",
                      "head.m=0.3", "named=x"):
         assert not sets_a_key_of_this_command(override), override
+
+
+def test_finetune_checks_the_batch_against_its_train_list_before_training(checkpoint, own_speakers, tmp_path):
+    """4 training speakers x 6 files: a batch of 32 used to fail inside training, leaving a run folder that made
+    --out-dir taken for the corrected command."""
+    out = tmp_path / "ft"
+    proc = speakerid("finetune", "--root", own_speakers, "--model", checkpoint, "--out-dir", out, "--device", "cpu",
+                     "data.batch_size=32")
+    assert proc.returncode == 1 and "data.batch_size=32 is larger than the train list (24)" in proc.stderr, \
+        proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "EER" not in proc.stdout and not (out / "train").exists()  # stopped before scoring and training
+
+
+def test_out_dir_of_a_failed_start_is_taken_again_but_never_one_that_trained(tmp_path):
+    from speakerid.cli.finetune import check_out_dir
+
+    out = tmp_path / "ft"
+    failed = out / "train" / "2026-01-01_00-00-00"  # what a run that stopped before its first checkpoint leaves
+    (failed / ".hydra").mkdir(parents=True)
+    (failed / "train.log").write_text("error: ...")
+    (out / "train_list.txt").write_text("s1 s1/a/1.wav\n")
+    check_out_dir(out)
+    assert (failed / "train.log").read_text() == "error: ..."  # kept: the next run goes beside it
+
+    trained = out / "train" / "2026-01-02_00-00-00" / "checkpoints"
+    trained.mkdir(parents=True)
+    (trained / "last.pt").write_bytes(b"weights")
+    with pytest.raises(FileExistsError, match=r"is not empty \(it holds train\)"):
+        check_out_dir(out)
+    assert (trained / "last.pt").read_bytes() == b"weights" and (failed / "train.log").exists()

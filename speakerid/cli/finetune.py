@@ -49,7 +49,7 @@ from speakerid.data.prepare import make_trials, scan_voxceleb_folder, split_spea
 from speakerid.evaluation import Evaluation
 from speakerid.io import check_writable, write_json_atomic, write_text_atomic
 from speakerid.metrics import format_eer
-from speakerid.training.setup import resolve_device
+from speakerid.training.setup import resolve_device, steps_per_epoch
 
 HELP = "fine-tune a model on your own speakers (VoxCeleb-layout folder) and compare its EER before and after"
 
@@ -93,12 +93,14 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = load_checkpoint(args.model)
         extractor, trained = builders.extractor_from_checkpoint(checkpoint, source=str(args.model))
         del checkpoint
-        held_out = write_lists(args.root.resolve(), out, args.held_out, args.split_seed, args.trials_per_speaker)
+        held_out, train_files = write_lists(args.root.resolve(), out, args.held_out, args.split_seed,
+                                            args.trials_per_speaker)
         write_model_configs(trained, out / "configs")
         overrides = training_overrides(args, trained, out)
         cfg = compose("train", overrides)
         cfg.run_dir = str(out / "train")  # for the checks only: the training run claims its own folder
         validate_config(cfg)  # a wrong override stops here, not after the first evaluation
+        steps_per_epoch(cfg, train_files)  # a batch larger than the list too, before the run folder is made
         evaluation = Evaluation(builders.build_eval_protocol(cfg))
         evaluation.check_audio(cfg.data.sample_rate, bool(cfg.data.resample))
         device = resolve_device(args.device)
@@ -136,11 +138,13 @@ BEFORE_TRAINING = {"train_list.txt", "trials.txt", "configs"}
 
 
 def check_out_dir(out: Path) -> None:
-    """--out-dir is new, empty or holds only what an attempt that never started training wrote (a second
-    fine-tuning into it would mix two runs), and is writable."""
+    """--out-dir is new, empty or holds only what attempts that never trained wrote (a second fine-tuning into
+    it would mix two runs), and is writable."""
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out-dir {out} is a file: give a new or empty folder")
-    others = sorted(p.name for p in out.iterdir() if p.name not in BEFORE_TRAINING) if out.exists() else []
+    others = sorted(p.name for p in out.iterdir()
+                    if p.name not in BEFORE_TRAINING and not (p.name == "train" and failed_starts_only(p))
+                    ) if out.exists() else []
     if others:
         raise FileExistsError(f"--out-dir {out} is not empty (it holds {', '.join(others[:3])}"
                               f"{', ...' if len(others) > 3 else ''}): give a new or empty folder")
@@ -148,16 +152,24 @@ def check_out_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def write_lists(root: Path, out: Path, held_out: float, seed: int, targets_per_speaker: int) -> list[str]:
+def failed_starts_only(runs: Path) -> bool:
+    """<out-dir>/train holds only run folders without a checkpoint: training stopped before its first one (a
+    failed start, e.g. a bad file). They are kept, and the next attempt's run goes beside them; a run with a
+    checkpoint (and its validation scores) makes --out-dir taken."""
+    return runs.is_dir() and all(run.is_dir() and not any(run.glob("checkpoints/*")) for run in runs.iterdir())
+
+
+def write_lists(root: Path, out: Path, held_out: float, seed: int, targets_per_speaker: int) -> tuple[list[str], int]:
     """<out>/train_list.txt (the training speakers) and <out>/trials.txt (the held-out ones); prints what it
-    wrote and returns the held-out speakers."""
+    wrote and returns the held-out speakers and the number of training files."""
     entries = scan_voxceleb_folder(root)  # names the files that are not at speaker/session/file depth
     utterances: dict[str, list[str]] = defaultdict(list)
     for speaker, path in entries:
         utterances[speaker].append(path)
     train, held = split_speakers(list(utterances), held_out, seed)
     trials = make_trials({s: utterances[s] for s in held}, np.random.default_rng([seed, 1]), targets_per_speaker)
-    write_train_list([(s, p) for s, p in entries if s in set(train)], out / "train_list.txt")
+    train_entries = [(s, p) for s, p in entries if s in set(train)]
+    write_train_list(train_entries, out / "train_list.txt")
     write_trial_list(trials, out / "trials.txt")
     n_target = sum(t.label for t in trials)
     print(f"{root}: {len(entries)} files of {len(utterances)} speakers\n"
@@ -165,7 +177,7 @@ def write_lists(root: Path, out: Path, held_out: float, seed: int, targets_per_s
           f"{out / 'train_list.txt'}\n"
           f"  held out   {len(held)} speakers ({' '.join(held)}): {n_target} target and "
           f"{len(trials) - n_target} non-target trials: {out / 'trials.txt'}")
-    return held
+    return held, len(train_entries)
 
 
 def write_model_configs(trained: DictConfig, configs: Path) -> None:
