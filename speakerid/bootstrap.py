@@ -10,8 +10,7 @@ a trial between speakers e and t drawn c_e and c_t times, c times for a trial wi
 Both sides are resampled, not the enrolment speaker alone: a non-target trial depends on two speakers, and
 both are draws from the population a deployment meets. Resampling the enrolment side only treats the test
 speakers as fixed and understates the uncertainty of the false-acceptance rate (tests/test_thresholds.py
-measures both). The speaker of a trial file is its first path component (`id10270/x6uYqmx31kE/00001.wav`
-in the VoxCeleb layout).
+measures both). The speaker of a trial file is the speaker folder of the VoxCeleb layout (`speaker_of`).
 """
 
 from __future__ import annotations
@@ -25,9 +24,18 @@ FEW_SPEAKERS = 20  # below this, intervals from a speaker bootstrap are rough; s
 
 
 def speaker_of(path: str) -> str:
-    """The speaker of a trial file: the first component of its path (VoxCeleb layout)."""
+    """The speaker of a trial file in the VoxCeleb layout, speaker/session/file: the first component of a
+    relative path (`id10270/x6uYqmx31kE/00001.wav`, relative to the data root), and the third from last of an
+    absolute one (`/data/wav/id10270/x6uYqmx31kE/00001.wav`: the folders above the speaker are the root's),
+    or its first folder when it has fewer (`/id10270/00001.wav`). A path without folders is its own speaker."""
     head = path.split("/", 1)[0]
-    return head if head not in ("", ".") else PurePosixPath(path).parts[0]
+    if head not in ("", "."):
+        return head
+    parts = PurePosixPath(path).parts
+    if not path.startswith("/"):
+        return parts[0]
+    parts = parts[1:]  # less the root
+    return parts[-3] if len(parts) >= 3 else parts[0]
 
 
 class SpeakerResampler:
@@ -42,6 +50,10 @@ class SpeakerResampler:
         self.enrol_index, self.test_index = np.split(index, [len(enrol_speakers)])
         self.same_speaker = self.enrol_index == self.test_index
         self.flat = all("/" not in p for p in enrol)
+        if self.n_speakers == 1:  # a bootstrap over one speaker gives zero-width intervals
+            raise ValueError(f"every trial file is of speaker {str(self.speakers[0])!r} (see "
+                             f"speakerid.bootstrap.speaker_of), so the speakers cannot be resampled: trial paths "
+                             f"must be speaker/session/file (e.g. {enrol[0]}), relative to the data root or absolute")
 
     @property
     def n_speakers(self) -> int:

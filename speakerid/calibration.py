@@ -3,9 +3,11 @@
 `Calibration` is the linear map llr = slope * score + offset (natural log), fitted by logistic regression
 on the scores of a labelled trial list (the NIST SRE / BOSARIS tradition, `fit_calibration`). It is stored
 in a model file as the plain dict of `to_dict()`, so the file stays loadable with
-`torch.load(weights_only=True)`. A calibration file (`speakerid calibrate --out cal.json`) holds exactly two
-keys, `calibration` (Calibration.to_dict()) and `threshold` (speakerid.thresholds.Threshold.to_dict()),
-which is what a model file stores.
+`torch.load(weights_only=True)`. A calibration file (`speakerid calibrate --out cal.json`) holds the keys
+`calibration` (Calibration.to_dict()) and `threshold` (speakerid.thresholds.Threshold.to_dict()), which is
+what a model file stores, and `source`: the scores it was fitted on (`calibration_source`). A slope, offset
+and threshold hold only for scores of the same model and scoring, so `check_calibration_source` refuses
+the file for any other (files written before `source` existed get a warning).
 
 Measures (all on natural-log LLRs, BOSARIS's definitions):
 - `cllr`: the log-likelihood-ratio cost in bits, 0 for perfect LLRs, 1 for LLRs that are always 0 (no
@@ -20,9 +22,11 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -87,9 +91,15 @@ def fit_calibration(scores, labels, prior: float = 0.5) -> Calibration:
     scores, labels = validate_scores(scores, labels)
     _check_prior("prior", prior)
     n_target, n_nontarget = int(labels.sum()), int((~labels).sum())
-    if scores[labels].min() >= scores[~labels].max():
-        raise ValueError("every target score is >= every non-target score: with no overlap the best linear "
-                         "calibration has an infinite slope; calibrate on a larger or harder trial list")
+    if scores.min() == scores.max():
+        raise ValueError(f"all {scores.size} scores are {scores[0]:g}: equal scores do not tell targets from "
+                         f"non-targets, so there is nothing to calibrate")
+    lowest_target, highest_nontarget = scores[labels].min(), scores[~labels].max()
+    if lowest_target >= highest_nontarget:  # ties at one score count as no overlap: the slope still runs off
+        how = ("every target score is above every non-target score" if lowest_target > highest_nontarget else
+               f"target and non-target scores meet only at {lowest_target:g} (ties), and do not overlap otherwise")
+        raise ValueError(f"{how}: with no overlap the best linear calibration has an infinite slope; calibrate on a "
+                         f"larger or harder trial list")
     # Each class weighs its prior in total; the weights average 1 so the solver's tolerances mean the same
     # for any list size.
     weights = np.where(labels, prior / n_target, (1.0 - prior) / n_nontarget) * scores.size
@@ -177,22 +187,90 @@ def calibration_measures(scores, labels, calibration: Calibration, p_target: flo
 
 
 CALIBRATION_FILE_KEYS = ("calibration", "threshold")
+SOURCE_KEYS = ("scores", "evaluation", "scoring", "model_sha256")
+# `speakerid evaluate`'s score file names: <name>.<scoring>.scores.txt beside <name>.<scoring>.json
+_SCORING_NAME = re.compile(r"^(cosine|multicrop\d+)(_meansub)?(_asnorm\d+)?$")
 
 
-def write_calibration_file(path: str | os.PathLike, calibration: Calibration, threshold: Threshold) -> None:
-    """The JSON `speakerid calibrate` writes and a model file stores: {"calibration": ..., "threshold": ...}."""
-    write_json_atomic(path, {"calibration": calibration.to_dict(), "threshold": threshold.to_dict()})
+def calibration_source(scores_path: str | os.PathLike) -> dict[str, str | None]:
+    """What a calibration fitted on `scores_path` applies to: the scoring and the model's SHA-256, from the
+    evaluation JSON beside the score file (`<name>.<scoring>.scores.txt` -> `<name>.<scoring>.json`); without
+    it, the scoring the file's name gives, and no model. None where unknown."""
+    scores_path = Path(scores_path).resolve()
+    source: dict[str, str | None] = {"scores": str(scores_path), "evaluation": None, "scoring": None,
+                                     "model_sha256": None}
+    if not scores_path.name.endswith(".scores.txt"):
+        return source
+    stem = scores_path.name[:-len(".scores.txt")]
+    report_path = scores_path.with_name(f"{stem}.json")
+    if report_path.is_file():
+        report = read_json(report_path, "evaluation JSON")
+        if isinstance(report, dict) and isinstance(report.get("scoring"), str):
+            return {**source, "evaluation": str(report_path), "scoring": report["scoring"],
+                    "model_sha256": report.get("checkpoint_sha256")}
+    scoring = stem.rpartition(".")[2]
+    return {**source, "scoring": scoring if _SCORING_NAME.match(scoring) else None}
+
+
+def check_calibration_source(path: str | os.PathLike, source: dict[str, str | None] | None, scoring: str,
+                             models: set[str]) -> str | None:
+    """Refuse (ValueError) a calibration file whose scores came from another scoring than `scoring` (what the
+    model it goes with computes: `cosine`, or `cosine_meansub` with a mean embedding) or from another model
+    than `models` (the SHA-256s the model is known by). A warning to show where the file does not say."""
+    if source is None:
+        return (f"{path} does not record which scores it was fitted on (written by an older speakerid): its "
+                f"threshold holds only if they were {scoring} scores of this model")
+    if source["scoring"] is not None and source["scoring"] != scoring:
+        raise ValueError(f"{path} was fitted on {source['scoring']} scores ({source['scores']}), but this model "
+                         f"computes {scoring} scores: its threshold and LLRs do not apply to them; calibrate "
+                         f"{scoring} scores of this model" + (" (or export with the same --mean-from)"
+                                                              if "meansub" in source["scoring"] else ""))
+    if source["model_sha256"] is not None and source["model_sha256"] not in models:
+        raise ValueError(f"{path} was fitted on scores of another model (SHA-256 {source['model_sha256']}, "
+                         f"{source['evaluation']}): its threshold and LLRs do not apply to this one")
+    unknown = [what for key, what in (("scoring", "scoring"), ("model_sha256", "model")) if source[key] is None]
+    if unknown:
+        return (f"{path}: the {' and '.join(unknown)} of the scores it was fitted on ({source['scores']}) are "
+                f"unknown (no evaluation JSON beside them): its threshold holds only for {scoring} scores of this "
+                f"model")
+    return None
+
+
+def write_calibration_file(path: str | os.PathLike, calibration: Calibration, threshold: Threshold,
+                           source: dict[str, str | None] | None = None) -> None:
+    """The JSON `speakerid calibrate` writes: {"calibration": ..., "threshold": ...} (what a model file stores)
+    and, when given, "source" (calibration_source)."""
+    record = {"calibration": calibration.to_dict(), "threshold": threshold.to_dict()}
+    write_json_atomic(path, record if source is None else {**record, "source": source})
+
+
+def _read_calibration_json(path: Path) -> dict[str, Any]:
+    data = read_json(path, "calibration file")
+    keys = set(data) if isinstance(data, dict) else set()
+    if not isinstance(data, dict) or not set(CALIBRATION_FILE_KEYS) <= keys <= {*CALIBRATION_FILE_KEYS, "source"}:
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: a calibration file has exactly the keys calibration and threshold, and "
+                         f"optionally source (as `speakerid calibrate` writes it), got {got}")
+    return data
 
 
 def read_calibration_file(path: str | os.PathLike) -> tuple[Calibration, Threshold]:
     """Read a calibration file, with errors that name it and the key at fault."""
     path = Path(path)
-    data = read_json(path, "calibration file")
-    if not isinstance(data, dict) or set(data) != set(CALIBRATION_FILE_KEYS):
-        got = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{path}: a calibration file has exactly the keys calibration and threshold (as `speakerid "
-                         f"calibrate` writes it), got {got}")
+    data = _read_calibration_json(path)
     try:
         return Calibration.from_dict(data["calibration"]), Threshold.from_dict(data["threshold"])
     except (ValueError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+def read_calibration_source(path: str | os.PathLike) -> dict[str, str | None] | None:
+    """The `source` of a calibration file (calibration_source), or None for a file written without one."""
+    path = Path(path)
+    source = _read_calibration_json(path).get("source")
+    if source is None:
+        return None
+    if not (isinstance(source, dict) and set(source) == set(SOURCE_KEYS)
+            and all(v is None or isinstance(v, str) for v in source.values())):
+        raise ValueError(f"{path}: source must hold {', '.join(SOURCE_KEYS)} (strings or null), got {source!r}")
+    return source

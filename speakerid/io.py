@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -68,7 +69,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, record: Any, indent: int = 2) -> None:
-    write_text_atomic(path, json.dumps(record, indent=indent) + "\n")
+    """`record` as standard JSON: a non-finite float (an `accept nothing` threshold, a NaN) is written as null,
+    since Python's Infinity and NaN are not JSON and other readers reject them."""
+    write_text_atomic(path, json.dumps(finite_or_none(record), indent=indent, allow_nan=False) + "\n")
+
+
+def finite_or_none(value: Any) -> Any:
+    """`value` (dicts, lists and tuples inside it too) with every non-finite float replaced by None."""
+    if isinstance(value, float):  # numpy's float64 too
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

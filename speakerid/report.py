@@ -196,6 +196,12 @@ def trial_groups(enrol: Sequence[str], test: Sequence[str], durations: dict[str,
             key = (enrol[bad], test[bad])
             raise ListFormatError(f"{attributes.path}:{attributes.lines[key]}: {name} value {values[bad]!r} is not a "
                                   f"number, but --bins {name}=... bins it") from None
+        if not np.isfinite(numbers).all():  # NaN would fall in the top bin, inf in an end bin: no bin holds them
+            bad = int(np.flatnonzero(~np.isfinite(numbers))[0])
+            where = (f"{attributes.path}:{attributes.lines[enrol[bad], test[bad]]}" if name not in DURATIONS
+                     else f"{enrol[bad]} {test[bad]}")
+            raise ListFormatError(f"{where}: {name} value {values[bad]!r} is not a finite number, but --bins "
+                                  f"{name}=... bins it")
         index = bins[name].assign(numbers)
         groups[name] = [bins[name].label(int(i)) for i in index]
     return groups

@@ -19,6 +19,10 @@ import numpy as np
 from speakerid.data.lists import Trial
 
 CHUNK = 1 << 16  # trials scored per block: Vox1-E's 580k trials never need 580k x 256 doubles at once
+# The smallest spread of top_k cohort scores AS-norm divides by. Scores of float32 embeddings carry about 1e-7
+# of rounding, so a spread near that is no spread (cohort speakers with the same files): dividing by it gives
+# huge or infinite scores, not normalised ones. Real cohorts spread their top scores by about 1e-2.
+MIN_COHORT_STD = 1e-6
 
 
 @dataclass(frozen=True)
@@ -162,4 +166,12 @@ def as_norm(scores: np.ndarray, embeddings: Embeddings, trials: list[Trial], coh
                          f"{embeddings.full.shape[1]}-d: they come from different models")
     means, stds = cohort_statistics(vectors, cohort, top_k, mode)
     enrol, test = trial_indices(embeddings, trials)
+    used = np.union1d(enrol, test)
+    flat = used[~(stds[used] >= MIN_COHORT_STD)]  # NaN too
+    if flat.size:
+        k = min(top_k, len(cohort.speakers))
+        raise ValueError(f"AS-norm: the top {k} cohort scores of {embeddings.keys[flat[0]]} are (almost) all equal "
+                         f"(standard deviation {stds[flat[0]]:.3g}; {flat.size} of {used.size} utterances alike), "
+                         f"so normalising by their spread is meaningless; use a larger cohort of distinct speakers or "
+                         f"a larger top_k (now {top_k})")
     return 0.5 * ((scores - means[enrol]) / stds[enrol] + (scores - means[test]) / stds[test])

@@ -18,6 +18,8 @@ shorter than the longest; so a score here equals the score of the same pair in `
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +28,12 @@ from typing import Any, Sequence, Union
 import numpy as np
 import torch
 
-from speakerid.calibration import Calibration, read_calibration_file
+from speakerid.calibration import (
+    Calibration,
+    check_calibration_source,
+    read_calibration_file,
+    read_calibration_source,
+)
 from speakerid.data.audio import resample_audio
 from speakerid.data.check import MIN_TRIAL_SECONDS, check_trial_audio
 from speakerid.data.lists import check_files_exist
@@ -41,6 +48,12 @@ from speakerid.model_file import (
 )
 from speakerid.scoring import Embeddings
 from speakerid.thresholds import Threshold
+
+log = logging.getLogger("speakerid")
+
+# The rates a waveform may come at: below 1 kHz is a rate given in kHz (16 for 16000), above 768 kHz no audio
+# interface records; resampling from either would allocate gigabytes.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768000
 
 # One recording: a path to an audio file, or a 1-D waveform (numpy array or torch tensor).
 Audio = Union[str, os.PathLike, np.ndarray, torch.Tensor]
@@ -68,6 +81,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "auto",
     """The model in `path` (a training checkpoint, an averaged checkpoint or a model file), ready to embed on
     `device` ("auto": a GPU when there is one). `options` change how audio is batched (see
     `speakerid.evaluation.ExtractionOptions`; the default is evaluation's)."""
+    if Path(path).is_dir():  # a run's checkpoints/ folder, say: name the files it could have meant
+        found = sorted(p.name for p in Path(path).glob("*.pt"))
+        raise IsADirectoryError(f"{path} is a folder, not a model file: " + (
+            f"give one of its .pt files ({', '.join(found)})" if found else "it holds no .pt files"))
     return SpeakerModel(load_extractor(path), device, options)
 
 
@@ -152,9 +169,21 @@ class SpeakerModel:
             raise ValueError(f"the mean embedding must be 1-D, got shape {values.shape}")
         self._mean = np.array(check_embedding_mean(values.tolist(), "embedding_mean", self.embedding_dim))
 
+    @property
+    def scoring(self) -> str:
+        """The scoring of `score`, named as `speakerid evaluate` names it: cosine, or cosine_meansub."""
+        return "cosine" if self._mean is None else "cosine_meansub"
+
     def load_calibration(self, path: str | os.PathLike) -> None:
-        """Take the calibration and threshold of a calibration file (`speakerid calibrate --out cal.json`)."""
+        """Take the calibration and threshold of a calibration file (`speakerid calibrate --out cal.json`).
+        Refused when the file records scores of another model or scoring than this model's (set
+        `embedding_mean` first when the scores were mean-subtracted); a file that does not record them (an
+        older speakerid's) is taken with a warning."""
         calibration, threshold = read_calibration_file(path)
+        models = {self.loaded.sha256, self.loaded.provenance.get("checkpoint_sha256")} - {None}
+        warning = check_calibration_source(path, read_calibration_source(path), self.scoring, models)
+        if warning:
+            log.warning("warning: %s", warning)
         self._calibration = check_calibration(calibration.to_dict(), f"{path}: calibration")
         self._threshold = check_threshold(threshold.to_dict(), f"{path}: threshold")
 
@@ -162,6 +191,7 @@ class SpeakerModel:
     def embed(self, audio: Audio | Sequence[Audio], sample_rate: int | None = None) -> np.ndarray:
         """L2-normalised float32 embeddings: [dim] for one recording, [n, dim] for a list of them. A
         recording is a path, or a 1-D waveform (numpy or torch, float in [-1, 1] or int16) at `sample_rate`."""
+        sample_rate = _check_sample_rate(sample_rate)
         single = _is_one(audio)
         items = [audio] if single else list(audio)
         if not items:
@@ -247,6 +277,9 @@ class SpeakerModel:
         calibration) and the decision at `threshold` or else the model's stored threshold (when it has one)."""
         if not (_is_one(a) and _is_one(b)):
             raise ValueError("verify takes two recordings; use score for lists")
+        if threshold is not None and not (_is_number(threshold) and math.isfinite(threshold)):
+            # a NaN would reject every pair: `score >= nan` is False
+            raise ValueError(f"threshold must be a finite number, got {threshold!r}")
         score = self.score(a, b, sample_rate)
         calibration = self.calibration
         llr = None if calibration is None else float(calibration.llr(score))
@@ -264,6 +297,20 @@ class SpeakerModel:
             sample_rate=self.sample_rate, provenance=self.loaded.provenance,
             embedding_mean=None if self._mean is None else self._mean.tolist(), calibration=self._calibration,
             threshold=self._threshold, overwrite=overwrite)
+
+
+def _check_sample_rate(rate: Any) -> int | None:
+    if rate is None:
+        return None
+    if not (isinstance(rate, (int, np.integer)) and not isinstance(rate, (bool, np.bool_))
+            and MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE):
+        raise ValueError(f"sample_rate must be a whole number of Hz in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] (e.g. "
+                         f"16000, not 16), got {rate!r}")
+    return int(rate)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
 
 def _is_one(audio: Any) -> bool:

@@ -1,6 +1,7 @@
 """Calibration: the fit against a known LLR and its own objective, Cllr / minCllr / actual DCF against direct
 float64 formulas and an independent pool-adjacent-violators, and the interface stored in model files."""
 
+import json
 import math
 
 import numpy as np
@@ -168,3 +169,55 @@ def test_calibration_dict_round_trip_and_errors():
         Calibration.from_dict({"slope": 1, "offset": float("nan")})
     with pytest.raises(ValueError, match="prior must be in"):
         Calibration.from_dict({"slope": 1, "offset": 0, "prior": 1.5})
+
+
+def test_fit_says_what_is_wrong_with_tied_scores():
+    """Ties are not separation: all-equal scores carry no information, and scores that meet only in a tie
+    still leave the slope unbounded; the message says which."""
+    with pytest.raises(ValueError, match="all 4 scores are 0.5: equal scores do not tell targets") as info:
+        fit_calibration([0.5, 0.5, 0.5, 0.5], [1, 0, 1, 0])
+    assert ">=" not in str(info.value) and "no overlap" not in str(info.value)
+    with pytest.raises(ValueError, match="meet only at 0.5 .*infinite slope"):
+        fit_calibration([0.5, 0.7, 0.3, 0.5], [1, 1, 0, 0])
+    with pytest.raises(ValueError, match="every target score is above every non-target score"):
+        fit_calibration([0.6, 0.7, 0.3, 0.5], [1, 1, 0, 0])
+
+
+def test_a_calibration_file_refuses_scores_of_another_scoring_or_model(tmp_path):
+    """calibrate records where its scores came from (the evaluation JSON beside the score file); a model that
+    scores otherwise, or another model, is refused; a file without the record is accepted with a warning."""
+    from speakerid.calibration import (
+        calibration_source,
+        check_calibration_source,
+        read_calibration_file,
+        read_calibration_source,
+        write_calibration_file,
+    )
+    from speakerid.thresholds import Threshold
+
+    scores = tmp_path / "vox.cosine_meansub.scores.txt"
+    scores.write_text("a/1.wav b/1.wav 0.1 0\n")
+    assert calibration_source(scores) == {"scores": str(scores), "evaluation": None, "scoring": "cosine_meansub",
+                                          "model_sha256": None}  # from the name alone
+    (tmp_path / "vox.cosine_meansub.json").write_text(json.dumps({"scoring": "cosine_meansub",
+                                                                  "checkpoint_sha256": "abc"}))
+    source = calibration_source(scores)
+    assert source == {"scores": str(scores), "evaluation": str(tmp_path / "vox.cosine_meansub.json"),
+                      "scoring": "cosine_meansub", "model_sha256": "abc"}
+    assert calibration_source(tmp_path / "half_a.txt")["scoring"] is None
+
+    threshold = Threshold(0.3, "eer", None, 0.1, 0.1, (0.2, 0.4), (0.0, 0.2), (0.0, 0.2), 0.95, 10)
+    path = tmp_path / "cal.json"
+    write_calibration_file(path, Calibration(2.0, -1.0), threshold, source)
+    assert read_calibration_file(path)[1] == threshold and read_calibration_source(path) == source
+    assert check_calibration_source(path, source, "cosine_meansub", {"abc", "def"}) is None
+    with pytest.raises(ValueError, match="fitted on cosine_meansub scores .* computes cosine scores"):
+        check_calibration_source(path, source, "cosine", {"abc"})
+    with pytest.raises(ValueError, match="fitted on scores of another model \\(SHA-256 abc"):
+        check_calibration_source(path, source, "cosine_meansub", {"def"})
+    assert "does not record which scores" in check_calibration_source(path, None, "cosine", {"abc"})
+    assert "the model of the scores" in check_calibration_source(path, {**source, "model_sha256": None},
+                                                                 "cosine_meansub", {"abc"})
+    path.write_text(json.dumps({**json.loads(path.read_text()), "source": {"scoring": 3}}))
+    with pytest.raises(ValueError, match="cal.json: source must hold scores, evaluation, scoring, model_sha256"):
+        read_calibration_source(path)

@@ -47,3 +47,20 @@ def test_permissions_follow_the_umask_like_a_normal_write(tmp_path):
         os.umask(old)
     mode = stat.S_IMODE((tmp_path / "x.txt").stat().st_mode)
     assert mode == stat.S_IMODE((tmp_path / "y.txt").stat().st_mode) == 0o644
+
+
+def test_json_is_standard_json_with_null_for_non_finite_numbers(tmp_path):
+    """Python writes inf and NaN as Infinity and NaN, which are not JSON: jq, JavaScript and strict parsers
+    reject the file (an evaluation's `accept nothing` minDCF threshold is inf)."""
+    import numpy as np
+
+    path = tmp_path / "r.json"
+    write_json_atomic(path, {"eer": 0.1, "min_dcf_p0.01_threshold": float("inf"), "ci": [float("-inf"), 0.5],
+                             "nested": {"nan": float("nan"), "numpy": np.float64("inf"), "n": 3}, "t": (1.0, np.nan)})
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {
+        "eer": 0.1, "min_dcf_p0.01_threshold": None, "ci": [None, 0.5], "nested": {"nan": None, "numpy": None, "n": 3},
+        "t": [1.0, None]}

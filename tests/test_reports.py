@@ -282,3 +282,32 @@ def test_help_of_new_subcommands(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert f"\n    speakerid {command} " in capsys.readouterr().out  # an example line of the module docstring
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_non_finite_attribute_value_is_refused_naming_its_line(corpus, tmp_path, capsys, value):
+    """NaN fell silently into the top bin (searchsorted puts it past every edge), inf into an end bin."""
+    root, scores = corpus
+    values = ["3", "12", "25", value, "7", "1", "30"]  # line 5 (after the header) holds the bad one
+    attributes_file = tmp_path / "attributes.tsv"
+    attributes_file.write_text("enrol\ttest\tsnr_db\n" + "".join(
+        f"{line.split()[0]}\t{line.split()[1]}\t{v}\n" for line, v in zip(TRIALS.splitlines(), values)))
+    scores_list = read_scores(scores)
+    with pytest.raises(ListFormatError, match=f"attributes.tsv:5: snr_db value '{value}' is not a finite number"):
+        trial_groups(scores_list.enrol, scores_list.test, attributes=read_attributes(attributes_file),
+                     bins={"snr_db": Bins((10, 20))})
+    assert main(["report", "--scores", str(scores), "--attributes", str(attributes_file), "--bins",
+                 "snr_db=10,20", "--n-bootstrap", "10"]) == 1
+    assert "attributes.tsv:5: snr_db value" in capsys.readouterr().err
+    # unbinned, the value is a group name like any other
+    groups = trial_groups(scores_list.enrol, scores_list.test, attributes=read_attributes(attributes_file))
+    assert groups["snr_db"] == values
+
+
+def test_duration_bins_without_root_are_refused(corpus, tmp_path, capsys):
+    """Durations come from the audio under --root: without it, --bins enrol_duration=... was ignored."""
+    _, scores = corpus
+    out = tmp_path / "report.json"
+    assert main(["report", "--scores", str(scores), "--bins", "enrol_duration=1,2", "--n-bootstrap", "10",
+                 "--out", str(out)]) == 1
+    assert "--bins enrol_duration needs --root" in capsys.readouterr().err and not out.exists()

@@ -101,3 +101,22 @@ def test_as_norm_rejects_a_cohort_of_another_model(setup):
         as_norm(raw_scores(emb, trials), emb, trials, cohort, 2)
     with pytest.raises(ValueError, match="top_k must be >= 2"):
         as_norm(raw_scores(emb, trials), emb, trials, speaker_means(emb, emb.keys), 1)
+
+
+@pytest.mark.parametrize("spread", [0.0, 1e-9])
+def test_as_norm_refuses_a_cohort_without_spread(setup, spread):
+    """Two cohort speakers with the same files (up to rounding) and top_k=2: every utterance's two top cohort
+    scores are equal, and dividing by their standard deviation gave inf (or 1e8-sized) scores."""
+    emb, trials = setup
+    speaker = unit(np.random.default_rng(4).normal(size=16))
+    twin = unit(speaker + spread * np.eye(16)[0])
+    cohort = speaker_means(Embeddings(["x/1.wav", "y/1.wav"], np.stack([speaker, twin])), ["x", "y"])
+    with pytest.raises(ValueError, match=r"top 2 cohort scores of spk0/u0.wav are \(almost\) all equal .*larger "
+                                         r"top_k \(now 2\)"):
+        as_norm(raw_scores(emb, trials), emb, trials, cohort, 2)
+    # with a third, distinct speaker the spread is real again (an independent reference checks the values)
+    third = unit(np.random.default_rng(5).normal(size=16))
+    cohort = speaker_means(Embeddings(["x/1.wav", "y/1.wav", "z/1.wav"], np.stack([speaker, twin, third])),
+                           ["x", "y", "z"])
+    got = as_norm(raw_scores(emb, trials), emb, trials, cohort, 3)
+    np.testing.assert_allclose(got, reference_as_norm(emb, trials, cohort.embeddings, 3, "full"), rtol=0, atol=1e-9)

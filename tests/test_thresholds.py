@@ -127,3 +127,27 @@ def test_far_interval_covers_the_true_far_at_its_stated_rate():
         covered += threshold.far_ci[0] <= true_far <= threshold.far_ci[1]
     tolerance = 3 * math.sqrt(0.95 * 0.05 / simulations)
     assert abs(covered / simulations - 0.95) <= tolerance, covered / simulations
+
+
+def test_absolute_paths_have_the_speakers_of_the_relative_ones():
+    """A score file with absolute paths (/data/wav/spk/session/file) made every trial's speaker `/`: one
+    speaker, so every resample was the list itself and every interval had zero width."""
+    assert speaker_of("/data/wav/id10270/x6uYqmx31kE/00001.wav") == "id10270"  # VoxCeleb: speaker/session/file
+    assert speaker_of("/id10270/00001.wav") == "id10270"
+    assert speaker_of("//nas/id10270/s/1.wav") == "id10270"
+    assert speaker_of("/a.wav") == "a.wav"
+    scores, labels, enrol, test, _ = speaker_population(np.random.default_rng(7), n_speakers=12)
+    enrol = [p.replace("/", "/sess/") for p in enrol]  # spk3/sess/e.wav
+    test = [p.replace("/", "/sess/") for p in test]
+    relative = choose_threshold(scores, labels, enrol, test, "far", 0.05, n_bootstrap=100)
+    absolute = choose_threshold(scores, labels, [f"/data/wav/{p}" for p in enrol], [f"/data/wav/{p}" for p in test],
+                                "far", 0.05, n_bootstrap=100)
+    assert absolute == relative and relative.far_ci[0] < relative.far_ci[1]
+    assert SpeakerResampler([f"/data/wav/{p}" for p in enrol], test).n_speakers == 12
+
+
+def test_a_list_of_one_speaker_cannot_be_bootstrapped():
+    """Paths whose speaker rule gives one speaker for every file (here /data/spk/file, which is not the
+    speaker/session/file layout) would give zero-width intervals; refused, naming the rule."""
+    with pytest.raises(ValueError, match="every trial file is of speaker 'data' .*speaker/session/file"):
+        SpeakerResampler(["/data/a/1.wav", "/data/b/1.wav"], ["/data/a/2.wav", "/data/c/2.wav"])

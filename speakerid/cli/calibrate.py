@@ -11,9 +11,11 @@ prior-weighted objective at --prior). The threshold is a raw score (accept when 
 --target-far F picks the lowest threshold whose false-acceptance rate is <= F, --operating-point eer the
 equal-error-rate threshold, --operating-point dcf the minimum-DCF threshold at --p-target. The JSON holds
 {"calibration": {slope, offset, prior}, "threshold": {score, kind, target, far, frr, score_ci, far_ci, frr_ci,
-confidence, n_bootstrap}}; the intervals come from resampling the list's speakers (the first folder of each
-path). Printed: Cllr and actual DCF at --p-target of the raw scores and of the calibrated LLRs, and the
-floors minCllr and minDCF, which no calibration changes.
+confidence, n_bootstrap}, "source": {scores, evaluation, scoring, model_sha256}}: the scoring and the model come
+from the evaluation JSON beside the score file, and `speakerid export` and `model.load_calibration` refuse the
+file for a model that is not that one or does not score that way. The intervals come from resampling the
+list's speakers (see speakerid.bootstrap.speaker_of). Printed: Cllr and actual DCF at --p-target of the raw
+scores and of the calibrated LLRs, and the floors minCllr and minDCF, which no calibration changes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from speakerid.calibration import calibration_measures, fit_calibration, write_calibration_file
+from speakerid.calibration import calibration_measures, calibration_source, fit_calibration, write_calibration_file
 from speakerid.cli.options import add_bootstrap_arguments, add_output_arguments, probability, warn_about_speakers
 from speakerid.data.lists import ListFormatError, read_scores
 from speakerid.io import check_new_file
@@ -57,14 +59,23 @@ def run(args: argparse.Namespace) -> int:
         threshold = choose_threshold(scores.scores, labels, scores.enrol, scores.test, kind, target,
                                      args.n_bootstrap, args.confidence, args.seed)
         measures = calibration_measures(scores.scores, labels, calibration, args.p_target)
+        source = calibration_source(args.scores)
     except (ListFormatError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    write_calibration_file(args.out, calibration, threshold)
+    known = source["scoring"] is not None or source["model_sha256"] is not None
+    write_calibration_file(args.out, calibration, threshold, source if known else None)  # none: as older files
     warn_about_speakers(scores.enrol, scores.test)
 
     n_target = int(labels.sum())
     print(f"{args.scores}: {len(labels)} trials ({n_target} target, {len(labels) - n_target} non-target)")
+    unknown = [what for key, what in (("model_sha256", "model"), ("scoring", "scoring")) if source[key] is None]
+    if unknown:
+        print(f"warning: no evaluation JSON beside {args.scores}: {args.out} cannot record the "
+              f"{' or the '.join(unknown)} of these scores, so export and load_calibration cannot check that they "
+              f"match", file=sys.stderr)
+    else:
+        print(f"scores: {source['scoring']} of model {source['model_sha256'][:12]}")
     sign = "-" if calibration.offset < 0 else "+"
     print(f"calibration: llr = {calibration.slope:.6g} * score {sign} {abs(calibration.offset):.6g} "
           f"(prior {args.prior:g})")

@@ -67,14 +67,14 @@ def run(args: argparse.Namespace) -> int:
         print("error: --root goes with --list (a --folder is its own root)", file=sys.stderr)
         return 1
     try:
+        options = ExtractionOptions(mode=args.mode, num_crops=args.num_crops, crop_frames=args.crop_frames,
+                                    max_trim=args.max_trim, batch_size=args.batch_size)  # checked before any work
         check_new_file(args.out, args.overwrite, what="--out")
         if args.folder is not None:
             root, files = args.folder, files_in_folder(args.folder)
         else:
             root, files = (args.root or args.list.parent), read_file_list(args.list)
         model = load(args.model, args.device)
-        options = ExtractionOptions(mode=args.mode, num_crops=args.num_crops, crop_frames=args.crop_frames,
-                                    max_trim=args.max_trim, batch_size=args.batch_size)
         start = time.perf_counter()
         embeddings = model.embed_files(files, root, options, progress=True)
         seconds = time.perf_counter() - start

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     from speakerid.data.audio import read_full
     from speakerid.data.lists import ListFormatError, read_file_list
-    from speakerid.io import check_new_file
+    from speakerid.io import atomic_path, check_new_file
     from speakerid.speaker_model import load
 
     try:
@@ -68,13 +68,13 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--root goes with --mean-from")
         check_new_file(args.out, args.overwrite, what="--out")
         model = load(args.model, args.device if args.mean_from else "cpu")
-        if args.calibration is not None:
-            model.load_calibration(args.calibration)
         if args.mean_from is not None:
             files = read_file_list(args.mean_from)
             embeddings = model.embed_files(files, args.root or args.mean_from.parent, progress=True)
             model.embedding_mean = embeddings.mean()
             print(f"mean embedding of {len(embeddings)} files of {args.mean_from}")
+        if args.calibration is not None:  # after the mean: it must fit the scores the model file will give
+            model.load_calibration(args.calibration)
         rate = model.sample_rate
         inputs = [read_full(p, rate, resample=True)[None] for p in args.check]
     except (AudioError, ListFormatError, OSError, RuntimeError, ValueError) as e:
@@ -83,10 +83,29 @@ def run(args: argparse.Namespace) -> int:
     if not inputs:
         noise = np.random.default_rng(0).standard_normal(2 * rate + 77).astype(np.float32) * 0.1
         inputs = [noise[None], np.stack([noise[:rate], noise[-rate:]])]
+    dropped = [what for what, value in (("a mean embedding", model.embedding_mean), ("a calibration",
+               model.calibration), ("a threshold", model.threshold)) if value is not None]
+    if args.format != "model" and dropped:
+        print(f"warning: {args.model} holds {', '.join(dropped)}, which the {args.format} export does not carry: "
+              f"its cosine scores are not the model file's scores, and the model file's threshold and calibration "
+              f"do not apply to them", file=sys.stderr)
 
     extractor = model.to("cpu").extractor  # the exporters trace on the CPU
     try:
-        exported = write(model, args)
+        # Written beside --out and put in place only when it passes the check: a failed export leaves nothing
+        # behind, and an existing --out (with --overwrite) stays as it was.
+        with atomic_path(args.out, overwrite=args.overwrite) as tmp:
+            exported = write(model, args.format, tmp, args.model)
+            worst = 0.0
+            with torch.no_grad():
+                for x in inputs:
+                    eager = extractor(torch.from_numpy(x)).double()
+                    other = torch.as_tensor(np.asarray(exported(x))).double()
+                    worst = max(worst, (1 - torch.nn.functional.cosine_similarity(eager, other, dim=1)).max().item())
+            print(f"{args.format}: largest cosine distance to the model {worst:.2e} over {len(inputs)} inputs")
+            if not worst <= args.tolerance:
+                raise RuntimeError(f"the export differs from the model by more than {args.tolerance}; {args.out} is "
+                                   f"not written")
     except ImportError as e:
         print(f"error: {e} (the ONNX export needs pip install \"speakerid[onnx]\")", file=sys.stderr)
         return 1
@@ -94,33 +113,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{args.format}: {args.out}")
-    worst = 0.0
-    with torch.no_grad():
-        for x in inputs:
-            eager = extractor(torch.from_numpy(x)).double()
-            other = torch.as_tensor(np.asarray(exported(x))).double()
-            worst = max(worst, (1 - torch.nn.functional.cosine_similarity(eager, other, dim=1)).max().item())
-    print(f"{args.format}: largest cosine distance to the model {worst:.2e} over {len(inputs)} inputs")
-    if worst > args.tolerance:
-        print(f"error: the export differs from the model by more than {args.tolerance}", file=sys.stderr)
-        return 1
     return 0
 
 
-def write(model, args: argparse.Namespace) -> Callable[[np.ndarray], np.ndarray]:
-    """Write args.out in args.format; return the export, read back, as waveform [batch, samples] -> embedding."""
+def write(model, format: str, path: Path, source: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Write `path` in `format`; return the export, read back, as waveform [batch, samples] -> embedding."""
     import torch
 
     from speakerid.export import OnnxExtractor, export_onnx, export_torchscript, load_torchscript
     from speakerid.model_file import load_extractor
 
-    if args.format == "model":
-        model.save(args.out, overwrite=args.overwrite)
-        extractor = load_extractor(args.out).extractor
+    if format == "model":
+        model.save(path, overwrite=True)  # `path` is the temporary file run() made for it
+        extractor = load_extractor(path).extractor
         return lambda x: extractor(torch.from_numpy(x))
-    if args.format == "torchscript":
-        scripted = load_torchscript(export_torchscript(model.extractor, args.out, model.sample_rate))
+    if format == "torchscript":
+        scripted = load_torchscript(export_torchscript(model.extractor, path, model.sample_rate))
         return lambda x: scripted(torch.from_numpy(x))
-    path = export_onnx(model.extractor, args.out, model.sample_rate,
-                       metadata={"embedding_dim": str(model.embedding_dim), "source": str(args.model)})
+    path = export_onnx(model.extractor, path, model.sample_rate,
+                       metadata={"embedding_dim": str(model.embedding_dim), "source": str(source)})
     return OnnxExtractor(path)

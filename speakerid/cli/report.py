@@ -10,13 +10,14 @@ attribute in an --attributes file. Printed as a table; --out also writes it as J
 
 Duration bins default to <2, 2-4, 4-6, 6-10, 10-20 and >=20 s. The attribute file is tab-separated with a
 header, `enrol test name...`, one line per trial (the paths as in the score file); its columns group
-trials by value, or by bins with --bins NAME=EDGES. With --calibration (a file of `speakerid calibrate`),
-the report adds Cllr and actual DCF (at the first --p-target) of the raw and the calibrated scores, their
-floors minCllr and minDCF, and the FAR and FRR that the stored threshold reaches on these trials.
+trials by value, or by bins with --bins NAME=EDGES (a binned column must hold finite numbers; duration bins
+need --root). With --calibration (a file of `speakerid calibrate`), the report adds Cllr and actual DCF (at
+the first --p-target) of the raw and the calibrated scores, their floors minCllr and minDCF, and the FAR and
+FRR that the stored threshold reaches on these trials.
 
-An interval is the spread over --n-bootstrap resamples of the speakers (the first folder of each path),
-restricted to a group's trials: two groups differ when their intervals do not overlap much, not when their
-point values differ.
+An interval is the spread over --n-bootstrap resamples of the speakers (speaker/session/file: the first folder
+of a relative path, the third component from the end of an absolute one), restricted to a group's trials:
+two groups differ when their intervals do not overlap much, not when their point values differ.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from speakerid.data.audio import AudioError
 from speakerid.data.lists import ListFormatError, read_scores, trial_files
 from speakerid.io import check_new_file, write_json_atomic
 from speakerid.report import (
+    DURATIONS,
     P_TARGETS,
     calibration_check,
     file_durations,
@@ -63,7 +65,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.out is not None:
             check_new_file(args.out, args.overwrite, what="--out")
-        bins = with_default_bins(dict(parse_bins_option(text) for text in args.bins))
+        given = dict(parse_bins_option(text) for text in args.bins)
+        durations_binned = sorted(set(given) & set(DURATIONS))
+        if durations_binned and args.root is None:  # durations come from the audio files, under --root
+            raise ValueError(f"--bins {', '.join(durations_binned)} needs --root: durations are read from the audio "
+                             f"files")
+        bins = with_default_bins(given)
         calibration = read_calibration_file(args.calibration) if args.calibration else None
         scores = read_scores(args.scores)
         labels = scores.require_labels("a report")

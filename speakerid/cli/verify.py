@@ -16,6 +16,7 @@ full utterance or multi-crop, with its mean subtraction and AS-norm), else the m
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -34,11 +35,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a model file, a checkpoint or an averaged checkpoint")
     parser.add_argument("audio", nargs=2, type=Path, help="the two recordings (wav or flac)")
     threshold = parser.add_mutually_exclusive_group()
-    threshold.add_argument("--threshold", type=float, help="a score threshold (instead of the model file's)")
+    threshold.add_argument("--threshold", type=finite_number, help="a score threshold (instead of the model file's)")
     threshold.add_argument("--threshold-from", type=Path,
                            help="the JSON of a `speakerid evaluate` run of this model: its scoring and its EER "
                                 "threshold are used")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+
+
+def finite_number(text: str) -> float:
+    """argparse type: a finite number (`nan` would reject every pair, `inf` too)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,6 +100,9 @@ def score_as_evaluated(model, audio: list[Path], report_path: Path, model_path: 
     report = read_json(report_path, "evaluation report")
     if report.get("eer_threshold") is None:
         raise ValueError(f"{report_path}: no eer_threshold (was the evaluated list without labels?)")
+    value = report["eer_threshold"]
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value)):
+        raise ValueError(f"{report_path}: eer_threshold {value!r} is not a finite number")
     ours = {model.loaded.sha256, model.loaded.provenance.get("checkpoint_sha256")}
     if report.get("checkpoint_sha256") not in ours:
         raise ValueError(f"{report_path} was measured with another model ({report.get('checkpoint')}): its threshold "

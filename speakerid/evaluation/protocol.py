@@ -4,7 +4,7 @@ extracted (`ExtractionOptions`), whether a training list's mean embedding is sub
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -23,6 +23,13 @@ class ExtractionOptions:
                                     # an utterance is cut to batch it with others
     precision: str = "fp32"         # fp32, or bf16 autocast (CUDA)
     num_workers: int | str = "auto"  # loader processes reading the files; auto: extraction.resolve_num_workers
+
+    def __post_init__(self):
+        # evaluate's rules (config.validate_eval), so that embed and the Python API refuse what it refuses
+        try:
+            validate_eval({"name": "options", "trials": "-", "root": "-", "embedding": asdict(self)})
+        except ConfigError as e:
+            raise ConfigError(str(e).removeprefix("eval.embedding.")) from None
 
     def cache_fields(self) -> dict[str, Any]:
         """What changes an embedding, hence the embedding cache's key (batch sizes do not)."""

@@ -35,6 +35,10 @@ from speakerid.scoring import Cohort, Embeddings, as_norm, merge_embeddings, raw
 log = logging.getLogger("speakerid")
 
 
+class EvaluationError(RuntimeError):
+    """Valid lists that cannot be scored meaningfully (an AS-norm cohort without spread, non-finite scores)."""
+
+
 @dataclass
 class EvaluationResult:
     protocol: Protocol
@@ -164,7 +168,15 @@ class Evaluation:
 
         scores = raw_scores(embeddings, self.trials, options.mode)
         if cohort is not None:
-            scores = as_norm(scores, embeddings, self.trials, cohort, protocol.asnorm.top_k, options.mode)
+            try:
+                scores = as_norm(scores, embeddings, self.trials, cohort, protocol.asnorm.top_k, options.mode)
+            except ValueError as e:
+                raise EvaluationError(f"cohort {protocol.asnorm.cohort_list}: {e}") from None
+        bad = np.flatnonzero(~np.isfinite(scores))
+        if bad.size:  # never written as scores nor measured
+            t = self.trials[bad[0]]
+            raise EvaluationError(f"{protocol.trials}: {bad.size} of {len(scores)} trials scored {scores[bad[0]]} "
+                                  f"(the first: {t.enrol} {t.test}); the model's embeddings are not finite")
         labels = metrics = None
         if has_labels(self.trials):
             labels = np.fromiter((t.label for t in self.trials), dtype=np.int64, count=len(self.trials))
@@ -174,12 +186,14 @@ class Evaluation:
 
 
 def train_subset(list_path: str, root: str, per_speaker: int | None) -> tuple[list[str], list[str], int]:
-    """Paths and speakers of a train list (`speaker path`), `per_speaker` evenly spaced utterances of each
-    speaker when given (all when None), and the number of speakers: what AS-norm's cohort and the subtracted
-    mean are computed from."""
+    """Paths (each once) and speakers of a train list (`speaker path`), `per_speaker` evenly spaced utterances
+    of each speaker when given (all when None), and the number of speakers: what AS-norm's cohort and the
+    subtracted mean are computed from."""
     train = read_train_list(list_path, root)
+    # A file is embedded once (embeddings are keyed by path), so a repeated line counts once (a file under
+    # two speakers is read_train_list's error).
     by_speaker: dict[str, list[str]] = {}
-    for speaker, path in zip(train.speakers, train.paths):
+    for path, speaker in dict(zip(train.paths, train.speakers)).items():
         by_speaker.setdefault(speaker, []).append(path)
     paths: list[str] = []
     speakers: list[str] = []
@@ -194,6 +208,8 @@ def train_subset(list_path: str, root: str, per_speaker: int | None) -> tuple[li
 
 def write_scores(path: str | os.PathLike, trials: list[Trial], scores: np.ndarray) -> None:
     """Score file `enrol test score label` (`enrol test score` for a list without labels), written atomically."""
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{path}: {np.count_nonzero(~np.isfinite(scores))} scores are not finite; not written")
     lines = [f"{t.enrol} {t.test} {s:.6f}" + ("" if t.label is None else f" {t.label}") for t, s in zip(trials, scores)]
     write_text_atomic(path, "\n".join(lines) + "\n")
 

@@ -1,0 +1,281 @@
+"""Inputs that evaluation, embedding, verification, calibration and export once took without a word (or with
+a traceback), through the commands and the API a user calls: a repeated or conflicting AS-norm cohort line, a
+cohort without spread, out-of-range extraction options, a NaN threshold or a sample rate in kHz, a calibration
+applied to scores of another scoring or model, a failed export left behind. A tiny untrained ECAPA-TDNN on
+synthetic recordings: the checks are about what is refused and what is written, not about accuracy."""
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from omegaconf import OmegaConf
+
+import speakerid
+from conftest import compose_config, speakerid_cli
+from speakerid.builders import build_model
+from speakerid.checkpoint import FORMAT_VERSION
+from speakerid.config import ConfigError
+from speakerid.evaluation import ExtractionOptions, Protocol
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint as train.py writes one, of an untrained tiny ECAPA-TDNN with drawn BatchNorm statistics."""
+    folder = tmp_path_factory.mktemp("model")
+    cfg = compose_config(["experiment=arsc", f"data.dir={folder}", "model=ecapa_tdnn_tiny"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    path = folder / "best.pt"
+    torch.save({"format_version": FORMAT_VERSION, "config": OmegaConf.to_container(cfg, resolve=True),
+                "model": model.state_dict(), "head": {}, "speakers": ["a", "b"], "progress": {"epoch": 1, "step": 1}},
+               path)
+    return path
+
+
+def wave(speaker: int, take: int, seconds: float = 1.2) -> np.ndarray:
+    """A gliding tone in noise: the pitch tells the speaker, the noise the take."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    noise = np.random.default_rng(100 * speaker + take).standard_normal(len(t))
+    return (0.3 * np.sin(2 * np.pi * (110 + 45 * speaker) * t * (1 + 0.1 * np.sin(2 * np.pi * 3 * t)))
+            + 0.05 * noise).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory) -> Path:
+    """spk0..spk3/s1/{0,1}.wav, and copyA/s1/0.wav, copyB/s1/0.wav: one file under two names; with the lists
+    trials.txt (labelled), pairs.txt (unlabelled) and train.txt."""
+    root = tmp_path_factory.mktemp("audio")
+    for s in range(4):
+        for take in range(2):
+            (root / f"spk{s}/s1").mkdir(parents=True, exist_ok=True)
+            sf.write(root / f"spk{s}/s1/{take}.wav", wave(s, take), RATE, subtype="FLOAT")
+    for copy in ("copyA", "copyB"):
+        (root / copy / "s1").mkdir(parents=True)
+        shutil.copy(root / "spk3/s1/0.wav", root / copy / "s1/0.wav")
+    pairs = [(1, "spk0/s1/0.wav", "spk0/s1/1.wav"), (0, "spk0/s1/0.wav", "spk1/s1/0.wav"),
+             (1, "spk1/s1/0.wav", "spk1/s1/1.wav"), (0, "spk1/s1/1.wav", "spk2/s1/0.wav")]
+    (root / "trials.txt").write_text("".join(f"{label} {e} {t}\n" for label, e, t in pairs))
+    (root / "pairs.txt").write_text("".join(f"{e} {t}\n" for _, e, t in pairs))
+    (root / "train.txt").write_text("".join(f"spk{s} spk{s}/s1/{take}.wav\n" for s in range(4) for take in range(2)))
+    return root
+
+
+def evaluate(checkpoint, audio, trials, cohort, out_dir, top_k=2):
+    return speakerid_cli("evaluate", "--model", checkpoint, "--trials", audio / trials, "--root", audio, "--out-dir",
+                         out_dir, "--device", "cpu", "eval.asnorm.enabled=true", f"eval.asnorm.cohort_list={cohort}",
+                         f"eval.asnorm.cohort_root={audio}", f"eval.asnorm.top_k={top_k}")
+
+
+# ------------------------------------------------------------------------------------------------ AS-norm
+def test_a_repeated_cohort_line_counts_once_and_a_file_of_two_speakers_is_refused(checkpoint, audio, tmp_path):
+    """The cohort's files are embedded once each, but its speakers were taken per line: a repeated line
+    ended in `ValueError: 6 speakers for 5 embeddings` (a traceback)."""
+    lines = ["spk2 spk2/s1/0.wav", "spk2 spk2/s1/1.wav", "spk3 spk3/s1/0.wav", "spk3 spk3/s1/1.wav",
+             "spk1 spk1/s1/1.wav"]
+    (tmp_path / "cohort.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "repeated.txt").write_text("\n".join(lines + [lines[0]]) + "\n")
+    clean = evaluate(checkpoint, audio, "trials.txt", tmp_path / "cohort.txt", tmp_path / "clean")
+    assert clean.returncode == 0, clean.stderr
+    repeated = evaluate(checkpoint, audio, "trials.txt", tmp_path / "repeated.txt", tmp_path / "repeated")
+    assert repeated.returncode == 0, repeated.stderr
+    # the same cohort, so the same scores as the list without the repeat
+    scores = "trials.cosine_asnorm2.scores.txt"
+    assert (tmp_path / "repeated" / scores).read_text() == (tmp_path / "clean" / scores).read_text()
+
+    (tmp_path / "conflict.txt").write_text("spk2 spk2/s1/0.wav\nspk3 spk3/s1/0.wav\nspk1 spk2/s1/0.wav\n")
+    run = evaluate(checkpoint, audio, "trials.txt", tmp_path / "conflict.txt", tmp_path / "conflict")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    error = run.stderr.splitlines()[-1]
+    assert "conflict.txt" in error and "spk2/s1/0.wav" in error and "spk1" in error and "spk2" in error
+    assert not (tmp_path / "conflict" / scores).exists()
+
+
+@pytest.mark.parametrize("trials", ["trials.txt", "pairs.txt"])
+def test_a_cohort_without_spread_is_refused_and_no_score_is_written(checkpoint, audio, tmp_path, trials):
+    """Two cohort speakers whose files are copies of one recording, top_k=2: the two top cohort scores of every
+    utterance are equal and their standard deviation 0. A labelled list ended in a traceback, a list without
+    labels wrote `inf` scores and exited 0."""
+    (tmp_path / "copies.txt").write_text("cA copyA/s1/0.wav\ncB copyB/s1/0.wav\n")
+    run = evaluate(checkpoint, audio, trials, tmp_path / "copies.txt", tmp_path / "out")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert re.search(r"copies.txt: AS-norm: the top 2 cohort scores of spk\S+ are \(almost\) all equal "
+                     r"\(standard deviation 0;.*a larger cohort of distinct speakers or a larger top_k \(now 2\)",
+                     run.stderr), run.stderr
+    assert not list((tmp_path / "out").glob("*.scores.txt")) and not list((tmp_path / "out").glob("*.json"))
+
+
+# ------------------------------------------------------------------------------------- extraction options
+@pytest.mark.parametrize("option, value, allowed", [
+    ("max_trim", 0.9, "a fraction in [0, 0.5)"),
+    ("num_crops", 0, "an integer >= 1"),
+    ("crop_frames", 0, "an integer >= 10"),
+    ("crop_frames", -5, "an integer >= 10"),
+    ("batch_size", 0, "an integer >= 1"),
+    ("batch_size", -1, "an integer >= 1"),
+])
+def test_extraction_options_are_refused_as_evaluate_refuses_them(checkpoint, audio, tmp_path, option, value, allowed):
+    """evaluate checked eval.embedding.*; embed and the API took --max-trim 0.9 or --batch-size 0 (and
+    --num-crops 0 failed with `need at least one array to stack`)."""
+    message = f"{option}={value!r} is not allowed: {allowed}"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ExtractionOptions(**{option: value})
+    with pytest.raises(ConfigError, match=re.escape(f"eval.embedding.{message}")):
+        Protocol.from_config({"name": "t", "trials": "t.txt", "root": ".", "embedding": {option: value}})
+    out = tmp_path / "e.npz"
+    mode = ["--mode", "multicrop"] if option in ("num_crops", "crop_frames") else []
+    run = speakerid_cli("embed", "--model", checkpoint, "--folder", audio / "spk0", "--out", out, "--device", "cpu",
+                        *mode, f"--{option.replace('_', '-')}", value)
+    assert run.returncode == 1 and message in run.stderr and not out.exists()
+
+
+def test_a_bool_is_not_a_batch_size():
+    with pytest.raises(ConfigError, match=re.escape("batch_size=True is not allowed: an integer >= 1")):
+        ExtractionOptions(batch_size=True)
+    assert ExtractionOptions(max_trim=0, num_crops=1, crop_frames=10, batch_size=1).max_trim == 0
+
+
+# ---------------------------------------------------------------------------------------------- verify, API
+def test_a_threshold_must_be_a_finite_number(checkpoint, audio):
+    """`score >= nan` is False: a NaN threshold called every pair `different speakers` (exit 1)."""
+    model = speakerid.load(checkpoint, device="cpu")
+    a, b = audio / "spk0/s1/0.wav", audio / "spk0/s1/1.wav"
+    for bad in (float("nan"), float("inf"), True, "0.5"):
+        with pytest.raises(ValueError, match="threshold must be a finite number"):
+            model.verify(a, b, threshold=bad)
+    assert model.verify(a, b, threshold=-1.0).same and not model.verify(a, b, threshold=1.01).same
+    for text in ("nan", "inf", "-inf"):
+        run = speakerid_cli("verify", "--model", checkpoint, "--device", "cpu", f"--threshold={text}", a, b)
+        assert run.returncode == 2 and "--threshold: must be a finite number" in run.stderr, run.stderr
+        assert "speaker" not in run.stdout
+
+
+def test_a_waveform_sample_rate_must_be_a_whole_number_of_hz(checkpoint):
+    """sample_rate=True (1 Hz) or 16 (kHz meant) resampled to 16 kHz asked for 45 GB; 8000.5 failed inside
+    torchaudio."""
+    model = speakerid.load(checkpoint, device="cpu")
+    x = wave(0, 0)
+    for bad in (8000.5, True, 16, 0, -16000, 10 ** 9, "16000"):  # 8000.5 first: the others exhausted memory
+        with pytest.raises(ValueError, match=re.escape(f"sample_rate must be a whole number of Hz in [1000, 768000] "
+                                                       f"(e.g. 16000, not 16), got {bad!r}")):
+            model.embed(x, sample_rate=bad)
+    np.testing.assert_array_equal(model.embed(x, sample_rate=np.int64(RATE)), model.embed(x, sample_rate=RATE))
+
+
+def test_loading_a_folder_names_the_model_files_in_it(checkpoint, tmp_path, audio):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match="checkpoints is a folder, not a model file: it holds no .pt files"):
+        speakerid.load(folder)
+    shutil.copy(checkpoint, folder / "last.pt")
+    shutil.copy(checkpoint, folder / "best.pt")
+    with pytest.raises(IsADirectoryError, match=r"give one of its .pt files \(best.pt, last.pt\)"):
+        speakerid.load(folder)
+    run = speakerid_cli("verify", "--model", folder, "--threshold", "0.5", audio / "spk0/s1/0.wav",
+                        audio / "spk0/s1/1.wav")
+    assert run.returncode == 2 and "is a folder, not a model file" in run.stderr
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+def evaluated_scores(path: Path, scoring: str, model_sha256: str) -> Path:
+    """A score file as `speakerid evaluate` names it, with the JSON it writes beside it (the keys calibrate
+    reads): 20 speakers, overlapping Gaussian target and non-target scores."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for s in range(20):
+        for k in range(4):
+            lines.append(f"s{s}/a/{k}.wav s{s}/b/{k}.wav {rng.normal(0.6, 0.15):.6f} 1")
+            lines.append(f"s{s}/a/{k}.wav s{(s + 1 + k) % 20}/b/{k}.wav {rng.normal(0.3, 0.15):.6f} 0")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    name = path.name.removesuffix(".scores.txt")
+    path.with_name(f"{name}.json").write_text(json.dumps({"checkpoint_sha256": model_sha256, "scores": str(path),
+                                                          "name": name.split(".")[0], "scoring": scoring}))
+    return path
+
+
+def test_a_calibration_applies_only_to_scores_of_its_scoring_and_model(checkpoint, audio, tmp_path):
+    """calibrate on raw cosine scores, then export with --mean-from: the raw-cosine threshold was applied to
+    mean-subtracted scores without a word. Now cal.json records its scores' scoring and model, and export and
+    load_calibration refuse another."""
+    sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    cals = {}
+    for scoring, model in (("cosine", sha), ("cosine_meansub", sha), ("cosine", "0" * 64)):
+        scores = evaluated_scores(tmp_path / f"{scoring}_{model[:4]}" / f"trials.{scoring}.scores.txt", scoring, model)
+        cals[scoring, model] = tmp_path / f"{scoring}_{model[:4]}.json"
+        run = speakerid_cli("calibrate", "--scores", scores, "--out", cals[scoring, model], "--n-bootstrap", "20")
+        assert run.returncode == 0, run.stderr
+        assert json.loads(cals[scoring, model].read_text())["source"] == {
+            "scores": str(scores.resolve()), "evaluation": str(scores.with_name(f"trials.{scoring}.json").resolve()),
+            "scoring": scoring, "model_sha256": model}
+
+    def export(out: str, calibration: Path, *mean: str):
+        return speakerid_cli("export", "--model", checkpoint, "--out", tmp_path / out, "--calibration", calibration,
+                             "--device", "cpu", *mean)
+
+    mean = ["--mean-from", audio / "train.txt", "--root", audio]
+    run = export("raw_on_meansub.pt", cals["cosine", sha], *mean)
+    assert run.returncode == 1 and not (tmp_path / "raw_on_meansub.pt").exists()
+    assert "was fitted on cosine scores" in run.stderr and "computes cosine_meansub scores" in run.stderr
+    run = export("meansub_on_raw.pt", cals["cosine_meansub", sha])
+    assert run.returncode == 1 and "(or export with the same --mean-from)" in run.stderr
+    run = export("other.pt", cals["cosine", "0" * 64])
+    assert run.returncode == 1 and "fitted on scores of another model (SHA-256 0000" in run.stderr
+    assert export("raw.pt", cals["cosine", sha]).returncode == 0
+    assert export("meansub.pt", cals["cosine_meansub", sha], *mean).returncode == 0
+
+    # the API: a model file exported from the checkpoint is the same model; its mean makes it cosine_meansub
+    speakerid.load(tmp_path / "raw.pt", device="cpu").load_calibration(cals["cosine", sha])
+    meansub = speakerid.load(tmp_path / "meansub.pt", device="cpu")
+    assert meansub.scoring == "cosine_meansub"
+    with pytest.raises(ValueError, match="computes cosine_meansub scores"):
+        meansub.load_calibration(cals["cosine", sha])
+    with pytest.raises(ValueError, match="another model"):
+        speakerid.load(checkpoint, device="cpu").load_calibration(cals["cosine", "0" * 64])
+
+    # a cal.json of an older speakerid, without its source: taken, with a warning
+    legacy = tmp_path / "legacy.json"
+    record = json.loads(cals["cosine_meansub", sha].read_text())
+    legacy.write_text(json.dumps({"calibration": record["calibration"], "threshold": record["threshold"]}))
+    run = export("legacy.pt", legacy)
+    assert run.returncode == 0 and "legacy.json does not record which scores it was fitted on" in run.stderr
+
+
+# --------------------------------------------------------------------------------------------------- export
+@pytest.mark.parametrize("format", ["model", "torchscript"])
+def test_a_failed_export_check_leaves_no_file_and_an_existing_one_as_it_was(checkpoint, tmp_path, format):
+    out = tmp_path / "ex" / "fail.pt"
+    run = speakerid_cli("export", "--model", checkpoint, "--out", out, "--format", format, "--tolerance", "-1")
+    assert run.returncode == 1 and "differs from the model by more than -1" in run.stderr
+    assert not out.exists() and list(out.parent.iterdir()) == []  # no temporary file either
+    out.write_text("keep me")
+    run = speakerid_cli("export", "--model", checkpoint, "--out", out, "--format", format, "--tolerance", "-1",
+                        "--overwrite")
+    assert run.returncode == 1 and out.read_text() == "keep me" and len(list(out.parent.iterdir())) == 1
+    assert speakerid_cli("export", "--model", checkpoint, "--out", out, "--format", format,
+                         "--overwrite").returncode == 0
+    assert out.read_text(errors="replace") != "keep me"
+
+
+def test_exporting_the_extractor_of_a_model_file_with_a_mean_and_threshold_warns(checkpoint, tmp_path):
+    model = speakerid.load(checkpoint, device="cpu")
+    model.embedding_mean = np.full(model.embedding_dim, 0.01)
+    model.threshold = {"score": 0.4, "kind": "eer", "target": None}
+    model.save(tmp_path / "model.pt")
+    run = speakerid_cli("export", "--model", tmp_path / "model.pt", "--format", "torchscript", "--out",
+                        tmp_path / "e.ts")
+    assert run.returncode == 0 and (tmp_path / "e.ts").exists()
+    assert "holds a mean embedding, a threshold, which the torchscript export does not carry" in run.stderr
+    run = speakerid_cli("export", "--model", checkpoint, "--format", "torchscript", "--out", tmp_path / "plain.ts")
+    assert run.returncode == 0 and "warning" not in run.stderr
