@@ -6,6 +6,8 @@ runs on a CPU too). On the files of a trial list it times:
   batched fp32     the evaluation default (padded batches for a model that takes lengths, as ECAPA-TDNN;
                    else batches of similar length cut to the shortest, max_trim 0.25%)
   batched bf16     the same under bf16 autocast (CUDA only)
+  cut fp32         for a model that takes lengths, also its batches cut to the shortest member at max_trim
+                   0.25% (how every model was batched before padded batches)
   multicrop fp32   TaoRuijie's protocol: full utterance + 5 crops of 3 s
 
 and for each batched run the cosine similarity of its full-utterance embeddings to the reference
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from speakerid.data.lists import check_files_exist, has_labels, read_trials, trial_files
-from speakerid.evaluation import ExtractionOptions, extract_embeddings
+from speakerid.evaluation import EmbeddingExtractor, ExtractionOptions, extract_embeddings
 from speakerid.metrics import compute_eer
 from speakerid.model_file import load_extractor
 from speakerid.scoring import raw_scores
@@ -54,18 +56,32 @@ def main() -> None:
     print(f"{args.model}: {sum(p.numel() for p in extractor.parameters()) / 1e6:.2f}M parameters, "
           f"{len(files)} files, on {name}")
 
-    def timed(options: ExtractionOptions):
-        extract_embeddings(extractor, args.root, files[:8], device, options, rate, resample)  # warm-up
+    class WithoutLengths(torch.nn.Module):
+        """The model behind a forward that takes no frame counts: extraction then cuts its batches."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, features):
+            return self.model(features)
+
+    cut_extractor = EmbeddingExtractor(extractor.fbank, WithoutLengths(extractor.model)).eval()
+
+    def timed(options: ExtractionOptions, model: EmbeddingExtractor):
+        extract_embeddings(model, args.root, files[:8], device, options, rate, resample)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        embeddings = extract_embeddings(extractor, args.root, files, device, options, rate, resample)
+        embeddings = extract_embeddings(model, args.root, files, device, options, rate, resample)
         return embeddings, time.perf_counter() - start
 
     runs = {
         "one-at-a-time": ExtractionOptions(batch_size=1, max_trim=0.0),
         "batched fp32": ExtractionOptions(batch_size=args.batch_size),
     }
+    if extractor.takes_lengths:
+        runs["cut fp32"] = ExtractionOptions(batch_size=args.batch_size)
     if not args.no_multicrop:
         runs["multicrop fp32"] = ExtractionOptions(batch_size=args.batch_size, mode="multicrop")
     if device.type == "cuda":
@@ -73,7 +89,7 @@ def main() -> None:
     reference = None
     labels = np.array([t.label for t in trials]) if whole_list and has_labels(trials) else None
     for label, options in runs.items():
-        embeddings, seconds = timed(options)
+        embeddings, seconds = timed(options, cut_extractor if label == "cut fp32" else extractor)
         record = {"run": label, "files": len(files), "seconds": round(seconds, 3),
                   "utterances_per_s": round(len(files) / seconds, 1)}
         if reference is None:
