@@ -98,6 +98,23 @@ def test_multirun_jobs_resume_only_their_own_run(tiny_corpus_dir, tmp_path):
     assert sorted(p for p in (tmp_path / "debug").iterdir() if p.is_dir()) == jobs
 
 
+def test_a_start_into_a_folder_holding_a_run_is_refused_before_hydra_writes_there(tmp_path):
+    """hydra.run.dir at another run's folder: Hydra would replace that run's .hydra record (and a later
+    resume=true would take it for this run) before the run's own check refused the folder."""
+    from speakerid.cli.train import launch
+
+    run = tmp_path / "old_run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text("- seed=1234\n")
+    with pytest.raises(SystemExit, match=rf"hydra.run.dir={run} already holds a run's checkpoints: .*"
+                                         rf"trainer.resume={run}/checkpoints/last.pt"):
+        launch(["debug=tiny", "seed=7", f"hydra.run.dir={run}"], "python train.py")
+    assert (run / ".hydra" / "overrides.yaml").read_text() == "- seed=1234\n"
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", "checkpoints"]
+
+
 def test_bad_run_names_and_roots_are_errors_before_anything_is_written(tmp_path):
     proc = train_py("debug=tiny", f"runs_root={tmp_path}", "name=../escaped")
     assert proc.returncode == 1 and "name='../escaped' is not allowed" in proc.stderr, proc.stderr

@@ -171,6 +171,18 @@ def discard_unused_run_folder(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def refuse_a_run_folder_in_use(argv: list[str]) -> None:
+    """Exit when hydra.run.dir names a folder that holds a run's checkpoints and this is not a resume of it:
+    Hydra writes its record of the command (.hydra/) over that run's before any check of the run's own can
+    refuse, and a later trainer.resume=true would then take that run for this one."""
+    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("hydra.run.dir=")]
+    resumes = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("trainer.resume=")]
+    if given and (Path(given[-1]) / "checkpoints" / "last.pt").exists() and (
+            not resumes or resumes[-1].lower() in ("false", "null", "")):
+        sys.exit(f"error: hydra.run.dir={given[-1]} already holds a run's checkpoints: give a new folder, or "
+                 f"resume that run in place with trainer.resume={Path(given[-1]) / 'checkpoints' / 'last.pt'}")
+
+
 def launch(argv: list[str], launcher: str) -> dict[str, Any]:
     """Run the training app on Hydra arguments `argv`, as `launcher` ("python train.py", "speakerid train")
     names the command in what the run prints. Returns the results of its (last) job; exits on errors."""
@@ -183,6 +195,7 @@ def launch(argv: list[str], launcher: str) -> dict[str, Any]:
         eer = results.get("val/eer")
         return eer if eer is not None else float("nan")  # the value Hydra sweepers optimise
 
+    refuse_a_run_folder_in_use(argv)
     _claimed.clear()  # run folders claimed by an earlier launch in this process are not this one's
     saved, sys.argv = sys.argv, [sys.argv[0], *argv]  # Hydra reads its arguments from sys.argv
     try:
