@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -144,9 +145,19 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], w
     module.load_state_dict(state)
 
 
+MID_EPOCH = "-mid"  # step-<N>-mid.pt: saved in the middle of an epoch
+
+
+def is_mid_epoch(path: Path) -> bool:
+    return path.name.endswith(f"{MID_EPOCH}.pt")
+
+
 class CheckpointDir:
-    """The checkpoints of one run: `step-<N>.pt` for the last `keep` saves, `last.pt` naming the newest
-    (a hard link, so it costs no second write) and `best.pt`. Every file appears atomically."""
+    """The checkpoints of one run: `step-<N>.pt` for the last `keep` epoch ends, `step-<N>-mid.pt` for the
+    newest save in the middle of an epoch (trainer.checkpoint_every_*, a stop signal) while no epoch end is
+    newer, `last.pt` naming the newest (a hard link, so it costs no second write) and `best.pt`. A mid-epoch
+    save never pushes an epoch end out: `speakerid average --last N` needs the last N. Every file appears
+    atomically."""
 
     def __init__(self, folder: str | os.PathLike, keep: int = 3):
         check_int_at_least(keep, 1, "trainer.keep_checkpoints")
@@ -162,12 +173,33 @@ class CheckpointDir:
         return self.folder / "best.pt"
 
     def save(self, state: dict[str, Any], step: int) -> Path:
-        path = self.folder / f"step-{step:09d}.pt"
+        mid = bool((state.get("progress") or {}).get("position"))
+        path = self.folder / f"step-{step:09d}{MID_EPOCH if mid else ''}.pt"
         save_atomic(state, path)
         self._point_last_at(path, state)
-        for old in sorted(self.folder.glob("step-*.pt"))[:-self.keep]:
+        saved = sorted(self.folder.glob("step-*.pt"))  # step-<9 digits>: name order is step order
+        ends = [p for p in saved if not is_mid_epoch(p)]
+        mids = [p for p in saved if is_mid_epoch(p)]
+        stale = ends[:-self.keep] + mids[:-1]
+        if mids and ends and ends[-1].name[:14] > mids[-1].name[:14]:  # an epoch end has superseded it
+            stale.append(mids[-1])
+        for old in stale:
             old.unlink(missing_ok=True)
         return path
+
+    def adopt_best(self, best: Path) -> None:
+        """Give this folder the best.pt of the run it resumes (in another folder), so that best.pt names the
+        best checkpoint of the whole run: a hard link, or an atomic copy where links are not possible."""
+        if self.best.exists() or not best.is_file() or best.resolve().parent == self.folder.resolve():
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".best.pt.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(best, tmp)
+        except OSError:
+            shutil.copyfile(best, tmp)
+        os.replace(tmp, self.best)
 
     def save_best(self, state: dict[str, Any]) -> Path:
         save_atomic(state, self.best)
@@ -190,7 +222,7 @@ def last_epoch_checkpoints(run_dir: str | os.PathLike, count: int) -> list[Path]
     finished, or a mid-epoch checkpoint (trainer.checkpoint_every_*) among the last `count`."""
     check_int_at_least(count, 1, "--last")
     folder = Path(run_dir) / "checkpoints"
-    saved = sorted(folder.glob("step-*.pt"))  # step-<9 digits>.pt: name order is step order
+    saved = sorted(p for p in folder.glob("step-*.pt") if not is_mid_epoch(p))  # name order is step order
     if not saved:
         raise ValueError(f"{folder}: no epoch checkpoints (step-*.pt); is {run_dir} a run folder that trained?")
     if len(saved) < count:

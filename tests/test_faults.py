@@ -17,7 +17,7 @@ import torch
 
 from conftest import REPO
 from speakerid.checkpoint import CheckpointDir, load_checkpoint
-from speakerid.training import NonFiniteLossError, setup_run
+from speakerid.training import NonFiniteLossError, setup_run, train
 
 # Runs train.py in-process after arming a fault: SIGKILL ourselves inside the N-th checkpoint write, after
 # the temporary file is complete and before it is renamed over the final name.
@@ -190,6 +190,32 @@ def test_checkpoint_rotation_keeps_the_last_k(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == ["step-000000004.pt", "step-000000005.pt"]
     assert load_checkpoint(ckpts.last)["step"].item() == 5
     assert os.path.samefile(ckpts.last, tmp_path / "step-000000005.pt")  # a link, not a second write
+
+
+def test_mid_epoch_saves_never_push_an_epoch_end_out(tmp_path):
+    """Epoch ends rotate among themselves; a mid-epoch save (a stop signal, checkpoint_every_*) is kept only
+    while it is the newest, so `average --last N` finds the last N epoch ends after a preemption."""
+    ckpts = CheckpointDir(tmp_path, keep=2)
+
+    def save(step, position):
+        return ckpts.save({"format_version": 1, "progress": {"position": position}}, step=step)
+
+    for step, position in [(6, 0), (9, 18), (12, 0), (15, 18), (16, 24)]:
+        save(step, position)
+    names = sorted(p.name for p in tmp_path.glob("step-*.pt"))
+    assert names == ["step-000000006.pt", "step-000000012.pt", "step-000000016-mid.pt"]
+    assert os.path.samefile(ckpts.last, tmp_path / "step-000000016-mid.pt")
+    save(18, 0)  # the epoch ends: the mid-epoch save is superseded
+    assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == ["step-000000012.pt", "step-000000018.pt"]
+
+
+def test_a_run_resumed_in_another_folder_carries_its_best_checkpoint(tiny_cfg, tmp_path):
+    train(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "first"))
+    best = tmp_path / "first" / "checkpoints" / "best.pt"
+    resumed = setup_run(tiny_cfg("trainer.epochs=2", f"trainer.resume={tmp_path / 'first' / 'checkpoints' / 'last.pt'}",
+                                 run_dir=tmp_path / "second"))
+    assert os.path.samefile(tmp_path / "second" / "checkpoints" / "best.pt", best)
+    resumed.close()
 
 
 def test_unwritable_run_folder_fails_before_training(tiny_cfg, tmp_path):

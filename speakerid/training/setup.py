@@ -127,6 +127,8 @@ def setup_run_folder(cfg: DictConfig, env: Environment) -> tuple[CheckpointDir, 
     checkpoint = None if resume_from is None else load_resume_checkpoint(resume_from, cfg.trainer.epochs)
     check_writable(env.run_dir, folder=True, what="run folder")
     env.run_dir.mkdir(parents=True, exist_ok=True)
+    if resume_from is not None and env.dist.is_main:  # best.pt names the run's best, wherever it was saved
+        checkpoints.adopt_best(resume_from.parent / "best.pt")
     return checkpoints, resume_from, checkpoint
 
 
