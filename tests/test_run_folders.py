@@ -115,6 +115,13 @@ def test_a_start_into_a_folder_holding_a_run_is_refused_before_hydra_writes_ther
     assert sorted(p.name for p in run.iterdir()) == [".hydra", "checkpoints"]
 
 
+def test_a_constructors_own_error_is_one_line_not_hydras_instantiate_trace(tiny_corpus_dir, tmp_path):
+    proc = train_py("debug=tiny", f"data.dir={tiny_corpus_dir}", f"runs_root={tmp_path}", "model.channels=12")
+    assert proc.returncode == 1
+    assert "ValueError: model.channels (12) must be divisible by model.scale (8)" in proc.stderr + proc.stdout
+    assert "Error executing job" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
+
+
 def test_bad_run_names_and_roots_are_errors_before_anything_is_written(tmp_path):
     proc = train_py("debug=tiny", f"runs_root={tmp_path}", "name=../escaped")
     assert proc.returncode == 1 and "name='../escaped' is not allowed" in proc.stderr, proc.stderr

@@ -36,6 +36,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from speakerid.builders import build_eval_protocol
@@ -92,9 +93,11 @@ def run_training(cfg: DictConfig, launcher: str) -> dict[str, Any]:
         log.info("%s", e)
         discard_unused_run_folder(Path(cfg.run_dir))
         return {}
-    except (ValueError, OSError, RuntimeError) as e:
-        # Expected user errors (bad config, list, audio or checkpoint): the message says what and where.
-        log.error("%s: %s", type(e).__name__, e)
+    except (ValueError, OSError, RuntimeError, InstantiationException) as e:
+        # Expected user errors (bad config, list, audio or checkpoint): the message says what and where. A
+        # constructor's own error (model.channels=12 with scale 8) comes wrapped by Hydra's instantiate.
+        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ is not None else e
+        log.error("%s: %s", type(cause).__name__, cause)
         sys.exit(1)
     eer = results.get("val/eer")
     if eer is not None and "exit_code" not in results:
