@@ -43,7 +43,6 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 
 from speakerid.resources import available_cpus
@@ -134,7 +133,7 @@ def corpus_and_noise(args) -> tuple[Path, str | None, str | None]:
 def storage_corpora(args, root: Path, stages: set[str]) -> dict[str, Path]:
     """Train lists of the corpora of stages e ("wav", "flac") and f ("extract"), written on first use from the
     speakers of the training corpus (its train list)."""
-    from bench_corpus import LongCorpusSpec, ensure_long_corpus
+    from bench_corpus import LongCorpusSpec
 
     # Beside the synthetic corpus, not in it: ensure_corpus refuses a folder holding what it did not write.
     base = Path(args.storage_dir or f"{Path(args.synthetic_dir)}_storage")
@@ -226,25 +225,14 @@ def time_extraction(args, run, train_list_file: Path, rows: dict) -> None:
     from speakerid.data.audio import read_full
     from speakerid.data.lists import read_train_list
     from speakerid.evaluation import EmbeddingExtractor, ExtractionOptions, extract_embeddings
-    from speakerid.evaluation.extraction import file_lengths, plan_extraction
+    from speakerid.evaluation.extraction import cut_batching, file_lengths, plan_extraction
 
     device = run.env.device
     files = read_train_list(train_list_file, train_list_file.parent / "wav")
     warm([files.root / p for p in files.paths])
     extractor = EmbeddingExtractor(run.parts.fbank, run.parts.model)
 
-    class WithoutLengths(torch.nn.Module):
-        """The model behind a forward that takes no frame counts: extraction cuts its batches to the shortest
-        member (max_trim), as it did for every model before padded batches."""
-
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, features):
-            return self.model(features)
-
-    cut_extractor = EmbeddingExtractor(run.parts.fbank, WithoutLengths(run.parts.model))
+    cut_extractor = cut_batching(extractor)  # the batching padded batches replaced, for comparison
     defaults = ExtractionOptions(precision=args.precision)
     # The header scan that plans evaluation's batches, timed: one part of extraction's time.
     t0 = time.perf_counter()

@@ -26,6 +26,7 @@ import torch
 
 from speakerid.data.lists import check_files_exist, has_labels, read_trials, trial_files
 from speakerid.evaluation import EmbeddingExtractor, ExtractionOptions, extract_embeddings
+from speakerid.evaluation.extraction import cut_batching
 from speakerid.metrics import compute_eer
 from speakerid.model_file import load_extractor
 from speakerid.scoring import raw_scores
@@ -56,17 +57,7 @@ def main() -> None:
     print(f"{args.model}: {sum(p.numel() for p in extractor.parameters()) / 1e6:.2f}M parameters, "
           f"{len(files)} files, on {name}")
 
-    class WithoutLengths(torch.nn.Module):
-        """The model behind a forward that takes no frame counts: extraction then cuts its batches."""
-
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, features):
-            return self.model(features)
-
-    cut_extractor = EmbeddingExtractor(extractor.fbank, WithoutLengths(extractor.model)).eval()
+    cut_extractor = cut_batching(extractor)
 
     def timed(options: ExtractionOptions, model: EmbeddingExtractor):
         extract_embeddings(model, args.root, files[:8], device, options, rate, resample)  # warm-up

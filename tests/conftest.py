@@ -69,6 +69,27 @@ def small_extractor(channels: int, emb_dim: int, **model_options):
     return EmbeddingExtractor(Fbank(), model).eval()
 
 
+def untrained_checkpoint(path: Path, data_dir: Path, speakers: list[str], progress: dict) -> Path:
+    """A checkpoint as train.py writes one (experiment=arsc with the tiny encoder, its data.dir `data_dir`), of
+    an untrained ECAPA-TDNN whose BatchNorm statistics are drawn so that eval mode is no identity."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from speakerid.builders import build_model
+    from speakerid.checkpoint import FORMAT_VERSION
+
+    cfg = compose_config(["experiment=arsc", f"data.dir={data_dir}", "model=ecapa_tdnn_tiny"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    torch.save({"format_version": FORMAT_VERSION, "config": OmegaConf.to_container(cfg, resolve=True),
+                "model": model.state_dict(), "head": {}, "speakers": speakers, "progress": progress}, path)
+    return path
+
+
 def requires_arsc():
     return pytest.mark.skipif(
         not (ARSC_DIR / "train_list.txt").is_file(),

@@ -15,12 +15,11 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
-from omegaconf import OmegaConf
 
 import speakerid
-from conftest import ARSC_DIR, REPO, compose_config, requires_arsc
-from speakerid.builders import UnsafeFileConfigError, build_model, extractor_from_checkpoint
-from speakerid.checkpoint import FORMAT_VERSION, average_checkpoints, load_checkpoint, save_atomic
+from conftest import ARSC_DIR, REPO, compose_config, requires_arsc, untrained_checkpoint
+from speakerid.builders import UnsafeFileConfigError, extractor_from_checkpoint
+from speakerid.checkpoint import average_checkpoints, load_checkpoint, save_atomic
 from speakerid.cli.main import SUBCOMMANDS, main
 from speakerid.data.lists import ListFormatError, read_file_list, read_trials, trial_files
 from speakerid.evaluation import Evaluation, Protocol
@@ -31,20 +30,8 @@ WAV = ARSC_DIR / "wav"
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A checkpoint as train.py writes one, of an untrained ECAPA-TDNN built from the real configs
-    (experiment=arsc with the tiny encoder), its BatchNorm statistics drawn so that eval mode is no identity."""
-    cfg = compose_config(["experiment=arsc", f"data.dir={ARSC_DIR}", "model=ecapa_tdnn_tiny"])
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    path = tmp_path_factory.mktemp("model") / "best.pt"
-    torch.save({"format_version": FORMAT_VERSION, "config": OmegaConf.to_container(cfg, resolve=True),
-                "model": model.state_dict(), "head": {}, "speakers": ["ar00001", "ar00002"],
-                "progress": {"epoch": 3, "step": 120, "best_eer": 0.25}}, path)
-    return path
+    return untrained_checkpoint(tmp_path_factory.mktemp("model") / "best.pt", ARSC_DIR, ["ar00001", "ar00002"],
+                                {"epoch": 3, "step": 120, "best_eer": 0.25})
 
 
 @pytest.fixture(scope="module")

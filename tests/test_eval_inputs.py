@@ -13,13 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
-from omegaconf import OmegaConf
 
 import speakerid
-from conftest import compose_config, speakerid_cli
-from speakerid.builders import build_model
-from speakerid.checkpoint import FORMAT_VERSION
+from conftest import speakerid_cli, untrained_checkpoint
 from speakerid.config import ConfigError
 from speakerid.evaluation import ExtractionOptions, Protocol
 
@@ -28,20 +24,8 @@ RATE = 16000
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A checkpoint as train.py writes one, of an untrained tiny ECAPA-TDNN with drawn BatchNorm statistics."""
     folder = tmp_path_factory.mktemp("model")
-    cfg = compose_config(["experiment=arsc", f"data.dir={folder}", "model=ecapa_tdnn_tiny"])
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    path = folder / "best.pt"
-    torch.save({"format_version": FORMAT_VERSION, "config": OmegaConf.to_container(cfg, resolve=True),
-                "model": model.state_dict(), "head": {}, "speakers": ["a", "b"], "progress": {"epoch": 1, "step": 1}},
-               path)
-    return path
+    return untrained_checkpoint(folder / "best.pt", folder, ["a", "b"], {"epoch": 1, "step": 1})
 
 
 def wave(speaker: int, take: int, seconds: float = 1.2) -> np.ndarray:

@@ -27,7 +27,7 @@ from speakerid.evaluation import (
     plan_batches,
     save_embeddings,
 )
-from speakerid.evaluation.extraction import MIN_FILL, plan_padded_batches
+from speakerid.evaluation.extraction import MIN_FILL, cut_batching, plan_padded_batches
 from speakerid.features import Fbank
 from speakerid.plots import det_image
 
@@ -37,20 +37,10 @@ def extractor():
     return small_extractor(channels=32, emb_dim=24)
 
 
-class WithoutLengths(torch.nn.Module):
-    """A model whose forward takes no frame counts (as ResNet and CAM++): extraction cuts its batches."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, features):
-        return self.model(features)
-
-
 @pytest.fixture(scope="module")
 def cut_extractor(extractor):
-    return EmbeddingExtractor(extractor.fbank, WithoutLengths(extractor.model)).eval()
+    """As a model whose forward takes no frame counts (ResNet, CAM++): extraction cuts its batches."""
+    return cut_batching(extractor)
 
 
 def one_at_a_time(extractor, wave: np.ndarray) -> np.ndarray:

@@ -62,6 +62,23 @@ class EmbeddingExtractor(nn.Module):
         return samples_for_frames(frames, self.fbank.hop_length, self.fbank.win_length)
 
 
+class _WithoutLengths(nn.Module):
+    """A model behind a forward that takes no frame counts."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model(features)
+
+
+def cut_batching(extractor: EmbeddingExtractor) -> EmbeddingExtractor:
+    """The same extractor (the same weights), batched as a model that takes no frame counts is: cut to each
+    batch's shortest member. For comparing the two batchings (scripts/benchmark.py, device_eval_check.py)."""
+    return EmbeddingExtractor(extractor.fbank, _WithoutLengths(extractor.model)).train(extractor.training)
+
+
 def plan_batches(lengths: np.ndarray, batch_size: int, max_batch_samples: int, max_trim: float) -> list[np.ndarray]:
     """Group utterance indices into batches of similar length, longest first. Every member of a batch is at
     least (1 - max_trim) times as long as its longest member, so cutting all to the shortest removes at most
