@@ -23,6 +23,7 @@ from speakerid import builders
 from speakerid.augment import NoiseReverb, SpeedPerturb
 from speakerid.checkpoint import CheckpointDir, config_differences, load_checkpoint, load_state_strict
 from speakerid.data.dataset import CropDataset, EpochSampler, collate
+from speakerid.data.audio import AudioError
 from speakerid.data.check import check_training_audio
 from speakerid.data.lists import TrainList, check_files_exist, read_train_list, warn_duplicate_paths
 from speakerid.data.synthetic import CorpusSpec, ensure_corpus
@@ -168,9 +169,18 @@ def setup_lists(cfg: DictConfig, env: Environment) -> Lists:
     if data.check_files:
         t0 = time.perf_counter()
         check_files_exist(data.train_root, train_list.paths, what=f"train list {data.train_list}")
-        # Every rank reads the headers: a file that cannot be read stops them all here, before a step.
-        check_training_audio(data.train_root, train_list.paths, crop_samples(cfg), data.sample_rate, data.resample,
-                             stop=data.get("bad_audio", "error") == "error", what=f"train list {data.train_list}")
+        # Rank 0 reads the headers (a million of them on VoxCeleb2) and every rank stops on what it found.
+        found = None
+        if env.dist.is_main:
+            try:
+                check_training_audio(data.train_root, train_list.paths, crop_samples(cfg), data.sample_rate,
+                                     data.resample, stop=data.get("bad_audio", "error") == "error",
+                                     what=f"train list {data.train_list}")
+            except AudioError as e:
+                found = str(e)
+        found = broadcast_object(found, env.dist)
+        if found is not None:
+            raise AudioError(found)
         if evaluation is not None:  # a trial file that cannot be embedded stops the run now, not after an epoch
             evaluation.check_files()
             evaluation.check_audio(data.sample_rate, data.resample)
