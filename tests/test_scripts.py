@@ -272,7 +272,8 @@ def test_recipe_prepares_3d_speakers_segment_list_and_real_rirs(tmp_path):
 
     proc = run_recipe("campplus", tmp_path, 0, 0, work)
     assert proc.returncode == 0, proc.stderr
-    rows = (work / "train_list_3s.txt").read_text().splitlines()
+    header, *rows = (work / "train_list_3s.txt").read_text().splitlines()
+    assert header.startswith("# speakerid prepare --segment-seconds 3")  # its repeats are intended
     assert rows == ["s1 s1/v1/a.wav", "s1 s1/v1/b.wav", "s1 s1/v1/b.wav", "s2 s2/v9/c.wav", "s2 s2/v9/c.wav",
                     "s2 s2/v9/c.wav", "s2 s2/v9/d.wav"]
     assert sorted(p.name for p in (work / "real_rirs").iterdir()) == ["RVB2014_type1_rir_room_a.wav"]

@@ -350,14 +350,25 @@ def test_a_train_list_edited_since_the_checkpoint_stops_a_mid_epoch_resume_only(
     file, say) a mid-epoch checkpoint cannot go on as it would have, and the resume stops saying why; an
     epoch-end checkpoint goes on with the new list and a warning."""
     import logging
+    import shutil
 
     lines = (tiny_corpus_dir / "train_list.txt").read_text().splitlines()
     edited = tmp_path / "edited.txt"
     edited.write_text("\n".join(lines[:-1]) + "\n")  # the last utterance's speaker keeps others
-    first = train(tiny_cfg("trainer.epochs=1", "trainer.checkpoint_every_steps=4", "~eval", run_dir=tmp_path / "a"))
-    assert first["epochs"] == 1
-    saved = sorted((tmp_path / "a" / "checkpoints").glob("step-*.pt"))
-    mid, end = saved[0], saved[-1]
+    # A mid-epoch checkpoint lasts only until the epoch ends: copy it aside when it is written.
+    first = setup_run(tiny_cfg("trainer.epochs=1", "trainer.checkpoint_every_steps=4", "~eval", run_dir=tmp_path / "a"))
+    save = first.state.checkpoints.save
+    mid = tmp_path / "mid.pt"
+
+    def save_and_copy(state, step):
+        path = save(state, step)
+        if state["progress"]["position"]:
+            shutil.copyfile(path, mid)
+        return path
+
+    first.state.checkpoints.save = save_and_copy
+    assert first.fit()["epochs"] == 1
+    end = tmp_path / "a" / "checkpoints" / "last.pt"
     assert load_checkpoint(mid)["progress"]["position"] > 0 == load_checkpoint(end)["progress"]["position"]
     assert load_checkpoint(end)["train_list"]["utterances"] == len(lines)
     common = [f"data.train_list={edited}", f"data.train_root={tiny_corpus_dir / 'wav'}", "~eval", "trainer.epochs=2"]
