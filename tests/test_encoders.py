@@ -274,3 +274,28 @@ def test_torchscript_and_onnx_exports_match_eager_at_other_lengths(name, tmp_pat
             torch.testing.assert_close(scripted(wave), eager, rtol=1e-5, atol=1e-5)
         onnx_out = torch.from_numpy(session.run(None, {"waveform": wave.numpy()})[0])
         torch.testing.assert_close(onnx_out, eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("depth,width", [(34, 8), (221, 4)])
+def test_resnet_with_lengths_gives_each_utterance_of_a_padded_batch_its_own_embedding(depth, width):
+    """Masks past each utterance's end before every 3x3 convolution, at the frame counts each stride-2 stage
+    leaves (odd and even lengths, the 9-frame minimum), and a masked TSTP: in float64 each padded row equals
+    the utterance alone, whatever the padding holds."""
+    torch.manual_seed(0)
+    model = ResNet(depth=depth, base_width=width, emb_dim=16).double().eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # eval mode that is not an identity
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    lengths = [57, 40, 33, 9, 56]
+    features = torch.randn(len(lengths), 80, max(lengths), dtype=torch.float64)
+    for row, n in enumerate(lengths):
+        features[row, :, n:] = 1e3  # loud padding
+    with torch.no_grad():
+        batched = model(features, torch.tensor(lengths))
+        alone = torch.cat([model(features[row:row + 1, :, :n]) for row, n in enumerate(lengths)])
+        plain = model(features)
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-12)
+    assert (plain[3] - alone[3]).abs().max() > 1e-2  # without the lengths the padding counts
+    with pytest.raises(ValueError, match=f"ResNet{depth} needs at least 9 frames per utterance"):
+        model(features, torch.tensor([57, 8, 33, 9, 56]))

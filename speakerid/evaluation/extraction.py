@@ -4,7 +4,7 @@ multi-crop windows, and `extract_embeddings`, which reads the files and runs the
 Batching and fidelity. Zero padding alone would change every full-utterance embedding (the fbank mean, the
 convolutions at the utterance's end, the SE gates and the attentive pooling all see the padding). So:
 
-- a model whose forward takes `lengths` (ECAPA-TDNN) gets padded batches with each utterance's frame
+- a model whose forward takes `lengths` (ECAPA-TDNN, ResNet) gets padded batches with each utterance's frame
   count, and masks the padding in every layer that looks across frames (speakerid.models.lengths): each
   embedding equals the one-at-a-time embedding of the whole utterance, up to float rounding. Batches are
   padded to a multiple of `PAD_MULTIPLE` samples on a GPU, so that a list's batches share a few shapes;

@@ -12,6 +12,7 @@ instead of cutting them to a common length.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def frame_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
@@ -30,3 +31,10 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     dtype = torch.promote_types(x.dtype, torch.float32)
     total = zero_padding(x, mask).sum(dim=2, keepdim=True, dtype=dtype)
     return (total / mask.sum(dim=2, keepdim=True)).to(x.dtype)
+
+
+def conv_lengths(lengths: torch.Tensor, conv: nn.Conv1d | nn.Conv2d) -> torch.Tensor:
+    """Frames out of a convolution along its last (time) axis for `lengths` frames in."""
+    kernel, stride = conv.kernel_size[-1], conv.stride[-1]
+    padding, dilation = conv.padding[-1], conv.dilation[-1]
+    return (lengths + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1

@@ -29,10 +29,17 @@ class TemporalStatsPooling(nn.Module):
             raise ValueError(f"TemporalStatsPooling eps must be > 0, got {eps!r}")
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` [batch, 1, frames] (speakerid.models.lengths): each utterance pooled over its own frames."""
         x = x.flatten(start_dim=1, end_dim=-2)
         x = x.to(torch.promote_types(x.dtype, torch.float32))
-        var, mean = torch.var_mean(x, dim=-1, correction=1)
+        if mask is None:
+            var, mean = torch.var_mean(x, dim=-1, correction=1)
+        else:
+            frames = mask.sum(dim=-1).to(x.dtype)  # [batch, 1]
+            mean = masked_mean(x, mask)
+            var = zero_padding(x - mean, mask).square().sum(dim=-1) / (frames - 1)
+            mean = mean.squeeze(-1)
         return torch.cat((mean, torch.sqrt(var + self.eps)), dim=1)
 
     def extra_repr(self) -> str:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speakerid.models.checks import check_features, require_positive_int
+from speakerid.models.lengths import conv_lengths, frame_mask
 from speakerid.models.pooling import TemporalStatsPooling
 
 Stride = int | tuple[int, int]
@@ -49,6 +50,20 @@ def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: Stri
     )
 
 
+def _run_masked(layers: nn.Sequential, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`layers` (convolution + BatchNorm pairs and activations) on x [batch, channels, freq, frames], with
+    zeros past each utterance's end before every convolution wider than one frame in time (its own zero
+    padding), and the frame counts after them (speakerid.models.lengths)."""
+    for layer in layers:
+        conv = layer[0] if isinstance(layer, nn.Sequential) and isinstance(layer[0], nn.Conv2d) else None
+        if conv is not None:
+            if conv.kernel_size[-1] > 1:
+                x = x.masked_fill(~frame_mask(lengths, x.shape[-1]).unsqueeze(1), 0.0)
+            lengths = conv_lengths(lengths, conv)
+        x = layer(x)
+    return x, lengths
+
+
 class _ResidualBlock(nn.Module):
     """body(x) + shortcut(x), then ReLU; the shortcut is a strided 1x1 convolution + BatchNorm whenever the
     shape changes, else the identity."""
@@ -61,8 +76,13 @@ class _ResidualBlock(nn.Module):
         changes_shape = stride not in (1, (1, 1)) or in_channels != out_channels
         self.shortcut = _conv_bn(in_channels, out_channels, 1, stride) if changes_shape else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.body(x) + self.shortcut(x))
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
+        """-> the block's output; with `lengths` (frames of each utterance of a padded batch), (output, the
+        frame counts after the block). The shortcut is pointwise in time: it needs no mask."""
+        if lengths is None:
+            return F.relu(self.body(x) + self.shortcut(x))
+        body, lengths = _run_masked(self.body, x, lengths)
+        return F.relu(body + self.shortcut(x)), lengths
 
 
 class BasicBlock(_ResidualBlock):
@@ -145,10 +165,21 @@ class ResNet(nn.Module):
         pooled_dim = 2 * channels * halved(in_dim, self.DOWNSAMPLING_STAGES)
         self.embedding = nn.Linear(pooled_dim, emb_dim)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """`lengths` [batch]: the frames of each utterance of a padded batch (speakerid.models.lengths); each
+        then gets the embedding it has alone. None: every frame counts."""
         check_features(features, f"ResNet{self.depth}", self.in_dim, self.min_frames)
-        x = self.stages(self.stem(features.unsqueeze(1)))
-        return self.embedding(self.pooling(x))
+        if lengths is None:
+            x = self.stages(self.stem(features.unsqueeze(1)))
+            return self.embedding(self.pooling(x))
+        if bool((lengths < self.min_frames).any()):
+            raise ValueError(f"ResNet{self.depth} needs at least {self.min_frames} frames per utterance, got "
+                             f"lengths {lengths.tolist()}")
+        x, lengths = _run_masked(self.stem, features.unsqueeze(1), lengths)
+        for stage in self.stages:
+            for block in stage:
+                x, lengths = block(x, lengths)
+        return self.embedding(self.pooling(x, frame_mask(lengths, x.shape[-1])))
 
     def extra_repr(self) -> str:
         return f"depth={self.depth}, in_dim={self.in_dim}, base_width={self.base_width}, emb_dim={self.emb_dim}"
