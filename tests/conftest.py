@@ -50,6 +50,33 @@ def tiny_cfg(tiny_corpus_dir, tmp_path):
     return make
 
 
+def draw_batchnorm_statistics(model):
+    """Running statistics drawn at random, so that a model's eval mode is not an identity; returns the model."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def padded_and_alone(model, lengths: list[int], in_dim: int = 80):
+    """A float64 model on random features of these frame counts, padded loudly (1e3 times noise), run as one
+    batch with `lengths`, on each utterance alone, and as one batch without lengths:
+    (batched, alone, plain, features)."""
+    import torch
+
+    features = torch.randn(len(lengths), in_dim, max(lengths), dtype=torch.float64)
+    for row, n in enumerate(lengths):
+        features[row, :, n:] = 1e3 * torch.randn(in_dim, max(lengths) - n, dtype=torch.float64)
+    with torch.no_grad():
+        batched = model(features, torch.tensor(lengths))
+        alone = torch.cat([model(features[row:row + 1, :, :n]) for row, n in enumerate(lengths)])
+        plain = model(features)
+    return batched, alone, plain, features
+
+
 def small_extractor(channels: int, emb_dim: int, **model_options):
     """A small random ECAPA-TDNN extractor in eval mode with non-trivial BatchNorm statistics (so that eval
     mode is not an identity), for tests that compare two ways of computing the same embeddings."""
@@ -60,12 +87,9 @@ def small_extractor(channels: int, emb_dim: int, **model_options):
     from speakerid.models import ECAPATDNN
 
     torch.manual_seed(0)
-    model = ECAPATDNN(channels=channels, mfa_channels=3 * channels, emb_dim=emb_dim,
-                      se_bottleneck=channels // 4, attention_channels=channels // 4, **model_options)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
+    model = draw_batchnorm_statistics(ECAPATDNN(channels=channels, mfa_channels=3 * channels, emb_dim=emb_dim,
+                                                se_bottleneck=channels // 4, attention_channels=channels // 4,
+                                                **model_options))
     return EmbeddingExtractor(Fbank(), model).eval()
 
 
@@ -80,11 +104,7 @@ def untrained_checkpoint(path: Path, data_dir: Path, speakers: list[str], progre
 
     cfg = compose_config(["experiment=arsc", f"data.dir={data_dir}", "model=ecapa_tdnn_tiny"])
     torch.manual_seed(0)
-    model = build_model(cfg)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
+    model = draw_batchnorm_statistics(build_model(cfg))
     torch.save({"format_version": FORMAT_VERSION, "config": OmegaConf.to_container(cfg, resolve=True),
                 "model": model.state_dict(), "head": {}, "speakers": speakers, "progress": progress}, path)
     return path

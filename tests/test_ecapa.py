@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from conftest import draw_batchnorm_statistics, padded_and_alone
 from speakerid.models import ECAPATDNN
 
 
@@ -78,20 +79,10 @@ def test_a_padded_batch_with_lengths_gives_each_utterance_its_own_embedding(unbi
     SE means, the attention's context and softmax): in float64 each padded row equals the utterance alone,
     down to a single frame, and the padding's values do not matter."""
     torch.manual_seed(0)
-    model = ECAPATDNN(channels=64, mfa_channels=192, emb_dim=32, attention_channels=16, se_bottleneck=16,
-                      unbiased_context_std=unbiased_context_std).double().eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):  # eval mode that is not an identity
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    lengths = [301, 57, 300, 2, 1]
-    features = torch.randn(len(lengths), 80, max(lengths), dtype=torch.float64)
-    for row, n in enumerate(lengths):
-        features[row, :, n:] = 1e3 * torch.randn(80, max(lengths) - n, dtype=torch.float64)  # loud padding
-    with torch.no_grad():
-        batched = model(features, torch.tensor(lengths))
-        alone = torch.cat([model(features[row:row + 1, :, :n]) for row, n in enumerate(lengths)])
-        plain = model(features)
+    model = draw_batchnorm_statistics(ECAPATDNN(channels=64, mfa_channels=192, emb_dim=32, attention_channels=16,
+                                                se_bottleneck=16, unbiased_context_std=unbiased_context_std))
+    model = model.double().eval()
+    batched, alone, plain, features = padded_and_alone(model, [301, 57, 300, 2, 1])
     torch.testing.assert_close(batched, alone, rtol=0, atol=1e-12)
     assert (plain[1] - alone[1]).abs().max() > 1e-2  # without the lengths the padding counts
     torch.testing.assert_close(model(features[:1], torch.tensor([301])), plain[:1], rtol=0, atol=1e-12)

@@ -6,6 +6,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from conftest import draw_batchnorm_statistics, padded_and_alone
 from speakerid.losses import AAMSoftmax
 from speakerid.models import CAMPPlus, ResNet
 
@@ -282,19 +283,8 @@ def test_resnet_with_lengths_gives_each_utterance_of_a_padded_batch_its_own_embe
     leaves (odd and even lengths, the 9-frame minimum), and a masked TSTP: in float64 each padded row equals
     the utterance alone, whatever the padding holds."""
     torch.manual_seed(0)
-    model = ResNet(depth=depth, base_width=width, emb_dim=16).double().eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):  # eval mode that is not an identity
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    lengths = [57, 40, 33, 9, 56]
-    features = torch.randn(len(lengths), 80, max(lengths), dtype=torch.float64)
-    for row, n in enumerate(lengths):
-        features[row, :, n:] = 1e3  # loud padding
-    with torch.no_grad():
-        batched = model(features, torch.tensor(lengths))
-        alone = torch.cat([model(features[row:row + 1, :, :n]) for row, n in enumerate(lengths)])
-        plain = model(features)
+    model = draw_batchnorm_statistics(ResNet(depth=depth, base_width=width, emb_dim=16)).double().eval()
+    batched, alone, plain, features = padded_and_alone(model, [57, 40, 33, 9, 56])
     torch.testing.assert_close(batched, alone, rtol=0, atol=1e-12)
     assert (plain[3] - alone[3]).abs().max() > 1e-2  # without the lengths the padding counts
     with pytest.raises(ValueError, match=f"ResNet{depth} needs at least 9 frames per utterance"):
