@@ -289,3 +289,17 @@ def test_resnet_with_lengths_gives_each_utterance_of_a_padded_batch_its_own_embe
     assert (plain[3] - alone[3]).abs().max() > 1e-2  # without the lengths the padding counts
     with pytest.raises(ValueError, match=f"ResNet{depth} needs at least 9 frames per utterance"):
         model(features, torch.tensor([57, 8, 33, 9, 56]))
+
+
+def test_campplus_with_lengths_gives_each_utterance_of_a_padded_batch_its_own_embedding():
+    """The FCM's 3x3 convolutions, the stride-2 TDNN layer, and every CAM layer's local convolution and its
+    utterance and segment means (here 10-frame segments, so that utterances end inside them) see each
+    utterance's own frames only: in float64 each padded row equals the utterance alone."""
+    torch.manual_seed(0)
+    model = draw_batchnorm_statistics(CAMPPlus(fcm_channels=4, init_channels=16, growth_rate=8, bottleneck_scale=2,
+                                               block_layers=(2, 3, 2), emb_dim=16, segment_frames=10))
+    batched, alone, plain, features = padded_and_alone(model.double().eval(), [57, 40, 33, 3, 4, 21, 56])
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-12)
+    assert (plain[3] - alone[3]).abs().max() > 1e-2  # without the lengths the padding counts
+    with pytest.raises(ValueError, match="CAMPPlus needs at least 3 frames per utterance"):
+        model(features, torch.tensor([57, 2, 33, 3, 4, 21, 56]))

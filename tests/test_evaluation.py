@@ -39,7 +39,7 @@ def extractor():
 
 @pytest.fixture(scope="module")
 def cut_extractor(extractor):
-    """As a model whose forward takes no frame counts (CAM++): extraction cuts its batches."""
+    """As a model whose forward takes no frame counts: extraction cuts its batches."""
     return cut_batching(extractor)
 
 

@@ -4,15 +4,16 @@ multi-crop windows, and `extract_embeddings`, which reads the files and runs the
 Batching and fidelity. Zero padding alone would change every full-utterance embedding (the fbank mean, the
 convolutions at the utterance's end, the SE gates and the attentive pooling all see the padding). So:
 
-- a model whose forward takes `lengths` (ECAPA-TDNN, ResNet) gets padded batches with each utterance's frame
-  count, and masks the padding in every layer that looks across frames (speakerid.models.lengths): each
+- a model whose forward takes `lengths` (every encoder of speakerid.models) gets padded batches with each
+  utterance's frame count, and masks the padding in every layer that looks across frames
+  (speakerid.models.lengths): each
   embedding equals the one-at-a-time embedding of the whole utterance, up to float rounding. Batches are
   padded to a multiple of `PAD_MULTIPLE` samples on a GPU, so that a list's batches share a few shapes;
 - any other model gets batches of nearly equal length, all cut to the shortest among them. `max_trim`
   bounds the cut (a fraction of each utterance); within that, the batched embedding equals the
   one-at-a-time embedding of the cut utterance. How far the cut moves an embedding depends on the model:
   README.md gives the measured numbers, and `scripts/device_eval_check.py` measures them for any
-  checkpoint. max_trim=0 batches only equal lengths.
+  checkpoint. max_trim=0 batches only equal lengths. (cut_batching() gives any extractor this batching.)
 """
 
 from __future__ import annotations

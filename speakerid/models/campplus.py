@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from speakerid.models.checks import check_features, require_positive_int, require_positive_ints
+from speakerid.models.lengths import frame_mask, masked_mean, masked_segment_means, run_masked, zero_padding
 from speakerid.models.pooling import TemporalStatsPooling, segment_means
 from speakerid.models.resnet import BasicBlock, halved, residual_stage
 
@@ -63,6 +64,10 @@ class FrequencyConvModule(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.body(features.unsqueeze(1)).flatten(start_dim=1, end_dim=2)
 
+    def forward_masked(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, lengths = run_masked(self.body, features.unsqueeze(1), lengths)
+        return x.flatten(start_dim=1, end_dim=2), lengths
+
 
 class ContextAwareMasking(nn.Module):
     """CAM layer: a local dilated convolution whose output channels are gated by a mask predicted from the
@@ -83,6 +88,12 @@ class ContextAwareMasking(nn.Module):
         context = x.mean(dim=-1, keepdim=True) + segment_means(x, self.segment_frames)
         return self.local(x) * self.mask(context)
 
+    def forward_masked(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """On a padded batch: the means over each utterance's own frames, its padding zero for the conv."""
+        mask = frame_mask(lengths, x.shape[-1])
+        context = masked_mean(x, mask) + masked_segment_means(x, mask, self.segment_frames)
+        return self.local(zero_padding(x, mask)) * self.mask(context), lengths
+
 
 class DenseTDNNLayer(nn.Module):
     """BN-ReLU, 1x1 bottleneck conv, BN-ReLU, CAM: in_channels -> growth_rate new channels."""
@@ -99,6 +110,10 @@ class DenseTDNNLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat((x, self.layers(x)), dim=1)
+
+    def forward_masked(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        new, lengths = run_masked(self.layers, x, lengths)
+        return torch.cat((x, new), dim=1), lengths
 
 
 class CAMPPlus(nn.Module):
@@ -169,7 +184,15 @@ class CAMPPlus(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """`lengths` [batch]: the frames of each utterance of a padded batch (speakerid.models.lengths); each
+        then gets the embedding it has alone. None: every frame counts."""
         check_features(features, "CAMPPlus", self.in_dim, self.min_frames)
-        x = self.tdnn(self.front_end(features))
-        return self.emb_bn(self.embedding(self.pooling(x)))
+        if lengths is None:
+            x = self.tdnn(self.front_end(features))
+            return self.emb_bn(self.embedding(self.pooling(x)))
+        if bool((lengths < self.min_frames).any()):
+            raise ValueError(f"CAMPPlus needs at least {self.min_frames} frames per utterance, got lengths "
+                             f"{lengths.tolist()}")
+        x, lengths = run_masked(nn.Sequential(self.front_end, self.tdnn), features, lengths)
+        return self.emb_bn(self.embedding(self.pooling(x, frame_mask(lengths, x.shape[-1]))))

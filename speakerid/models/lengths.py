@@ -12,6 +12,7 @@ instead of cutting them to a common length.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -38,3 +39,40 @@ def conv_lengths(lengths: torch.Tensor, conv: nn.Conv1d | nn.Conv2d) -> torch.Te
     kernel, stride = conv.kernel_size[-1], conv.stride[-1]
     padding, dilation = conv.padding[-1], conv.dilation[-1]
     return (lengths + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def time_mask(lengths: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """frame_mask for x [batch, channels, frames] or [batch, channels, freq, frames]."""
+    mask = frame_mask(lengths, x.shape[-1])
+    return mask.unsqueeze(1) if x.dim() == 4 else mask
+
+
+def run_masked(layers: nn.Sequential, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`layers` on a padded batch x, with zeros past each utterance's end before every convolution wider than
+    one frame in time (its own zero padding), and the frame counts after them. Nested Sequentials are
+    walked; a module with `forward_masked(x, lengths) -> (x, lengths)` (a residual block, a layer that
+    averages over time) does its own masking; anything else must be pointwise in time."""
+    for layer in layers:
+        if hasattr(layer, "forward_masked"):
+            x, lengths = layer.forward_masked(x, lengths)
+        elif isinstance(layer, nn.Sequential):
+            x, lengths = run_masked(layer, x, lengths)
+        else:
+            if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+                if layer.kernel_size[-1] > 1:
+                    x = x.masked_fill(~time_mask(lengths, x), 0.0)
+                lengths = conv_lengths(lengths, layer)
+            x = layer(x)
+    return x, lengths
+
+
+def masked_segment_means(x: torch.Tensor, mask: torch.Tensor, segment_frames: int) -> torch.Tensor:
+    """pooling.segment_means over each utterance's own frames: the time axis cut into segments of
+    `segment_frames`, each frame replaced by the mean of its segment's frames within the utterance."""
+    frames = x.shape[-1]
+    segments = (frames + segment_frames - 1) // segment_frames
+    fill = (0, segments * segment_frames - frames)
+    sums = F.pad(zero_padding(x, mask), fill).unflatten(-1, (segments, segment_frames)).sum(dim=-1)
+    counts = F.pad(mask.to(x.dtype), fill).unflatten(-1, (segments, segment_frames)).sum(dim=-1)
+    means = sums / counts.clamp(min=1)
+    return means.repeat_interleave(segment_frames, dim=-1).narrow(-1, 0, frames)

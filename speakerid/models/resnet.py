@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speakerid.models.checks import check_features, require_positive_int
-from speakerid.models.lengths import conv_lengths, frame_mask
+from speakerid.models.lengths import frame_mask, run_masked
 from speakerid.models.pooling import TemporalStatsPooling
 
 Stride = int | tuple[int, int]
@@ -50,20 +50,6 @@ def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: Stri
     )
 
 
-def _run_masked(layers: nn.Sequential, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`layers` (convolution + BatchNorm pairs and activations) on x [batch, channels, freq, frames], with
-    zeros past each utterance's end before every convolution wider than one frame in time (its own zero
-    padding), and the frame counts after them (speakerid.models.lengths)."""
-    for layer in layers:
-        conv = layer[0] if isinstance(layer, nn.Sequential) and isinstance(layer[0], nn.Conv2d) else None
-        if conv is not None:
-            if conv.kernel_size[-1] > 1:
-                x = x.masked_fill(~frame_mask(lengths, x.shape[-1]).unsqueeze(1), 0.0)
-            lengths = conv_lengths(lengths, conv)
-        x = layer(x)
-    return x, lengths
-
-
 class _ResidualBlock(nn.Module):
     """body(x) + shortcut(x), then ReLU; the shortcut is a strided 1x1 convolution + BatchNorm whenever the
     shape changes, else the identity."""
@@ -76,12 +62,12 @@ class _ResidualBlock(nn.Module):
         changes_shape = stride not in (1, (1, 1)) or in_channels != out_channels
         self.shortcut = _conv_bn(in_channels, out_channels, 1, stride) if changes_shape else nn.Identity()
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
-        """-> the block's output; with `lengths` (frames of each utterance of a padded batch), (output, the
-        frame counts after the block). The shortcut is pointwise in time: it needs no mask."""
-        if lengths is None:
-            return F.relu(self.body(x) + self.shortcut(x))
-        body, lengths = _run_masked(self.body, x, lengths)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))
+
+    def forward_masked(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """On a padded batch (speakerid.models.lengths.run_masked); the shortcut is pointwise in time."""
+        body, lengths = run_masked(self.body, x, lengths)
         return F.relu(body + self.shortcut(x)), lengths
 
 
@@ -175,10 +161,7 @@ class ResNet(nn.Module):
         if bool((lengths < self.min_frames).any()):
             raise ValueError(f"ResNet{self.depth} needs at least {self.min_frames} frames per utterance, got "
                              f"lengths {lengths.tolist()}")
-        x, lengths = _run_masked(self.stem, features.unsqueeze(1), lengths)
-        for stage in self.stages:
-            for block in stage:
-                x, lengths = block(x, lengths)
+        x, lengths = run_masked(nn.Sequential(self.stem, self.stages), features.unsqueeze(1), lengths)
         return self.embedding(self.pooling(x, frame_mask(lengths, x.shape[-1])))
 
     def extra_repr(self) -> str:
