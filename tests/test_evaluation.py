@@ -105,6 +105,21 @@ def test_plan_padded_batches_bounds_the_padding_and_the_batch(pad_multiple):
     assert np.mean([len(b) for b, _ in plan]) > 10  # dense lengths fill batches (up to max_batch_samples)
 
 
+def test_extraction_plans_padded_batches_for_the_device(extractor, cut_extractor):
+    """On a CPU at most CPU_BATCH_SECONDS of audio per batch (larger ones run slower per utterance there),
+    unrounded; on a GPU full batches rounded up to PAD_MULTIPLE; a model without lengths gets cut batches."""
+    from speakerid.evaluation.extraction import CPU_BATCH_SECONDS, PAD_MULTIPLE, plan_extraction
+
+    lengths = np.full(64, 3 * 16000) - np.arange(64)  # 64 files of (nearly) 3 s
+    options = ExtractionOptions()
+    cpu, cpu_padded = plan_extraction(extractor, lengths, options, torch.device("cpu"), 16000)
+    assert max(len(b) for b in cpu) == int(CPU_BATCH_SECONDS // 3) and cpu_padded[0] == lengths.max()
+    gpu, gpu_padded = plan_extraction(extractor, lengths, options, torch.device("cuda"), 16000)  # planning only
+    assert [len(b) for b in gpu] == [64] and gpu_padded[0] % PAD_MULTIPLE == 0 and gpu_padded[0] >= lengths.max()
+    cut, none = plan_extraction(cut_extractor, lengths, options, torch.device("cpu"), 16000)
+    assert none is None and [len(b) for b in cut] == [64]  # within max_trim of one length: cut as before
+
+
 def test_padded_batches_give_each_whole_utterance_its_own_embedding(extractor, audio_dir):
     """ECAPA-TDNN takes frame counts: files of different lengths share a zero-padded batch, and each gets
     the embedding of the whole file embedded alone (nothing cut)."""

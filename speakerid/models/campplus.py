@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from speakerid.models.checks import check_features, require_positive_int, require_positive_ints
-from speakerid.models.lengths import frame_mask, masked_mean, masked_segment_means, run_masked, zero_padding
+from speakerid.models.lengths import frame_mask, masked_mean, run_masked, zero_padding
 from speakerid.models.pooling import TemporalStatsPooling, segment_means
 from speakerid.models.resnet import BasicBlock, halved, residual_stage
 
@@ -91,7 +91,7 @@ class ContextAwareMasking(nn.Module):
     def forward_masked(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """On a padded batch: the means over each utterance's own frames, its padding zero for the conv."""
         mask = frame_mask(lengths, x.shape[-1])
-        context = masked_mean(x, mask) + masked_segment_means(x, mask, self.segment_frames)
+        context = masked_mean(x, mask) + segment_means(x, self.segment_frames, mask)
         return self.local(zero_padding(x, mask)) * self.mask(context), lengths
 
 

@@ -12,7 +12,6 @@ instead of cutting them to a common length.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -22,7 +21,7 @@ def frame_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
 
 
 def zero_padding(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """x [batch, channels, frames] with the padded frames set to 0 (x itself when there is no mask)."""
+    """x [batch, channels, (freq,) frames] with the padded frames set to 0 (x itself when there is no mask)."""
     return x if mask is None else x.masked_fill(~mask, 0.0)
 
 
@@ -60,19 +59,8 @@ def run_masked(layers: nn.Sequential, x: torch.Tensor, lengths: torch.Tensor) ->
         else:
             if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
                 if layer.kernel_size[-1] > 1:
-                    x = x.masked_fill(~time_mask(lengths, x), 0.0)
+                    x = zero_padding(x, time_mask(lengths, x))
                 lengths = conv_lengths(lengths, layer)
             x = layer(x)
     return x, lengths
 
-
-def masked_segment_means(x: torch.Tensor, mask: torch.Tensor, segment_frames: int) -> torch.Tensor:
-    """pooling.segment_means over each utterance's own frames: the time axis cut into segments of
-    `segment_frames`, each frame replaced by the mean of its segment's frames within the utterance."""
-    frames = x.shape[-1]
-    segments = (frames + segment_frames - 1) // segment_frames
-    fill = (0, segments * segment_frames - frames)
-    sums = F.pad(zero_padding(x, mask), fill).unflatten(-1, (segments, segment_frames)).sum(dim=-1)
-    counts = F.pad(mask.to(x.dtype), fill).unflatten(-1, (segments, segment_frames)).sum(dim=-1)
-    means = sums / counts.clamp(min=1)
-    return means.repeat_interleave(segment_frames, dim=-1).narrow(-1, 0, frames)

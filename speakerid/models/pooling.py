@@ -46,20 +46,25 @@ class TemporalStatsPooling(nn.Module):
         return f"eps={self.eps}"
 
 
-def segment_means(x: torch.Tensor, segment_frames: int) -> torch.Tensor:
+def segment_means(x: torch.Tensor, segment_frames: int, mask: torch.Tensor | None = None) -> torch.Tensor:
     """[..., frames] -> same shape, each frame replaced by the mean of its segment: the time axis cut into
     consecutive segments of `segment_frames` frames, the last one possibly shorter (it is the mean of the
-    frames it has). CAM++'s segment-level context.
+    frames it has). CAM++'s segment-level context. With `mask` [batch, 1, frames] (a padded batch,
+    speakerid.models.lengths) a segment's mean is over the utterance's own frames in it.
 
     Not avg_pool1d(ceil_mode=True), which gives these means too: torch.compile (Inductor, torch 2.11)
     divides the gradient of its short last window by the full window (pytorch/pytorch#198119)."""
     frames = x.shape[-1]
     # A ceiling division without negative numbers: ONNX integer division truncates towards zero.
     segments = (frames + segment_frames - 1) // segment_frames
-    padded = F.pad(x, (0, segments * segment_frames - frames))
-    sums = padded.unflatten(-1, (segments, segment_frames)).sum(dim=-1)
-    starts = torch.arange(segments, device=x.device) * segment_frames
-    means = sums / (frames - starts).clamp(max=segment_frames)
+    fill = (0, segments * segment_frames - frames)
+    sums = F.pad(zero_padding(x, mask), fill).unflatten(-1, (segments, segment_frames)).sum(dim=-1)
+    if mask is None:
+        starts = torch.arange(segments, device=x.device) * segment_frames
+        counts = (frames - starts).clamp(max=segment_frames)
+    else:
+        counts = F.pad(mask.to(x.dtype), fill).unflatten(-1, (segments, segment_frames)).sum(dim=-1).clamp(min=1)
+    means = sums / counts
     # narrow, not [..., :frames]: torch.export cannot prove a slice's length, only check narrow's. (Nor a
     # gather by arange(frames) // segment_frames: Inductor's CPU code for that division is wrong in 2.11.)
     return means.repeat_interleave(segment_frames, dim=-1).narrow(-1, 0, frames)
