@@ -143,6 +143,16 @@ SWITCHES = ("data.resample", "data.check_files", "data.pin_memory", "data.persis
 CHECKED_GROUPS = ("data", "trainer", "augment")
 OPEN = ("augment.choices", "augment.categories")
 CONFIG_DIR = Path(__file__).parent / "configs"
+# The train config's own top-level keys (train.yaml and experiments' `required`); the groups' names are added
+# from the config folder. `+epochs=5` would otherwise be ignored where trainer.epochs was meant.
+TOP_LEVEL_KEYS = ("name", "seed", "run_dir", "runs_root", "required")
+GLOBAL_GROUPS = ("experiment", "debug")  # they set keys of other groups, and have no node of their own
+
+
+def known_top_level_keys() -> list[str]:
+    groups = [p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in GLOBAL_GROUPS
+              and not p.name.startswith("_")]
+    return sorted([*TOP_LEVEL_KEYS, *groups])
 
 
 @functools.lru_cache(maxsize=None)
@@ -249,8 +259,19 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("trainer.init_from", *(cfg.get("required") or ())):  # `key=` (an unset variable) is not a value
         value = OmegaConf.select(cfg, key, default=None)
         require(not is_blank(value), key, "a value, not an empty string (an unset variable in a job script?)", value)
+    known_top = known_top_level_keys()
+    for key in cfg:
+        if key not in known_top:
+            within = [f"{group}.{key}" for group in known_top if OmegaConf.is_dict(cfg.get(group)) and key in cfg[group]]
+            if within:
+                raise ConfigError(f"{key} is not a config key: did you mean {' or '.join(within)}?")
+            reject_unknown(str(key), "", known_top, "a config key")
     for group in CHECKED_GROUPS:
         check_known_keys(cfg[group], known_keys(group), f"{group}.")
+    # The features group's parts are built by name (fbank, specaugment; each checked below as a constructor).
+    for key in cfg.features:
+        if key not in known_keys("features"):
+            reject_unknown(str(key), "features.", list(known_keys("features")), "a config key")
     for key in INSTANTIATED:
         node = OmegaConf.select(cfg, key, default=None)
         if OmegaConf.is_dict(node) and "_target_" in node:

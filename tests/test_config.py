@@ -438,6 +438,11 @@ def test_an_eval_switch_must_be_true_or_false():
                          "model.channels?"),
     ("+optim.momentum=0.9", "optim.momentum is not a parameter of torch.optim.Adam"),
     ("+head.easy_margin=true", "head.easy_margin is not a parameter of speakerid.losses.AAMSoftmax"),
+    # top-level keys: the same name in a group is what was meant
+    ("+epochs=5", "epochs is not a config key: did you mean trainer.epochs?"),
+    ("+lr=0.01", "lr is not a config key: did you mean optim.lr?"),
+    ("+nmae=x", "nmae is not a config key: did you mean name?"),
+    ("+features.mean_norm=false", "features.mean_norm is not a config key (known: fbank, specaugment)"),
 ])
 def test_a_key_added_with_plus_must_exist(override, message):
     """`+key=value` adds a key Hydra would have refused: a typo would run with the default silently."""
