@@ -159,15 +159,20 @@ def test_trials_are_balanced_across_sessions_capped_and_never_repeat():
     assert Counter(t.enrol.split("/")[0] for t in targets) == {"a": 48, "b": 10, "c": 1}
     assert all(t.enrol.split("/")[1] != t.test.split("/")[1] for t in targets if t.enrol[0] != "b")
     nontargets = [t for t in trials if t.label == 0]
-    assert len(nontargets) == len(targets) and len(set(nontargets)) == len(nontargets)
+    assert len(nontargets) == len(targets) and len({frozenset((t.enrol, t.test)) for t in nontargets}) == len(nontargets)
     assert all(t.enrol.split("/")[0] != t.test.split("/")[0] for t in nontargets)
 
     capped = make_trials(utts, np.random.default_rng(0), max_targets_per_speaker=5)
     assert Counter(t.enrol.split("/")[0] for t in capped if t.label == 1) == {"a": 5, "b": 5, "c": 1}
-    # one speaker with many pairs, one with a single file: only 2 x 20 x 1 distinct non-target pairs exist
+    # one speaker with many pairs, one with a single file: only 20 x 1 distinct non-target pairs exist
     lopsided = make_trials({"a": [f"a/s{s}/{u}.wav" for s in range(2) for u in range(10)], "z": ["z/s0/0.wav"]},
                            np.random.default_rng(1))
-    assert Counter(t.label for t in lopsided) == {1: 40, 0: 40}
+    assert Counter(t.label for t in lopsided) == {1: 20, 0: 20}
+    assert len({frozenset((t.enrol, t.test)) for t in lopsided if t.label == 0}) == 20
+    # many speakers, many draws: a pair never comes back reversed (the default synthetic list had 19)
+    many = {f"s{i}": [f"s{i}/v{s}/{u}.wav" for s in range(4) for u in range(4)] for i in range(20)}
+    drawn = [t for t in make_trials(many, np.random.default_rng([1234, 10**6])) if t.label == 0]
+    assert len({frozenset((t.enrol, t.test)) for t in drawn}) == len(drawn) == 1920
     with pytest.raises(ValueError, match="no target trials"):
         make_trials({"a": ["a/s0/0.wav"], "b": ["b/s0/0.wav"]}, np.random.default_rng(0))
 

@@ -138,7 +138,7 @@ def make_trials(utterances: dict[str, list[str]], rng: np.random.Generator,
     """Balanced trials among speakers {speaker: [speaker/session/file paths]}: target pairs of a speaker's
     utterances from different sessions (from its one session when it has only one), at most
     `max_targets_per_speaker` of them per speaker (drawn at random), and as many distinct non-target pairs
-    of two speakers' utterances drawn at random (fewer targets when there are not that many); shuffled."""
+    of two speakers' utterances drawn at random (a-b and b-a are one pair) (fewer targets when there are not that many); shuffled."""
     targets: list[Trial] = []
     for utts in utterances.values():
         pairs = [(a, b) for i, a in enumerate(utts) for b in utts[i + 1:] if _session(a) != _session(b)]
@@ -148,7 +148,7 @@ def make_trials(utterances: dict[str, list[str]], rng: np.random.Generator,
             pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), max_targets_per_speaker, replace=False))]
         targets.extend(Trial(1, a, b) for a, b in pairs)
     sizes = [len(u) for u in utterances.values()]
-    possible = sum(sizes) ** 2 - sum(n * n for n in sizes)  # ordered pairs of utterances of two speakers
+    possible = (sum(sizes) ** 2 - sum(n * n for n in sizes)) // 2  # pairs of utterances of two speakers
     if possible < len(targets):
         targets = [targets[i] for i in sorted(rng.choice(len(targets), possible, replace=False))]
     if not targets:
@@ -160,8 +160,8 @@ def make_trials(utterances: dict[str, list[str]], rng: np.random.Generator,
         s1, s2 = rng.choice(len(speakers), size=2, replace=False)
         a = utterances[speakers[s1]][rng.integers(len(utterances[speakers[s1]]))]
         b = utterances[speakers[s2]][rng.integers(len(utterances[speakers[s2]]))]
-        if (a, b) not in seen:
-            seen.add((a, b))
+        if frozenset((a, b)) not in seen:  # b-a is the same trial as a-b: it would count twice
+            seen.add(frozenset((a, b)))
             trials.append(Trial(0, a, b))
     return [trials[i] for i in rng.permutation(len(trials))]
 

@@ -54,7 +54,7 @@ class CorpusSpec:
     utterances_per_session: int = 4
     min_seconds: float = 2.0
     max_seconds: float = 3.5
-    version: int = 1  # bump when the generator changes, so old corpora are rebuilt
+    version: int = 2  # bump when the generator changes, so old corpora are rebuilt (2: no reversed trials)
 
     def fingerprint(self) -> str:
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
