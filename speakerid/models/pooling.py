@@ -100,9 +100,10 @@ class AttentiveStatsPooling(nn.Module):
         """The global mean and standard deviation over time (over each utterance's own frames)."""
         if mask is None:
             if self.unbiased_context_std:
+                if x.shape[2] == 1:  # no unbiased variance (0 / 0): take it as 0, which the clamp lifts, as for T
+                    return x[:, :, 0], torch.full_like(x[:, :, 0], 1e-4).sqrt()
                 var, mean = torch.var_mean(x, dim=2, correction=1)
-                # One frame has no unbiased variance (0 / 0): take it as 0, which the clamp lifts, as for T.
-                return mean, torch.sqrt(torch.nan_to_num(var, nan=0.0).clamp(min=1e-4))
+                return mean, torch.sqrt(var.clamp(min=1e-4))
             return self._stats(x, torch.full_like(x[:, :1, :], 1.0 / x.shape[2]))
         frames = mask.sum(dim=2).to(x.dtype)  # [batch, 1]
         if self.unbiased_context_std:
