@@ -4,7 +4,9 @@
   (a) loading only          the run's DataLoader (workers read crops, collate, pin)
   (b) augmentation+features one batch on the device: speed / noise / reverberation (when on), fbank, SpecAugment
   (c) training step         one batch on the device: fbank, SpecAugment, model, AAM head, backward, optimizer
-  (d) whole training loop   the run's loader and TrainingStep together, augmentation as configured
+  (d) whole training loop   the run's loader and TrainingStep together, augmentation as configured; with
+                            augmentation on, also the step with it on one batch in memory (the loop's gap
+                            to (c) split into the augmentation's share and the loader's)
   peer                      (c) with SpeechBrain's ECAPA_TDNN (channels [C]*4 + [3C], 256-d) in place of our
                             model: the same fbank, head, optimizer, batch, crop, precision and step code
   (e) storage               (a) and (d) on a corpus of VoxCeleb2-like lengths (4-20 s, mean 7.8 s) as 16-bit
@@ -443,6 +445,11 @@ def main(argv=None) -> int:
             """The run's step on one fixed batch, without speed / noise / reverberation."""
             run.step(clean, labels, augment=False)
 
+        def step_with_augmentation():
+            """The run's step on one fixed batch in memory, with its augmentation: against (c) it prices the
+            augmentation, against (d) the loader."""
+            run.step(waves, labels)
+
         def loop_steps():
             next_batch = fresh_batches()
 
@@ -483,6 +490,9 @@ def main(argv=None) -> int:
         if "c" in stages:
             stages_to_run.append(("step", "(c) training step (ours)", lambda: step_without_augmentation, False))
         if "d" in stages:
+            if args.augment == "on":
+                stages_to_run.append(("step_augmented", "(d) step with augmentation, batch in memory",
+                                      lambda: step_with_augmentation, False))
             stages_to_run.append(("loop", "(d) whole training loop" + (" with augmentation" if args.augment == "on"
                                                                        else ""), loop_steps, True))
         if peer_training_step is not None:
@@ -524,7 +534,10 @@ def main(argv=None) -> int:
 
     # Ratios of medians, and per round (stages of one round ran minutes apart at most).
     ratios, ratios_by_round = {}, {}
-    for name, top, bottom in (("step_ours_over_peer", "step", "peer_step"), ("loop_over_step", "loop", "step")):
+    # loop_over_step = augmented_step_over_step (the augmentation's cost) x loop_over_augmented_step (the loader's).
+    for name, top, bottom in (("step_ours_over_peer", "step", "peer_step"), ("loop_over_step", "loop", "step"),
+                              ("augmented_step_over_step", "step_augmented", "step"),
+                              ("loop_over_augmented_step", "loop", "step_augmented")):
         if "utterances_per_s" in rows.get(top, {}) and "utterances_per_s" in rows.get(bottom, {}):
             ratios[name] = rows[top]["utterances_per_s"] / rows[bottom]["utterances_per_s"]
             ratios_by_round[name] = [a / b for a, b in zip(rows[top]["utterances_per_s_by_round"],
