@@ -428,9 +428,14 @@ def build_noise_reverb(
 
 
 # --------------------------------------------------------------------------------------------- speed
+def _speed_rate(factor: float, sample_rate: int) -> int:
+    # Playing `factor` times faster = treating the samples as recorded at sample_rate * factor, rounded to
+    # whole Hz: the factor applied is this rate / sample_rate.
+    return int(round(sample_rate * factor))
+
+
 def _speed_resampler(factor: float, sample_rate: int) -> torchaudio.transforms.Resample:
-    # Playing `factor` times faster = treating the samples as recorded at sample_rate * factor.
-    return torchaudio.transforms.Resample(int(round(sample_rate * factor)), sample_rate)
+    return torchaudio.transforms.Resample(_speed_rate(factor, sample_rate), sample_rate)
 
 
 def change_speed(waveform: torch.Tensor, factor: float, sample_rate: int = 16000) -> torch.Tensor:
@@ -460,7 +465,11 @@ class SpeedPerturb(nn.Module):
         self.crop_samples = crop_samples
         self.num_speakers = num_speakers
         self.speakers_as_new = speakers_as_new
-        self.read_samples = math.ceil(crop_samples * max(self.factors))
+        # The input each factor needs for crop_samples out, at the rounded rate it is resampled from (at 22.05 kHz,
+        # 0.95 is 20948 / 22050, and a crop of 48240 needs 45829 samples where crop * 0.95 gives 45828).
+        self.source_samples = [math.ceil(crop_samples * _speed_rate(f, sample_rate) / sample_rate)
+                               for f in self.factors]
+        self.read_samples = max(self.source_samples)
         self.resamplers = nn.ModuleList(_speed_resampler(f, sample_rate) if f != 1.0 else nn.Identity()
                                         for f in self.factors)
 
@@ -471,8 +480,7 @@ class SpeedPerturb(nn.Module):
     def perturb(self, waves: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
         """waves [B, read_samples] -> [B, crop_samples]; utterance b changed by factors[choice[b]]."""
         out = None
-        for i, (factor, resample) in enumerate(zip(self.factors, self.resamplers)):
-            needed = math.ceil(self.crop_samples * factor)
+        for i, (needed, resample) in enumerate(zip(self.source_samples, self.resamplers)):
             changed = resample(waves[:, :needed])[:, :self.crop_samples]
             out = changed if out is None else torch.where((choice == i).unsqueeze(1), changed, out)
         return out

@@ -415,6 +415,25 @@ def test_speed_perturb_keeps_the_crop_and_relabels_new_speakers():
     assert same.shape == (60, crop)
 
 
+@pytest.mark.parametrize("sample_rate,crop,factors", [
+    (22050, 48240, [0.95, 1.0, 1.05]),   # 22050 x 0.95 = 20947.5 Hz, resampled from 20948
+    (16000, 32240, [0.5021, 1.0, 1.9997]),  # rates that are not whole Hz at 16 kHz too
+    (11025, 24000, [0.9, 1.0, 1.1]),
+])
+def test_speed_perturb_reads_enough_for_a_rate_rounded_to_whole_hz(sample_rate, crop, factors):
+    """The resampler runs at round(sample_rate * factor) Hz: the input it needs for a whole crop follows
+    from that rate, not from the factor (one sample short stopped training at step 1)."""
+    module = SpeedPerturb(factors, crop, 3, sample_rate=sample_rate)
+    for factor, needed in zip(module.factors, module.source_samples):
+        rate = round(sample_rate * factor)
+        assert needed == math.ceil(crop * rate / sample_rate)  # the least input that gives crop samples out
+        if factor != 1.0:
+            assert change_speed(torch.zeros(needed), factor, sample_rate).shape[-1] >= crop
+    assert module.read_samples == max(module.source_samples)
+    out, _ = module(torch.randn(6, module.read_samples), torch.arange(6) % 3)
+    assert out.shape == (6, crop) and torch.isfinite(out).all()
+
+
 def test_speed_labels_unchanged_without_new_speakers():
     module = SpeedPerturb([0.9, 1.0, 1.1], 1000, 4, speakers_as_new=False)
     labels = torch.tensor([0, 1, 2, 3])
