@@ -63,9 +63,20 @@ class BankTooLargeError(AugmentConfigError):
 
 # --------------------------------------------------------------------------------------------- files
 def list_audio_files(folder: str | os.PathLike) -> list[Path]:
-    """All .wav / .flac files under folder, recursively, sorted (so draws do not depend on the file system)."""
-    folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    """All .wav / .flac files under folder, recursively, sorted (so draws do not depend on the file system).
+    Linked folders are followed (a subset linked into place is common), each real folder once, so a link
+    loop ends; names starting with '.' (macOS `._x.wav` stubs, which are not audio) are skipped."""
+    found, walked = [], set()
+    for dirpath, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in walked:
+            dirs.clear()
+            continue
+        walked.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(dirpath) / name for name in files
+                  if not name.startswith(".") and Path(name).suffix.lower() in AUDIO_SUFFIXES]
+    return sorted(p for p in found if p.is_file())
 
 
 def musan_categories(musan_dir: str | os.PathLike) -> dict[str, list[Path]]:

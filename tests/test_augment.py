@@ -341,6 +341,9 @@ def test_bad_choice_configs_name_the_choice(noise_dirs):
      "expected mono audio, got 2 channels"),
     ("empty.wav", lambda p: sf.write(str(p), np.zeros(0, np.float32), 16000), "audio file is empty"),
     ("garbage.wav", lambda p: p.write_bytes(b"RIFF" + bytes(100)), "cannot read audio"),
+    # One NaN: an int16 bank became all zeros (a silent category), a float32 one NaN crops, a RIR NaN reverb.
+    ("nan.wav", lambda p: sf.write(str(p), np.where(np.arange(8000) == 7, np.nan, 0.1).astype(np.float32), 16000,
+                                   subtype="FLOAT"), "contains NaN or infinite samples"),
     # The header reads, the samples do not: found when the bank is read, after the size check.
     ("truncated.flac", lambda p: p.write_bytes(_flac_bytes(p)[:3000]), "cannot read audio|no samples could be read"),
 ])
@@ -357,6 +360,21 @@ def test_unusable_noise_or_rir_file_is_an_augment_error_naming_it(tmp_path, fold
     with pytest.raises(aug.AugmentConfigError, match=f"{bad}: ({message})"):
         build_noise_reverb({"noise": (1, ["noise"]), "reverb": (1, ["reverb"])}, TAORUIJIE_CATEGORIES,
                            tmp_path / "musan", rirs, CROP)
+
+
+def test_linked_subset_folders_are_followed_and_hidden_stubs_skipped(tmp_path):
+    """A MUSAN subset linked into place was skipped (the category dropped, 'has no speech folder'); macOS
+    `._x.wav` stubs are not audio; a link loop ends."""
+    real = tmp_path / "elsewhere" / "talkers"
+    real.mkdir(parents=True)
+    for i in range(3):
+        sf.write(str(real / f"t{i}.wav"), np.full(800, 0.1, np.float32), 16000)
+    (real / "._t0.wav").write_bytes(b"\0\5\x16\7")
+    musan = tmp_path / "musan"
+    (musan / "speech").mkdir(parents=True)
+    (musan / "speech" / "sub").symlink_to(real, target_is_directory=True)
+    (real / "loop").symlink_to(musan, target_is_directory=True)  # speech/sub/loop/speech/sub/... once only
+    assert aug.musan_categories(musan) == {"speech": [musan / "speech" / "sub" / f"t{i}.wav" for i in range(3)]}
 
 
 def _flac_bytes(path):

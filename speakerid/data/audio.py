@@ -131,6 +131,8 @@ def read_full(path: str | os.PathLike, sample_rate: int = 16000, resample: bool 
         raise AudioError(f"{path}: cannot read audio ({e})") from None
     if len(samples) == 0:
         raise AudioError(f"{path}: no samples could be read (truncated file?)")
+    if not np.isfinite(samples).all():  # one NaN would turn an embedding, or every crop it is mixed into, to NaN
+        raise AudioError(f"{path}: contains NaN or infinite samples")
     if rate != sample_rate:
         samples = resample_audio(samples, rate, sample_rate)
     return samples if max_samples is None else samples[:max_samples]
