@@ -381,6 +381,20 @@ def _validate_features(features: DictConfig, sample_rate: int) -> None:
             f"a frequency in [0, features.fbank.f_max={fbank.f_max})", fbank.f_min)
     for key in ("n_mels", "n_fft", "win_length", "hop_length"):
         check_int_at_least(fbank[key], 1, f"features.fbank.{key}")
+    # The centred STFT pads n_fft // 2 on each side: an odd n_fft gives 1 + (samples - 1) // hop frames, not the
+    # 1 + samples // hop that Fbank.num_frames (padded evaluation batches) counts.
+    require(fbank.n_fft % 2 == 0, "features.fbank.n_fft", "an even number of samples (512 at 16 kHz)", fbank.n_fft)
+    require(fbank.win_length <= fbank.n_fft, "features.fbank.win_length",
+            f"at most features.fbank.n_fft={fbank.n_fft} samples (the window is zero-padded to the FFT size)",
+            fbank.win_length)
+    specaugment = features.get("specaugment")
+    if OmegaConf.is_dict(specaugment):
+        for key, most in (("freq_mask", fbank.n_mels), ("time_mask", None)):
+            if key in specaugment:
+                value = specaugment[key]
+                limit = f" and at most features.fbank.n_mels={most}" if most is not None else ""
+                require(is_int(value) and value >= 0 and (most is None or value <= most),
+                        f"features.specaugment.{key}", f"an integer >= 0{limit} (the widest mask; 0 = none)", value)
 
 
 def _validate_model(model: DictConfig) -> None:

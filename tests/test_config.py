@@ -64,6 +64,13 @@ def test_paper_defaults_of_the_groups():
     ("model.channels=abc", "model.channels"),
     ("model.dilations=[2,0,4]", "model.dilations"),
     ("features.fbank.hop_length=0", "features.fbank.hop_length"),
+    # torch's stft error at step 1, after the run folder was made
+    ("features.fbank.win_length=600", r"features.fbank.win_length=600 is not allowed: at most features.fbank.n_fft=512"),
+    # one frame more in a padded batch than in the utterance alone
+    ("features.fbank.n_fft=511", "features.fbank.n_fft=511 is not allowed: an even"),
+    ("features.specaugment.time_mask=-1", "features.specaugment.time_mask"),  # random_ 'from' < 'to' at step 1
+    ("features.specaugment.freq_mask=200", "features.specaugment.freq_mask=200 is not allowed: an integer >= 0 and "
+                                           "at most features.fbank.n_mels=80"),
 ])
 def test_bad_values_name_the_key(override, key):
     cfg = compose_config(["debug=tiny", "run_dir=/tmp/x", override])
