@@ -47,6 +47,36 @@ def test_int16_crops_of_float_and_other_pcm_files_hold_the_audio(tmp_path, subty
     np.testing.assert_allclose(i / 32768.0, f, atol=step)
 
 
+def test_an_int16_crop_of_a_float_file_louder_than_full_scale_is_scaled_not_clipped(tmp_path):
+    """A float WAV may exceed [-1, 1]; clipping it to int16 changed the waveform (and the features) that the
+    float32 crop of the same file gives. Scaled to a peak of 1, only its level differs."""
+    t = np.arange(32_240) / 16000
+    wave = (2.0 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t)).astype(np.float32)  # peak 2
+    sf.write(str(tmp_path / "loud.wav"), wave, 16000, subtype="FLOAT")
+    f = read_crop(tmp_path / "loud.wav", 32_240, np.random.default_rng(3), dtype="float32")
+    i = read_crop(tmp_path / "loud.wav", 32_240, np.random.default_rng(3), dtype="int16")
+    peak = np.abs(f).max()
+    assert peak > 1.9 and np.abs(i).max() >= 32_766
+    np.testing.assert_allclose(i / 32768.0, f / peak, atol=1 / 32768)
+
+
+def test_a_flac_whose_header_has_no_sample_count_is_named_at_the_header_check(tmp_path):
+    """A FLAC encoded to a pipe leaves STREAMINFO's 36-bit total sample count 0: libsndfile then reports an
+    unknown length and every seek fails. The header check names it instead of the first read failing."""
+    sf.write(str(tmp_path / "piped.flac"), 0.1 * np.sin(np.arange(48_000) / 5.0), 16000, subtype="PCM_16")
+    data = bytearray((tmp_path / "piped.flac").read_bytes())
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # the STREAMINFO block comes first
+    field = 8 + 10  # after the block header (4 bytes after fLaC) and the block and frame sizes (10 bytes)
+    packed = int.from_bytes(data[field:field + 8], "big") & ~((1 << 36) - 1)  # total samples: the low 36 bits
+    data[field:field + 8] = packed.to_bytes(8, "big")
+    (tmp_path / "piped.flac").write_bytes(bytes(data))
+    assert sf.info(str(tmp_path / "piped.flac")).frames >= audio.UNKNOWN_LENGTH  # libsndfile: length unknown
+    with pytest.raises(AudioError, match=r"piped\.flac: the header does not give the number of samples"):
+        audio.length_at(tmp_path / "piped.flac", 16000)
+    with pytest.raises(AudioError, match=r"piped\.flac: the header does not give the number of samples"):
+        read_crop(tmp_path / "piped.flac", 16_000, np.random.default_rng(0))
+
+
 def test_an_int16_crop_of_a_float_file_with_nan_names_the_file(tmp_path):
     wave = np.full(20_000, np.nan, dtype=np.float32)
     sf.write(str(tmp_path / "nan.wav"), wave, 16000, subtype="FLOAT")

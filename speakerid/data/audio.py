@@ -50,10 +50,17 @@ def resampled_length(frames: int, rate: int, sample_rate: int) -> int:
     return frames if rate == sample_rate else math.ceil(frames * sample_rate / rate)
 
 
+# libsndfile's frame count when the header does not say (a FLAC encoded to a pipe): seeking then fails.
+UNKNOWN_LENGTH = 2**62
+
+
 def _check(path, frames: int, sample_rate: int, channels: int, expected_rate: int, resample: bool,
            rate_name: str = "data.sample_rate", rate_advice: str = TRAINING_RATE_ADVICE) -> None:
     if frames <= 0:
         raise AudioError(f"{path}: audio file is empty (0 samples)")
+    if frames >= UNKNOWN_LENGTH:
+        raise AudioError(f"{path}: the header does not give the number of samples (encoded to a pipe?), so crops "
+                         f"cannot be found by seeking; re-encode the file (e.g. ffmpeg -i in.flac out.flac)")
     if channels != 1:
         raise AudioError(f"{path}: expected mono audio, got {channels} channels")
     if sample_rate != expected_rate and not resample:
@@ -87,7 +94,7 @@ def read_crop(
 ) -> np.ndarray:
     """A random crop of `crop_samples` samples (at `sample_rate`) of a mono file, read by seeking; files
     shorter than the crop are wrap-padded. `dtype` int16 halves the bytes moved out of loader workers (a float
-    file is read as float32 and then converted). NaN or infinite samples are an AudioError naming the file."""
+    file is read as float32 and then converted, scaled down to a peak of 1 where it exceeds it). NaN or infinite samples are an AudioError naming the file."""
     try:
         with sf.SoundFile(str(path)) as f:
             frames, rate, channels = f.frames, f.samplerate, f.channels
@@ -111,6 +118,11 @@ def read_crop(
     if rate != sample_rate:
         samples = resample_audio(samples, rate, sample_rate)
     if dtype == "int16" and samples.dtype != np.int16:
+        # A float file may exceed [-1, 1]: scaled down rather than clipped, its crop keeps its waveform (a
+        # level the mean-normalised features do not see, nor the SNR of the noise added to it).
+        peak = float(np.abs(samples).max())
+        if peak > 1.0:
+            samples = samples / peak
         samples = np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)
     return wrap_pad(samples, crop_samples)
 
