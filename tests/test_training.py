@@ -338,10 +338,21 @@ def test_a_resume_with_other_model_fbank_or_optimizer_settings_stops_and_other_c
     assert "head.m: 0.2 -> 0.3" in warning and "trainer.epochs: 1 -> 2" in warning and "run_dir" not in warning
     # The LR schedule sets the optimizer's lr at every step: a lower optim.lr takes effect (named, allowed).
     assert "optim.lr: 0.001 -> 0.0005" in warning
-    resumed.optimisation.apply_schedules(resumed.state.progress.step, resumed.parts.head)
+    resumed.optimisation.apply_schedules(resumed.state.progress.epoch, 0, resumed.parts.head)
     assert resumed.optimisation.optimizer.param_groups[0]["lr"] < 0.0005
     assert resumed.state.progress.epoch == 1
     resumed.close()
+
+
+def test_a_resume_with_another_batch_size_continues_on_the_same_schedule(tiny_cfg, tmp_path):
+    """Schedules are functions of epochs done. The run's step count was divided by the new steps per epoch:
+    36 utterances, 2 epochs of 6 steps at batch 6, resumed at batch 3 (12 steps per epoch) began at epoch 1."""
+    train(tiny_cfg("trainer.epochs=2", "scheduler.gamma=0.5", "~eval", run_dir=tmp_path / "a"))
+    train(tiny_cfg("trainer.epochs=3", "scheduler.gamma=0.5", "data.batch_size=3", "~eval",
+                   f"trainer.resume={tmp_path / 'a' / 'checkpoints' / 'last.pt'}", run_dir=tmp_path / "b"))
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [row["train/lr"] for row in rows if "train/lr" in row]
+    assert len(lrs) == 12 and lrs == [pytest.approx(1e-3 * 0.5 ** 2, rel=1e-12)] * 12  # the third epoch's
 
 
 def test_a_train_list_edited_since_the_checkpoint_stops_a_mid_epoch_resume_only(tiny_cfg, tiny_corpus_dir, tmp_path,

@@ -188,7 +188,7 @@ class Loop:
                        desc=f"epoch {progress.epoch + 1}/{tcfg.epochs}", unit="step", dynamic_ncols=True)
         window_start = time.perf_counter()
         for waves, labels in run.loader.loader:
-            run.optimisation.apply_schedules(progress.step, run.parts.head)
+            run.optimisation.apply_schedules(progress.epoch, progress.position // batch, run.parts.head)
             result = run.step(waves, labels)
             progress.step += 1
             progress.position += batch

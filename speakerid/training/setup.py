@@ -334,9 +334,11 @@ class Optimisation:
     scaler: torch.amp.GradScaler
     steps_per_epoch: int
 
-    def apply_schedules(self, step: int, head: nn.Module) -> None:
-        """Set the learning rate and the margin for the step after `step` steps."""
-        epoch = epoch_at(step, self.steps_per_epoch)
+    def apply_schedules(self, epoch: int, steps_into_epoch: int, head: nn.Module) -> None:
+        """Set the learning rate and the margin for the step after `epoch` whole epochs and `steps_into_epoch`
+        steps of this run's batch size: a run resumed with another batch size (so another step count per
+        epoch) continues at the same point of the curves, which the run's total step count would not give."""
+        epoch = epoch_at(epoch * self.steps_per_epoch + steps_into_epoch, self.steps_per_epoch)
         self.lr_schedule.apply_to(self.optimizer, epoch)
         if self.margin_schedule is not None:
             head.m = self.margin_schedule.margin_at(epoch)
