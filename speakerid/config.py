@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any, Iterable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("speakerid")
 
 
 class ConfigError(ValueError):
@@ -340,6 +343,33 @@ def validate_config(cfg: DictConfig) -> None:
     require(is_int(trainer.checkpoint_every_steps) and trainer.checkpoint_every_steps >= 0,
             "trainer.checkpoint_every_steps", "an integer >= 0 (0 = only at epoch ends)",
             trainer.checkpoint_every_steps)
+    _validate_schedules(cfg)  # after optim.lr and trainer.epochs, which the schedules take
+
+
+def _validate_schedules(cfg: DictConfig) -> None:
+    """The LR and margin schedules check their own values when built (pure and cheap): built here, a bad one
+    stops before the corpus is read rather than after. A margin the schedule reaches must suit the head."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    for key in ("scheduler", "margin_schedule"):
+        node = cfg.get(key)
+        if node is None:
+            continue
+        try:
+            instantiate(node)
+        except InstantiationException as e:
+            raise (e.__cause__ if isinstance(e.__cause__, ConfigError) else e) from None
+    schedule = cfg.get("margin_schedule")
+    if schedule is not None:
+        for key in ("initial_margin", "final_margin"):
+            if key in schedule:
+                check_margin(schedule[key], _margin_range(cfg.head), f"margin_schedule.{key}")
+        start = schedule.get("increase_start_epoch")
+        if is_number(start) and is_int(cfg.trainer.epochs) and start >= cfg.trainer.epochs:
+            log.warning("margin_schedule.increase_start_epoch=%s is not before trainer.epochs=%s: the margin stays "
+                        "margin_schedule.initial_margin=%s for the whole run", start, cfg.trainer.epochs,
+                        schedule.get("initial_margin"))
 
 
 def _validate_augment(aug: DictConfig) -> None:

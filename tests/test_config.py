@@ -44,6 +44,34 @@ def test_paper_defaults_of_the_groups():
     assert compose_config(["experiment=vox2_ecapa_c512"]).model.channels == 512
 
 
+@pytest.mark.parametrize("overrides,message", [
+    # the README's example on the 5-epoch default: it stopped after the corpus was generated and read
+    (["scheduler=warmup_exponential"], "scheduler.warm_up_epochs=6 is not allowed: a number of epochs in [0, epochs = 2]"),
+    # it trained an epoch, then named head.m, a key the user never set
+    (["margin_schedule=wespeaker", "margin_schedule.final_margin=1.7"],
+     "margin_schedule.final_margin=1.7 is not allowed: an angular margin in radians in [0, pi/2)"),
+    (["margin_schedule=wespeaker", "margin_schedule.initial_margin=-0.1"], "margin_schedule.initial_margin=-0.1"),
+    (["scheduler.gamma=-1"], "scheduler.gamma=-1 is not allowed"),
+])
+def test_schedules_are_checked_before_anything_is_read(overrides, message):
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", *overrides]))
+
+
+def test_a_margin_schedule_that_starts_after_the_run_is_named(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="speakerid"):
+        validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", "margin_schedule=wespeaker"]))
+    assert [r.getMessage() for r in caplog.records] == [
+        "margin_schedule.increase_start_epoch=19 is not before trainer.epochs=2: the margin stays "
+        "margin_schedule.initial_margin=0.0 for the whole run"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="speakerid"):
+        validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", "margin_schedule=wespeaker", "trainer.epochs=40"]))
+    assert not caplog.records
+
+
 @pytest.mark.parametrize("override,key", [
     ("head.m=1.6", "head.m"),
     ("head.m=-0.2", "head.m"),
