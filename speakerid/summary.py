@@ -6,9 +6,14 @@ A result is read from either
 - an evaluation JSON written by `speakerid evaluate` (`eer`, `min_dcf_p0.01`, ... and the score file it
   came from), or
 - a training run folder `runs/<name>/<date_time>[_jobN]/` (a Hydra `-m seed=1,2,3` sweep writes one per
-  job): its metrics.jsonl, whose validation lines give the final `val/eer`, `val/min_dcf_p0.01`,
-  `val/min_dcf_p0.05` and the best `val/eer` of the run (`best/eer`).
+  job): its metrics.jsonl, whose validation lines give the final `val/eer`, `val/min_dcf_p0.01` and
+  `val/min_dcf_p0.05`, and its checkpoints/last.pt, whose progress gives the best `val/eer` of the whole run
+  (`best/eer`): a resumed run's folder logs only the epochs after the resume.
 The seed is taken from the run's config.yaml (for an evaluation JSON, that of the run its checkpoint lies in).
+
+`check_summarizable` refuses results that a mean would mix: measured on other trials or scored otherwise,
+the same checkpoint or run folder twice, a run folder beside the one that resumed it; equal seeds get a
+warning (their spread is not that of seeds).
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
+from speakerid.checkpoint import load_checkpoint
+from speakerid.config import ConfigError
+from speakerid.evaluation import file_digest
+from speakerid.evaluation.protocol import Protocol
 from speakerid.io import read_json
 from speakerid.report import format_table
 
@@ -38,6 +47,7 @@ class Result:
     seed: int | None = None
     scores: Path | None = None       # the score file of an evaluation JSON
     info: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the reader could not know for sure: shown as warnings
 
 
 def _number(value: Any, where: str) -> float:
@@ -47,19 +57,52 @@ def _number(value: Any, where: str) -> float:
         raise ValueError(f"{where}: {value!r} is not a number") from None
 
 
-def _seed_of(run_dir: Path) -> int | None:
-    """The seed in a run's config.yaml, None when it is not an integer there. Read as plain YAML: OmegaConf
-    would resolve an interpolation (`seed: ${oc.env:...}` or a resolver with side effects), and training
-    writes the file resolved, so a seed that is not a number is not one training used."""
+def _config_of(run_dir: Path) -> dict[str, Any]:
+    """A run's config.yaml as plain YAML ({} when it is missing or not a mapping). Not through OmegaConf,
+    which would resolve an interpolation (`seed: ${oc.env:...}` or a resolver with side effects); training
+    writes the file resolved, so a value that is not plain is not one training used."""
     config = run_dir / "config.yaml"
     if not config.is_file():
-        return None
+        return {}
     try:
         with open(config, encoding="utf-8") as f:
-            seed = yaml.safe_load(f).get("seed")
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):  # not YAML, or not a mapping: '-'
-        return None
+            loaded = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _seed_of(run_dir: Path) -> int | None:
+    """The seed in a run's config.yaml, None when it is not an integer there."""
+    seed = _config_of(run_dir).get("seed")
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def _best_eer_of_run(run_dir: Path, logged_best: float, config: dict[str, Any]) -> tuple[float, list[str]]:
+    """The best val/eer of the whole run and notes. checkpoints/last.pt records it (progress.best_eer) across
+    resumes; metrics.jsonl of a resumed run's folder holds only the validations after the resume, so it is
+    only used for a run that never resumed. NaN when no validation gave a finite EER."""
+    last = run_dir / "checkpoints" / "last.pt"
+    resumed = (config.get("trainer") or {}).get("resume") not in (None, False)
+    try:
+        best = float(load_checkpoint(last)["progress"]["best_eer"])
+        return (best if math.isfinite(best) else math.nan), []
+    except FileNotFoundError:
+        problem = f"{last} does not exist"
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        problem = f"{last} does not give it ({e})"
+    if not resumed:
+        return logged_best, []
+    return math.nan, [f"{run_dir}: best/eer left out: the run resumed from another checkpoint, so its metrics.jsonl "
+                      f"lacks the validations before the resume, and {problem}"]
+
+
+def _run_dir_of_checkpoint(path: Any) -> Path | None:
+    """runs/<name>/<date_time> of runs/<name>/<date_time>/checkpoints/<file>.pt, resolved; None otherwise."""
+    if not isinstance(path, str) or not path:
+        return None
+    checkpoint = Path(path)
+    return checkpoint.parent.parent.resolve() if checkpoint.parent.name == "checkpoints" else None
 
 
 def read_run_folder(run_dir: str | os.PathLike) -> Result:
@@ -69,7 +112,7 @@ def read_run_folder(run_dir: str | os.PathLike) -> Result:
     if not history.is_file():
         raise ValueError(f"{run_dir}: not a run folder (no metrics.jsonl) and not an evaluation JSON")
     final: dict[str, float] = {}
-    best = math.inf
+    logged_best = math.nan
     with open(history, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -80,10 +123,43 @@ def read_run_folder(run_dir: str | os.PathLike) -> Result:
                 raise ValueError(f"{history}:{number}: not a JSON line ({e})") from None
             if "val/eer" in record:
                 final = {k: _number(record[k], f"{history}:{number}: {k}") for k in VALIDATION_METRICS if k in record}
-                best = min(best, final["val/eer"])
+                logged_best = np.fmin(logged_best, final["val/eer"])  # a NaN validation is no best
     if not final:
         raise ValueError(f"{history}: no validation lines (val/eer): the run has not validated yet")
-    return Result(run_dir, {**final, "best/eer": best}, _seed_of(run_dir))
+    config = _config_of(run_dir)
+    best, notes = _best_eer_of_run(run_dir, float(logged_best), config)
+    trainer = config.get("trainer") or {}
+    info = {"protocol": _validation_protocol(config.get("eval")),
+            "resumed_from": _run_dir_of_checkpoint(trainer.get("resume"))}
+    return Result(run_dir, {**final, "best/eer": best}, _seed_of(run_dir), info=info, notes=notes)
+
+
+# What makes two measurements comparable: the trial list and how it was scored. Extraction settings that only
+# change speed (batch_size, max_batch_seconds, num_workers, precision) are left out.
+def _protocol(trials: Any, scoring: Any, embedding: Any, asnorm: Any, mean_subtraction: Any) -> dict[str, Any]:
+    embedding = embedding if isinstance(embedding, dict) else {}
+    asnorm = asnorm if isinstance(asnorm, dict) and asnorm.get("enabled", True) else {}
+    mean = mean_subtraction if isinstance(mean_subtraction, dict) and mean_subtraction.get("enabled") else {}
+    multicrop = embedding.get("mode") == "multicrop"
+    return {"trials": trials, "scoring": scoring,
+            "crop_frames": embedding.get("crop_frames") if multicrop else None,
+            "max_trim": embedding.get("max_trim"),
+            "AS-norm cohort": asnorm.get("cohort_list"),
+            "AS-norm utterances_per_speaker": asnorm.get("utterances_per_speaker"),
+            "mean subtraction list": mean.get("list", mean.get("given")),
+            "mean subtraction utterances_per_speaker": mean.get("utterances_per_speaker")}
+
+
+def _validation_protocol(node: Any) -> dict[str, Any] | None:
+    """The protocol of a run's validations (its config's eval node); None when the config does not say."""
+    if not isinstance(node, dict):
+        return None
+    try:
+        scoring = Protocol.from_config(node).scoring
+    except (ConfigError, KeyError, TypeError, ValueError):
+        scoring = None
+    return _protocol(node.get("trials"), scoring, node.get("embedding"), node.get("asnorm"),
+                     node.get("mean_subtraction"))
 
 
 def read_evaluation(path: str | os.PathLike) -> Result:
@@ -99,7 +175,10 @@ def read_evaluation(path: str | os.PathLike) -> Result:
     if record.get("checkpoint"):  # runs/<name>/<date_time>/checkpoints/best.pt
         seed = _seed_of(Path(record["checkpoint"]).parent.parent)
     scores = Path(record["scores"]) if record.get("scores") else None
-    info = {k: record[k] for k in ("name", "scoring", "n_trials", "checkpoint") if k in record}
+    info = {k: record[k] for k in ("name", "scoring", "n_trials", "checkpoint", "checkpoint_sha256") if k in record}
+    info["protocol"] = {**_protocol(record.get("trials"), record.get("scoring"), record.get("embedding"),
+                                    record.get("asnorm"), record.get("mean_subtraction")),
+                        "n_trials": record.get("n_trials")}
     return Result(path, metrics, seed, scores, info)
 
 
@@ -124,16 +203,91 @@ def short_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
+def _same_trials(a: Any, b: Any) -> bool:
+    """Two trial list paths name the same list: the same path, or files with the same bytes."""
+    if a == b:
+        return True
+    try:
+        return file_digest(a) == file_digest(b)
+    except (OSError, TypeError):
+        return False
+
+
+def _protocol_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """'key: a vs b' for each part of two protocols that differs; a part either does not record (an older
+    evaluation JSON, a config without it) is taken as the same."""
+    differences = []
+    for key in [k for k in a if k in b]:
+        x, y = a[key], b[key]
+        if x is None or y is None or (x == y if key != "trials" else _same_trials(x, y)):
+            continue
+        differences.append(f"{key}: {x} vs {y}")
+    return differences
+
+
+def check_summarizable(results: Sequence[Result]) -> list[str]:
+    """ValueError naming the files when a mean over `results` would not be one over runs of a setup:
+    measured on other trials or scored otherwise (a run's validations or an evaluation JSON), the same
+    result twice (one path, one checkpoint), a run folder beside the one that resumed it (a resume writes a
+    new folder; the later one's best/eer covers both). Returns warnings: results with equal seeds, whose
+    spread is not that of seeds, and what a reader could not know (Result.notes)."""
+    seen: dict[Path, Path] = {}
+    for r in results:
+        real = r.source.resolve()
+        if real in seen:
+            raise ValueError(f"{seen[real]} and {r.source} are the same result given twice; give it once")
+        seen[real] = r.source
+    for kind in ("run folder", "evaluation JSON"):
+        group = [r for r in results if (r.source.is_dir()) == (kind == "run folder")]
+        first = next((r for r in group if r.info.get("protocol")), None)
+        for r in group:
+            differences = _protocol_differences(first.info["protocol"], r.info.get("protocol") or {}) if first else []
+            if differences:
+                raise ValueError(f"{first.source} and {r.source} were not measured alike "
+                                 f"({'; '.join(differences)}): a mean over them would mix trial lists or scorings, "
+                                 f"not seeds. Summarize results of one protocol (to set systems side by side, use "
+                                 f"`speakerid compare`)")
+    by_sha: dict[str, Path] = {}
+    for r in results:
+        sha = r.info.get("checkpoint_sha256")
+        if sha in by_sha:
+            raise ValueError(f"{by_sha[sha]} and {r.source} evaluate the same checkpoint (sha256 {sha[:12]}...): its "
+                             f"result would count twice; give one of them")
+        if sha:
+            by_sha[sha] = r.source
+    folders = {r.source.resolve(): r.source for r in results if r.source.is_dir()}
+    for r in results:
+        earlier = r.info.get("resumed_from")
+        if earlier is not None and earlier != r.source.resolve() and earlier in folders:
+            raise ValueError(f"{r.source} resumes the run of {folders[earlier]} (its trainer.resume): they are one "
+                             f"run, which would count twice; give only {r.source}, whose best/eer covers both")
+    warnings = [note for r in results for note in r.notes]
+    for kind in ("run folder", "evaluation JSON"):
+        by_seed: dict[int, list[Path]] = {}
+        for r in results:
+            if r.seed is not None and r.source.is_dir() == (kind == "run folder"):
+                by_seed.setdefault(r.seed, []).append(r.source)
+        for seed, sources in by_seed.items():
+            if len(sources) > 1:
+                warnings.append(f"{', '.join(map(str, sources))} have the same seed {seed}: their spread is not "
+                                f"that of seeds (if one resumes the other, give only the later one)")
+    return warnings
+
+
 def summarize(results: Sequence[Result]) -> dict[str, dict[str, Any]]:
-    """Per metric: n, mean, sample standard deviation (None for a single value), min, max and the values,
-    over the results that have it."""
+    """Per metric: n, mean, sample standard deviation (None for a single value), min and max over the finite
+    values of the results that have it (None without any), `left_out` the non-finite ones (a run that
+    diverged: NaN), and all the values."""
     names = list(dict.fromkeys(k for r in results for k in r.metrics))
     summary = {}
     for name in names:
         values = np.array([r.metrics[name] for r in results if name in r.metrics], dtype=np.float64)
-        summary[name] = {"n": int(values.size), "mean": float(values.mean()),
-                         "std": float(values.std(ddof=1)) if values.size > 1 else None,
-                         "min": float(values.min()), "max": float(values.max()), "values": values.tolist()}
+        finite = values[np.isfinite(values)]
+        summary[name] = {"n": int(finite.size), "mean": float(finite.mean()) if finite.size else None,
+                         "std": float(finite.std(ddof=1)) if finite.size > 1 else None,
+                         "min": float(finite.min()) if finite.size else None,
+                         "max": float(finite.max()) if finite.size else None,
+                         "left_out": int(values.size - finite.size), "values": values.tolist()}
     return summary
 
 

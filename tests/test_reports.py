@@ -177,6 +177,112 @@ def test_summary_of_evaluation_jsons(tmp_path):
     assert summary["eer"]["mean"] == pytest.approx(0.06) and summary["eer"]["std"] == pytest.approx(math.sqrt(2) / 100)
 
 
+def validations(run_dir):
+    return [json.loads(line)["val/eer"] for line in open(run_dir / "metrics.jsonl") if "val/eer" in line]
+
+
+def test_summary_of_a_resumed_run_takes_the_best_of_the_whole_run(tiny_cfg, tmp_path, capsys):
+    # A real run of 2 epochs, resumed to 4 into a new folder, whose metrics.jsonl logs epochs 3 and 4 only.
+    from speakerid.training import train
+
+    first, second = tmp_path / "runs" / "first", tmp_path / "runs" / "second"
+    train(tiny_cfg("seed=1", "trainer.epochs=2", run_dir=first))
+    train(tiny_cfg("seed=1", "trainer.epochs=4", f"trainer.resume={first / 'checkpoints' / 'last.pt'}",
+                   run_dir=second))
+    before, after = validations(first), validations(second)
+    # the premise of this test (seed 1, CPU): the best validation came before the resume
+    assert min(before) < min(after), (before, after)
+
+    result = read_result(second)
+    assert result.metrics["best/eer"] == min(before + after)
+    assert result.metrics["val/eer"] == after[-1]
+
+    # the interrupted folder and the resumed one are one run: refused, naming both
+    assert main(["summarize", str(first), str(second)]) == 1
+    assert "second resumes the run of" in capsys.readouterr().err
+    # without last.pt the best of the whole run is not known: left out, with a warning
+    (second / "checkpoints" / "last.pt").unlink()
+    assert math.isnan(read_result(second).metrics["best/eer"])
+    assert main(["summarize", str(second)]) == 0
+    assert "best/eer left out: the run resumed" in capsys.readouterr().err
+
+
+def write_evaluation(path, trials, scoring="cosine", eer=0.1, sha="a" * 64, n_trials=10, seed=None, **more):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"trials": str(trials), "scoring": scoring, "n_trials": n_trials, "checkpoint_sha256": sha,
+              "embedding": {"mode": "full", "num_crops": 5, "crop_frames": 300, "max_trim": 0.0025, "batch_size": 64},
+              "asnorm": None, "mean_subtraction": None, "eer": eer, "min_dcf_p0.01": 0.5, **more}
+    if seed is not None:  # the run folder of its checkpoint, with the seed in config.yaml
+        run = path.parent / "run"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "config.yaml").write_text(f"seed: {seed}\n")
+        record["checkpoint"] = str(run / "checkpoints" / "best.pt")
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_summarize_refuses_evaluations_of_other_trials_or_scorings(tmp_path, capsys):
+    trials, small, copy = tmp_path / "trials.txt", tmp_path / "small.txt", tmp_path / "copy" / "trials.txt"
+    trials.write_text("1 a/1.wav b/1.wav\n")
+    small.write_text("0 a/1.wav c/1.wav\n")
+    copy.parent.mkdir()
+    copy.write_text(trials.read_text())
+    a = write_evaluation(tmp_path / "a.json", trials, sha="a" * 64)
+    cases = {"other trials": (write_evaluation(tmp_path / "b.json", small, sha="b" * 64),
+                              f"trials: {trials} vs {small}"),
+             "other scoring": (write_evaluation(tmp_path / "c.json", trials, "multicrop5", sha="c" * 64),
+                               "scoring: cosine vs multicrop5"),
+             "the list changed": (write_evaluation(tmp_path / "d.json", trials, n_trials=12, sha="d" * 64),
+                                  "n_trials: 10 vs 12"),
+             "other crops": (write_evaluation(tmp_path / "e.json", trials, sha="e" * 64,
+                                              embedding={"mode": "full", "max_trim": 0.0}),
+                             "max_trim: 0.0025 vs 0.0"),
+             "with AS-norm": (write_evaluation(tmp_path / "f.json", trials, "cosine_asnorm300", sha="f" * 64,
+                                               asnorm={"enabled": True, "top_k": 300, "cohort_list": "c.txt"}),
+                              "scoring: cosine vs cosine_asnorm300")}
+    for what, (other, difference) in cases.items():
+        assert main(["summarize", str(a), str(other)]) == 1, what
+        err = capsys.readouterr().err
+        assert f"{a} and {other} were not measured alike" in err and difference in err, (what, err)
+    # the same list under another path is the same list; another checkpoint of another seed: a summary
+    same = write_evaluation(tmp_path / "g.json", copy, sha="0" * 64, eer=0.3)
+    assert main(["summarize", str(a), str(same)]) == 0
+    assert "mean" in capsys.readouterr().out
+
+
+def test_summarize_refuses_one_checkpoint_twice_and_warns_of_equal_seeds(tmp_path, capsys):
+    trials = tmp_path / "trials.txt"
+    trials.write_text("1 a/1.wav b/1.wav\n")
+    a = write_evaluation(tmp_path / "a" / "t.cosine.json", trials, sha="a" * 64, seed=1, eer=0.1)
+    again = write_evaluation(tmp_path / "copy" / "t.cosine.json", trials, sha="a" * 64, seed=1, eer=0.1)
+    assert main(["summarize", str(a), str(again)]) == 1
+    assert f"{a} and {again} evaluate the same checkpoint (sha256 aaaaaaaaaaaa...)" in capsys.readouterr().err
+    assert main(["summarize", str(a), str(a)]) == 1
+    assert "the same result given twice" in capsys.readouterr().err
+
+    other = write_evaluation(tmp_path / "b" / "t.cosine.json", trials, sha="b" * 64, seed=1, eer=0.3)
+    assert main(["summarize", str(a), str(other)]) == 0
+    captured = capsys.readouterr()
+    assert f"warning: {a}, {other} have the same seed 1" in captured.err
+    assert "20.00" in captured.out  # still summarised: a rerun of a seed is a result, only not a seed's spread
+
+
+def test_summary_leaves_a_diverged_run_out_of_the_mean(tmp_path, capsys, recwarn):
+    runs = tmp_path / "runs"
+    write_run(runs / "job0", 1, [(0.10, 0.5)])
+    write_run(runs / "job1", 2, [(0.14, 0.7)])
+    write_run(runs / "job2", 3, [(float("nan"), 0.9)])
+    results = [read_result(p) for p in sorted(runs.iterdir())]
+    assert math.isnan(results[2].metrics["best/eer"])  # no finite validation: no best (was inf)
+    summary = summarize(results)
+    assert summary["val/eer"]["mean"] == pytest.approx(0.12) and summary["val/eer"]["n"] == 2
+    assert summary["val/eer"]["left_out"] == 1 and summary["best/eer"]["std"] == pytest.approx(math.sqrt(0.0008))
+    assert main(["summarize", *map(str, sorted(runs.iterdir()))]) == 0
+    captured = capsys.readouterr()
+    assert "inf" not in captured.out and f"val/eer: left out of the mean, not finite in {runs / 'job2'}" in captured.err
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def gaussian_score_file(path, rng, n_speakers=30, separation=2.0):
     """Scores of a speaker-structured list: N(separation, 1) targets, N(0, 1) non-targets."""
     lines = []
