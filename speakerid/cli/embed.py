@@ -20,22 +20,22 @@ import sys
 import time
 from pathlib import Path
 
+from speakerid.augment import AUDIO_SUFFIXES, list_audio_files
 from speakerid.cli.options import add_output_arguments
 from speakerid.data.audio import AudioError
 from speakerid.data.lists import ListFormatError, read_file_list
 from speakerid.evaluation import ExtractionOptions, save_embeddings
 from speakerid.io import check_new_file
 
-AUDIO_SUFFIXES = (".wav", ".flac")
-
 HELP = "embed audio files (a folder or a list) into one .npz"
 
 
 def files_in_folder(folder: Path) -> list[str]:
-    """Every .wav and .flac under `folder` (recursively), relative to it, sorted."""
+    """Every .wav and .flac file under `folder` (recursively, through linked folders, as prepare and finetune
+    find them: macOS `._x.wav` stubs and other '.' names left out), relative to it, sorted."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder")
-    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    files = sorted(str(p.relative_to(folder)) for p in list_audio_files(folder))
     if not files:
         raise FileNotFoundError(f"{folder} holds no {' or '.join(AUDIO_SUFFIXES)} files")
     return files
@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "--checkpoint", dest="model", required=True,
                         help="a checkpoint, an averaged checkpoint or a model file")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--folder", type=Path, help="embed every .wav/.flac under this folder (recursively)")
+    source.add_argument("--folder", type=Path, help="embed every .wav/.flac under this folder (recursively, "
+                        "following linked folders; names starting with '.' are skipped)")
     source.add_argument("--list", type=Path, help="embed the files of this list")
     parser.add_argument("--root", type=Path, help="folder the list's paths start from (default: the list's folder)")
     add_output_arguments(parser, "the .npz to write", required=True)
