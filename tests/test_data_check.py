@@ -2,6 +2,7 @@
 
 import json
 import logging
+import struct
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import soundfile as sf
 
 from conftest import ARSC_DIR, requires_arsc, speakerid_cli
 from speakerid.data.audio import AudioError
-from speakerid.data.check import check_data, check_training_audio
+from speakerid.data.check import check_data, check_training_audio, wav_data_shortfall
 from speakerid.data.lists import ListFormatError
 from speakerid.features import samples_for_frames
 
@@ -72,6 +73,48 @@ def test_each_problem_is_found_and_named(corpus):
     assert any(p.kind == "speaker_folder" for p in report.problems)
     assert report.stats["trials"] == 3 and report.stats["train_speakers"] == 4
     assert "ERROR missing: 1" in report.summary()
+
+
+def riff_wav(samples: np.ndarray, extra_chunk: bytes = b"", data_size: int | None = None) -> bytes:
+    """A 16 kHz 16-bit mono WAV written by hand: RIFF header, fmt chunk, an optional chunk, data chunk."""
+    data = samples.astype("<i2").tobytes()
+    fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 1, 16000, 32000, 2, 16)
+    body = b"WAVE" + fmt + extra_chunk + struct.pack("<4sI", b"data", len(data) if data_size is None else data_size)
+    return struct.pack("<4sI", b"RIFF", len(body) + len(data)) + body + data
+
+
+def test_deep_check_finds_a_wav_cut_short(tmp_path):
+    # 2.0 s of 16-bit audio: a data chunk of 64000 bytes; the copy holds its first 20000 (0.625 s)
+    root = tmp_path / "wav"
+    (root / "a/s1").mkdir(parents=True)
+    (root / "b/s1").mkdir(parents=True)
+    samples = (tone(2.0) * 32767).astype(np.int16)
+    odd_chunk = struct.pack("<4sI", b"junk", 3) + b"xyz\0"  # an odd-sized chunk, padded to an even size
+    whole = riff_wav(samples, odd_chunk)
+    header = len(whole) - 64000
+    (root / "a/s1/1.wav").write_bytes(whole)
+    (root / "a/s1/2.wav").write_bytes(whole[:header + 20000])
+    (root / "b/s1/1.wav").write_bytes(riff_wav(samples, data_size=0xFFFFFFFF))  # a streaming writer's: size unknown
+    sf.write(root / "b/s1/2.wav", tone(2.0), 16000)
+    (root / "b/s1/3.wav").write_bytes((root / "b/s1/2.wav").read_bytes()[:30000])  # soundfile's, cut short
+    assert sf.info(str(root / "a/s1/2.wav")).frames == 10000  # libsndfile reads it as a shorter file
+
+    assert wav_data_shortfall(root / "a/s1/2.wav") == (64000, 20000)
+    assert wav_data_shortfall(root / "a/s1/1.wav") is None and wav_data_shortfall(root / "b/s1/1.wav") is None
+    train_list = tmp_path / "train.txt"
+    train_list.write_text("".join(f"{r.split('/')[0]} {r}\n" for r in ("a/s1/1.wav", "a/s1/2.wav", "b/s1/1.wav",
+                                                                          "b/s1/2.wav", "b/s1/3.wav")))
+    report = check_data(train_list, root, deep=True, min_seconds=0.1, workers=1)
+    truncated = {p.where: p for p in report.problems if p.kind == "truncated"}
+    assert set(truncated) == {str(root / "a/s1/2.wav"), str(root / "b/s1/3.wav")}
+    problem = truncated[str(root / "a/s1/2.wav")]
+    assert problem.severity == "error"
+    assert "data chunk declares 64000 bytes, the file holds 20000" in problem.detail
+    assert "(0.62 s of 2.00 s)" in problem.detail
+    assert len(report.errors) == 2
+    # the header pass stays as it was: only --deep reads the RIFF chunks
+    assert not [p for p in check_data(train_list, root, deep=False, min_seconds=0.1, workers=1).problems
+                if p.kind == "truncated"]
 
 
 def test_shallow_check_does_not_decode(corpus):

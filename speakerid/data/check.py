@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,6 +95,35 @@ def _trial_rule(min_seconds: float) -> _LengthRule:
     return _LengthRule(min_seconds, "error", "too_short", "too short to embed")
 
 
+def wav_data_shortfall(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(declared, present): the bytes a WAV file's header gives its data chunk and the bytes that follow it,
+    when fewer are present; None for a complete WAV, another format, or a data size left unknown (0 or
+    0xFFFFFFFF, as streaming writers leave it). libsndfile reads a cut-short WAV (an interrupted copy) as a
+    shorter file without a word, so only the RIFF header tells."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+            return None
+        data64 = None  # RF64: the data size is in the ds64 chunk
+        position = 12
+        while position + 8 <= size:
+            f.seek(position)
+            chunk, declared = struct.unpack("<4sI", f.read(8))
+            if chunk == b"ds64":
+                fields = f.read(16)
+                data64 = struct.unpack("<Q", fields[8:16])[0] if len(fields) == 16 else None
+            elif chunk == b"data":
+                if declared == 0xFFFFFFFF and data64:
+                    declared = data64
+                elif declared in (0, 0xFFFFFFFF):
+                    return None
+                present = size - position - 8
+                return (declared, present) if present < declared else None
+            position += 8 + declared + (declared & 1)  # chunks are padded to an even size
+    return None
+
+
 def _inspect(path: Path, sample_rate: int, length: _LengthRule, deep: bool) -> list[tuple[str, str, str]]:
     """(severity, kind, detail) problems of one audio file."""
     if not path.is_file():
@@ -120,6 +150,13 @@ def _inspect(path: Path, sample_rate: int, length: _LengthRule, deep: bool) -> l
             return problems + [("error", "corrupt", f"header reads but decoding fails ({e}): truncated or corrupt")]
         if len(samples) < info.frames:
             problems.append(("error", "corrupt", f"header says {info.frames} samples, decoded {len(samples)}"))
+        shortfall = wav_data_shortfall(path) if info.format == "WAV" else None
+        if shortfall is not None:
+            declared, present = shortfall
+            problems.append(("error", "truncated",
+                             f"the WAV header's data chunk declares {declared} bytes, the file holds {present}: it "
+                             f"was cut short ({duration:.2f} s of {duration * declared / present:.2f} s); copy it "
+                             f"again or remove it from the list"))
         if not np.isfinite(samples).all():
             problems.append(("error", "non_finite", f"{int((~np.isfinite(samples)).sum())} NaN/inf samples"))
         elif not np.any(samples):
