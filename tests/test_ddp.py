@@ -4,8 +4,10 @@ checkpoints once (rank 0), validates with embeddings gathered from both ranks, a
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +31,34 @@ def run(cmd, timeout=300, **extra_env):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env(**extra_env))
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     return proc
+
+
+def run_or_kill(cmd, timeout):
+    """(returncode, output) of cmd; on a timeout every process it started is killed and the test fails, so
+    that a hang (ranks waiting in mismatched collectives until gloo's 30-minute timeout) is a failure."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
+    try:
+        out = proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        for pid in children(proc.pid):  # torchrun starts its workers in sessions of their own
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        out = proc.communicate()[0]
+        pytest.fail(f"hung for {timeout} s:\n{out[-3000:]}")
+    return proc.returncode, out
+
+
+def children(pid):
+    """The ids of the processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 @pytest.mark.parametrize("frozen_bn", [True, False])
@@ -77,3 +107,20 @@ def test_torchrun_training_checkpoints_once_and_resumes(tiny_corpus_dir, tmp_pat
                     f"hydra.run.dir={tmp_path / 'b'}"])
     resumed = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
     assert resumed["progress"]["epoch"] == 3 and resumed["progress"]["step"] == 9
+
+
+def test_a_sigterm_reaching_one_rank_after_the_last_logging_step_checkpoints_on_every_rank(tiny_corpus_dir,
+                                                                                            tmp_path):
+    """Ranks agree on a stop at logging steps only. A SIGTERM that reached rank 1 alone after the epoch's last
+    one (step 2 of 3, logging every 100 steps) used to take rank 1 to the mid-epoch save (two all_reduce) and
+    rank 0 to the epoch-end save (a broadcast): the run hung with no checkpoint."""
+    run_dir = tmp_path / "run"
+    status, out = run_or_kill(TORCHRUN + ["tests/stop_one_rank_driver.py", "1", "2", "debug=tiny",
+                                          f"data.dir={tiny_corpus_dir}", "data.batch_size=12", "trainer.epochs=2",
+                                          "trainer.log_every_steps=100", f"hydra.run.dir={run_dir}"], timeout=240)
+    assert "rank 0 exit 143" in out and "rank 1 exit 143" in out, out[-3000:]
+    progress = load_checkpoint(run_dir / "checkpoints" / "last.pt")["progress"]
+    # stopped where the ranks agreed: at the end of epoch 1's 3 steps (36 utterances / 12), saved with its sums
+    assert (progress["epoch"], progress["step"], progress["position"]) == (0, 3, 36)
+    assert progress["epoch_means"]["steps"] == 3
+    assert "SIGTERM received: stopped in epoch 1, step 3" in out

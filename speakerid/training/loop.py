@@ -233,8 +233,6 @@ class Loop:
             bar.close()
         loss, top1, _ = epoch.read(dist)
         self.check_nonfinite(0)
-        if self.stop.received is None:
-            self.means = None  # the epoch is over: its checkpoint holds no sums
         return {"train/epoch_loss": loss, "train/epoch_top1": top1}
 
     def step_line(self, loss: float, top1: float, scalars: dict[str, float]) -> str:
@@ -274,12 +272,16 @@ class Loop:
     def stop_requested(self, log_step: bool) -> bool:
         """A SIGTERM/SIGINT was received. With several processes they must stop at the same step, so the
         flag is agreed on at logging steps (one collective there, none at every step)."""
-        dist = self.run.env.dist
-        if not dist.enabled:
-            return self.stop.received is not None
-        if not log_step:
+        if self.run.env.dist.enabled and not log_step:
             return False
-        if any_rank(self.stop.received is not None, dist, self.run.env.device):
+        return self.stop_agreed()
+
+    def stop_agreed(self) -> bool:
+        """Whether a stop signal reached any rank, the same answer on every rank (every rank must call it;
+        the flag is then set on each). A signal can reach one rank alone, at any moment: a rank-local flag
+        that chose between two saves would send the ranks into different collectives, and hang them. Branch
+        on what this returns, not on the flag read again: a signal may arrive in between."""
+        if any_rank(self.stop.received is not None, self.run.env.dist, self.run.env.device):
             self.stop.received = self.stop.received or signal.SIGTERM
             return True
         return False
@@ -356,9 +358,12 @@ def fit(run: Run) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 epoch_means = loop.train_epoch()
                 results.update(epoch_means)
-                if stop.received is not None:
-                    loop.save()
+                # Agreed, not this rank's flag: a signal that reached one rank after the epoch's last logging
+                # step would otherwise take it to the mid-epoch save and the others to the epoch-end one.
+                if loop.stop_agreed():
+                    loop.save()  # with the epoch's sums, as a mid-epoch checkpoint
                     break
+                loop.means = None  # the epoch is over: its checkpoint holds no sums
                 logger.log({k: v for k, v in epoch_means.items() if math.isfinite(v)}, progress.step)
                 progress.epoch += 1
                 progress.position = 0
