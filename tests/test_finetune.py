@@ -107,6 +107,41 @@ def test_finetune_writes_lists_trains_and_reports_eer_before_and_after(checkpoin
     assert again.returncode == 0 and "already finished (1 of 1 epochs)" in again.stdout, again.stdout + again.stderr
 
 
+def test_finetune_starts_from_a_model_file(checkpoint, own_speakers, tmp_path):
+    """A model file (encoder and configs, no head or training state) was refused as 'not a speakerid checkpoint';
+    its encoder is now the start, through <out-dir>/start.pt, with a new head as from a checkpoint."""
+    import torch
+
+    model_file = tmp_path / "model.pt"
+    exported = speakerid("export", "--model", checkpoint, "--out", model_file)
+    assert exported.returncode == 0, exported.stderr
+    out = tmp_path / "ft"
+    proc = speakerid("finetune", "--root", own_speakers, "--model", model_file, "--out-dir", out,
+                     "--held-out", "0.3", "--device", "cpu", *TINY_TRAINING)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "finetune.json").read_text())
+    assert summary["model"] == str(model_file) and summary["model_kind"] == "model file"
+
+    # the start: the model file's encoder weights, bit for bit (the checkpoint's, which it was exported from)
+    start = load_checkpoint(out / "start.pt")
+    trained_from = load_checkpoint(checkpoint)
+    assert start["model"].keys() == trained_from["model"].keys()
+    for name, tensor in trained_from["model"].items():
+        torch.testing.assert_close(start["model"][name], tensor, rtol=0, atol=0, msg=name)
+    final = load_checkpoint(summary["final_model"])
+    assert final["config"]["model"] == trained_from["config"]["model"]
+    assert final["config"]["features"]["fbank"] == trained_from["config"]["features"]["fbank"]
+    assert final["config"]["trainer"]["init_from"] == str(out / "start.pt")
+    assert f"initialised the model from {out / 'start.pt'}" in open(f"{summary['run_dir']}/train.log").read()
+
+    # before: what `speakerid evaluate` measures for the model file on the same trials
+    evaluated = speakerid("evaluate", "--model", model_file, "--trials", out / "trials.txt", "--root", own_speakers,
+                          "--out-dir", tmp_path / "eval", "--device", "cpu")
+    assert evaluated.returncode == 0, evaluated.stderr
+    before = json.loads((tmp_path / "eval" / "trials.cosine.json").read_text())["eer"]
+    assert summary["eer_before"] == pytest.approx(before, abs=1e-12)
+
+
 def test_finetune_refuses_what_it_cannot_use(checkpoint, own_speakers, tmp_path):
     flat = tmp_path / "flat"  # files directly under the speaker folders: not the VoxCeleb layout
     (flat / "spk1").mkdir(parents=True)

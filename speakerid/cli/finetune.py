@@ -14,9 +14,15 @@
   4. trains, starting from --model's encoder with a new head for the training speakers
      (trainer.init_from=<model> trainer.init_head=false, experiment=finetune: 10 epochs), validating on the
      held-out trials after every epoch, into <out-dir>/train/<date_time>/. The model and fbank configs are
-     the checkpoint's (written to <out-dir>/configs/); the key=value overrides go to training as they would
+     --model's (written to <out-dir>/configs/); the key=value overrides go to training as they would
      to `speakerid train` (trainer.epochs, data.batch_size, optim.lr, augment=..., ...);
   5. scores the last epoch's model on the same trials: the EER after. Both go to <out-dir>/finetune.json.
+
+--model is a training checkpoint (best.pt, last.pt, step-N.pt), an averaged checkpoint or a model file of
+`speakerid export`. A model file holds no training state: its encoder weights and configs are written to
+<out-dir>/start.pt, a checkpoint of the encoder alone that training starts from. Its mean embedding,
+calibration and threshold are not carried over (they belong to the model before fine-tuning), so the EER
+before is measured, as the one after, on plain cosine scores.
 
 --out-dir must be new or empty. Exit status: 0 done, 1 an error (named), 2 wrong options, 128+N stopped by
 signal N after checkpointing (the run's last lines give the command that resumes it).
@@ -38,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from speakerid import builders
-from speakerid.checkpoint import load_checkpoint
+from speakerid.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
 from speakerid.cli import usage_error
 from speakerid.cli.train import launch
 from speakerid.config import ConfigError, validate_config
@@ -49,6 +55,7 @@ from speakerid.data.prepare import make_trials, scan_voxceleb_folder, split_spea
 from speakerid.evaluation import Evaluation
 from speakerid.io import check_writable, write_json_atomic, write_text_atomic
 from speakerid.metrics import format_eer
+from speakerid.model_file import LoadedModel, load_extractor
 from speakerid.training.setup import resolve_device, steps_per_epoch
 
 HELP = "fine-tune a model on your own speakers (VoxCeleb-layout folder) and compare its EER before and after"
@@ -66,7 +73,9 @@ GROUPS_SET_HERE = ("features", "eval")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, type=Path,
                         help="your speakers' audio: <root>/<speaker>/<session>/<file>.wav|flac")
-    parser.add_argument("--model", required=True, type=Path, help="the checkpoint to start from (best.pt, last.pt)")
+    parser.add_argument("--model", required=True, type=Path,
+                        help="the model to start from: a checkpoint (best.pt, last.pt), an averaged checkpoint or "
+                             "a model file")
     parser.add_argument("--out-dir", required=True, type=Path, help="a new or empty folder for the lists, "
                                                                     "the training run and finetune.json")
     parser.add_argument("overrides", nargs="*", help="training overrides: trainer.epochs=20 data.batch_size=64 ...")
@@ -82,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     refused = [o for o in args.overrides if sets_a_key_of_this_command(o)]
     if refused:
         return usage_error(args.command, f"{', '.join(refused)}: finetune sets these from --root, --model, "
-                                         f"--out-dir and --device (the model is the checkpoint's)")
+                                         f"--out-dir and --device (the model and fbank are --model's)")
     if not 0.0 < args.held_out < 1.0:
         return usage_error(args.command, f"--held-out is a fraction between 0 and 1, got {args.held_out}")
     if args.trials_per_speaker < 1:
@@ -90,13 +99,13 @@ def run(args: argparse.Namespace) -> int:
     out = args.out_dir.resolve()
     try:
         check_out_dir(out)
-        checkpoint = load_checkpoint(args.model)
-        extractor, trained = builders.extractor_from_checkpoint(checkpoint, source=str(args.model))
-        del checkpoint
+        loaded = load_extractor(args.model)
         held_out, train_files = write_lists(args.root.resolve(), out, args.held_out, args.split_seed,
                                             args.trials_per_speaker)
+        trained = OmegaConf.create(loaded.config)
         write_model_configs(trained, out / "configs")
-        overrides = training_overrides(args, trained, out)
+        start = args.model.resolve() if loaded.kind != "model file" else write_start_checkpoint(loaded, out)
+        overrides = training_overrides(args, trained, loaded.sample_rate, start, out)
         cfg = compose("train", overrides)
         cfg.run_dir = str(out / "train")  # for the checks only: the training run claims its own folder
         validate_config(cfg)  # a wrong override stops here, not after the first evaluation
@@ -104,11 +113,14 @@ def run(args: argparse.Namespace) -> int:
         evaluation = Evaluation(builders.build_eval_protocol(cfg))
         evaluation.check_audio(cfg.data.sample_rate, bool(cfg.data.resample))
         device = resolve_device(args.device)
-        before = held_out_eer(extractor, evaluation, cfg, device)
+        before = held_out_eer(loaded.extractor, evaluation, cfg, device)
     except (ConfigError, HydraException, OmegaConfBaseException, ListFormatError, MissingFilesError, AudioError,
             ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if any(x is not None for x in (loaded.embedding_mean, loaded.calibration, loaded.threshold)):
+        print(f"note: {args.model}'s mean embedding, calibration and threshold are not carried over to the fine-tuned "
+              f"model, and the EER before is on plain cosine scores, as the one after", flush=True)
     print(f"EER on the held-out speakers before fine-tuning: {format_eer(before)} ({args.model})", flush=True)
 
     results = launch(overrides, "speakerid train")  # exits, as `speakerid train` does, on an error or a signal
@@ -116,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     extractor, _ = builders.extractor_from_checkpoint(load_checkpoint(last), source=str(last))
     after = held_out_eer(extractor, evaluation, cfg, device)
     write_json_atomic(out / "finetune.json", {
-        "root": str(args.root.resolve()), "model": str(args.model.resolve()), "held_out_speakers": held_out,
+        "root": str(args.root.resolve()), "model": str(args.model.resolve()), "model_kind": loaded.kind,
+        "held_out_speakers": held_out,
         "trials": str(out / "trials.txt"), "train_list": str(out / "train_list.txt"), "run_dir": results["run_dir"],
         "final_model": str(last), "eer_before": before, "eer_after": after,
         "overrides": overrides, "epochs": results["epochs"]})
@@ -134,7 +147,7 @@ def sets_a_key_of_this_command(override: str) -> bool:
 
 # What this command writes into --out-dir before training starts: an attempt that stopped there (a typo in an
 # override, a bad audio file) leaves only these, and running the command again rewrites them.
-BEFORE_TRAINING = {"train_list.txt", "trials.txt", "configs"}
+BEFORE_TRAINING = {"train_list.txt", "trials.txt", "configs", "start.pt"}
 
 
 def check_out_dir(out: Path) -> None:
@@ -180,8 +193,21 @@ def write_lists(root: Path, out: Path, held_out: float, seed: int, targets_per_s
     return held, len(train_entries)
 
 
+def write_start_checkpoint(loaded: LoadedModel, out: Path) -> Path:
+    """<out>/start.pt: a model file's encoder as a checkpoint holding the encoder alone, with the model and fbank
+    configs it was built with, which trainer.init_from reads (with trainer.init_head=false it needs nothing
+    else: optimizer, schedules and progress start anew). The fbank is rebuilt from its config, as for any
+    checkpoint; its buffers (window, mel filters) follow from it."""
+    prefix = "model."
+    encoder = {k[len(prefix):]: v for k, v in loaded.extractor.state_dict().items() if k.startswith(prefix)}
+    path = out / "start.pt"
+    save_atomic({"format_version": FORMAT_VERSION, "model": encoder, "config": loaded.config,
+                 "made_from": {"model_file": str(loaded.path.resolve()), "sha256": loaded.sha256}}, path)
+    return path
+
+
 def write_model_configs(trained: DictConfig, configs: Path) -> None:
-    """The checkpoint's model and fbank as config group options (model=checkpoint, features=checkpoint) in
+    """--model's model and fbank as config group options (model=checkpoint, features=checkpoint) in
     a folder Hydra searches: training builds exactly the model the weights fit, and the printed resume
     command builds it again. SpecAugment keeps the features group's default."""
     write_text_atomic(configs / "model" / "checkpoint.yaml",
@@ -192,14 +218,16 @@ def write_model_configs(trained: DictConfig, configs: Path) -> None:
                       "defaults:\n  - fbank\n  - _self_\n\n" + OmegaConf.to_yaml({"fbank": trained.features.fbank}))
 
 
-def training_overrides(args: argparse.Namespace, trained: DictConfig, out: Path) -> list[str]:
-    """The overrides of the training run: the user's, then what this command sets."""
+def training_overrides(args: argparse.Namespace, trained: DictConfig, sample_rate: int, start: Path,
+                       out: Path) -> list[str]:
+    """The overrides of the training run: the user's, then what this command sets; training starts from the
+    weights in `start` (--model, or the start.pt made from a model file)."""
     return ["experiment=finetune", *args.overrides,
             f"hydra.searchpath=[{quoted('file://' + str(out / 'configs'))}]", "model=checkpoint",
-            "features=checkpoint", f"data.sample_rate={trained.data.sample_rate}",
+            "features=checkpoint", f"data.sample_rate={sample_rate}",
             f"data.dir={quoted(str(out))}", f"data.train_root={quoted(str(args.root.resolve()))}",
             "data.generate=null", "eval=folder", f"eval.root={quoted(str(args.root.resolve()))}",
-            "eval.name=held_out", f"trainer.init_from={quoted(str(args.model.resolve()))}",
+            "eval.name=held_out", f"trainer.init_from={quoted(str(start))}",
             "trainer.init_head=false", f"trainer.device={quoted(args.device)}", f"runs_root={quoted(str(out))}",
             "name=train"]
 
