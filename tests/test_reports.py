@@ -250,6 +250,20 @@ def test_summarize_refuses_evaluations_of_other_trials_or_scorings(tmp_path, cap
     assert "mean" in capsys.readouterr().out
 
 
+def test_summarize_refuses_run_folders_validated_on_other_trials(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for job, (seed, trials, mode) in enumerate([(1, "/data/a.txt", "full"), (2, "/data/a.txt", "full"),
+                                                 (3, "/data/b.txt", "full"), (4, "/data/a.txt", "multicrop")]):
+        write_run(runs / f"job{job}", seed, [(0.1, 0.5)])
+        with open(runs / f"job{job}" / "config.yaml", "a") as f:
+            f.write(f"eval:\n  name: t\n  trials: {trials}\n  root: /data\n  embedding:\n    mode: {mode}\n")
+    assert main(["summarize", str(runs / "job0"), str(runs / "job1")]) == 0
+    assert main(["summarize", str(runs / "job0"), str(runs / "job2")]) == 1
+    assert "trials: /data/a.txt vs /data/b.txt" in capsys.readouterr().err
+    assert main(["summarize", str(runs / "job0"), str(runs / "job3")]) == 1
+    assert "scoring: cosine vs multicrop5" in capsys.readouterr().err
+
+
 def test_summarize_refuses_one_checkpoint_twice_and_warns_of_equal_seeds(tmp_path, capsys):
     trials = tmp_path / "trials.txt"
     trials.write_text("1 a/1.wav b/1.wav\n")
