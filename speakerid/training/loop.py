@@ -65,22 +65,24 @@ class StopSignal:
 class DeviceMeans:
     """Mean loss and top-1 over the applied steps, summed on the device and read once."""
 
-    def __init__(self, device: torch.device, saved: dict | None = None, dist: DistEnv = DistEnv()):
-        """`saved`: what state() gave when the run was checkpointed: the sums over every rank, which rank 0
-        takes back (the others start from 0, so that their sum is the same again)."""
+    def __init__(self, device: torch.device, saved: dict | None = None):
+        """`saved`: what state() gave when the run was checkpointed, under any number of processes. Every
+        rank takes back the saved sums divided by the number of ranks that added them (the mean rank's), so
+        that their sum over this run's ranks is what these ranks would have added: the means and the count
+        of skipped steps come out as an uninterrupted run's, whether the resume has more processes or fewer."""
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top1, applied steps
         self.steps = 0
         if saved is not None:
-            if dist.is_main:
-                self.sums += torch.tensor(saved["sums"], dtype=torch.float64, device=device)
+            self.sums += torch.tensor(saved["sums"], dtype=torch.float64, device=device) / saved["world_size"]
             self.steps = saved["steps"]
 
     def state(self, dist: DistEnv = DistEnv()) -> dict:
-        """The sums over every rank and the step count, for a checkpoint (every rank must call it)."""
+        """The sums over every rank, the number of ranks and the step count, for a checkpoint (every rank
+        must call it)."""
         sums = self.sums.clone()
         if dist.enabled:
             torch.distributed.all_reduce(sums)
-        return {"sums": sums.tolist(), "steps": self.steps}
+        return {"sums": sums.tolist(), "world_size": dist.world_size, "steps": self.steps}
 
     def add(self, result: StepResult) -> None:
         applied = result.finite.to(torch.float64)
@@ -176,8 +178,8 @@ class Loop:
         run.loader.sampler.set_epoch(progress.epoch, start=progress.position)
         # Resumed mid-epoch: the sums so far come back with the checkpoint.
         resumed = progress.position > 0
-        epoch = DeviceMeans(device, progress.epoch_means if resumed else None, dist)
-        window = DeviceMeans(device, progress.window_means if resumed else None, dist)
+        epoch = DeviceMeans(device, progress.epoch_means if resumed else None)
+        window = DeviceMeans(device, progress.window_means if resumed else None)
         self.means = (epoch, window)
         timed_steps = 0  # the window's steps taken by this process (its speed)
         bar = None

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from speakerid.augment import NoiseReverb, SpeedPerturb
 from speakerid.config import validate_config
+from speakerid.distributed import env_from_torchrun
 from speakerid.training import setup
 from speakerid.training.loop import fit
 from speakerid.training.state import RunState
@@ -47,6 +48,7 @@ class Run:
 def setup_run(cfg: DictConfig) -> Run:
     """Build every part of a run, cheapest checks first: config errors before the processes start, list
     errors before any audio is read, and the audio banks before the first step."""
+    setup.log_from_rank_0(env_from_torchrun())                           # before the config's warnings
     validate_config(cfg)
     env = setup.setup_environment(cfg)                                   # processes, device, seeds
     checkpoints, resume_from, checkpoint = setup.setup_run_folder(cfg, env)  # never over another run

@@ -77,13 +77,54 @@ def resolve_device(name: str, dist: DistEnv = DistEnv()) -> torch.device:
     return device
 
 
+class RankPrefix(logging.Filter):
+    """'rank N: ' before what a process other than rank 0 logs, so that a failure of one rank is told apart."""
+
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = f"rank {self.rank}: {record.msg}"
+        return True
+
+
+def log_from_rank_0(dist: DistEnv) -> None:
+    """Rank 0 speaks for the run; the other ranks log only their errors, which may be theirs alone (a file
+    their node cannot read, a GPU out of memory), named with their rank. Their warnings would repeat rank
+    0's once per process."""
+    if dist.is_main:
+        return
+    log.setLevel(logging.ERROR)
+    if not any(isinstance(f, RankPrefix) for f in log.filters):
+        log.addFilter(RankPrefix(dist.rank))
+
+
+def check_batch_for_processes(cfg: DictConfig, dist: DistEnv) -> None:
+    """Under torchrun data.batch_size is the global batch, split evenly over the processes into shares that
+    BatchNorm can normalise (at least 2 utterances). Checked before the processes connect, so that every
+    rank stops at once, naming the key, rather than in the loader or inside BatchNorm at the first step."""
+    if not dist.enabled:
+        return
+    batch, world = cfg.data.batch_size, dist.world_size
+    fits = max(2 * world, round(batch / world) * world)
+    if batch % world:
+        raise ValueError(f"data.batch_size={batch} is the global batch, split over the {world} processes torchrun "
+                         f"started, and {world} does not divide it: give a multiple of {world} "
+                         f"(e.g. data.batch_size={fits})")
+    if batch // world < 2:
+        raise ValueError(f"data.batch_size={batch} over {world} processes leaves {batch // world} utterance per "
+                         f"process, and BatchNorm needs at least 2: give data.batch_size={2 * world} or more "
+                         f"(a multiple of {world}), or start fewer processes")
+
+
 def setup_environment(cfg: DictConfig) -> Environment:
-    """Processes, device, the run folder (rank 0's name for all), backends and seeds."""
+    """Processes (their batch shares checked first), device, the run folder (rank 0's name for all), backends
+    and seeds."""
     dist = env_from_torchrun()
+    check_batch_for_processes(cfg, dist)
     device = resolve_device(cfg.trainer.device, dist)
     init_process_group(dist, device)
-    if not dist.is_main:  # one process speaks for the run
-        log.setLevel(logging.WARNING)
     # Processes started a second apart can name different dated folders: all use rank 0's.
     run_dir = Path(broadcast_object(str(cfg.run_dir), dist))
     tcfg = cfg.trainer
@@ -126,11 +167,29 @@ def setup_run_folder(cfg: DictConfig, env: Environment) -> tuple[CheckpointDir, 
         raise FileExistsError(f"{env.run_dir} already holds a run's checkpoints: resume it with "
                               f"trainer.resume=true, or give another run_dir")
     checkpoint = None if resume_from is None else load_resume_checkpoint(resume_from, cfg.trainer.epochs)
+    if checkpoint is not None:
+        check_resume_position(cfg, env.dist, resume_from, checkpoint)
     check_writable(env.run_dir, folder=True, what="run folder")
     env.run_dir.mkdir(parents=True, exist_ok=True)
     if resume_from is not None and env.dist.is_main:  # best.pt names the run's best, wherever it was saved
         checkpoints.adopt_best(resume_from.parent / "best.pt")
     return checkpoints, resume_from, checkpoint
+
+
+def check_resume_position(cfg: DictConfig, dist: DistEnv, path: Path, checkpoint: dict) -> None:
+    """Under torchrun the ranks take their shares of whole global batches, so a mid-epoch checkpoint must
+    have stopped at a multiple of this run's data.batch_size (one process starts anywhere)."""
+    progress = checkpoint["progress"]
+    position, batch = progress["position"], cfg.data.batch_size
+    if not dist.enabled or position % batch == 0:
+        return
+    saved = ((checkpoint.get("config") or {}).get("data") or {}).get("batch_size")
+    raise ValueError(
+        f"trainer.resume={path}: the checkpoint stopped {position} utterances into epoch {progress['epoch'] + 1}, "
+        f"and under {dist.world_size} processes the rest of the epoch is taken in whole global batches of "
+        f"data.batch_size={batch}, of which {position} is not a multiple. Resume with a data.batch_size that "
+        f"divides {position} and is a multiple of {dist.world_size} (the checkpoint's was {saved}), in one "
+        f"process, or from a checkpoint written at an epoch's end ({path.parent}/step-<N>.pt)")
 
 
 # ------------------------------------------------------------------------------------------ data

@@ -46,8 +46,9 @@ class Progress:
     # validation (or by it failing) validates that epoch first when resumed.
     pending_validation: bool = False
     margin: float | None = None  # the head's margin at the last step (a record: the schedule recomputes it)
-    # Mid-epoch: the loss and top-1 sums (over every rank) and step counts of the epoch and of the logging
-    # window in progress, so that a resumed run logs the means an uninterrupted one would (loop.DeviceMeans).
+    # Mid-epoch: the loss and top-1 sums (over every rank, with the number of ranks) and step counts of the
+    # epoch and of the logging window in progress, so that a resumed run, under any number of processes,
+    # logs the means an uninterrupted one would (loop.DeviceMeans).
     epoch_means: dict | None = None
     window_means: dict | None = None
 
@@ -211,6 +212,9 @@ class RunState:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.progress = Progress(**checkpoint["progress"])
+        for means in (self.progress.epoch_means, self.progress.window_means):
+            if means is not None:  # written before the sums carried their number of ranks: those that saved
+                means.setdefault("world_size", len(checkpoint.get("rng_per_rank", [None])))
         self.nonfinite = NonFiniteCounter(self.device, total=self.progress.nonfinite_steps)
         per_rank = checkpoint.get("rng_per_rank", [checkpoint["rng"]])
         if len(per_rank) == self.dist.world_size:
