@@ -103,10 +103,24 @@ def test_torchrun_training_checkpoints_once_and_resumes(tiny_corpus_dir, tmp_pat
     assert ckpt["progress"]["epoch"] == 2 and ckpt["progress"]["step"] == 6
     assert len(ckpt["rng_per_rank"]) == 2
 
-    run(TORCHRUN + ["train.py", *common, "trainer.epochs=3", f"trainer.resume={tmp_path / 'a' / 'checkpoints' / 'last.pt'}",
-                    f"hydra.run.dir={tmp_path / 'b'}"])
+    again = run(TORCHRUN + ["train.py", *common, "trainer.epochs=3",
+                            f"trainer.resume={tmp_path / 'a' / 'checkpoints' / 'last.pt'}", f"hydra.run.dir={tmp_path / 'b'}"])
     resumed = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
     assert resumed["progress"]["epoch"] == 3 and resumed["progress"]["step"] == 9
+    # every rank finds the changed setting; rank 0 alone warns
+    assert (again.stdout + again.stderr).count("trainer.epochs: 2 -> 3") == 1
+
+
+def test_a_batch_of_one_utterance_per_rank_stops_every_rank_before_training_naming_it(tiny_corpus_dir, tmp_path):
+    """data.batch_size=2 over 2 processes used to pass every check and fail inside BatchNorm on every rank
+    ('Expected more than 1 value per channel'). Each rank's error is shown, rank 1's named as its own."""
+    run_dir = tmp_path / "run"
+    status, out = run_or_kill(TORCHRUN + ["train.py", "debug=tiny", f"data.dir={tiny_corpus_dir}", "data.batch_size=2",
+                                          "trainer.epochs=1", f"hydra.run.dir={run_dir}"], timeout=180)
+    message = ("ValueError: data.batch_size=2 over 2 processes leaves 1 utterance per process, and BatchNorm needs "
+               "at least 2: give data.batch_size=4 or more (a multiple of 2), or start fewer processes")
+    assert status != 0 and out.count(message) == 2 and out.count(f"rank 1: {message}") == 1, out[-3000:]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "train.log"]  # Hydra's record, nothing of a run
 
 
 def test_a_sigterm_reaching_one_rank_after_the_last_logging_step_checkpoints_on_every_rank(tiny_corpus_dir,
