@@ -6,8 +6,9 @@ in a model file as the plain dict of `to_dict()`, so the file stays loadable wit
 `torch.load(weights_only=True)`. A calibration file (`speakerid calibrate --out cal.json`) holds the keys
 `calibration` (Calibration.to_dict()) and `threshold` (speakerid.thresholds.Threshold.to_dict()), which is
 what a model file stores, and `source`: the scores it was fitted on (`calibration_source`). A slope, offset
-and threshold hold only for scores of the same model and scoring, so `check_calibration_source` refuses
-the file for any other (files written before `source` existed get a warning).
+and threshold hold only for scores of the same model (a model file and its checkpoint are one), scoring and
+mean embedding, so `check_calibration_source` refuses the file for any other (files written before `source`
+existed get a warning).
 
 Measures (all on natural-log LLRs, BOSARIS's definitions):
 - `cllr`: the log-likelihood-ratio cost in bits, 0 for perfect LLRs, 1 for LLRs that are always 0 (no
@@ -187,18 +188,22 @@ def calibration_measures(scores, labels, calibration: Calibration, p_target: flo
 
 
 CALIBRATION_FILE_KEYS = ("calibration", "threshold")
-SOURCE_KEYS = ("scores", "evaluation", "scoring", "model_sha256")
+SOURCE_KEYS = ("scores", "evaluation", "scoring", "model_sha256", "model_provenance_sha256", "embedding_mean_sha256")
+# what a calibration file of an older speakerid records: the other source keys read as unknown (None)
+_REQUIRED_SOURCE_KEYS = SOURCE_KEYS[:4]
 # `speakerid evaluate`'s score file names: <name>.<scoring>.scores.txt beside <name>.<scoring>.json
 _SCORING_NAME = re.compile(r"^(cosine|multicrop\d+)(_meansub)?(_asnorm\d+)?$")
 
 
 def calibration_source(scores_path: str | os.PathLike) -> dict[str, str | None]:
-    """What a calibration fitted on `scores_path` applies to: the scoring and the model's SHA-256, from the
-    evaluation JSON beside the score file (`<name>.<scoring>.scores.txt` -> `<name>.<scoring>.json`); without
-    it, the scoring the file's name gives, and no model. None where unknown."""
+    """What a calibration fitted on `scores_path` applies to, from the evaluation JSON beside the score file
+    (`<name>.<scoring>.scores.txt` -> `<name>.<scoring>.json`): the scoring, the evaluated model's SHA-256 and
+    that of the checkpoint it was exported from (`provenance_sha256`), and the SHA-256 of the mean embedding
+    its scores were centred on (`speakerid.scoring.mean_sha256`). Without the JSON, the scoring the file's
+    name gives, and no model. None where unknown."""
     scores_path = Path(scores_path).resolve()
-    source: dict[str, str | None] = {"scores": str(scores_path), "evaluation": None, "scoring": None,
-                                     "model_sha256": None}
+    source: dict[str, str | None] = dict.fromkeys(SOURCE_KEYS)
+    source["scores"] = str(scores_path)
     if not scores_path.name.endswith(".scores.txt"):
         return source
     stem = scores_path.name[:-len(".scores.txt")]
@@ -206,17 +211,49 @@ def calibration_source(scores_path: str | os.PathLike) -> dict[str, str | None]:
     if report_path.is_file():
         report = read_json(report_path, "evaluation JSON")
         if isinstance(report, dict) and isinstance(report.get("scoring"), str):
-            return {**source, "evaluation": str(report_path), "scoring": report["scoring"],
-                    "model_sha256": report.get("checkpoint_sha256")}
+            from speakerid.model_file import evaluated_model_identities
+
+            model = report.get("checkpoint_sha256")
+            exported_from = sorted(evaluated_model_identities(report) - {model})
+            return {**source, "evaluation": str(report_path), "scoring": report["scoring"], "model_sha256": model,
+                    "model_provenance_sha256": exported_from[0] if exported_from else None,
+                    "embedding_mean_sha256": _evaluated_mean_sha256(report, report_path)}
     scoring = stem.rpartition(".")[2]
     return {**source, "scoring": scoring if _SCORING_NAME.match(scoring) else None}
 
 
+def _evaluated_mean_sha256(report: dict[str, Any], report_path: Path) -> str | None:
+    """The SHA-256 of the mean an evaluation subtracted: recorded in its JSON, or (an evaluation of an older
+    speakerid) that of the mean file it names, while that file is there."""
+    if report.get("embedding_mean_sha256") is not None or not report.get("embedding_mean"):
+        return report.get("embedding_mean_sha256")
+    from speakerid.scoring import mean_sha256
+
+    try:
+        with np.load(report["embedding_mean"], allow_pickle=False) as data:
+            return mean_sha256(data["full"][0])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None  # unknown: load_calibration warns that the mean cannot be checked
+
+
+def _exported_from(source: dict[str, str | None]) -> set[str]:
+    """The identities of the model a calibration's evaluation JSON names (model_file.evaluated_model_identities),
+    for a calibration file that does not record the checkpoint that model was exported from."""
+    from speakerid.model_file import evaluated_model_identities
+
+    try:
+        report = read_json(source["evaluation"], "evaluation JSON") if source.get("evaluation") else None
+    except (OSError, ValueError):
+        return set()
+    return evaluated_model_identities(report) if isinstance(report, dict) else set()
+
+
 def check_calibration_source(path: str | os.PathLike, source: dict[str, str | None] | None, scoring: str,
-                             models: set[str]) -> str | None:
+                             models: set[str], mean_sha256: str | None = None) -> str | None:
     """Refuse (ValueError) a calibration file whose scores came from another scoring than `scoring` (what the
-    model it goes with computes: `cosine`, or `cosine_meansub` with a mean embedding) or from another model
-    than `models` (the SHA-256s the model is known by). A warning to show where the file does not say."""
+    model it goes with computes: `cosine`, or `cosine_meansub` with a mean embedding), from another model than
+    `models` (the SHA-256s the model is known by: its own and its checkpoint's), or, mean-subtracted, centred on
+    another mean than the model's (`mean_sha256`). A warning to show where the file does not say."""
     if source is None:
         return (f"{path} does not record which scores it was fitted on (written by an older speakerid): its "
                 f"threshold holds only if they were {scoring} scores of this model")
@@ -225,14 +262,28 @@ def check_calibration_source(path: str | os.PathLike, source: dict[str, str | No
                          f"computes {scoring} scores: its threshold and LLRs do not apply to them; calibrate "
                          f"{scoring} scores of this model" + (" (or export with the same --mean-from)"
                                                               if "meansub" in source["scoring"] else ""))
-    if source["model_sha256"] is not None and source["model_sha256"] not in models:
+    # a model file is the same model as the checkpoint it was exported from, either way round
+    theirs = {source.get("model_sha256"), source.get("model_provenance_sha256")} - {None}
+    if theirs and not theirs & models and source.get("model_provenance_sha256") is None:
+        theirs |= _exported_from(source)  # a file of an older speakerid: its evaluation may tell
+    if theirs and not theirs & models:
         raise ValueError(f"{path} was fitted on scores of another model (SHA-256 {source['model_sha256']}, "
                          f"{source['evaluation']}): its threshold and LLRs do not apply to this one")
+    centred = "meansub" in scoring
+    fitted_mean = source.get("embedding_mean_sha256")
+    if centred and fitted_mean is not None and fitted_mean != mean_sha256:
+        raise ValueError(f"{path} was fitted on scores centred on another mean embedding (SHA-256 {fitted_mean[:12]}, "
+                         f"{source['evaluation']}) than this model subtracts (SHA-256 {str(mean_sha256)[:12]}): its "
+                         f"threshold and LLRs do not apply to its scores; calibrate scores of this model with its own "
+                         f"mean (evaluate the model file), or take the mean that evaluation subtracted (export "
+                         f"--mean-from <its .mean.npz>)")
     unknown = [what for key, what in (("scoring", "scoring"), ("model_sha256", "model")) if source[key] is None]
+    if centred and fitted_mean is None:
+        unknown.append("mean embedding")
     if unknown:
-        return (f"{path}: the {' and '.join(unknown)} of the scores it was fitted on ({source['scores']}) are "
-                f"unknown (no evaluation JSON beside them): its threshold holds only for {scoring} scores of this "
-                f"model")
+        return (f"{path}: the {' and '.join(unknown)} of the scores it was fitted on ({source['scores']}) "
+                f"{'is' if len(unknown) == 1 else 'are'} unknown (no evaluation JSON beside them, or one of an older "
+                f"speakerid): its threshold holds only for {scoring} scores of this model")
     return None
 
 
@@ -270,7 +321,8 @@ def read_calibration_source(path: str | os.PathLike) -> dict[str, str | None] | 
     source = _read_calibration_json(path).get("source")
     if source is None:
         return None
-    if not (isinstance(source, dict) and set(source) == set(SOURCE_KEYS)
+    if not (isinstance(source, dict) and set(_REQUIRED_SOURCE_KEYS) <= set(source) <= set(SOURCE_KEYS)
             and all(v is None or isinstance(v, str) for v in source.values())):
-        raise ValueError(f"{path}: source must hold {', '.join(SOURCE_KEYS)} (strings or null), got {source!r}")
-    return source
+        raise ValueError(f"{path}: source must hold {', '.join(SOURCE_KEYS)} (strings or null; the last "
+                         f"{len(SOURCE_KEYS) - len(_REQUIRED_SOURCE_KEYS)} may be missing), got {source!r}")
+    return {**dict.fromkeys(SOURCE_KEYS), **source}

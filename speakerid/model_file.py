@@ -11,7 +11,9 @@ allow-list):
     config          {"model": {...}, "features": {"fbank": {...}}}: what the extractor is built from
     sample_rate     the rate the model takes (other rates are resampled)
     provenance      where it came from: the checkpoint's path and SHA-256, its kind, epoch and step, its
-                    metrics when it has them, the checkpoints averaged into it, the library versions
+                    metrics when it has them, the checkpoints averaged into it, the library versions; and
+                    `calibration_source`, the scores its calibration and threshold were fitted on (the
+                    `source` of `speakerid.calibration`: scoring, model, the SHA-256 of their mean embedding)
     embedding_mean  None, or the mean unit embedding of a training set, subtracted before cosine scoring
                     (`speakerid.scoring.subtract_mean`)
     calibration     None, or {"slope", "offset", ...} for `speakerid.calibration.Calibration.from_dict`:
@@ -72,6 +74,12 @@ class LoadedModel:
     # of `data` (key -> path, e.g. {"dir": "data/synthetic_tiny"})
     relative_paths: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def identities(self) -> set[str]:
+        """The SHA-256s this model is known by: its file's, and the checkpoint's it was exported from (a model
+        file is the same model as that checkpoint; a checkpoint's provenance names itself)."""
+        return {self.sha256, self.provenance.get("checkpoint_sha256")} - {None}
+
 
 def load_extractor(path: str | os.PathLike) -> LoadedModel:
     """The model in `path`: a training checkpoint (last.pt, best.pt, step-N.pt), an averaged checkpoint
@@ -85,6 +93,26 @@ def load_extractor(path: str | os.PathLike) -> LoadedModel:
         return _from_checkpoint(check_checkpoint(content, path), path, sha256)
     raise ModelFileError(f"{path}: neither a speakerid checkpoint nor a model file (it has no format_version "
                          f"and no format)")
+
+
+def evaluated_model_identities(report: dict[str, Any], known: set[str] = frozenset()) -> set[str]:
+    """The SHA-256s the model of an evaluation JSON is known by: the evaluated file's (`checkpoint_sha256`) and
+    that of the checkpoint it was exported from (`provenance_sha256`). An evaluation of an older speakerid does
+    not record the latter: it is read from the evaluated file, while that file is there unchanged (not when
+    the recorded one is among `known` already)."""
+    ours = {report.get("checkpoint_sha256"), report.get("provenance_sha256")} - {None}
+    if ours & known or "provenance_sha256" in report or not isinstance(report.get("checkpoint"), str) or not ours:
+        return ours
+    path = Path(report["checkpoint"])
+    try:
+        if not path.is_file() or file_digest(path) not in ours:
+            return ours
+        content = load_weights_only(path, what="model")
+    except (OSError, RuntimeError):
+        return ours
+    provenance = content.get("provenance") if isinstance(content, dict) and "format" in content else None
+    exported_from = provenance.get("checkpoint_sha256") if isinstance(provenance, dict) else None
+    return ours | ({exported_from} if isinstance(exported_from, str) else set())
 
 
 def _from_checkpoint(checkpoint: dict[str, Any], path: Path, sha256: str) -> LoadedModel:

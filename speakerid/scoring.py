@@ -12,6 +12,7 @@ for both the full utterance and every crop (score(x, s) = (f_x . s + mean(c_x) .
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,12 @@ CHUNK = 1 << 16  # trials scored per block: Vox1-E's 580k trials never need 580k
 # of rounding, so a spread near that is no spread (cohort speakers with the same files): dividing by it gives
 # huge or infinite scores, not normalised ones. Real cohorts spread their top scores by about 1e-2.
 MIN_COHORT_STD = 1e-6
+# The shortest unit embedding less the mean that still has a direction to score. Below it the embedding is the
+# mean itself (a mean of this one recording, or of copies of it), and the float32 rounding of the embeddings
+# (1e-7) would decide its scores; 0 would make them NaN. A mean of many recordings leaves every norm near 1.
+MIN_CENTRED_NORM = 1e-4
+# A mean embedding of fewer files is not the centre of any data: one file's mean is that file's own embedding.
+MIN_MEAN_FILES = 2
 
 
 @dataclass(frozen=True)
@@ -51,12 +58,19 @@ class Embeddings:
         return Embeddings(list(keys), self.full[rows], None if self.crops is None else self.crops[rows])
 
     def centred(self, mean: np.ndarray) -> Embeddings:
-        """These embeddings (and crops) with `mean` subtracted and renormalised (`subtract_mean`)."""
-        crops = None if self.crops is None else subtract_mean(self.crops, mean).astype(self.crops.dtype)
-        return Embeddings(self.keys, subtract_mean(self.full, mean).astype(self.full.dtype), crops)
+        """These embeddings (and crops) with `mean` subtracted and renormalised (`subtract_mean`); a
+        ValueError naming the first utterance whose embedding is the mean itself."""
+        crops = None if self.crops is None else subtract_mean(self.crops, mean, self.keys).astype(self.crops.dtype)
+        return Embeddings(self.keys, subtract_mean(self.full, mean, self.keys).astype(self.full.dtype), crops)
 
     def mean(self) -> np.ndarray:
-        """The mean of the unit full-utterance embeddings (float64): what mean subtraction subtracts."""
+        """The mean of the unit full-utterance embeddings (float64): what mean subtraction subtracts. At least
+        MIN_MEAN_FILES of them."""
+        if len(self) < MIN_MEAN_FILES:
+            raise ValueError(f"a mean embedding needs at least {MIN_MEAN_FILES} distinct files, got {len(self)} "
+                             f"({', '.join(self.keys) or 'none'}): one file's mean is its own embedding, which would "
+                             f"leave that recording nothing to score and centre every score on one recording; compute "
+                             f"the mean from many files (the training list)")
         return _unit(self.full).mean(axis=0)
 
     def scoring_vectors(self, mode: str) -> np.ndarray:
@@ -78,14 +92,33 @@ def merge_embeddings(parts: list[Embeddings]) -> Embeddings:
     return Embeddings([k for p in parts for k in p.keys], np.concatenate([p.full for p in parts]), crops)
 
 
-def subtract_mean(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
+def subtract_mean(vectors: np.ndarray, mean: np.ndarray, keys: list[str] | None = None) -> np.ndarray:
     """WeSpeaker's embedding mean subtraction: unit embeddings less the mean unit embedding of a training
-    set, renormalised (float64), so that cosine scoring measures directions around the data's centre."""
+    set, renormalised (float64), so that cosine scoring measures directions around the data's centre.
+    vectors: [n, dim] or [n, crops, dim]; a ValueError names (by `keys`, else by row) the first one that
+    is the mean itself (less than MIN_CENTRED_NORM away from it), which no direction is left to score."""
     mean = np.asarray(mean, dtype=np.float64)
     if mean.shape != (vectors.shape[-1],):
         raise ValueError(f"the mean embedding is {mean.shape[0] if mean.ndim == 1 else mean.shape}-d but the "
                          f"embeddings {vectors.shape[-1]}-d: they come from different models")
-    return _unit(_unit(vectors) - mean)
+    centred = _unit(vectors) - mean
+    norms = np.linalg.norm(centred, axis=-1, keepdims=True)
+    flat = np.flatnonzero((~(norms >= MIN_CENTRED_NORM)).reshape(len(vectors), -1).any(axis=1))  # NaN too
+    if flat.size:
+        first = flat[0]
+        name = keys[first] if keys is not None else f"embedding {first}"
+        raise ValueError(f"{name}: its embedding is the mean embedding subtracted before scoring (what is left has "
+                         f"length {np.nanmin(norms[first]):.2g}; {flat.size} of {len(vectors)} alike), so no "
+                         f"direction is left to score: was the mean computed from this recording alone? Compute "
+                         f"it from many recordings (the training list)")
+    return centred / norms
+
+
+def mean_sha256(mean: np.ndarray) -> str:
+    """What identifies a mean embedding: the SHA-256 of its values as little-endian float64. Mean-subtracted
+    scores, and so a calibration or threshold fitted on them, hold only for the mean they were centred on;
+    evaluation JSONs, calibration files and model files name it by this."""
+    return hashlib.sha256(np.ascontiguousarray(mean, dtype="<f8").tobytes()).hexdigest()
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

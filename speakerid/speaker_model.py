@@ -26,17 +26,19 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
+import soundfile as sf
 import torch
 
 from speakerid.calibration import (
+    SOURCE_KEYS,
     Calibration,
     check_calibration_source,
     read_calibration_file,
     read_calibration_source,
 )
-from speakerid.data.audio import resample_audio
+from speakerid.data.audio import AudioError, resample_audio
 from speakerid.data.check import MIN_TRIAL_SECONDS, check_trial_audio
-from speakerid.data.lists import check_files_exist
+from speakerid.data.lists import check_files_exist, map_files
 from speakerid.evaluation import ExtractionOptions, extract_embeddings
 from speakerid.model_file import (
     LoadedModel,
@@ -46,7 +48,7 @@ from speakerid.model_file import (
     load_extractor,
     save_model_file,
 )
-from speakerid.scoring import Embeddings
+from speakerid.scoring import Embeddings, mean_sha256
 from speakerid.thresholds import Threshold
 
 log = logging.getLogger("speakerid")
@@ -100,10 +102,12 @@ class SpeakerModel:
         self._dim: int | None = None
         self._calibration: dict[str, Any] | None = None
         self._threshold: dict[str, Any] | None = None
+        self._calibration_source: dict[str, Any] | None = None  # the scores they were fitted on, when known
         self._mean: np.ndarray | None = None
+        self.embedding_mean = loaded.embedding_mean  # first: the calibration is checked against its scores
         self.calibration = loaded.calibration
         self.threshold = loaded.threshold
-        self.embedding_mean = loaded.embedding_mean
+        self._take_calibration_source(loaded.provenance.get("calibration_source"))
 
     def __repr__(self) -> str:
         parts = [f"{self.loaded.kind} {self.loaded.path}", f"{self.sample_rate} Hz", f"on {self.device}"]
@@ -141,6 +145,7 @@ class SpeakerModel:
         if isinstance(value, Calibration):
             value = value.to_dict()
         self._calibration = None if value is None else check_calibration(value, "calibration")
+        self._calibration_source = None  # set by hand: which scores it was fitted on is not known
 
     @property
     def threshold(self) -> dict[str, Any] | None:
@@ -153,6 +158,7 @@ class SpeakerModel:
         if isinstance(value, Threshold):
             value = value.to_dict()
         self._threshold = None if value is None else check_threshold(value, "threshold")
+        self._calibration_source = None
 
     @property
     def embedding_mean(self) -> np.ndarray | None:
@@ -161,13 +167,31 @@ class SpeakerModel:
 
     @embedding_mean.setter
     def embedding_mean(self, value: Sequence[float] | np.ndarray | None) -> None:
+        """A new mean changes every score: the calibration and threshold fitted on the old scores are removed,
+        with a warning (load a calibration of the new scores after setting it)."""
         if value is None:
-            self._mean = None
-            return
-        values = np.asarray(value, dtype=np.float64)
-        if values.ndim != 1:
-            raise ValueError(f"the mean embedding must be 1-D, got shape {values.shape}")
-        self._mean = np.array(check_embedding_mean(values.tolist(), "embedding_mean", self.embedding_dim))
+            mean = None
+        else:
+            values = np.asarray(value, dtype=np.float64)
+            if values.ndim != 1:
+                raise ValueError(f"the mean embedding must be 1-D, got shape {values.shape}")
+            mean = np.array(check_embedding_mean(values.tolist(), "embedding_mean", self.embedding_dim))
+        before, self._mean = (self.scoring, self.mean_sha256), mean
+        if (self.scoring, self.mean_sha256) != before and self._calibrated:
+            log.warning("warning: the mean embedding of %s changed (%s scores%s -> %s scores%s), and so did its "
+                        "scores: the calibration and threshold fitted on the old ones no longer apply and are "
+                        "removed; load a calibration of the new scores (load_calibration, or export --calibration)",
+                        self.loaded.path, before[0], _short(before[1]), self.scoring, _short(self.mean_sha256))
+            self._calibration = self._threshold = self._calibration_source = None
+
+    @property
+    def _calibrated(self) -> bool:
+        return self._calibration is not None or self._threshold is not None
+
+    @property
+    def mean_sha256(self) -> str | None:
+        """What identifies the mean embedding (`speakerid.scoring.mean_sha256`), or None without one."""
+        return None if self._mean is None else mean_sha256(self._mean)
 
     @property
     def scoring(self) -> str:
@@ -176,16 +200,36 @@ class SpeakerModel:
 
     def load_calibration(self, path: str | os.PathLike) -> None:
         """Take the calibration and threshold of a calibration file (`speakerid calibrate --out cal.json`).
-        Refused when the file records scores of another model or scoring than this model's (set
-        `embedding_mean` first when the scores were mean-subtracted); a file that does not record them (an
-        older speakerid's) is taken with a warning."""
+        Refused when the file records scores of another model (a model file and its checkpoint are one),
+        scoring or mean embedding than this model's (set `embedding_mean` first when the scores were
+        mean-subtracted: setting it afterwards removes them); a file that does not record them (an older
+        speakerid's) is taken with a warning. A model file saved afterwards records them (provenance)."""
         calibration, threshold = read_calibration_file(path)
-        models = {self.loaded.sha256, self.loaded.provenance.get("checkpoint_sha256")} - {None}
-        warning = check_calibration_source(path, read_calibration_source(path), self.scoring, models)
+        source = read_calibration_source(path)
+        warning = check_calibration_source(path, source, self.scoring, self.loaded.identities, self.mean_sha256)
         if warning:
             log.warning("warning: %s", warning)
         self._calibration = check_calibration(calibration.to_dict(), f"{path}: calibration")
         self._threshold = check_threshold(threshold.to_dict(), f"{path}: threshold")
+        self._calibration_source = source
+
+    def _take_calibration_source(self, source: Any) -> None:
+        """A model file's record of the scores its calibration was fitted on: kept when it fits the model's
+        scoring, model and mean; otherwise (a file put together by hand) the calibration and threshold are
+        dropped with a warning, as load_calibration would have refused them."""
+        if source is None or not self._calibrated:
+            return
+        where = f"{self.loaded.path} (its calibration)"
+        try:
+            if not (isinstance(source, dict) and all(v is None or isinstance(v, str) for v in source.values())):
+                raise ValueError(f"{where}: provenance.calibration_source must be a dict of strings, got {source!r}")
+            check_calibration_source(where, {**dict.fromkeys(SOURCE_KEYS), **source}, self.scoring,
+                                     self.loaded.identities, self.mean_sha256)
+        except ValueError as e:
+            log.warning("warning: %s; the calibration and threshold are not used", e)
+            self._calibration = self._threshold = None
+            return
+        self._calibration_source = dict(source)
 
     # ------------------------------------------------------------------------------------------ embedding
     def embed(self, audio: Audio | Sequence[Audio], sample_rate: int | None = None) -> np.ndarray:
@@ -213,10 +257,11 @@ class SpeakerModel:
                     progress: bool = False) -> Embeddings:
         """Embeddings of audio files, keyed by their paths relative to `root` (each file once), exactly as
         evaluation extracts them; `options` (default: this model's) may ask for multi-crop embeddings too.
-        Every file is checked (exists, readable, mono, long enough) before any is embedded; files at other
-        rates are resampled."""
+        Every file is checked (exists, readable, mono, long enough, not digital silence) before any is
+        embedded; files at other rates are resampled."""
         check_files_exist(root, list(paths), what="the audio to embed", show=10)
         check_trial_audio(root, list(paths), self.sample_rate, resample=True, what="the audio to embed")
+        _refuse_silent_files(root, list(paths))
         return extract_embeddings(self.extractor, root, list(paths), self.device, options or self.options,
                                   self.sample_rate, resample=True, progress=progress)
 
@@ -238,25 +283,35 @@ class SpeakerModel:
         if len(x) < MIN_TRIAL_SECONDS * sample_rate:
             raise ValueError(f"{what}: {len(x)} samples at {sample_rate} Hz is too short to embed (at least "
                              f"{MIN_TRIAL_SECONDS} s)")
+        if not np.any(x):  # check-data's rule for a silent file
+            raise ValueError(f"{what}: all samples are zero (digital silence): there is no voice to embed")
         x = np.ascontiguousarray(x, dtype=np.float32)
         return x if sample_rate == self.sample_rate else resample_audio(x, sample_rate, self.sample_rate)
 
     # ------------------------------------------------------------------------------------------- scoring
-    def score_embeddings(self, a: np.ndarray, b: np.ndarray) -> float | np.ndarray:
+    def score_embeddings(self, a: np.ndarray, b: np.ndarray, names: tuple[Sequence[str], Sequence[str]] | None = None
+                         ) -> float | np.ndarray:
         """Cosine similarity of embeddings (from `embed`), in float64, after subtracting the stored mean
-        embedding when there is one: a float for two [dim] vectors, else one score per row of [n, dim]."""
+        embedding when there is one: a float for two [dim] vectors, else one score per row of [n, dim].
+        A ValueError, naming the recording (`names`: those of a's and b's rows), for a score that would not be
+        finite: an embedding that is the mean itself, or a non-finite embedding."""
         a, b = np.asarray(a), np.asarray(b)
         one = a.ndim == 1 and b.ndim == 1
         a, b = np.atleast_2d(a), np.atleast_2d(b)
         if a.shape != b.shape or a.ndim != 2:
             raise ValueError(f"embeddings to score must have the same shape, [dim] or [n, dim]: {a.shape} and "
                              f"{b.shape}")
-        scores = np.einsum("ij,ij->i", self._scoring_vectors(a), self._scoring_vectors(b))
+        names = names or ([f"a[{i}]" for i in range(len(a))], [f"b[{i}]" for i in range(len(b))])
+        scores = np.einsum("ij,ij->i", self._scoring_vectors(a, names[0]), self._scoring_vectors(b, names[1]))
+        bad = np.flatnonzero(~np.isfinite(scores))
+        if bad.size:  # `score >= threshold` would call a NaN "different speakers"
+            raise ValueError(f"the score of {names[0][bad[0]]} and {names[1][bad[0]]} is {scores[bad[0]]} ({bad.size} "
+                             f"of {len(scores)} scores not finite): the model's embeddings are not finite")
         return float(scores[0]) if one else scores
 
-    def _scoring_vectors(self, embeddings: np.ndarray) -> np.ndarray:
+    def _scoring_vectors(self, embeddings: np.ndarray, names: Sequence[str]) -> np.ndarray:
         """As evaluation scores: centred on the mean (when there is one), then unit vectors in float64."""
-        found = Embeddings([str(i) for i in range(len(embeddings))], embeddings.astype(np.float32))
+        found = Embeddings(list(names), embeddings.astype(np.float32))
         return (found if self._mean is None else found.centred(self._mean)).scoring_vectors("full")
 
     def score(self, a: Audio | Sequence[Audio], b: Audio | Sequence[Audio],
@@ -267,9 +322,10 @@ class SpeakerModel:
             raise ValueError("score takes two recordings, or two lists of recordings of the same length")
         if _is_one(a):
             e = self.embed([a, b], sample_rate)
-            return self.score_embeddings(e[0], e[1])
+            return self.score_embeddings(e[0], e[1], ([_name(a, 0)], [_name(b, 1)]))
         e = self.embed([*a, *b], sample_rate)
-        return self.score_embeddings(e[:len(a)], e[len(a):])
+        return self.score_embeddings(e[:len(a)], e[len(a):], ([_name(x, i) for i, x in enumerate(a)],
+                                                             [_name(x, len(a) + i) for i, x in enumerate(b)]))
 
     def verify(self, a: Audio, b: Audio, sample_rate: int | None = None,
                threshold: float | None = None) -> Verification:
@@ -292,9 +348,12 @@ class SpeakerModel:
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write a model file (weights, config, sample rate, provenance, and the mean, calibration and
         threshold when set); an existing file is replaced only with overwrite=True."""
+        provenance = {k: v for k, v in self.loaded.provenance.items() if k != "calibration_source"}
+        if self._calibration_source is not None:  # which scores (scoring, model, mean) they were fitted on
+            provenance["calibration_source"] = self._calibration_source
         return save_model_file(
             path, extractor_state=self.extractor.state_dict(), config=self.loaded.config,
-            sample_rate=self.sample_rate, provenance=self.loaded.provenance,
+            sample_rate=self.sample_rate, provenance=provenance,
             embedding_mean=None if self._mean is None else self._mean.tolist(), calibration=self._calibration,
             threshold=self._threshold, overwrite=overwrite)
 
@@ -311,6 +370,38 @@ def _check_sample_rate(rate: Any) -> int | None:
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def _name(audio: Audio, position: int) -> str:
+    """A recording as errors name it: its path, or its place among the waveforms given (as `embed` names it)."""
+    return str(audio) if isinstance(audio, (str, os.PathLike)) else f"waveform {position}"
+
+
+def _refuse_silent_files(root: str | os.PathLike, paths: list[str], show: int = 10) -> None:
+    """Stop with an AudioError naming the files that are digital silence (check-data's 'all samples are zero'):
+    their embedding is one fixed vector, so two of them would score 1.0, the same speaker. Quiet speech is
+    not zero, and a file is read only up to its first non-zero block."""
+    unique = list(dict.fromkeys(paths))
+    silent = [p for p, zero in zip(unique, map_files(_all_samples_zero, root, unique)) if zero]
+    if silent:
+        listing = "\n".join(f"  {Path(root) / p}" for p in silent[:show])
+        more = f"\n  ... and {len(silent) - show} more" if len(silent) > show else ""
+        raise AudioError(f"{len(silent)} of the {len(unique)} recordings to embed are digital silence (all samples "
+                         f"are zero): there is no voice to embed; remove them or record again:\n{listing}{more}")
+
+
+def _all_samples_zero(path: Path, block: int = 1 << 16) -> bool:
+    """Whether every sample of the file is zero, check-data's rule for a silent file; False when it cannot be
+    decoded (reading it for its embedding says why)."""
+    try:
+        with sf.SoundFile(str(path)) as f:
+            return not any(np.any(samples) for samples in f.blocks(blocksize=block, dtype="float32"))
+    except Exception:
+        return False
+
+
+def _short(sha: str | None) -> str:
+    return "" if sha is None else f" of mean {sha[:12]}"
 
 
 def _is_one(audio: Any) -> bool:

@@ -1,6 +1,7 @@
 """Calibration: the fit against a known LLR and its own objective, Cllr / minCllr / actual DCF against direct
 float64 formulas and an independent pool-adjacent-violators, and the interface stored in model files."""
 
+import hashlib
 import json
 import math
 
@@ -198,26 +199,84 @@ def test_a_calibration_file_refuses_scores_of_another_scoring_or_model(tmp_path)
     scores = tmp_path / "vox.cosine_meansub.scores.txt"
     scores.write_text("a/1.wav b/1.wav 0.1 0\n")
     assert calibration_source(scores) == {"scores": str(scores), "evaluation": None, "scoring": "cosine_meansub",
-                                          "model_sha256": None}  # from the name alone
+                                          "model_sha256": None, "model_provenance_sha256": None,
+                                          "embedding_mean_sha256": None}  # from the name alone
     (tmp_path / "vox.cosine_meansub.json").write_text(json.dumps({"scoring": "cosine_meansub",
-                                                                  "checkpoint_sha256": "abc"}))
+                                                                  "checkpoint_sha256": "abc",
+                                                                  "embedding_mean_sha256": "m1"}))
     source = calibration_source(scores)
     assert source == {"scores": str(scores), "evaluation": str(tmp_path / "vox.cosine_meansub.json"),
-                      "scoring": "cosine_meansub", "model_sha256": "abc"}
+                      "scoring": "cosine_meansub", "model_sha256": "abc", "model_provenance_sha256": None,
+                      "embedding_mean_sha256": "m1"}
     assert calibration_source(tmp_path / "half_a.txt")["scoring"] is None
 
     threshold = Threshold(0.3, "eer", None, 0.1, 0.1, (0.2, 0.4), (0.0, 0.2), (0.0, 0.2), 0.95, 10)
     path = tmp_path / "cal.json"
     write_calibration_file(path, Calibration(2.0, -1.0), threshold, source)
     assert read_calibration_file(path)[1] == threshold and read_calibration_source(path) == source
-    assert check_calibration_source(path, source, "cosine_meansub", {"abc", "def"}) is None
+    assert check_calibration_source(path, source, "cosine_meansub", {"abc", "def"}, "m1") is None
     with pytest.raises(ValueError, match="fitted on cosine_meansub scores .* computes cosine scores"):
         check_calibration_source(path, source, "cosine", {"abc"})
     with pytest.raises(ValueError, match="fitted on scores of another model \\(SHA-256 abc"):
-        check_calibration_source(path, source, "cosine_meansub", {"def"})
+        check_calibration_source(path, source, "cosine_meansub", {"def"}, "m1")
     assert "does not record which scores" in check_calibration_source(path, None, "cosine", {"abc"})
     assert "the model of the scores" in check_calibration_source(path, {**source, "model_sha256": None},
-                                                                 "cosine_meansub", {"abc"})
+                                                                 "cosine_meansub", {"abc"}, "m1")
     path.write_text(json.dumps({**json.loads(path.read_text()), "source": {"scoring": 3}}))
     with pytest.raises(ValueError, match="cal.json: source must hold scores, evaluation, scoring, model_sha256"):
         read_calibration_source(path)
+
+
+def test_a_calibration_of_mean_subtracted_scores_holds_only_for_their_mean(tmp_path):
+    """The name check alone took a calibration of scores centred on one mean (a train list's) for a model
+    subtracting another (a 3-file --mean-from): the source now names the mean by the SHA-256 of its float64
+    values, taken from the evaluation JSON, or, for an older evaluation, from the .mean.npz it names."""
+    from speakerid.calibration import calibration_source, check_calibration_source
+    from speakerid.scoring import mean_sha256
+
+    mean = np.linspace(-0.1, 0.1, 8)
+    assert mean_sha256(mean) == hashlib.sha256(mean.astype("<f8").tobytes()).hexdigest()
+    assert mean_sha256(mean.tolist()) == mean_sha256(mean)  # a model file keeps it as a list of floats
+    assert mean_sha256(mean + 1e-12) != mean_sha256(mean)
+    scores = tmp_path / "vox.cosine_meansub.scores.txt"
+    scores.write_text("a/1.wav b/1.wav 0.1 0\n")
+    np.savez(tmp_path / "vox.cosine_meansub.mean.npz", keys=np.array(["mean"]), full=mean[None])
+    (tmp_path / "vox.cosine_meansub.json").write_text(json.dumps({  # an older evaluate: no digest, the mean's file
+        "scoring": "cosine_meansub", "checkpoint_sha256": "abc",
+        "embedding_mean": str(tmp_path / "vox.cosine_meansub.mean.npz")}))
+    source = calibration_source(scores)
+    assert source["embedding_mean_sha256"] == mean_sha256(mean)
+    assert check_calibration_source("cal.json", source, "cosine_meansub", {"abc"}, mean_sha256(mean)) is None
+    with pytest.raises(ValueError, match="cal.json was fitted on scores centred on another mean embedding "
+                                         f"\\(SHA-256 {mean_sha256(mean)[:12]}.*--mean-from <its .mean.npz>"):
+        check_calibration_source("cal.json", source, "cosine_meansub", {"abc"}, mean_sha256(mean[::-1]))
+    # raw cosine scores have no mean to compare; a source that does not know its mean is taken with a warning
+    assert check_calibration_source("cal.json", {**source, "scoring": "cosine", "embedding_mean_sha256": None},
+                                    "cosine", {"abc"}) is None
+    warning = check_calibration_source("cal.json", {**source, "embedding_mean_sha256": None}, "cosine_meansub",
+                                       {"abc"}, mean_sha256(mean))
+    assert "the mean embedding of the scores" in warning and "is unknown" in warning
+
+
+def test_a_calibration_of_a_model_file_holds_for_its_checkpoint_and_back(tmp_path):
+    """A model file is the same model as the checkpoint it was exported from: a calibration of the model
+    file's scores was refused for the checkpoint. Its source records the checkpoint too (from the evaluation
+    JSON's provenance_sha256), and either SHA-256 matches either of the model's."""
+    from speakerid.calibration import calibration_source, check_calibration_source, read_calibration_source
+
+    scores = tmp_path / "vox.cosine.scores.txt"
+    scores.write_text("a/1.wav b/1.wav 0.1 0\n")
+    (tmp_path / "vox.cosine.json").write_text(json.dumps({"scoring": "cosine", "checkpoint_sha256": "file",
+                                                          "provenance_sha256": "ckpt"}))
+    source = calibration_source(scores)
+    assert (source["model_sha256"], source["model_provenance_sha256"]) == ("file", "ckpt")
+    assert check_calibration_source("c", source, "cosine", {"ckpt"}) is None            # the checkpoint itself
+    assert check_calibration_source("c", source, "cosine", {"other", "ckpt"}) is None   # another file of it
+    with pytest.raises(ValueError, match="another model"):
+        check_calibration_source("c", source, "cosine", {"other", "ckpt2"})
+    # a calibration file of an older speakerid (four source keys) still reads, the new ones unknown
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"calibration": {"slope": 1.0, "offset": 0.0},
+                               "threshold": {"score": 0.5, "kind": "eer", "target": None},
+                               "source": {k: source[k] for k in ("scores", "evaluation", "scoring", "model_sha256")}}))
+    assert read_calibration_source(old) == {**source, "model_provenance_sha256": None}

@@ -172,9 +172,9 @@ def test_loading_a_folder_names_the_model_files_in_it(checkpoint, tmp_path, audi
 
 
 # ---------------------------------------------------------------------------------------------- calibration
-def evaluated_scores(path: Path, scoring: str, model_sha256: str) -> Path:
+def evaluated_scores(path: Path, scoring: str, model_sha256: str, **record) -> Path:
     """A score file as `speakerid evaluate` names it, with the JSON it writes beside it (the keys calibrate
-    reads): 20 speakers, overlapping Gaussian target and non-target scores."""
+    reads, and `record`): 20 speakers, overlapping Gaussian target and non-target scores."""
     rng = np.random.default_rng(0)
     lines = []
     for s in range(20):
@@ -185,7 +185,8 @@ def evaluated_scores(path: Path, scoring: str, model_sha256: str) -> Path:
     path.write_text("\n".join(lines) + "\n")
     name = path.name.removesuffix(".scores.txt")
     path.with_name(f"{name}.json").write_text(json.dumps({"checkpoint_sha256": model_sha256, "scores": str(path),
-                                                          "name": name.split(".")[0], "scoring": scoring}))
+                                                          "name": name.split(".")[0], "scoring": scoring,
+                                                          **record}))
     return path
 
 
@@ -202,7 +203,7 @@ def test_a_calibration_applies_only_to_scores_of_its_scoring_and_model(checkpoin
         assert run.returncode == 0, run.stderr
         assert json.loads(cals[scoring, model].read_text())["source"] == {
             "scores": str(scores.resolve()), "evaluation": str(scores.with_name(f"trials.{scoring}.json").resolve()),
-            "scoring": scoring, "model_sha256": model}
+            "scoring": scoring, "model_sha256": model, "model_provenance_sha256": None, "embedding_mean_sha256": None}
 
     def export(out: str, calibration: Path, *mean: str):
         return speakerid_cli("export", "--model", checkpoint, "--out", tmp_path / out, "--calibration", calibration,
@@ -234,6 +235,186 @@ def test_a_calibration_applies_only_to_scores_of_its_scoring_and_model(checkpoin
     legacy.write_text(json.dumps({"calibration": record["calibration"], "threshold": record["threshold"]}))
     run = export("legacy.pt", legacy)
     assert run.returncode == 0 and "legacy.json does not record which scores it was fitted on" in run.stderr
+
+
+def calibrated(tmp_path: Path, name: str, scoring: str, model_sha256: str, **record) -> Path:
+    """`speakerid calibrate` of evaluated_scores(...): the calibration file it writes."""
+    scores = evaluated_scores(tmp_path / name / f"trials.{scoring}.scores.txt", scoring, model_sha256, **record)
+    run = speakerid_cli("calibrate", "--scores", scores, "--out", tmp_path / f"{name}.json", "--n-bootstrap", "20")
+    assert run.returncode == 0, run.stderr
+    return tmp_path / f"{name}.json"
+
+
+def test_a_new_mean_embedding_drops_the_calibration_and_threshold_of_the_old_scores(checkpoint, audio, tmp_path,
+                                                                                   caplog):
+    """A calibrated cosine model given a mean (export --mean-from, or embedding_mean in Python, then save) kept
+    the cosine threshold for its cosine_meansub scores: on the hunt's trials it went from FAR 3.7% / FRR 67% to
+    rejecting every genuine trial. A new mean now removes them, with a warning; a calibration of another
+    mean's scores given with it is refused; one of the mean evaluation subtracted (its .mean.npz) is taken."""
+    from speakerid.scoring import mean_sha256
+
+    sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    cosine = calibrated(tmp_path, "cosine", "cosine", sha)
+    calibrated_file = tmp_path / "cal.pt"
+    assert speakerid_cli("export", "--model", checkpoint, "--out", calibrated_file, "--calibration",
+                         cosine).returncode == 0
+    run = speakerid_cli("export", "--model", calibrated_file, "--out", tmp_path / "A.pt", "--mean-from",
+                        audio / "train.txt", "--root", audio, "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    assert "changed (cosine scores -> cosine_meansub scores of mean" in run.stderr and "are removed" in run.stderr
+    a = speakerid.load(tmp_path / "A.pt", device="cpu")
+    assert a.scoring == "cosine_meansub" and a.calibration is None and a.threshold is None
+
+    model = speakerid.load(checkpoint, device="cpu")  # the API: calibration first, then the mean, then save
+    model.load_calibration(cosine)
+    with caplog.at_level("WARNING", logger="speakerid"):
+        model.embedding_mean = a.embedding_mean
+    assert "no longer apply and are removed" in caplog.text
+    assert model.calibration is None and model.threshold is None
+    model.save(tmp_path / "B.pt")
+    assert speakerid.load(tmp_path / "B.pt", device="cpu").threshold is None
+    model.embedding_mean = a.embedding_mean  # the same mean again: the scores, and a calibration, stay
+    model.threshold = {"score": 0.4, "kind": "eer", "target": None}
+    model.embedding_mean = a.embedding_mean
+    assert model.threshold["score"] == 0.4
+
+    # a calibration fitted on scores centred on the mean of 2 of the 8 files, exported beside the 8 files' mean
+    np.savez(tmp_path / "two.mean.npz", keys=np.array(["mean"]), full=speakerid.load(checkpoint, device="cpu")
+             .embed_files(["spk0/s1/0.wav", "spk1/s1/0.wav"], audio).mean()[None])
+    two = np.load(tmp_path / "two.mean.npz")["full"][0]
+    assert mean_sha256(two) != a.mean_sha256
+    meansub = calibrated(tmp_path, "meansub", "cosine_meansub", sha, embedding_mean_sha256=mean_sha256(two),
+                         embedding_mean=str(tmp_path / "two.mean.npz"))
+    run = speakerid_cli("export", "--model", checkpoint, "--out", tmp_path / "C.pt", "--mean-from", audio / "train.txt",
+                        "--root", audio, "--calibration", meansub, "--device", "cpu")
+    assert run.returncode == 1 and not (tmp_path / "C.pt").exists()
+    assert f"centred on another mean embedding (SHA-256 {mean_sha256(two)[:12]}" in run.stderr
+    run = speakerid_cli("export", "--model", checkpoint, "--out", tmp_path / "D.pt", "--mean-from",
+                        tmp_path / "two.mean.npz", "--calibration", meansub)
+    assert run.returncode == 0, run.stderr
+    d = speakerid.load(tmp_path / "D.pt", device="cpu")
+    assert d.mean_sha256 == mean_sha256(two) and d.threshold is not None
+    # the model file records which scores (and mean) its calibration was fitted on
+    assert d.loaded.provenance["calibration_source"]["embedding_mean_sha256"] == mean_sha256(two)
+
+
+def test_evaluating_a_model_file_with_another_mean_says_so_and_its_calibration_is_refused(checkpoint, audio,
+                                                                                          tmp_path):
+    """evaluate of a model file with a mean, run with eval.mean_subtraction.enabled=true, silently subtracted the
+    list's mean instead, and its JSON still said cosine_meansub with the model file's SHA, so load_calibration
+    took a calibration of those scores for the model file's own. Now it warns, records both means, and the
+    calibration is refused."""
+    from speakerid.scoring import mean_sha256
+
+    model = speakerid.load(checkpoint, device="cpu")
+    model.embedding_mean = model.embed_files(["spk2/s1/0.wav", "spk3/s1/0.wav", "spk3/s1/1.wav"], audio).mean()
+    model.save(tmp_path / "mean3.pt")
+    out = tmp_path / "eval"
+    run = speakerid_cli("evaluate", "--model", tmp_path / "mean3.pt", "--trials", audio / "trials.txt", "--root", audio,
+                        "--out-dir", out, "--device", "cpu", "eval.mean_subtraction.enabled=true",
+                        f"eval.mean_subtraction.list={audio / 'train.txt'}", f"eval.mean_subtraction.root={audio}")
+    assert run.returncode == 0, run.stderr
+    assert f"replaces the model's own (SHA-256 {model.mean_sha256[:12]})" in run.stderr
+    report = json.loads((out / "trials.cosine_meansub.json").read_text())
+    used = np.load(out / "trials.cosine_meansub.mean.npz")["full"][0]
+    assert report["embedding_mean_sha256"] == mean_sha256(used) != model.mean_sha256
+    assert report["mean_subtraction"]["replaced"] == f"the model's own mean embedding (SHA-256 {model.mean_sha256})"
+    run = speakerid_cli("calibrate", "--scores", out / "trials.cosine_meansub.scores.txt", "--out", tmp_path / "c.json",
+                        "--n-bootstrap", "20")
+    assert json.loads((tmp_path / "c.json").read_text())["source"]["embedding_mean_sha256"] == mean_sha256(used)
+    with pytest.raises(ValueError, match="centred on another mean embedding"):
+        speakerid.load(tmp_path / "mean3.pt", device="cpu").load_calibration(tmp_path / "c.json")
+    # without the list, the model file's own mean: recorded as given with it
+    run = speakerid_cli("evaluate", "--model", tmp_path / "mean3.pt", "--trials", audio / "trials.txt", "--root",
+                        audio, "--out-dir", tmp_path / "own", "--device", "cpu")
+    assert run.returncode == 0 and "replaces" not in run.stderr
+    report = json.loads((tmp_path / "own" / "trials.cosine_meansub.json").read_text())
+    assert report["embedding_mean_sha256"] == model.mean_sha256 and "replaced" not in report["mean_subtraction"]
+
+
+def test_an_evaluation_or_calibration_of_a_model_file_holds_for_its_checkpoint(checkpoint, audio, tmp_path):
+    """verify --model best.pt --threshold-from <evaluation of model.pt> said 'measured with another model', and
+    export --model best.pt --calibration <calibration of model.pt's scores> refused it too, while a model file
+    is the same model as its checkpoint. The evaluation JSON's provenance_sha256 (or, for an older evaluation,
+    the evaluated model file's provenance) names the checkpoint."""
+    sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    model_file = tmp_path / "model.pt"
+    assert speakerid_cli("export", "--model", checkpoint, "--out", model_file).returncode == 0
+    file_sha = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    out = tmp_path / "eval"
+    run = speakerid_cli("evaluate", "--model", model_file, "--trials", audio / "trials.txt", "--root", audio,
+                        "--out-dir", out, "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    report_path = out / "trials.cosine.json"
+    pair = [audio / "spk0/s1/0.wav", audio / "spk0/s1/1.wav"]
+    run = speakerid_cli("verify", "--model", checkpoint, "--threshold-from", report_path, *pair, "--device", "cpu")
+    assert run.returncode in (0, 1) and "EER threshold of trials, cosine" in run.stdout, run.stderr
+    # four trials cannot be calibrated: scores of a larger list, with the evaluation's record of its model
+    cal = calibrated(tmp_path, "mf", "cosine", file_sha, checkpoint=json.loads(report_path.read_text())["checkpoint"])
+    source = json.loads(cal.read_text())["source"]
+    assert (source["model_sha256"], source["model_provenance_sha256"]) == (file_sha, sha)
+    run = speakerid_cli("export", "--model", checkpoint, "--out", tmp_path / "y.pt", "--calibration", cal)
+    assert run.returncode == 0, run.stderr
+
+    # recorded in the JSON, the checkpoint is known without the model file; another checkpoint stays refused
+    model_file.unlink()
+    report = json.loads(report_path.read_text())
+    report_path.write_text(json.dumps({**report, "provenance_sha256": sha}))
+    run = speakerid_cli("verify", "--model", checkpoint, "--threshold-from", report_path, *pair, "--device", "cpu")
+    assert run.returncode in (0, 1), run.stderr
+    report_path.write_text(json.dumps({**report, "provenance_sha256": "0" * 64}))
+    run = speakerid_cli("verify", "--model", checkpoint, "--threshold-from", report_path, *pair, "--device", "cpu")
+    assert run.returncode == 2 and "measured with another model" in run.stderr
+
+
+def test_digital_silence_is_refused_by_verify_and_embed_and_quiet_speech_is_not(checkpoint, audio, tmp_path):
+    """Two all-zero recordings verified as the same speaker (score 1.0, exit 0): silence has no voice, and its
+    embedding is one fixed vector. Refused now, naming the file, by check-data's rule (all samples zero)."""
+    sf.write(tmp_path / "silent.wav", np.zeros(32000, np.float32), RATE)
+    sf.write(tmp_path / "silent2.wav", np.zeros(48000, np.int16), RATE, subtype="PCM_16")
+    sf.write(tmp_path / "quiet.wav", wave(0, 0) * 1e-3, RATE, subtype="PCM_16")  # a few int16 steps of speech
+    model_file = tmp_path / "m.pt"
+    model = speakerid.load(checkpoint, device="cpu")
+    model.threshold = {"score": 0.5, "kind": "eer", "target": None}
+    model.save(model_file)
+    run = speakerid_cli("verify", "--model", model_file, tmp_path / "silent.wav", tmp_path / "silent2.wav")
+    assert run.returncode == 2 and run.stdout == ""
+    assert "2 of the 2 recordings to embed are digital silence (all samples are zero)" in run.stderr
+    assert f"{tmp_path / 'silent.wav'}" in run.stderr and f"{tmp_path / 'silent2.wav'}" in run.stderr
+    run = speakerid_cli("verify", "--model", model_file, audio / "spk0/s1/0.wav", tmp_path / "silent.wav")
+    assert run.returncode == 2 and "1 of the 2 recordings" in run.stderr
+    (tmp_path / "list.txt").write_text("quiet.wav\nsilent.wav\n")
+    run = speakerid_cli("embed", "--model", model_file, "--list", tmp_path / "list.txt", "--root", tmp_path,
+                        "--out", tmp_path / "e.npz")
+    assert run.returncode != 0 and "silent.wav" in run.stderr and not (tmp_path / "e.npz").exists()
+    with pytest.raises(ValueError, match="waveform 0: all samples are zero"):
+        model.embed(np.zeros(RATE, np.float32), sample_rate=RATE)
+    run = speakerid_cli("verify", "--model", model_file, tmp_path / "quiet.wav", audio / "spk0/s1/1.wav")
+    assert run.returncode in (0, 1), run.stderr
+
+
+def test_a_recording_that_is_the_mean_embedding_is_an_error_not_different_speakers(checkpoint, audio, tmp_path):
+    """A model file whose mean came from one file, verifying that file against itself: the centred embedding
+    was a zero vector, the score NaN, and verify exited 1, 'different speakers'. export --mean-from needs 2 files
+    now (evaluate's mean list has 2 speakers already), and a recording that is the mean is an error naming it
+    (verify: exit 2)."""
+    (tmp_path / "one.txt").write_text("spk0/s1/0.wav\nspk0/s1/0.wav\n")  # one file, twice
+    run = speakerid_cli("export", "--model", checkpoint, "--out", tmp_path / "one.pt", "--mean-from",
+                        tmp_path / "one.txt", "--root", audio)
+    assert run.returncode == 1 and "a mean embedding needs at least 2 distinct files, got 1" in run.stderr
+    assert not (tmp_path / "one.pt").exists()
+
+    # such a model file made by hand (or by an older speakerid)
+    model = speakerid.load(checkpoint, device="cpu")
+    model.embedding_mean = model.embed(audio / "spk0/s1/0.wav")
+    model.threshold = {"score": 0.5, "kind": "eer", "target": None}
+    model.save(tmp_path / "bad.pt")
+    same = audio / "spk0/s1/0.wav"
+    run = speakerid_cli("verify", "--model", tmp_path / "bad.pt", same, same)
+    assert run.returncode == 2 and run.stdout == ""
+    assert f"{same}: its embedding is the mean embedding subtracted before scoring" in run.stderr
+    with pytest.raises(ValueError, match="waveform 1: its embedding is the mean"):  # the API names it too
+        model.score(audio / "spk1/s1/0.wav", sf.read(same, dtype="float32")[0], sample_rate=RATE)
 
 
 # --------------------------------------------------------------------------------------------------- export

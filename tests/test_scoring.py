@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from speakerid.data.lists import Trial
-from speakerid.scoring import Embeddings, as_norm, raw_scores, speaker_means
+from speakerid.scoring import Embeddings, as_norm, raw_scores, speaker_means, subtract_mean
 
 
 def unit(x):
@@ -120,3 +120,25 @@ def test_as_norm_refuses_a_cohort_without_spread(setup, spread):
                            ["x", "y", "z"])
     got = as_norm(raw_scores(emb, trials), emb, trials, cohort, 3)
     np.testing.assert_allclose(got, reference_as_norm(emb, trials, cohort.embeddings, 3, "full"), rtol=0, atol=1e-9)
+
+
+def test_an_embedding_that_is_the_mean_is_named_instead_of_scoring_nan():
+    """Centred on a mean of itself, an embedding is a zero vector and every score of it NaN (verify called that
+    'different speakers'): subtract_mean names it; a mean of fewer than 2 files is refused where it is taken."""
+    rng = np.random.default_rng(0)
+    full = rng.standard_normal((3, 8)).astype(np.float32)
+    one = Embeddings(["a.wav"], full[:1])
+    with pytest.raises(ValueError, match=r"needs at least 2 distinct files, got 1 \(a\.wav\)"):
+        one.mean()
+    found = Embeddings(["a.wav", "b.wav", "c.wav"], full)
+    mean = found.full[1].astype(np.float64) / np.linalg.norm(found.full[1].astype(np.float64))
+    with pytest.raises(ValueError, match=r"^b\.wav: its embedding is the mean embedding .*1 of 3 alike"):
+        found.centred(mean)
+    with pytest.raises(ValueError, match=r"^embedding 1: its embedding is the mean"):
+        subtract_mean(found.full, mean)
+    # a mean of two leaves each of them half their difference: scored, as an independent float64 sum gives it
+    pair = Embeddings(["a.wav", "b.wav"], full[:2])
+    centred = pair.centred(pair.mean()).full.astype(np.float64)
+    u = full[:2].astype(np.float64) / np.linalg.norm(full[:2].astype(np.float64), axis=1, keepdims=True)
+    half = (u[0] - u[1]) / np.linalg.norm(u[0] - u[1])
+    np.testing.assert_allclose(centred, np.stack([half, -half]), rtol=0, atol=1e-6)

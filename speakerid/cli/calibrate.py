@@ -11,9 +11,11 @@ prior-weighted objective at --prior). The threshold is a raw score (accept when 
 --target-far F picks the lowest threshold whose false-acceptance rate is <= F, --operating-point eer the
 equal-error-rate threshold, --operating-point dcf the minimum-DCF threshold at --p-target. The JSON holds
 {"calibration": {slope, offset, prior}, "threshold": {score, kind, target, far, frr, score_ci, far_ci, frr_ci,
-confidence, n_bootstrap}, "source": {scores, evaluation, scoring, model_sha256}}: the scoring and the model come
-from the evaluation JSON beside the score file, and `speakerid export` and `model.load_calibration` refuse the
-file for a model that is not that one or does not score that way. The intervals come from resampling the
+confidence, n_bootstrap}, "source": {scores, evaluation, scoring, model_sha256, model_provenance_sha256,
+embedding_mean_sha256}}: the scoring, the model (and the checkpoint it was exported from) and the mean embedding
+the scores were centred on come from the evaluation JSON beside the score file, and `speakerid export` and
+`model.load_calibration` refuse the file for a model that is not that one, or does not score that way, or
+subtracts another mean. The intervals come from resampling the
 list's speakers (see speakerid.bootstrap.speaker_of). Printed: Cllr and actual DCF at --p-target of the raw
 scores and of the calibrated LLRs, and the floors minCllr and minDCF, which no calibration changes.
 """
@@ -70,12 +72,16 @@ def run(args: argparse.Namespace) -> int:
     n_target = int(labels.sum())
     print(f"{args.scores}: {len(labels)} trials ({n_target} target, {len(labels) - n_target} non-target)")
     unknown = [what for key, what in (("model_sha256", "model"), ("scoring", "scoring")) if source[key] is None]
+    if "meansub" in (source["scoring"] or "") and source["embedding_mean_sha256"] is None:
+        unknown.append("mean embedding")
     if unknown:
         print(f"warning: no evaluation JSON beside {args.scores}: {args.out} cannot record the "
               f"{' or the '.join(unknown)} of these scores, so export and load_calibration cannot check that they "
               f"match", file=sys.stderr)
     else:
-        print(f"scores: {source['scoring']} of model {source['model_sha256'][:12]}")
+        mean = source["embedding_mean_sha256"]
+        print(f"scores: {source['scoring']} of model {source['model_sha256'][:12]}"
+              + ("" if mean is None else f", centred on mean embedding {mean[:12]}"))
     sign = "-" if calibration.offset < 0 else "+"
     print(f"calibration: llr = {calibration.slope:.6g} * score {sign} {abs(calibration.offset):.6g} "
           f"(prior {args.prior:g})")

@@ -3,13 +3,18 @@
     speakerid export --model best.pt --out model.pt                           # a model file (the default)
     speakerid export --model best.pt --out model.pt --calibration cal.json    # with calibration and threshold
     speakerid export --model best.pt --out model.pt --mean-from train_list.txt --root /data/wav
+    speakerid export --model best.pt --out model.pt --mean-from best_eval/trials.cosine_meansub.mean.npz \
+        --calibration cal.json       # the mean that evaluation subtracted, and a calibration of its scores
     speakerid export --model best.pt --format torchscript --out extractor.ts --check a.wav b.flac
     speakerid export --model model.pt --format onnx --out extractor.onnx
 
 --format model writes a model file: the extractor's weights, its config, the sample rate and where it came
 from, plus, when given, the calibration and threshold of a `speakerid calibrate` JSON
-({"calibration": {...}, "threshold": {...}}) and the mean embedding of a list's files (subtracted before
-cosine scoring); `speakerid.load` and every command's --model read it, `torch.load(weights_only=True)` too.
+({"calibration": {...}, "threshold": {...}}) and the mean embedding of a list's files, or the one an evaluation
+subtracted (its .mean.npz), subtracted before cosine scoring; `speakerid.load` and every command's --model read
+it, `torch.load(weights_only=True)` too. A calibration holds only for the scores it was fitted on: one fitted with
+another mean (or none) is refused, and the calibration and threshold of a --model file are dropped, with a
+warning, when --mean-from changes its mean.
 --format torchscript (torch.jit.load) and onnx (onnxruntime; needs `pip install "speakerid[onnx]"`) write
 the extractor alone: waveform [batch, samples] float32 at the model's rate -> embedding [batch, dim], not
 normalised (score by cosine), both axes dynamic (ONNX input `waveform`, output `embedding`).
@@ -45,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a `speakerid calibrate` JSON: its calibration and threshold go into the model file")
     parser.add_argument("--mean-from", type=Path, dest="mean_from",
                         help="a list (`path` or `speaker path` lines) whose files' mean embedding goes into the "
-                             "model file, to be subtracted before scoring")
+                             "model file, to be subtracted before scoring; or the .mean.npz of an evaluation")
     parser.add_argument("--root", type=Path,
                         help="folder the --mean-from list's paths start from (default: the list's folder)")
     parser.add_argument("--check", nargs="*", type=Path, default=[], help="audio files for the parity check")
@@ -58,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     from speakerid.data.audio import read_full
     from speakerid.data.lists import ListFormatError, read_file_list
+    from speakerid.evaluation.store import read_mean_file
     from speakerid.io import atomic_path, check_new_file
     from speakerid.speaker_model import load
 
@@ -68,7 +74,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--root goes with --mean-from")
         check_new_file(args.out, args.overwrite, what="--out")
         model = load(args.model, args.device if args.mean_from else "cpu")
-        if args.mean_from is not None:
+        if args.calibration is not None:  # replaces the model file's own, which no longer matter
+            model.calibration = model.threshold = None
+        if args.mean_from is not None and args.mean_from.name.endswith(".mean.npz"):
+            if args.root is not None:
+                raise ValueError(f"--root goes with a list; {args.mean_from} is a mean embedding")
+            model.embedding_mean = read_mean_file(args.mean_from)
+            print(f"mean embedding of {args.mean_from}")
+        elif args.mean_from is not None:
             files = read_file_list(args.mean_from)
             embeddings = model.embed_files(files, args.root or args.mean_from.parent, progress=True)
             model.embedding_mean = embeddings.mean()

@@ -7,8 +7,9 @@ different speakers, 2 on any error (so a shell can branch on it).
     speakerid evaluate --model best.pt eval=vox1_o eval.dir=/data/voxceleb1           # once, then:
     speakerid verify --model best.pt --threshold-from best_eval/vox1_o_cleaned.cosine.json a.wav b.wav
 
-The threshold is --threshold, else the EER threshold of --threshold-from (an evaluation of this model, or of
-the checkpoint a model file was exported from: the pair is then scored as that evaluation scored its trials,
+The threshold is --threshold, else the EER threshold of --threshold-from (an evaluation of this model, of the
+checkpoint a model file was exported from, or of a model file exported from this checkpoint: the pair is then
+scored as that evaluation scored its trials,
 full utterance or multi-crop, with its mean subtraction and AS-norm), else the model file's own (`speakerid export
 --calibration`). Otherwise scores are cosine similarities, less the model file's mean embedding if it has one.
 """
@@ -70,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"{args.model} stores no threshold: give --threshold or --threshold-from, or "
                                  f"export a model file with one (speakerid export --calibration cal.json)")
             source = "given" if args.threshold is not None else _describe(model.threshold)
+        if not math.isfinite(result.score):  # `score >= threshold` is False for NaN: never "different speakers"
+            raise ValueError(f"the score of {args.audio[0]} and {args.audio[1]} is {result.score}, not a number "
+                             f"that can decide")
     except (AudioError, OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return ERROR
@@ -94,8 +98,10 @@ def score_as_evaluated(model, audio: list[Path], report_path: Path, model_path: 
     """(score, EER threshold, where the threshold comes from): the pair scored as the evaluation run whose JSON
     is `report_path` scored its trials."""
     from speakerid.evaluation import ExtractionOptions, load_embeddings
+    from speakerid.evaluation.store import read_mean_file
+    from speakerid.model_file import evaluated_model_identities
     from speakerid.io import read_json
-    from speakerid.scoring import Cohort, as_norm, raw_scores
+    from speakerid.scoring import Cohort, as_norm, mean_sha256, raw_scores
 
     report = read_json(report_path, "evaluation report")
     if report.get("eer_threshold") is None:
@@ -103,15 +109,21 @@ def score_as_evaluated(model, audio: list[Path], report_path: Path, model_path: 
     value = report["eer_threshold"]
     if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value)):
         raise ValueError(f"{report_path}: eer_threshold {value!r} is not a finite number")
-    ours = {model.loaded.sha256, model.loaded.provenance.get("checkpoint_sha256")}
-    if report.get("checkpoint_sha256") not in ours:
+    # a model file is the same model as the checkpoint it was exported from, either way round
+    if not evaluated_model_identities(report, model.loaded.identities) & model.loaded.identities:
         raise ValueError(f"{report_path} was measured with another model ({report.get('checkpoint')}): its threshold "
                          f"does not apply to {model_path}")
     options = ExtractionOptions(**report["embedding"])
     paths = [str(p.resolve()) for p in audio]
     embeddings = model.embed_files(paths, "/", options)
     if report.get("embedding_mean"):  # the mean that evaluation subtracted (the AS-norm cohort is stored centred)
-        embeddings = embeddings.centred(load_embeddings(report["embedding_mean"])[0].full[0].astype(np.float64))
+        mean = read_mean_file(report["embedding_mean"])
+        recorded = report.get("embedding_mean_sha256")
+        if recorded is not None and mean_sha256(mean) != recorded:
+            raise ValueError(f"{report['embedding_mean']} is not the mean embedding {report_path} subtracted (SHA-256 "
+                             f"{mean_sha256(mean)[:12]}, recorded {recorded[:12]}): it was replaced since; evaluate "
+                             f"again")
+        embeddings = embeddings.centred(mean)
     trial = [Trial(None, paths[0], paths[1])]
     score = raw_scores(embeddings, trial, options.mode)
     if report.get("asnorm"):

@@ -30,7 +30,15 @@ from speakerid.evaluation.protocol import ExtractionOptions, Protocol
 from speakerid.evaluation.store import EmbeddingCache
 from speakerid.io import write_json_atomic, write_text_atomic
 from speakerid.metrics import verification_metrics
-from speakerid.scoring import Cohort, Embeddings, as_norm, merge_embeddings, raw_scores, speaker_means
+from speakerid.scoring import (
+    Cohort,
+    Embeddings,
+    as_norm,
+    mean_sha256,
+    merge_embeddings,
+    raw_scores,
+    speaker_means,
+)
 
 log = logging.getLogger("speakerid")
 
@@ -51,11 +59,17 @@ class EvaluationResult:
     extraction_seconds: float
     cohort: Cohort | None = None
     mean: np.ndarray | None = None     # the subtracted mean embedding (mean subtraction on)
+    replaced_mean: np.ndarray | None = None  # the model's own mean, which the protocol's list mean replaced
 
     @property
     def scoring(self) -> str:
         """The protocol's scoring name, `_meansub` included when a mean came with the model instead."""
         return self.protocol.scoring_with(mean_subtraction=self.mean is not None)
+
+    def _replaced(self) -> dict[str, str]:
+        if self.replaced_mean is None:
+            return {}
+        return {"replaced": f"the model's own mean embedding (SHA-256 {mean_sha256(self.replaced_mean)})"}
 
     def report(self) -> dict[str, Any]:
         """The JSON written beside a score file."""
@@ -65,8 +79,10 @@ class EvaluationResult:
             "embedding": asdict(p.embedding),
             "asnorm": {**asdict(p.asnorm), "cohort_speakers": len(self.cohort.speakers)}
             if self.cohort is not None else None,
-            "mean_subtraction": (None if self.mean is None else asdict(p.mean_subtraction)
+            "mean_subtraction": (None if self.mean is None else {**asdict(p.mean_subtraction), **self._replaced()}
                                  if p.mean_subtraction.enabled else {"enabled": True, "given": "with the model"}),
+            # which mean the scores were centred on: a calibration of them holds only for a model with this one
+            "embedding_mean_sha256": None if self.mean is None else mean_sha256(self.mean),
             "n_trials": len(self.trials), "n_files": self.n_files, "labelled": self.labels is not None,
             **(self.metrics or {}),
             "n_extracted": self.n_extracted, "extraction_seconds": self.extraction_seconds,
@@ -125,7 +141,8 @@ class Evaluation:
             mean: np.ndarray | None = None) -> EvaluationResult:
         """With several processes (torchrun) each embeds its share of the files and all of them get every
         embedding, so every rank computes the same scores and metrics. `mean`: a mean embedding to subtract
-        (a model file's), when the protocol's mean subtraction is off."""
+        (a model file's); the protocol's mean subtraction, when on, replaces it with a warning (the result
+        records both)."""
         protocol = self.protocol
         options = protocol.embedding
         extracted = 0
@@ -154,16 +171,26 @@ class Evaluation:
         start = time.perf_counter()
         embeddings = embeddings_of(protocol.root, self.files, options)
         full_only = ExtractionOptions(**{**asdict(options), "mode": "full"})
+        replaced = None
         if protocol.mean_subtraction.enabled:
+            if mean is not None:
+                replaced = mean
+                log.warning("warning: eval.mean_subtraction.enabled=true: the mean embedding of %s replaces the "
+                            "model's own (SHA-256 %s), so these are not the scores the model gives: a calibration "
+                            "or threshold fitted on them does not apply to it (turn it off to score as the model "
+                            "does)", protocol.mean_subtraction.list, mean_sha256(mean)[:12])
             mean = embeddings_of(protocol.mean_subtraction.root, self.mean_paths, full_only).mean()
-        if mean is not None:
-            embeddings = embeddings.centred(mean)
-        cohort = None
-        if protocol.asnorm.enabled:
-            cohort_embeddings = embeddings_of(protocol.asnorm.cohort_root, self.cohort_paths, full_only)
-            if mean is not None:  # the cohort must live in the same centred space as the trials
-                cohort_embeddings = cohort_embeddings.centred(mean)
-            cohort = speaker_means(cohort_embeddings, self.cohort_speakers)
+        try:
+            if mean is not None:
+                embeddings = embeddings.centred(mean)
+            cohort = None
+            if protocol.asnorm.enabled:
+                cohort_embeddings = embeddings_of(protocol.asnorm.cohort_root, self.cohort_paths, full_only)
+                if mean is not None:  # the cohort must live in the same centred space as the trials
+                    cohort_embeddings = cohort_embeddings.centred(mean)
+                cohort = speaker_means(cohort_embeddings, self.cohort_speakers)
+        except ValueError as e:  # a file whose embedding is the mean: nothing is left to score
+            raise EvaluationError(f"mean subtraction: {e}") from None
         seconds = time.perf_counter() - start
 
         scores = raw_scores(embeddings, self.trials, options.mode)
@@ -182,7 +209,7 @@ class Evaluation:
             labels = np.fromiter((t.label for t in self.trials), dtype=np.int64, count=len(self.trials))
             metrics = verification_metrics(scores, labels, with_thresholds=True)
         return EvaluationResult(protocol, self.trials, scores, labels, metrics, len(self.files), extracted, seconds,
-                                cohort, mean)
+                                cohort, mean, replaced)
 
 
 def train_subset(list_path: str, root: str, per_speaker: int | None) -> tuple[list[str], list[str], int]:

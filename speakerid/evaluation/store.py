@@ -37,6 +37,16 @@ def load_embeddings(path: str | os.PathLike) -> tuple[Embeddings, dict[str, Any]
     return embeddings, meta
 
 
+def read_mean_file(path: str | os.PathLike) -> np.ndarray:
+    """The mean embedding of an evaluation's `<name>.<scoring>.mean.npz` (one row, key `mean`), float64 [dim]."""
+    embeddings, _ = load_embeddings(path)
+    if embeddings.keys != ["mean"]:
+        shown = ", ".join(embeddings.keys[:3]) + (", ..." if len(embeddings) > 3 else "")
+        raise ValueError(f"{path}: not a mean-embedding file (evaluate writes <name>.<scoring>.mean.npz, one row "
+                         f"named mean), its rows are {shown or 'none'}")
+    return embeddings.full[0].astype(np.float64)
+
+
 def _load_embedding_file(path: str | os.PathLike) -> tuple[Embeddings, dict[str, Any], dict[str, np.ndarray]]:
     """(embeddings, meta, the other arrays of the file)."""
     try:
