@@ -122,7 +122,10 @@ def run(args: argparse.Namespace) -> int:
     assert result.scoring == scoring, (result.scoring, scoring)
     scores_path = Path(f"{stem}.scores.txt")
     write_scores(scores_path, result.trials, result.scores)
+    # A model file is the same model as the checkpoint it was exported from: thresholds and calibrations of
+    # either hold for both (model_file.evaluated_model_identities).
     report = {"checkpoint": str(checkpoint_path.resolve()), "checkpoint_sha256": model_id,
+              "provenance_sha256": loaded.provenance.get("checkpoint_sha256"),
               "scores": str(scores_path.resolve()), **result.report(), "device": str(device), "seconds": seconds}
     if result.cohort is not None:
         cohort_path = Path(f"{stem}.cohort.npz")
