@@ -80,6 +80,12 @@ def test_resume_true_with_run_dir_compares_this_jobs_overrides(tiny_corpus_dir, 
     same = train_py(*args, "seed=5", f"run_dir={tmp_path / 'runs' / 'c'}", "trainer.resume=true")
     assert same.returncode == 0, same.stderr
     assert f"{tmp_path / 'runs' / 'a'}/checkpoints/last.pt: this run already finished" in same.stderr + same.stdout
+    # Hydra's record of each command and the log are in the run folder; no folder claimed under runs_root
+    for run, seed in (("a", 5), ("b", 9)):
+        assert "run finished (1/1 epochs)" in (tmp_path / "runs" / run / "train.log").read_text()
+        assert "seed=%d" % seed in (tmp_path / "runs" / run / ".hydra" / "overrides.yaml").read_text()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a", "b"]  # c: nothing to do, removed
+    assert not (tmp_path / "hydra").exists()
 
 
 @pytest.mark.slow
@@ -98,9 +104,11 @@ def test_multirun_jobs_resume_only_their_own_run(tiny_corpus_dir, tmp_path):
     assert sorted(p for p in (tmp_path / "debug").iterdir() if p.is_dir()) == jobs
 
 
-def test_a_start_into_a_folder_holding_a_run_is_refused_before_hydra_writes_there(tmp_path):
-    """hydra.run.dir at another run's folder: Hydra would replace that run's .hydra record (and a later
-    resume=true would take it for this run) before the run's own check refused the folder."""
+@pytest.mark.parametrize("key", ["hydra.run.dir", "run_dir"])
+def test_a_start_into_a_folder_holding_a_run_is_refused_before_hydra_writes_there(tmp_path, key):
+    """hydra.run.dir (or run_dir, which Hydra writes to as well) at another run's folder: Hydra would replace
+    that run's .hydra record (and a later resume=true would take it for this run) before the run's own check
+    refused the folder."""
     from speakerid.cli.train import launch
 
     run = tmp_path / "old_run"
@@ -108,9 +116,9 @@ def test_a_start_into_a_folder_holding_a_run_is_refused_before_hydra_writes_ther
     (run / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
     (run / ".hydra").mkdir()
     (run / ".hydra" / "overrides.yaml").write_text("- seed=1234\n")
-    with pytest.raises(SystemExit, match=rf"hydra.run.dir={run} already holds a run's checkpoints: .*"
+    with pytest.raises(SystemExit, match=rf"{key}={run} already holds a run's checkpoints: .*"
                                          rf"trainer.resume={run}/checkpoints/last.pt"):
-        launch(["debug=tiny", "seed=7", f"hydra.run.dir={run}"], "python train.py")
+        launch(["debug=tiny", "seed=7", f"{key}={run}"], "python train.py")
     assert (run / ".hydra" / "overrides.yaml").read_text() == "- seed=1234\n"
     assert sorted(p.name for p in run.iterdir()) == [".hydra", "checkpoints"]
 

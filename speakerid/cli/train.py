@@ -174,16 +174,47 @@ def discard_unused_run_folder(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def last_value(argv: list[str], key: str) -> str | None:
+    """The value of the last `key=...` override in argv (`+key=`, `++key=` too), or None."""
+    values = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith(f"{key}=")]
+    return values[-1] if values else None
+
+
+def hydra_folder(argv: list[str]) -> tuple[str, str] | None:
+    """(key, folder) where Hydra writes its record of the command and train.log, when the command names it:
+    hydra.run.dir, or run_dir for a single run (see run_dir_for_hydra)."""
+    given = last_value(argv, "hydra.run.dir")
+    if given is not None:
+        return "hydra.run.dir", given
+    run_dir = last_value(argv, "run_dir")
+    if run_dir is not None and run_dir_for_hydra(argv):
+        return "run_dir", run_dir
+    return None
+
+
 def refuse_a_run_folder_in_use(argv: list[str]) -> None:
-    """Exit when hydra.run.dir names a folder that holds a run's checkpoints and this is not a resume of it:
-    Hydra writes its record of the command (.hydra/) over that run's before any check of the run's own can
-    refuse, and a later trainer.resume=true would then take that run for this one."""
-    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("hydra.run.dir=")]
-    resumes = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("trainer.resume=")]
-    if given and (Path(given[-1]) / "checkpoints" / "last.pt").exists() and (
-            not resumes or resumes[-1].lower() in ("false", "null", "")):
-        sys.exit(f"error: hydra.run.dir={given[-1]} already holds a run's checkpoints: give a new folder, or "
-                 f"resume that run in place with trainer.resume={Path(given[-1]) / 'checkpoints' / 'last.pt'}")
+    """Exit when hydra.run.dir (or run_dir) names a folder that holds a run's checkpoints and this is not a
+    resume of it: Hydra writes its record of the command (.hydra/) over that run's before any check of the
+    run's own can refuse, and a later trainer.resume=true would then take that run for this one."""
+    named = hydra_folder(argv)
+    resume = last_value(argv, "trainer.resume")
+    if named and (Path(named[1]) / "checkpoints" / "last.pt").exists() and (
+            resume is None or resume.lower() in ("false", "null", "")):
+        sys.exit(f"error: {named[0]}={named[1]} already holds a run's checkpoints: give a new folder, or "
+                 f"resume that run in place with trainer.resume={Path(named[1]) / 'checkpoints' / 'last.pt'}")
+
+
+def run_dir_for_hydra(argv: list[str]) -> list[str]:
+    """With run_dir=X, Hydra's own folder (its .hydra/ record of the command, train.log) is X too, rather
+    than a runs_root/<name>/<date> folder that it would claim and the run leave empty. Not when the command
+    names hydra.run.dir itself, nor for a multirun (its jobs have folders of their own); under torchrun the
+    other ranks keep their Hydra folders apart, as without run_dir."""
+    run_dir = last_value(argv, "run_dir")
+    multirun = {"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(argv)
+    if (run_dir is None or run_dir.lower() in ("null", "") or last_value(argv, "hydra.run.dir") is not None
+            or multirun or int(os.environ.get("RANK", "0")) != 0):
+        return []
+    return ["hydra.run.dir=${run_dir}"]  # the value as the config resolved it, however the command quoted it
 
 
 def launch(argv: list[str], launcher: str) -> dict[str, Any]:
@@ -200,7 +231,7 @@ def launch(argv: list[str], launcher: str) -> dict[str, Any]:
 
     refuse_a_run_folder_in_use(argv)
     _claimed.clear()  # run folders claimed by an earlier launch in this process are not this one's
-    saved, sys.argv = sys.argv, [sys.argv[0], *argv]  # Hydra reads its arguments from sys.argv
+    saved, sys.argv = sys.argv, [sys.argv[0], *argv, *run_dir_for_hydra(argv)]  # Hydra reads sys.argv
     try:
         app()
     finally:
