@@ -107,3 +107,37 @@ def test_means_saved_by_one_process_resume_on_two_ranks(tmp_path):
     # and that checkpoint, resumed in one process, reads the same
     assert DeviceMeans(torch.device("cpu"), seen["saved"]).read(DistEnv()) == (pytest.approx(22 / 3),
                                                                               pytest.approx(0.5), 0)
+
+
+def test_means_of_a_checkpoint_from_before_the_world_size_was_recorded_count_the_ranks_that_saved_it(
+        tiny_cfg, tmp_path, monkeypatch):
+    """Such a checkpoint written by 2 ranks holds sums over both and no world_size: its number of ranks is
+    that of its RNG states."""
+    from speakerid.training import loop
+
+    stop_requested = loop.Loop.stop_requested
+
+    def stop_after_step_2(self, log_step):
+        if self.run.state.progress.step == 2:
+            self.stop.received = 15
+        return stop_requested(self, log_step)
+
+    monkeypatch.setattr(loop.Loop, "stop_requested", stop_after_step_2)
+    run = setup_run(tiny_cfg("trainer.epochs=1", "~eval", run_dir=tmp_path / "first"))
+    assert run.fit()["exit_code"] == 143
+    run.close()
+    checkpoint = torch.load(tmp_path / "first" / "checkpoints" / "last.pt", weights_only=True)
+    progress = checkpoint["progress"]
+    expected = [DeviceMeans(torch.device("cpu"), progress[k]).read() for k in ("epoch_means", "window_means")]
+    for key in ("epoch_means", "window_means"):  # as 2 ranks of the old format wrote it
+        progress[key] = {"sums": [2 * x for x in progress[key]["sums"]], "steps": progress[key]["steps"]}
+    checkpoint["rng_per_rank"] = [checkpoint["rng"]] * 2
+    torch.save(checkpoint, tmp_path / "old.pt")
+    monkeypatch.setattr(loop.Loop, "stop_requested", stop_requested)
+    resumed = setup_run(tiny_cfg("trainer.epochs=1", "~eval", f"trainer.resume={tmp_path / 'old.pt'}",
+                                 run_dir=tmp_path / "second"))
+    progress = resumed.state.progress
+    assert progress.epoch_means["world_size"] == progress.window_means["world_size"] == 2
+    assert [DeviceMeans(torch.device("cpu"), progress.epoch_means).read(),
+            DeviceMeans(torch.device("cpu"), progress.window_means).read()] == expected
+    resumed.close()
