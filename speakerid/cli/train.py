@@ -12,7 +12,8 @@ so `speakerid train ...` and `python train.py ...` (in a checkout) are the same 
     speakerid train debug=tiny                          # seconds-long run with a tiny model, for checks
     speakerid train experiment=arsc --cfg job           # print the composed config and exit
 
-Each run writes runs/<name>/<date_time>/ (config, TensorBoard, metrics.jsonl, checkpoints, train.log). With
+Each run writes runs/<name>/<date_time>/ (config, TensorBoard, metrics.jsonl, checkpoints, train.log), or the
+folder run_dir=X names (Hydra's .hydra/ record and train.log included). With
 a terminal a progress bar shows each epoch; without one (nohup, a batch job) or with
 trainer.progress_bar=false, the log gets a line every trainer.log_every_steps steps: epoch and step, loss,
 top-1, learning rate, utterances/s and the time left in the epoch and in the run. The run ends with a block
