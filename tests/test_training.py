@@ -105,6 +105,16 @@ def test_refuses_to_train_over_an_existing_run(tiny_cfg, tmp_path):
     train(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
     with pytest.raises(FileExistsError, match="trainer.resume=true"):
         setup_run(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
+    # Nor resume another run's checkpoint into it: its checkpoints would be replaced by the other run's.
+    train(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "other"))
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "checkpoints").iterdir()}
+    with pytest.raises(FileExistsError, match=r"already holds another run's checkpoints"):
+        setup_run(tiny_cfg("trainer.epochs=2", f"trainer.resume={tmp_path / 'other' / 'checkpoints' / 'last.pt'}",
+                           run_dir=tmp_path / "run"))
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "checkpoints").iterdir()} == before
+    # Its own checkpoint resumes in place.
+    setup_run(tiny_cfg("trainer.epochs=2", f"trainer.resume={tmp_path / 'run' / 'checkpoints' / 'last.pt'}",
+                       run_dir=tmp_path / "run")).close()
 
 
 def test_resume_with_another_architecture_names_the_keys(tiny_cfg, tmp_path):

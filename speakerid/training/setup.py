@@ -166,6 +166,11 @@ def setup_run_folder(cfg: DictConfig, env: Environment) -> tuple[CheckpointDir, 
     if resume_from is None and checkpoints.last.exists():
         raise FileExistsError(f"{env.run_dir} already holds a run's checkpoints: resume it with "
                               f"trainer.resume=true, or give another run_dir")
+    if (resume_from is not None and checkpoints.last.exists()
+            and resume_from.resolve().parent != checkpoints.folder.resolve()):
+        # Its step-N.pt, last.pt and best.pt would be replaced by another run's.
+        raise FileExistsError(f"trainer.resume={resume_from}: {env.run_dir} already holds another run's "
+                              f"checkpoints; resume into a new run_dir (or resume that run with its own last.pt)")
     checkpoint = None if resume_from is None else load_resume_checkpoint(resume_from, cfg.trainer.epochs)
     if checkpoint is not None:
         check_resume_position(cfg, env.dist, resume_from, checkpoint)
