@@ -63,13 +63,15 @@ class Bins:
         return list(zip(bounds[:-1], bounds[1:]))
 
     def label(self, index: int) -> str:
+        """'<2', '2-4', '>=8' (and the unit). Rows are grouped by label, so edges keep all their digits:
+        `:g` printed 1000000 and 1000001 alike and merged their bins."""
         lo, hi = self.ranges()[index]
         if lo == -math.inf:
-            text = f"<{hi:g}"
+            text = f"<{hi:.15g}"
         elif hi == math.inf:
-            text = f">={lo:g}"
+            text = f">={lo:.15g}"
         else:
-            text = f"{lo:g}-{hi:g}"
+            text = f"{lo:.15g}-{hi:.15g}"
         return f"{text} {self.unit}".rstrip()
 
     def assign(self, values) -> np.ndarray:

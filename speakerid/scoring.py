@@ -60,8 +60,8 @@ class Embeddings:
     def centred(self, mean: np.ndarray) -> Embeddings:
         """These embeddings (and crops) with `mean` subtracted and renormalised (`subtract_mean`); a
         ValueError naming the first utterance whose embedding is the mean itself."""
-        crops = None if self.crops is None else subtract_mean(self.crops, mean, self.keys).astype(self.crops.dtype)
-        return Embeddings(self.keys, subtract_mean(self.full, mean, self.keys).astype(self.full.dtype), crops)
+        crops = None if self.crops is None else subtract_mean(self.crops, mean, self.keys, self.crops.dtype)
+        return Embeddings(self.keys, subtract_mean(self.full, mean, self.keys, self.full.dtype), crops)
 
     def mean(self) -> np.ndarray:
         """The mean of the unit full-utterance embeddings (float64): what mean subtraction subtracts. At least
@@ -71,7 +71,10 @@ class Embeddings:
                              f"({', '.join(self.keys) or 'none'}): one file's mean is its own embedding, which would "
                              f"leave that recording nothing to score and centre every score on one recording; compute "
                              f"the mean from many files (the training list)")
-        return _unit(self.full).mean(axis=0)
+        total = np.zeros(self.full.shape[1], dtype=np.float64)
+        for _, unit in _unit_chunks(self.full):
+            total += unit.sum(axis=0)
+        return total / len(self)
 
     def scoring_vectors(self, mode: str) -> np.ndarray:
         """The vector each utterance is scored through (see the module docstring), in float64, from the
@@ -92,26 +95,35 @@ def merge_embeddings(parts: list[Embeddings]) -> Embeddings:
     return Embeddings([k for p in parts for k in p.keys], np.concatenate([p.full for p in parts]), crops)
 
 
-def subtract_mean(vectors: np.ndarray, mean: np.ndarray, keys: list[str] | None = None) -> np.ndarray:
+def subtract_mean(vectors: np.ndarray, mean: np.ndarray, keys: list[str] | None = None,
+                  dtype: np.dtype = np.float64) -> np.ndarray:
     """WeSpeaker's embedding mean subtraction: unit embeddings less the mean unit embedding of a training
-    set, renormalised (float64), so that cosine scoring measures directions around the data's centre.
-    vectors: [n, dim] or [n, crops, dim]; a ValueError names (by `keys`, else by row) the first one that
-    is the mean itself (less than MIN_CENTRED_NORM away from it), which no direction is left to score."""
+    set, renormalised (computed in float64, returned as `dtype`), so that cosine scoring measures directions
+    around the data's centre. vectors: [n, dim] or [n, crops, dim]; a ValueError names (by `keys`, else by
+    row) the first one that is the mean itself (less than MIN_CENTRED_NORM away from it), which no direction
+    is left to score."""
     mean = np.asarray(mean, dtype=np.float64)
     if mean.shape != (vectors.shape[-1],):
         raise ValueError(f"the mean embedding is {mean.shape[0] if mean.ndim == 1 else mean.shape}-d but the "
                          f"embeddings {vectors.shape[-1]}-d: they come from different models")
-    centred = _unit(vectors) - mean
-    norms = np.linalg.norm(centred, axis=-1, keepdims=True)
-    flat = np.flatnonzero((~(norms >= MIN_CENTRED_NORM)).reshape(len(vectors), -1).any(axis=1))  # NaN too
-    if flat.size:
-        first = flat[0]
-        name = keys[first] if keys is not None else f"embedding {first}"
+    out = np.empty(vectors.shape, dtype=dtype)
+    bad, least = [], np.nan  # rows that are the mean; what is left of the first
+    for start, unit in _unit_chunks(vectors):
+        centred = unit - mean
+        norms = np.linalg.norm(centred, axis=-1, keepdims=True)
+        rows = np.flatnonzero((~(norms >= MIN_CENTRED_NORM)).reshape(len(unit), -1).any(axis=1))  # NaN too
+        if rows.size:
+            least = np.nanmin(norms[rows[0]]) if not bad else least
+            bad.extend((start + rows).tolist())
+        elif not bad:
+            out[start:start + len(unit)] = centred / norms
+    if bad:
+        name = keys[bad[0]] if keys is not None else f"embedding {bad[0]}"
         raise ValueError(f"{name}: its embedding is the mean embedding subtracted before scoring (what is left has "
-                         f"length {np.nanmin(norms[first]):.2g}; {flat.size} of {len(vectors)} alike), so no "
+                         f"length {least:.2g}; {len(bad)} of {len(vectors)} alike), so no "
                          f"direction is left to score: was the mean computed from this recording alone? Compute "
                          f"it from many recordings (the training list)")
-    return centred / norms
+    return out
 
 
 def mean_sha256(mean: np.ndarray) -> str:
@@ -124,6 +136,16 @@ def mean_sha256(mean: np.ndarray) -> str:
 def _unit(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+CHUNK_ROWS = 65536  # rows renormalised at a time where only a sum or a cast result is kept (16 MB per 32 dims)
+
+
+def _unit_chunks(x: np.ndarray):
+    """(start, float64 unit rows) over x in chunks: a cohort of a million embeddings (VoxCeleb2) would
+    otherwise take several float64 copies of itself (4 GB) for a mean or per-speaker sums."""
+    for start in range(0, len(x), CHUNK_ROWS):
+        yield start, _unit(x[start:start + CHUNK_ROWS])
 
 
 def _scale(mode: str) -> float:
@@ -165,7 +187,8 @@ def speaker_means(embeddings: Embeddings, speakers: list[str]) -> Cohort:
     position = {s: i for i, s in enumerate(ids)}
     rows = np.fromiter((position[s] for s in speakers), dtype=np.int64, count=len(speakers))
     sums = np.zeros((len(ids), embeddings.full.shape[1]), dtype=np.float64)
-    np.add.at(sums, rows, _unit(embeddings.full))
+    for start, unit in _unit_chunks(embeddings.full):
+        np.add.at(sums, rows[start:start + len(unit)], unit)
     means = sums / np.linalg.norm(sums, axis=1, keepdims=True)
     return Cohort(ids, means)
 

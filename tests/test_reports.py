@@ -77,6 +77,14 @@ def test_stratified_report_by_hand(corpus):
     assert 0.0 <= lo <= hi <= 1.0
 
 
+def test_bins_whose_edges_differ_past_six_digits_keep_their_own_labels():
+    """Trials are grouped by label: printed with `:g`, 1000000 and 1000001 were both '1e+06' and two bins
+    were merged into one row shown twice."""
+    bins = Bins((1000000, 1000001, 1000002))
+    assert [bins.label(i) for i in range(4)] == ["<1000000", "1000000-1000001", "1000001-1000002", ">=1000002"]
+    assert [Bins((2, 4.5)).label(i) for i in range(3)] == ["<2", "2-4.5", ">=4.5"]
+
+
 def test_attributes_group_by_value_or_bins(corpus, tmp_path):
     _, path = corpus
     scores = read_scores(path)

@@ -142,3 +142,32 @@ def test_an_embedding_that_is_the_mean_is_named_instead_of_scoring_nan():
     u = full[:2].astype(np.float64) / np.linalg.norm(full[:2].astype(np.float64), axis=1, keepdims=True)
     half = (u[0] - u[1]) / np.linalg.norm(u[0] - u[1])
     np.testing.assert_allclose(centred, np.stack([half, -half]), rtol=0, atol=1e-6)
+
+
+def test_mean_centring_and_cohort_sums_in_chunks_equal_a_float64_pass_over_everything(monkeypatch):
+    """A million-embedding cohort (VoxCeleb2) took several float64 copies of itself (4 GB) for a mean, the
+    centring or per-speaker sums: they now run over chunks of rows. 5-row chunks here, against one float64
+    pass over all 23 rows, crops too; a row that is the mean is still named when it lies in a later chunk."""
+    import speakerid.scoring as scoring
+
+    monkeypatch.setattr(scoring, "CHUNK_ROWS", 5)
+    rng = np.random.default_rng(4)
+    full = rng.standard_normal((23, 8)).astype(np.float32)
+    crops = rng.standard_normal((23, 3, 8)).astype(np.float32)
+    emb = Embeddings([f"s{i % 4}/u{i}.wav" for i in range(23)], full, crops)
+    u = full.astype(np.float64) / np.linalg.norm(full.astype(np.float64), axis=1, keepdims=True)
+    mean = emb.mean()
+    np.testing.assert_allclose(mean, u.mean(axis=0), rtol=0, atol=1e-15)
+    centred = emb.centred(mean)
+    expected = (u - u.mean(axis=0)) / np.linalg.norm(u - u.mean(axis=0), axis=1, keepdims=True)
+    assert centred.full.dtype == np.float32
+    np.testing.assert_allclose(centred.full, expected, rtol=0, atol=1e-7)
+    uc = crops.astype(np.float64) / np.linalg.norm(crops.astype(np.float64), axis=2, keepdims=True) - mean
+    np.testing.assert_allclose(centred.crops, uc / np.linalg.norm(uc, axis=2, keepdims=True), rtol=0, atol=1e-7)
+    speakers = [f"s{i % 4}" for i in range(23)]
+    cohort = speaker_means(emb, speakers)
+    for i, s in enumerate(cohort.speakers):
+        total = u[[j for j, x in enumerate(speakers) if x == s]].sum(axis=0)
+        np.testing.assert_allclose(cohort.embeddings[i], total / np.linalg.norm(total), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"^s1/u17\.wav: its embedding is the mean .*1 of 23 alike"):
+        emb.centred(u[17])
