@@ -119,7 +119,9 @@ def test_a_batch_of_one_utterance_per_rank_stops_every_rank_before_training_nami
                                           "trainer.epochs=1", f"hydra.run.dir={run_dir}"], timeout=180)
     message = ("ValueError: data.batch_size=2 over 2 processes leaves 1 utterance per process, and BatchNorm needs "
                "at least 2: give data.batch_size=4 or more (a multiple of 2), or start fewer processes")
-    assert status != 0 and out.count(message) == 2 and out.count(f"rank 1: {message}") == 1, out[-3000:]
+    # Each rank stops on its own; torchrun ends the other when the first exits, which may be before it logs.
+    own = out.count(f"rank 1: {message}")
+    assert status != 0 and own <= 1 and 1 <= out.count(message) <= 2 and out.count(message) - own <= 1, out[-3000:]
     assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "train.log"]  # Hydra's record, nothing of a run
 
 

@@ -235,3 +235,43 @@ def test_file_lists_are_read_as_all_paths_or_all_speaker_paths(tmp_path):
 def test_a_path_with_whitespace_in_a_file_list_is_an_error_naming_the_line(tmp_path, text, match):
     with pytest.raises(ListFormatError, match=match):
         read_file_list(write(tmp_path / "f.txt", text))
+
+
+@pytest.mark.parametrize("n,workers,chunksize", [(0, 4, 8), (1, 4, 8), (10, 3, 2), (101, 4, 1024), (37, 16, 5)])
+def test_map_files_gives_every_result_in_list_order_over_chunks(tmp_path, n, workers, chunksize):
+    """Chunked tasks (one future per file cost a million-file list 40 s and 1.9 GB): each path once, in order,
+    joined to the root, whatever the split."""
+    import threading
+
+    from speakerid.data.lists import map_files
+
+    seen, threads = [], set()
+
+    def fn(path):
+        seen.append(path)
+        threads.add(threading.get_ident())
+        return path.name
+
+    paths = [f"s{i % 7}/f{i}.wav" for i in range(n)]
+    assert map_files(fn, tmp_path, paths, workers=workers, chunksize=chunksize) == [f"f{i}.wav" for i in range(n)]
+    assert sorted(map(str, seen)) == sorted(str(tmp_path / p) for p in paths)
+    if n >= 4 * workers:  # a short list still reaches every thread
+        assert len(threads) > 1
+
+
+def test_map_files_raises_the_first_error_and_reports_progress_of_a_long_scan(tmp_path, monkeypatch, caplog):
+    from speakerid.data import lists
+
+    def fn(path):
+        if path.name == "bad.wav":
+            raise OSError(f"{path}: unreadable")
+        return 1
+
+    with pytest.raises(OSError, match=r"bad\.wav: unreadable"):
+        lists.map_files(fn, tmp_path, ["a.wav", "bad.wav", "c.wav"])
+    monkeypatch.setattr(lists, "PROGRESS_SECONDS", 0.0)
+    with caplog.at_level(logging.INFO, logger="speakerid"):
+        lists.map_files(lambda p: 1, tmp_path, [f"{i}.wav" for i in range(64)], workers=2, chunksize=16,
+                        progress="train list l.txt, headers read")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"train list l.txt, headers read: {k} of 64 files checked" for k in (8, 16, 24, 32, 40, 48, 56, 64)]

@@ -218,7 +218,7 @@ def check_training_audio(root: str | os.PathLike, paths: list[str], crop_samples
         except AudioError as e:
             return None, str(e)
 
-    found = map_files(header, root, unique, workers)
+    found = map_files(header, root, unique, workers, progress=f"{what}, headers read" if len(unique) > 10_000 else None)
     bad = [error for _, error in found if error is not None]
     if bad:
         listing = "\n".join(f"  {error}" for error in bad[:show])

@@ -25,7 +25,8 @@ from speakerid.checkpoint import CheckpointDir, config_differences, load_checkpo
 from speakerid.data.dataset import CropDataset, EpochSampler, collate
 from speakerid.data.audio import AudioError
 from speakerid.data.check import check_training_audio
-from speakerid.data.lists import TrainList, check_files_exist, read_train_list, warn_duplicate_paths
+from speakerid.data.lists import (MissingFilesError, TrainList, check_files_exist, read_train_list,
+                                  warn_duplicate_paths)
 from speakerid.data.synthetic import CorpusSpec, ensure_corpus
 from speakerid.distributed import (
     DistEnv,
@@ -232,19 +233,22 @@ def setup_lists(cfg: DictConfig, env: Environment) -> Lists:
     evaluation = None if protocol is None else Evaluation(protocol, check_files=False, require_labels=True)
     if data.check_files:
         t0 = time.perf_counter()
-        check_files_exist(data.train_root, train_list.paths, what=f"train list {data.train_list}")
-        # Rank 0 reads the headers (a million of them on VoxCeleb2) and every rank stops on what it found.
+        # Rank 0 looks for the files and reads their headers (a million of them on VoxCeleb2: minutes, logged
+        # as it goes) and every rank stops on what it found.
         found = None
         if env.dist.is_main:
+            log.info("checking the %d files of train list %s (data.check_files=false skips this)", len(train_list),
+                     data.train_list)
             try:
+                check_files_exist(data.train_root, train_list.paths, what=f"train list {data.train_list}")
                 check_training_audio(data.train_root, train_list.paths, crop_samples(cfg), data.sample_rate,
                                      data.resample, stop=data.get("bad_audio", "error") == "error",
                                      what=f"train list {data.train_list}")
-            except AudioError as e:
-                found = str(e)
+            except (AudioError, MissingFilesError) as e:
+                found = e
         found = broadcast_object(found, env.dist)
         if found is not None:
-            raise AudioError(found)
+            raise found
         if evaluation is not None:  # a trial file that cannot be embedded stops the run now, not after an epoch
             evaluation.check_files()
             evaluation.check_audio(data.sample_rate, data.resample)
