@@ -317,3 +317,44 @@ def test_strip_prefix_lets_the_overlap_check_compare_speakers(corpus):
     [overlap] = [p for p in problems if p["kind"] == "speaker_overlap"]
     assert overlap["severity"] == "error" and "2 trial speakers" in overlap["detail"] and "a, b" in overlap["detail"]
     assert not any(p["kind"] == "missing" and "/s1/0.wav" in p["where"] for p in problems)
+
+
+def test_a_resumed_run_reads_again_only_the_headers_of_files_changed_since(tmp_path, monkeypatch, caplog):
+    """The header pass of a million files takes minutes at every requeue. A run records the lengths of the files
+    it found good with their size and modification time; the run resuming it reads only the others."""
+    import os
+
+    from speakerid.data import check
+
+    for i in range(4):
+        sf.write(str(tmp_path / f"{i}.wav"), tone(1.0 + i), 16000)
+    paths = [f"{i}.wav" for i in range(4)]
+    crop = samples_for_frames(200)
+    read = []
+    real_length_at = check.length_at
+    monkeypatch.setattr(check, "length_at", lambda p, *a: read.append(p.name) or real_length_at(p, *a))
+    first = tmp_path / "run1.npz"
+    check_training_audio(tmp_path, paths, crop, 16000, record=first)
+    assert sorted(read) == paths
+    with np.load(first, allow_pickle=False) as f:  # data only, no pickle
+        assert f["paths"].tolist() == paths and f["lengths"].tolist() == [16000 * (1 + i) for i in range(4)]
+
+    read.clear()
+    sf.write(str(tmp_path / "2.wav"), tone(0.1), 16000)  # replaced since: too short now, and read again
+    os.utime(tmp_path / "2.wav", ns=(1, 1))
+    second = tmp_path / "run2.npz"
+    with caplog.at_level(logging.INFO, logger="speakerid"):
+        short = check_training_audio(tmp_path, paths, crop, 16000, record=second, previous=first)
+    assert read == ["2.wav"] and short == [("2.wav", 1600)]
+    assert "3 of 4 files unchanged since" in caplog.text
+    with np.load(second, allow_pickle=False) as f:
+        assert f["lengths"].tolist() == [16000, 32000, 1600, 64000]
+
+    read.clear()  # another rate, or another root: the record does not apply
+    check_training_audio(tmp_path, paths, crop, 16000, resample=True, previous=second)
+    assert sorted(read) == paths
+    read.clear()
+    (tmp_path / "broken.npz").write_bytes(b"not an npz")
+    with caplog.at_level(logging.WARNING, logger="speakerid"):
+        check_training_audio(tmp_path, paths, crop, 16000, previous=tmp_path / "broken.npz")
+    assert sorted(read) == paths and "broken.npz cannot be read" in caplog.text

@@ -354,6 +354,17 @@ def test_a_resume_with_other_model_fbank_or_optimizer_settings_stops_and_other_c
     resumed.close()
 
 
+def test_a_resume_does_not_read_the_headers_of_unchanged_training_files_again(tiny_cfg, tmp_path, caplog):
+    import logging
+
+    train(tiny_cfg("trainer.epochs=1", "~eval", run_dir=tmp_path / "a"))
+    assert (tmp_path / "a" / "audio_headers.npz").is_file()
+    with caplog.at_level(logging.INFO, logger="speakerid"):
+        setup_run(tiny_cfg("trainer.epochs=2", "~eval", f"trainer.resume={tmp_path / 'a' / 'checkpoints' / 'last.pt'}",
+                           run_dir=tmp_path / "b")).close()
+    assert "36 of 36 files unchanged since" in caplog.text and (tmp_path / "b" / "audio_headers.npz").is_file()
+
+
 def test_a_resume_with_another_batch_size_continues_on_the_same_schedule(tiny_cfg, tmp_path):
     """Schedules are functions of epochs done. The run's step count was divided by the new steps per epoch:
     36 utterances, 2 epochs of 6 steps at batch 6, resumed at batch 3 (12 steps per epoch) began at epoch 1."""

@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from speakerid.builders import build_eval_protocol
 from speakerid.cli.evaluate import default_out_dir
 from speakerid.config import ConfigError, check_folder_name
+from speakerid.data.check import HEADER_RECORD
 from speakerid.configs import SEARCH_PATH
 from speakerid.metrics import format_eer
 from speakerid.training import train
@@ -170,8 +171,8 @@ def join(*words: str) -> str:
 
 def discard_unused_run_folder(run_dir: Path) -> None:
     """Remove the folder this invocation claimed when it trained nothing: it holds only Hydra's record of
-    the command and the log (whose message the user has just seen)."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+    the command, the log (whose message the user has just seen) and the record of the audio headers read."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", HEADER_RECORD}:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

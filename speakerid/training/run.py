@@ -52,7 +52,7 @@ def setup_run(cfg: DictConfig) -> Run:
     validate_config(cfg)
     env = setup.setup_environment(cfg)                                   # processes, device, seeds
     checkpoints, resume_from, checkpoint = setup.setup_run_folder(cfg, env)  # never over another run
-    lists = setup.setup_lists(cfg, env)                                  # train list and trials, checked
+    lists = setup.setup_lists(cfg, env, resume_from)                     # train list and trials, checked
     speed = setup.setup_speed_perturbation(cfg, env, len(lists.speakers))
     num_classes = speed.num_classes if speed is not None else len(lists.speakers)
     parts = setup.setup_model_and_head(cfg, env, num_classes, lists.speakers,  # fbank, model, head

@@ -24,7 +24,7 @@ from speakerid.augment import NoiseReverb, SpeedPerturb
 from speakerid.checkpoint import CheckpointDir, config_differences, load_checkpoint, load_state_strict
 from speakerid.data.dataset import CropDataset, EpochSampler, collate
 from speakerid.data.audio import AudioError
-from speakerid.data.check import check_training_audio
+from speakerid.data.check import HEADER_RECORD, check_training_audio
 from speakerid.data.lists import (MissingFilesError, TrainList, check_files_exist, read_train_list,
                                   warn_duplicate_paths)
 from speakerid.data.synthetic import CorpusSpec, ensure_corpus
@@ -219,9 +219,10 @@ def prepare_corpus(data_cfg: DictConfig) -> None:
         ensure_corpus(data_cfg.dir, spec)
 
 
-def setup_lists(cfg: DictConfig, env: Environment) -> Lists:
+def setup_lists(cfg: DictConfig, env: Environment, resume_from: Path | None = None) -> Lists:
     """The train list and the validation trials: parsed (a malformed line stops here, named) and, with
-    data.check_files, every listed file checked to exist and to be audio the loader can read."""
+    data.check_files, every listed file checked to exist and to be audio the loader can read (a resumed
+    run reads again only the files changed since the run it resumes read them)."""
     data = cfg.data
     protocol = builders.build_eval_protocol(cfg) if cfg.get("eval") is not None else None
     if env.dist.is_main:
@@ -241,9 +242,11 @@ def setup_lists(cfg: DictConfig, env: Environment) -> Lists:
                      data.train_list)
             try:
                 check_files_exist(data.train_root, train_list.paths, what=f"train list {data.train_list}")
+                previous = None if resume_from is None else resume_from.parent.parent / HEADER_RECORD
                 check_training_audio(data.train_root, train_list.paths, crop_samples(cfg), data.sample_rate,
                                      data.resample, stop=data.get("bad_audio", "error") == "error",
-                                     what=f"train list {data.train_list}")
+                                     what=f"train list {data.train_list}", record=env.run_dir / HEADER_RECORD,
+                                     previous=previous)
             except (AudioError, MissingFilesError) as e:
                 found = e
         found = broadcast_object(found, env.dist)
