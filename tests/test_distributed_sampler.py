@@ -33,3 +33,19 @@ def test_resume_position_is_global():
         s.set_epoch(0, start=15)
     with pytest.raises(ValueError, match="divisible by the number of processes"):
         ShardedSampler(base, 10, DistEnv(0, 0, 3))
+
+
+def test_packed_paths_give_back_every_path_of_the_list_by_row():
+    """The loader's dataset holds its paths packed (no Python object per path, which forked workers would
+    copy as they read): every row gives back its own path, non-ASCII and repeated rows (segment lists)
+    included, also after pickling into a spawned worker."""
+    import pickle
+
+    from speakerid.data.dataset import PackedPaths
+
+    paths = ["id1/vid/ünï.wav", "id2/v w/2.wav", "id1/vid/ünï.wav", "", "id3/x/3.flac", "id2/v w/2.wav"]
+    packed = PackedPaths(paths)
+    assert len(packed) == 6 and [packed[i] for i in range(6)] == paths and packed[-1] == paths[-1]
+    assert list(pickle.loads(pickle.dumps(packed))) == paths
+    assert len(packed._offsets) == 5  # one entry per distinct path, rows index them
+    assert list(PackedPaths([])) == []

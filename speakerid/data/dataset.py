@@ -20,6 +20,32 @@ from speakerid.data.audio import AudioError, read_crop
 from speakerid.data.lists import TrainList
 
 
+class PackedPaths:
+    """A list of paths held as one UTF-8 buffer with offsets, and a row -> path index (the CAM++ recipe's
+    segment lists name each file several times). A forked loader worker that reads a Python list of a million
+    str objects writes their reference counts, and so copies every page they lie on: for VoxCeleb2 85 MB per
+    worker (273 MB with segments), times 64 workers on an 8-GPU node. Reading these touches no Python object."""
+
+    def __init__(self, paths: list[str]):
+        unique = list(dict.fromkeys(paths))
+        position = {p: i for i, p in enumerate(unique)}
+        encoded = [p.encode("utf-8") for p in unique]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
+        self._buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self._rows = np.fromiter((position[p] for p in paths), dtype=np.int64, count=len(paths))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: int) -> str:
+        j = self._rows[index]
+        return self._buffer[self._offsets[j]:self._offsets[j + 1]].tobytes().decode("utf-8")
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[i] for i in range(len(self)))
+
+
 class CropDataset(Dataset):
     """Random fixed-length crops of the utterances of a train list, with their speaker labels.
 
@@ -42,7 +68,7 @@ class CropDataset(Dataset):
         if read_threads < 1:
             raise ValueError(f"data.read_threads must be >= 1, got {read_threads}")
         self.root = train_list.root
-        self.paths = train_list.paths
+        self.paths = PackedPaths(train_list.paths)
         self.labels = np.asarray(train_list.labels, dtype=np.int64)
         self.crop_samples = crop_samples
         self.sample_rate = sample_rate
