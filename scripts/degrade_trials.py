@@ -15,6 +15,7 @@ the noise a model was trained with: pass other files (or --categories) than trai
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -65,6 +66,16 @@ def main(argv=None) -> int:
     parser.add_argument("--sample-rate", type=int, default=16000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if not all(math.isfinite(x) for x in args.snr) or args.snr[0] > args.snr[1]:
+        parser.error(f"--snr takes two finite numbers LO <= HI (dB), got {args.snr[0]} {args.snr[1]}")
+    out, root = Path(args.out), Path(args.root).resolve()
+    wav = (out / "wav").resolve()
+    if wav == root or root in wav.parents or wav in root.parents:
+        parser.error(f"--out {out}: its wav/ folder ({wav}) overlaps --root {root}: the degraded copies would be "
+                     f"written over or among the source audio; give a folder outside it")
+    if out.is_dir() and any(out.iterdir()) and not (out / "degrade.json").is_file():
+        parser.error(f"--out {out} holds files this script did not write (no degrade.json): give a new or empty "
+                     f"folder")
 
     try:
         if args.synthetic_banks:
@@ -92,7 +103,6 @@ def main(argv=None) -> int:
         trials = read_trials(args.trials)
         files = sorted(trial_files(trials))
         check_files_exist(args.root, files, what=f"trial list {args.trials}")
-        out = Path(args.out)
         rng = np.random.default_rng(args.seed)
         for rel in files:
             speech = read_full(Path(args.root) / rel, args.sample_rate)

@@ -85,3 +85,34 @@ def test_missing_category_is_an_error(trial_set, tmp_path, capsys):
     code = degrade_trials.main(["--trials", str(trials), "--root", str(root), "--out", str(tmp_path / "o"),
                                 "--musan-dir", str(musan), "--categories", "music", "--reverb-prob", "0"])
     assert code == 1 and "none of the categories ['music']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["parent of root", "inside root", "foreign folder"])
+def test_the_copy_is_never_written_over_or_among_the_source_audio(trial_set, tmp_path, where, capsys):
+    """--out at the corpus folder above --root wrote every degraded copy over its source file (exit 0)."""
+    root, trials, files, musan, _ = trial_set
+    out = {"parent of root": tmp_path, "inside root": root / "noisy", "foreign folder": tmp_path / "mine"}[where]
+    if where == "foreign folder":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    before = {rel: (root / rel).read_bytes() for rel in files}
+    with pytest.raises(SystemExit) as exit_:
+        degrade_trials.main(["--trials", str(trials), "--root", str(root), "--out", str(out), "--musan-dir",
+                             str(musan), "--categories", "noise", "--reverb-prob", "0"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert ("overlaps --root" in err) if where != "foreign folder" else ("did not write (no degrade.json)" in err)
+    assert {rel: (root / rel).read_bytes() for rel in files} == before and not (root / "noisy").exists()
+    # a rerun into a folder the script wrote is fine
+    common = ["--trials", str(trials), "--root", str(root), "--musan-dir", str(musan), "--categories", "noise",
+              "--reverb-prob", "0", "--out", str(tmp_path / "again")]
+    assert degrade_trials.main(common) == 0 and degrade_trials.main(common) == 0
+
+
+@pytest.mark.parametrize("snr", [["nan", "nan"], ["5", "inf"], ["10", "0"]])
+def test_snrs_must_be_two_finite_numbers_in_order(trial_set, tmp_path, snr, capsys):
+    root, trials, _, musan, _ = trial_set
+    with pytest.raises(SystemExit):
+        degrade_trials.main(["--trials", str(trials), "--root", str(root), "--out", str(tmp_path / "o"),
+                             "--musan-dir", str(musan), "--snr", *snr, "--reverb-prob", "0"])
+    assert "--snr takes two finite numbers LO <= HI" in capsys.readouterr().err
