@@ -210,6 +210,24 @@ def test_average_checkpoints_evaluates_but_does_not_resume(trained_run, tiny_cfg
         setup_run(tiny_cfg(f"trainer.resume={out}", run_dir=tmp_path / "resumed"))
 
 
+def test_average_never_writes_over_a_checkpoint_even_with_overwrite(trained_run, tmp_path):
+    """--overwrite --out <an input> (or the run's last.pt) replaced a training checkpoint with the average,
+    which then could not be resumed."""
+    run_dir, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir / "checkpoints", copy / "checkpoints")
+    steps = sorted((copy / "checkpoints").glob("step-*.pt"))
+    before = {p.name: p.read_bytes() for p in (copy / "checkpoints").iterdir()}
+    for out, args in ((steps[-1], steps), (copy / "checkpoints" / "last.pt", ["--last", "2", copy]),
+                      (copy / "checkpoints" / "avg.pt", steps)):
+        proc = speakerid("average", "--overwrite", "--out", out, *args)
+        assert proc.returncode == 1 and ("being averaged" in proc.stderr or "in the checkpoints folder of the run"
+                                         in proc.stderr), proc.stderr
+    assert {p.name: p.read_bytes() for p in (copy / "checkpoints").iterdir()} == before
+    proc = speakerid("average", "--overwrite", "--out", copy / "avg.pt", *steps)  # beside it: fine
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_average_last_epochs_of_a_run_folder(trained_run, tmp_path):
     """speakerid average --last N RUN: the last N epoch ends of a finished run, the same file as naming
     them; N = 1 is the last epoch without optimizer state; too few, or a mid-epoch checkpoint, is refused."""

@@ -18,6 +18,7 @@ soup"), but never models or fbanks configured otherwise: their weights compute d
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_arguments(parser, "the checkpoint to write", required=True)
 
 
+def refuse_out_among_inputs(out: Path, paths: list[Path]) -> None:
+    """--overwrite replaces an earlier average, never a checkpoint: not one of the inputs (last.pt is a link to
+    the newest step-N.pt), nor any file of a run's checkpoints/ folder, whose names training writes and
+    resumes from (an averaged last.pt has no optimizer state to resume with)."""
+    out = Path(out)
+    for path in paths:
+        if out.exists() and os.path.samefile(out, path):
+            raise ValueError(f"--out {out} is the checkpoint {path} being averaged: write the average elsewhere")
+        folder = Path(path).resolve().parent
+        if folder.name == "checkpoints" and out.resolve().parent == folder:
+            raise ValueError(f"--out {out} is in the checkpoints folder of the run it averages ({folder}), whose "
+                             f"files training writes and resumes from: write it elsewhere, e.g. "
+                             f"{folder.parent / 'avg.pt'}")
+
+
 def run(args: argparse.Namespace) -> int:
     from speakerid.checkpoint import average_checkpoints, last_epoch_checkpoints, save_atomic
     from speakerid.io import check_new_file
@@ -49,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_new_file(args.out, args.overwrite, what="--out")
         paths = args.checkpoints if args.last is None else last_epoch_checkpoints(args.checkpoints[0], args.last)
+        refuse_out_among_inputs(args.out, paths)
         averaged = average_checkpoints(paths, allow_different_runs=args.allow_different_runs)
         save_atomic(averaged, args.out)
     except (ValueError, RuntimeError, OSError) as e:
