@@ -17,7 +17,7 @@
 #   0 prepare   the train list; for campplus also 3D-Speaker's 3 s-segment list and its real RIRs as mono files
 #   1 train     the recipe's experiment, in $WORK/train (run again, it resumes from $WORK/train's last.pt)
 #   2 average   the last N epoch checkpoints into $WORK/train/avg.pt: N = 10 for WeSpeaker (num_avg), 1 for CAM++
-#               (3D-Speaker evaluates the last epoch); N = 1 links the last checkpoint
+#               (3D-Speaker evaluates the last epoch); N = 1 writes the last epoch without its optimizer state
 #   3 finetune  WeSpeaker's large-margin fine-tuning from $WORK/train/avg.pt (model and head), in $WORK/lm
 #   4 average   the LM's last N = 1 epoch (their num_avg 1) as $WORK/lm/avg.pt
 #   5 evaluate  every avg.pt on Vox1-O, Vox1-E and Vox1-H cleaned, cosine scoring (<model>_eval/*.json, replaced), with
