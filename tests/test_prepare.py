@@ -85,10 +85,30 @@ def test_kaldi_errors_name_file_and_line(tmp_path, wav_scp, utt2spk, message):
 
 def test_kaldi_files_with_a_byte_order_mark_are_read(tmp_path):
     """A BOM (as Windows editors write) is not part of the first utterance id."""
+    put_audio(tmp_path, "a/1.wav", "b/2.wav")
     (tmp_path / "wav.scp").write_bytes("\ufeffu1 a/1.wav\nu2 b/2.wav\n".encode())
     (tmp_path / "utt2spk").write_bytes("\ufeffu2 spkB\nu1 spkA\n".encode())
     assert read_kaldi_data_dir(tmp_path, base=tmp_path) == [("spkA", str(tmp_path / "a/1.wav")),
                                                              ("spkB", str(tmp_path / "b/2.wav"))]
+
+
+def test_kaldi_archive_offsets_and_missing_files_are_refused_with_their_lines(tmp_path):
+    """`file.ark:1234` is a byte offset into a Kaldi archive, not a path; a list naming it, or files that are
+    not there, used to be written (exit 0) and stopped training later."""
+    data, audio = kaldi_dir(tmp_path)
+    (data / "wav.scp").write_text(f"u3 {audio}/spkB/u3.wav\nu1 /data/raw.ark:1234\nu2 {audio}/spkA/sess2/u2.wav\n")
+    out = tmp_path / "list.txt"
+    proc = prepare("--kaldi", data, "--out", out, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and not out.exists()
+    assert f"{data / 'wav.scp'}:2: '/data/raw.ark:1234' is a byte offset into an archive" in proc.stderr
+    (data / "wav.scp").write_text("u3 audio/spkB/u3.wav\nu1 audio/spkA/sess1/u1.flac\nu2 audio/spkA/sess2/u2.wav\n")
+    assert prepare("--kaldi", data, "--out", out, cwd=tmp_path).returncode == 0  # relative to the folder run in
+    (data / "wav.scp").write_text("u3 audio/spkB/u3.wav\nu1 gone/1.wav\nu2 audio/spkA/sess2/u2.wav\n")
+    proc = prepare("--kaldi", data, "--out", out, "--overwrite", cwd=audio)  # the wrong folder: none is there
+    assert proc.returncode == 1 and f"{data / 'wav.scp'}: 3 audio files do not exist" in proc.stderr
+    assert f"\n  wav.scp:1: {audio / 'audio/spkB/u3.wav'}\n  wav.scp:2: {audio / 'gone/1.wav'}\n" in proc.stderr
+    with pytest.raises(KaldiFormatError, match=r"1 audio files do not exist .*\n  wav.scp:2: .*gone/1.wav$"):
+        read_kaldi_data_dir(data, base=tmp_path)
 
 
 def test_kaldi_segments_are_refused(tmp_path):
@@ -293,3 +313,103 @@ def test_scan_follows_linked_folders_once_matches_endings_in_any_case_and_skips_
         (tmp_path / "aac/id1/v" / name).write_bytes(b"")
     assert conversion_jobs(tmp_path / "aac", tmp_path / "out", "wav") == [
         (tmp_path / "aac/id1/v/00001.m4a", tmp_path / "out/id1/v/00001.wav")]
+
+
+def fake_ffmpeg(folder):
+    """An ffmpeg stand-in for machines without one: decodes what soundfile reads (our '.m4a' files hold FLAC),
+    writes `-ac 1 -ar R -f fmt` (resampled by linear interpolation) as ffmpeg does."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "ffmpeg"
+    script.write_text(f"""#!{sys.executable}
+import sys, numpy as np, soundfile as sf
+a = sys.argv[1:]
+src, rate, fmt, out = a[a.index("-i") + 1], int(a[a.index("-ar") + 1]), a[a.index("-f") + 1], a[-1]
+try:
+    x, r = sf.read(src, always_2d=True)
+except Exception:
+    sys.exit(src + ": Invalid data found when processing input")
+x = x.mean(1)
+n = round(len(x) * rate / r)
+sf.write(out, np.interp(np.arange(n) * r / rate, np.arange(len(x)), x), rate, subtype="PCM_16", format=fmt.upper())
+""")
+    script.chmod(0o755)
+    return script
+
+
+def put_m4a(root, *rels, rate=16000):
+    for rel in rels:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(root / rel), np.full(rate // 10, 1000, dtype=np.int16), rate, format="FLAC")
+
+
+def test_conversion_converts_the_files_listing_finds_in_linked_folders_and_any_case(tmp_path):
+    """Conversion walked the tree with Path.rglob, which (Python 3.11) follows no linked folder and matches
+    the ending's case: those files were left unconverted, and the list silently lacked them."""
+    src, dst, out = tmp_path / "aac", tmp_path / "wav", tmp_path / "list.txt"
+    put_m4a(src, "id1/v1/00001.m4a", "id3/v1/00001.M4A", "id1/v1/._00001.m4a")
+    put_m4a(tmp_path / "elsewhere", "id2/v1/00001.m4a", "id2/v2/00001.m4a")
+    (src / "id2").symlink_to(tmp_path / "elsewhere" / "id2")
+    proc = prepare("--root", src, "--convert-to", dst, "--out", out, "--ffmpeg", fake_ffmpeg(tmp_path / "bin"))
+    assert proc.returncode == 0, proc.stderr
+    assert "4 converted, 0 already there, 0 failed" in proc.stdout
+    assert out.read_text() == ("id1 id1/v1/00001.wav\nid2 id2/v1/00001.wav\nid2 id2/v2/00001.wav\n"
+                               "id3 id3/v1/00001.wav\n")
+    assert sf.info(str(dst / "id3/v1/00001.wav")).frames == 1600
+
+
+def test_resumed_conversion_refuses_outputs_at_another_rate_stereo_or_empty(tmp_path):
+    """An earlier run at --sample-rate 8000 (or a stereo or empty file) used to be kept, its rate mixed into
+    the list, exit 0."""
+    src, dst, out = tmp_path / "aac", tmp_path / "wav", tmp_path / "list.txt"
+    ffmpeg = fake_ffmpeg(tmp_path / "bin")
+    put_m4a(src, "id1/v1/00001.m4a", "id1/v1/00002.m4a", rate=44100)
+    proc = prepare("--root", src, "--convert-to", dst, "--out", out, "--sample-rate", 8000, "--ffmpeg", ffmpeg)
+    assert proc.returncode == 0 and sf.info(str(dst / "id1/v1/00001.wav")).samplerate == 8000, proc.stderr
+    put_m4a(src, "id2/v1/00001.m4a", "id3/v1/00001.m4a", "id4/v1/00001.m4a", rate=44100)  # more files arrive
+    for rel in ("id3/v1", "id4/v1"):
+        (dst / rel).mkdir(parents=True)
+    sf.write(str(dst / "id3/v1/00001.wav"), np.zeros((1600, 2), dtype=np.int16), 16000)
+    sf.write(str(dst / "id4/v1/00001.wav"), np.zeros(0, dtype=np.int16), 16000)
+    proc = prepare("--root", src, "--convert-to", dst, "--out", out, "--overwrite", "--ffmpeg", ffmpeg)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{dst}: 4 of the 4 files already there are not wav mono at 16000 Hz" in proc.stderr
+    for problem in [f"{dst / 'id1/v1/00001.wav'}: 8000 Hz, not 16000", f"{dst / 'id1/v1/00002.wav'}: 8000 Hz, not 16000",
+                    f"{dst / 'id3/v1/00001.wav'}: 2 channels, not 1", f"{dst / 'id4/v1/00001.wav'}: no samples"]:
+        assert f"\n  {problem}" in proc.stderr, (problem, proc.stderr)
+    assert not (dst / "id2/v1/00001.wav").exists()  # refused before converting anything
+    for rel in ("id1", "id3", "id4"):
+        shutil.rmtree(dst / rel)
+    proc = prepare("--root", src, "--convert-to", dst, "--out", out, "--overwrite", "--ffmpeg", ffmpeg)
+    assert proc.returncode == 0 and "5 converted, 0 already there" in proc.stdout, proc.stderr
+    proc = prepare("--root", src, "--convert-to", dst, "--out", out, "--overwrite", "--ffmpeg", ffmpeg)
+    assert proc.returncode == 0 and "0 converted, 5 already there" in proc.stdout, proc.stderr
+    assert {sf.info(str(dst / line.split()[1])).samplerate for line in out.read_text().splitlines()} == {16000}
+
+
+@pytest.mark.parametrize("option", [["--format", "flac"], ["--sample-rate", "8000"], ["--workers", "3"],
+                                    ["--source-ext", ".aac"], ["--ffmpeg", "/opt/ffmpeg"]])
+def test_conversion_options_without_convert_to_are_a_usage_error(tmp_path, option):
+    root, out = tmp_path / "wav", tmp_path / "list.txt"
+    put_audio(root, "spkA/s1/1.wav")
+    proc = prepare("--root", root, "--out", out, *option)
+    assert proc.returncode == 2 and not out.exists()
+    assert f"speakerid prepare: error: {option[0]} only apply to the conversion of m4a files: they need " \
+           f"--convert-to" in proc.stderr
+
+
+def test_a_segmented_list_given_again_keeps_its_header_and_counts_utterances(tmp_path):
+    """Without --segment-seconds the header used to be dropped: the copy's repeats then read as accidental
+    duplicates, and its rows were counted as utterances."""
+    root = tmp_path / "wav"
+    for rel, seconds in {"a/s1/1.wav": 2.0, "a/s1/2.wav": 7.0, "b/s1/1.wav": 4.5}.items():  # 1, 3 and 2 rows
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(root / rel), np.zeros(round(seconds * 16000), dtype=np.int16), 16000)
+    (tmp_path / "train.txt").write_text("a a/s1/1.wav\na a/s1/2.wav\nb b/s1/1.wav\n")
+    proc = prepare("--list", tmp_path / "train.txt", "--root", root, "--out", tmp_path / "seg.txt",
+                   "--segment-seconds", 2)
+    assert proc.returncode == 0 and "6 rows (one per 2 s) of 3 utterances of 2 speakers" in proc.stdout, proc.stderr
+    proc = prepare("--list", tmp_path / "seg.txt", "--root", root, "--out", tmp_path / "copy.txt")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "copy.txt").read_text() == (tmp_path / "seg.txt").read_text()
+    assert "6 rows (one per 2 s) of 3 utterances of 2 speakers (2-4 rows per speaker)" in proc.stdout
+    assert read_train_list(tmp_path / "copy.txt", root).segmented

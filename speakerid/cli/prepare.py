@@ -43,6 +43,7 @@ from speakerid.data.prepare import (
     FFmpegNotFoundError,
     check_listable,
     convert_tree,
+    listed_segment_seconds,
     read_kaldi_data_dir,
     relative_entries,
     rows_per_segment,
@@ -51,6 +52,9 @@ from speakerid.data.prepare import (
     write_train_list,
 )
 from speakerid.io import check_new_file
+
+# The conversion options, which only --convert-to uses; given without it they would be silently ignored.
+CONVERSION_DEFAULTS = {"format": "wav", "workers": None, "sample_rate": 16000, "ffmpeg": None, "source_ext": ".m4a"}
 
 HELP = "write a train list from a VoxCeleb-style folder or a Kaldi data directory (converting m4a first)"
 
@@ -71,16 +75,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     convert = parser.add_argument_group("conversion of VoxCeleb2's m4a files")
     convert.add_argument("--convert-to", type=Path, help="convert the m4a files under --root into this folder "
                                                          "(same layout), then list it")
-    convert.add_argument("--format", choices=["wav", "flac"], default="wav")
-    convert.add_argument("--workers", type=int, default=None, help="parallel ffmpeg processes (default: CPUs)")
-    convert.add_argument("--sample-rate", type=int, default=16000)
-    convert.add_argument("--ffmpeg", default=None, help="path of the ffmpeg executable (default: from PATH)")
-    convert.add_argument("--source-ext", default=".m4a")
+    convert.add_argument("--format", choices=["wav", "flac"], default=CONVERSION_DEFAULTS["format"])
+    convert.add_argument("--workers", type=int, default=CONVERSION_DEFAULTS["workers"],
+                         help="parallel ffmpeg processes (default: CPUs)")
+    convert.add_argument("--sample-rate", type=int, default=CONVERSION_DEFAULTS["sample_rate"])
+    convert.add_argument("--ffmpeg", default=CONVERSION_DEFAULTS["ffmpeg"],
+                         help="path of the ffmpeg executable (default: from PATH)")
+    convert.add_argument("--source-ext", default=CONVERSION_DEFAULTS["source_ext"])
     parser.add_argument("--real-rirs", type=Path, metavar="RIRS_NOISES",
                         help="write 3D-Speaker's RIRs from this RIRS_NOISES folder into the folder --out instead")
 
 
 def run(args: argparse.Namespace) -> int:
+    unused = [f"--{name.replace('_', '-')}" for name, default in CONVERSION_DEFAULTS.items()
+              if getattr(args, name) != default]
+    if unused and not args.convert_to:
+        return usage_error(args.command, f"{', '.join(unused)} only apply to the conversion of m4a files: they "
+                                         f"need --convert-to; leave them out otherwise")
     if args.real_rirs:
         if args.root or args.kaldi or args.list or args.convert_to or args.segment_seconds is not None:
             return usage_error(args.command, "--real-rirs takes only --out (the folder to write into)")
@@ -102,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if args.kaldi and args.convert_to:
         return usage_error(args.command, "--convert-to converts the m4a files under --root; it does not take "
                                          "--kaldi")
+    segment_seconds = args.segment_seconds
     try:
         check_new_file(args.out, args.overwrite, what="--out")  # before any conversion: never a user's list
         if args.list:
@@ -110,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"{args.list} already lists each utterance once per segment (written by "
                                  f"--segment-seconds); give the list it was made from")
             root, entries = args.root, list(zip(listed.speakers, listed.paths))
+            if listed.segmented:  # copied with its header, so that its repeated lines stay intended
+                segment_seconds = listed_segment_seconds(args.list)
         elif args.kaldi:
             root, entries = relative_entries(read_kaldi_data_dir(args.kaldi, args.kaldi_base), args.root)
             check_listable(entries, args.kaldi)
@@ -120,15 +134,15 @@ def run(args: argparse.Namespace) -> int:
                     return 1
                 root, extensions = args.convert_to, (f".{args.format}",)
             entries = scan_voxceleb_folder(root, extensions)
-        utterances = len(entries)
+        utterances = len({path for _, path in entries})  # a segmented list names each once per segment
         if args.segment_seconds is not None:
             entries = rows_per_segment(entries, root, args.segment_seconds)
-        write_train_list(entries, args.out, args.segment_seconds)
+        write_train_list(entries, args.out, segment_seconds)
     except (ValueError, OSError, FFmpegNotFoundError, ListFormatError, AudioError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     per_speaker = Counter(s for s, _ in entries)
-    rows = "" if args.segment_seconds is None else f"{len(entries)} rows (one per {args.segment_seconds:g} s) of "
+    rows = "" if segment_seconds is None else f"{len(entries)} rows (one per {segment_seconds:g} s) of "
     print(f"{args.out}: {rows}{utterances} utterances of {len(per_speaker)} speakers "
           f"({min(per_speaker.values())}-{max(per_speaker.values())} {'rows' if rows else 'utterances'} per speaker)")
     print(f"train with: data.train_list={args.out} data.train_root={root}")

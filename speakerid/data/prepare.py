@@ -6,6 +6,7 @@ files converted to wav or flac with ffmpeg; 3D-Speaker's real RIRs as mono files
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from speakerid.data.audio import audio_info
+from speakerid.data.audio import AudioError, audio_info
 from speakerid.data.lists import LIST_ENCODING, SEGMENT_HEADER, Trial
 from speakerid.io import atomic_path, write_text_atomic
 
@@ -103,6 +104,17 @@ def write_train_list(entries: list[tuple[str, str]], out: str | os.PathLike, seg
         f"{SEGMENT_HEADER} {segment_seconds:g}: each utterance is listed once per whole {segment_seconds:g} s of "
         f"it, at least once; the repeated lines are intended\n")
     write_text_atomic(out, header + "".join(f"{speaker} {path}\n" for speaker, path in entries))
+
+
+def listed_segment_seconds(list_file: str | os.PathLike) -> float | None:
+    """The S of a list written by --segment-seconds S, read back from its first line (SEGMENT_HEADER)."""
+    with open(list_file, encoding=LIST_ENCODING) as f:
+        first = f.readline()
+    try:
+        return float(first[len(SEGMENT_HEADER):].split(":")[0]) if first.startswith(SEGMENT_HEADER) else None
+    except ValueError:
+        raise ValueError(f"{list_file}:1: {first.strip()!r} does not say how many seconds a row stands for "
+                         f"('{SEGMENT_HEADER} S: ...')") from None
 
 
 def rows_per_segment(entries: list[tuple[str, str]], root: str | os.PathLike, seconds: float, workers: int = 16
@@ -201,11 +213,17 @@ def _read_kaldi_table(path: Path, what: str) -> dict[str, tuple[int, str]]:
     return table
 
 
+# Kaldi's extended filename `file.ark:1234` (optionally with a `[from:to]` range): a byte offset into an
+# archive, not a file path.
+_ARCHIVE_OFFSET = re.compile(r":\d+(\[[^\]]*\])?$")
+
+
 def read_kaldi_data_dir(data_dir: str | os.PathLike, base: str | os.PathLike | None = None) -> list[tuple[str, str]]:
     """(speaker, absolute audio path) for every utterance of a Kaldi data directory (`wav.scp` with
     `<utt> <path>` lines, `utt2spk` with `<utt> <speaker>`), sorted by path. Relative paths are resolved
-    against `base` (default: the current directory, as Kaldi does). Piped commands (`... |`) and
-    `segments` files are not supported: convert those recordings to files first."""
+    against `base` (default: the current directory, as Kaldi does); every file must exist. Piped commands
+    (`... |`), archive offsets (`file.ark:1234`) and `segments` files are not supported: convert those
+    recordings to files first."""
     data_dir = Path(data_dir)
     if (data_dir / "segments").exists():
         raise KaldiFormatError(f"{data_dir}/segments: utterances cut from longer recordings are not supported; "
@@ -214,22 +232,33 @@ def read_kaldi_data_dir(data_dir: str | os.PathLike, base: str | os.PathLike | N
     speakers = _read_kaldi_table(data_dir / "utt2spk", "<speaker>")
     base = Path(base) if base is not None else Path.cwd()
     entries = []
+    missing = []
     for utt, (number, value) in wavs.items():
         if value.endswith("|") or len(value.split()) != 1:
             raise KaldiFormatError(f"{data_dir / 'wav.scp'}:{number}: {value!r} is a command or has spaces; "
                                    f"only plain audio file paths are supported")
+        if _ARCHIVE_OFFSET.search(value):
+            raise KaldiFormatError(f"{data_dir / 'wav.scp'}:{number}: {value!r} is a byte offset into an archive "
+                                   f"(Kaldi's file.ark:offset); only plain audio file paths are supported: write "
+                                   f"the recordings out as files first (e.g. Kaldi's wav-copy)")
         if utt not in speakers:
             raise KaldiFormatError(f"{data_dir / 'wav.scp'}:{number}: utterance {utt!r} has no line in utt2spk")
         speaker = speakers[utt][1]
         if len(speaker.split()) != 1:
             raise KaldiFormatError(f"{data_dir / 'utt2spk'}:{speakers[utt][0]}: expected one speaker id, "
                                    f"got {speaker!r}")
-        path = Path(value) if os.path.isabs(value) else base / value
-        entries.append((speaker, os.path.normpath(path)))
+        path = os.path.normpath(Path(value) if os.path.isabs(value) else base / value)
+        if not os.path.isfile(path):
+            missing.append(f"wav.scp:{number}: {path}")
+        entries.append((speaker, path))
     extra = sorted(set(speakers) - set(wavs))
     if extra:
         raise KaldiFormatError(f"{data_dir / 'utt2spk'}: {len(extra)} utterances have no audio in wav.scp, "
                                f"e.g. {', '.join(extra[:3])}")
+    if missing:  # a list naming them would stop training later, far from the cause
+        raise KaldiFormatError(f"{data_dir / 'wav.scp'}: {len(missing)} audio files do not exist (relative paths "
+                               f"start from {base}; give the folder they start from with --kaldi-base):\n  "
+                               + "\n  ".join(missing[:5]) + _more(missing, 5))
     return sorted(entries, key=lambda e: e[1])
 
 
@@ -271,10 +300,27 @@ class ConversionReport:
 
 
 def conversion_jobs(src: Path, dst: Path, fmt: str, source_ext: str = ".m4a") -> list[tuple[Path, Path]]:
-    """(input, output) for every source_ext file under src, mirrored under dst with the new ending; names
-    starting with '.' (hidden, or macOS `._x.m4a` AppleDouble stubs, which ffmpeg cannot decode) are skipped."""
-    return [(p, dst / p.relative_to(src).with_suffix(f".{fmt}")) for p in sorted(src.rglob(f"*{source_ext}"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)]
+    """(input, output) for every source_ext file under src, mirrored under dst with the new ending: the files
+    that listing finds (scan_voxceleb_folder: endings in any case, linked folders followed, names starting
+    with '.', such as macOS `._x.m4a` stubs that ffmpeg cannot decode, skipped), so that no file listing
+    would see is left unconverted."""
+    return [(src / rel, dst / Path(rel).with_suffix(f".{fmt}")) for _, rel in scan_voxceleb_folder(src, (source_ext,))]
+
+
+def mismatched_outputs(targets: list[Path], sample_rate: int, workers: int = 16) -> list[str]:
+    """'path: what differs' for each existing output that is not what this conversion writes (mono, at
+    sample_rate, not empty): an earlier run with another --sample-rate, or a file from elsewhere."""
+    def problem(target: Path) -> str | None:
+        try:
+            frames, rate, channels = audio_info(target)
+        except AudioError as e:
+            return str(e)
+        differs = ([f"{rate} Hz, not {sample_rate}"] if rate != sample_rate else []) + (
+            [f"{channels} channels, not 1"] if channels != 1 else []) + (["no samples"] if frames <= 0 else [])
+        return f"{target}: " + ", ".join(differs) if differs else None
+
+    with ThreadPoolExecutor(workers) as pool:  # header reads wait on the disk, not the CPU
+        return [p for p in pool.map(problem, targets) if p is not None]
 
 
 def convert_one(ffmpeg: str, source: Path, target: Path, fmt: str, sample_rate: int = 16000) -> str | None:
@@ -299,7 +345,8 @@ def convert_tree(src: str | os.PathLike, dst: str | os.PathLike, fmt: str = "wav
                  ffmpeg: str | None = None, sample_rate: int = 16000, source_ext: str = ".m4a",
                  progress=None) -> ConversionReport:
     """Convert every source_ext file under src to `fmt` under dst (same relative layout), in parallel.
-    Resumable: outputs that exist are complete (written by rename) and are skipped."""
+    Resumable: outputs that exist are complete (written by rename) and are skipped, once their headers show
+    what this conversion writes; any other (another sample rate, stereo, empty) is an error, never kept."""
     if fmt not in ("wav", "flac"):
         raise ValueError(f"output format must be wav or flac, got {fmt!r}")
     ffmpeg = find_ffmpeg(ffmpeg)
@@ -307,15 +354,16 @@ def convert_tree(src: str | os.PathLike, dst: str | os.PathLike, fmt: str = "wav
     if not src.is_dir():
         raise NotADirectoryError(f"{src} is not a directory")
     jobs = conversion_jobs(src, dst, fmt, source_ext)
-    if not jobs:
-        raise ValueError(f"{src}: no *{source_ext} files found")
     report = ConversionReport()
-    todo = []
-    for source, target in jobs:
-        if target.exists():
-            report.skipped += 1
-        else:
-            todo.append((source, target))
+    todo = [(source, target) for source, target in jobs if not target.exists()]
+    existing = [target for _, target in jobs if target.exists()]
+    mismatched = mismatched_outputs(existing, sample_rate)
+    if mismatched:  # kept, they would mix sample rates in one list
+        raise ValueError(f"{dst}: {len(mismatched)} of the {len(existing)} files already there are not {fmt} "
+                         f"mono at {sample_rate} Hz as this conversion writes them (an earlier run with other "
+                         f"options?); delete them to convert them again, or convert into another folder:\n  "
+                         + "\n  ".join(mismatched[:10]) + _more(mismatched, 10))
+    report.skipped = len(existing)
     workers = workers or os.cpu_count() or 1
     # Threads suffice: each job waits on its own ffmpeg process.
     with ThreadPoolExecutor(max_workers=workers) as pool:
