@@ -445,3 +445,29 @@ def test_exporting_the_extractor_of_a_model_file_with_a_mean_and_threshold_warns
     assert "holds a mean embedding, a threshold, which the torchscript export does not carry" in run.stderr
     run = speakerid_cli("export", "--model", checkpoint, "--format", "torchscript", "--out", tmp_path / "plain.ts")
     assert run.returncode == 0 and "warning" not in run.stderr
+
+
+def test_verify_with_the_threshold_of_an_evaluation_prints_the_calibrated_llr_of_the_same_scoring(checkpoint, audio,
+                                                                                                 tmp_path):
+    """--threshold-from printed no LLR even when the evaluation scored as the calibration was fitted."""
+    sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    model_file = tmp_path / "model.pt"
+    run = speakerid_cli("export", "--model", checkpoint, "--out", model_file, "--calibration",
+                        calibrated(tmp_path, "cosine", "cosine", sha))
+    assert run.returncode == 0, run.stderr
+    run = speakerid_cli("evaluate", "--model", model_file, "--trials", audio / "trials.txt", "--root", audio,
+                        "--out-dir", tmp_path / "e", "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    pair = [audio / "spk0/s1/0.wav", audio / "spk0/s1/1.wav"]
+    expected = speakerid.load(model_file, device="cpu").verify(*pair, threshold=0.0)
+    run = speakerid_cli("verify", "--model", model_file, "--threshold-from", tmp_path / "e" / "trials.cosine.json",
+                        *pair, "--device", "cpu")
+    assert run.returncode in (0, 1) and f"LLR {expected.llr:.4f}" in run.stdout, run.stdout + run.stderr
+    # scored otherwise (multicrop), the calibration does not hold: no LLR
+    run = speakerid_cli("evaluate", "--model", model_file, "--trials", audio / "trials.txt", "--root", audio,
+                        "--out-dir", tmp_path / "m", "--device", "cpu", "eval.embedding.mode=multicrop",
+                        "eval.embedding.num_crops=2", "eval.embedding.crop_frames=50")
+    assert run.returncode == 0, run.stderr
+    [report] = (tmp_path / "m").glob("trials.multicrop*.json")
+    run = speakerid_cli("verify", "--model", model_file, "--threshold-from", report, *pair, "--device", "cpu")
+    assert run.returncode in (0, 1) and "LLR" not in run.stdout, run.stdout + run.stderr

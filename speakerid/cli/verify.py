@@ -1,5 +1,6 @@
 """Do two recordings come from the same speaker? Prints the score, the calibrated log-likelihood ratio when
-the model file has a calibration, the threshold and the decision; exits 0 for the same speaker, 1 for
+the model file has a calibration (with --threshold-from, when that evaluation scored as the model does), the
+threshold and the decision; exits 0 for the same speaker, 1 for
 different speakers, 2 on any error (so a shell can branch on it).
 
     speakerid verify --model model.pt a.wav b.wav                # threshold stored in the model file
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         model = load(args.model, args.device)
         if args.threshold_from is not None:
             score, threshold, source = score_as_evaluated(model, args.audio, args.threshold_from, args.model)
-            result = Verification(score, None, score >= threshold, threshold)
+            result = Verification(score, llr_as_evaluated(model, score, args.threshold_from), score >= threshold,
+                                  threshold)
         else:
             result = model.verify(*args.audio, threshold=args.threshold)
             if result.threshold is None:
@@ -92,6 +94,20 @@ def run(args: argparse.Namespace) -> int:
 def _describe(threshold: dict) -> str:
     target = threshold.get("target")
     return f"model file: {threshold['kind']}" + (f" at {target:g}" if target is not None else "")
+
+
+def llr_as_evaluated(model, score: float, report_path: Path) -> float | None:
+    """The model's calibrated LLR of a score of the evaluation's scoring, when that is the scoring the
+    calibration holds for (the model's own: cosine, or cosine_meansub around the model's mean); else None."""
+    from speakerid.io import read_json
+
+    if model.calibration is None:
+        return None
+    report = read_json(report_path, "evaluation report")
+    same_mean = report.get("embedding_mean_sha256") == model.mean_sha256 or report.get("embedding_mean_sha256") is None
+    if report.get("scoring") != model.scoring or not same_mean:
+        return None
+    return float(model.calibration.llr(score))
 
 
 def score_as_evaluated(model, audio: list[Path], report_path: Path, model_path: str) -> tuple[float, float, str]:
