@@ -406,6 +406,9 @@ def test_file_with_nan_samples_is_named_and_nothing_is_cached(extractor, audio_d
     wave[[100, 20000]] = np.nan
     sf.write(str(root / "a/nan.wav"), wave, 16000, subtype="FLOAT")
     assert np.isnan(read(root, "a/nan.wav")).sum() == 2
+    # finite samples whose power overflows float32 in the fbank: the embedding's own check names the file
+    wave[[100, 20000]] = 3e38
+    sf.write(str(root / "a/huge.wav"), wave, 16000, subtype="FLOAT")
     options = ExtractionOptions(mode=mode, num_crops=2, crop_frames=100)
     good = write_list(tmp_path / "good.txt", ["1 a/1.wav a/2.wav", "0 a/1.wav c/1.wav"])
     evaluation = Evaluation(Protocol(name="g", trials=str(good), root=str(root), embedding=options))
@@ -413,12 +416,15 @@ def test_file_with_nan_samples_is_named_and_nothing_is_cached(extractor, audio_d
     (cache_file,) = (tmp_path / "emb").glob("*")
     before = cache_file.read_bytes()
 
-    # a/nan is embedded in one batch with b/1 and b/2 (within max_trim of its length); only it is named.
-    trials = write_list(tmp_path / "t.txt", ["1 a/1.wav a/nan.wav", "0 b/1.wav b/2.wav"])
-    evaluation = Evaluation(Protocol(name="t", trials=str(trials), root=str(root), embedding=options))
-    with pytest.raises(AudioError, match=r"non-finite embedding .* for 1 of 3 files: \S*/a/nan\.wav$"):
-        evaluation.run(extractor, cache_dir=tmp_path / "emb", model_id="m")
-    assert list((tmp_path / "emb").glob("*")) == [cache_file] and cache_file.read_bytes() == before
+    # NaN samples are named when the file is read; a/huge is embedded in one batch with b/1 and b/2 (within
+    # max_trim of its length): only it is named.
+    for name, message in (("nan", r"\S*/a/nan\.wav: contains NaN or infinite samples$"),
+                          ("huge", r"non-finite embedding .* for 1 of 3 files: \S*/a/huge\.wav$")):
+        trials = write_list(tmp_path / "t.txt", [f"1 a/1.wav a/{name}.wav", "0 b/1.wav b/2.wav"])
+        evaluation = Evaluation(Protocol(name="t", trials=str(trials), root=str(root), embedding=options))
+        with pytest.raises(AudioError, match=message):
+            evaluation.run(extractor, cache_dir=tmp_path / "emb", model_id="m")
+        assert list((tmp_path / "emb").glob("*")) == [cache_file] and cache_file.read_bytes() == before
 
 
 def test_missing_trial_files_are_listed_before_any_audio_is_read(audio_dir, tmp_path):

@@ -92,7 +92,7 @@ def test_evaluate_protocols_cache_and_verify(trained_run, tiny_corpus_dir, tmp_p
                      same, same, "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert "same speaker" in proc.stdout and f"threshold {report['eer_threshold']:.4f}" in proc.stdout
-    report["checkpoint_sha256"] = "0" * 64
+    report["checkpoint_sha256"] = report["provenance_sha256"] = "0" * 64  # neither this model nor its source
     (tmp_path / "other.json").write_text(json.dumps(report))
     proc = speakerid("verify", "--model", ckpt, "--threshold-from", tmp_path / "other.json", same, same)
     assert proc.returncode == 2 and "another model" in proc.stderr
