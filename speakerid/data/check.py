@@ -206,8 +206,12 @@ def check_trial_audio(root: str | os.PathLike, paths: list[str], sample_rate: in
 HEADER_RECORD = "audio_headers.npz"
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns), or None for a file that cannot be stat-ed (its header read names the problem)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
     return st.st_size, st.st_mtime_ns
 
 
@@ -255,8 +259,8 @@ def check_training_audio(root: str | os.PathLike, paths: list[str], crop_samples
     unique = list(dict.fromkeys(paths))
     progress = len(unique) > 10_000
     known = {} if previous is None else read_header_record(previous, root, sample_rate, resample)
-    stamps = (map_files(_stamp, root, unique, workers, progress=f"{what}, files compared with {previous}"
-                        if progress else None) if known or record is not None else [None] * len(unique))
+    stamps = (map_files(_stamp, root, unique, workers, progress=f"{what}, sizes and times read" if progress else None)
+              if known or record is not None else [None] * len(unique))
 
     def header(path: Path) -> tuple[int | None, str | None]:
         try:
@@ -282,8 +286,9 @@ def check_training_audio(root: str | os.PathLike, paths: list[str], crop_samples
                              f"set data.bad_audio=skip to train on the others")
         log.warning("%s\ndata.bad_audio=skip: training replaces them whenever it draws them", message)
     if record is not None:  # the files found good; a bad one is read again next time
-        write_header_record(record, root, sample_rate, resample,
-                            {p: (stamp, n) for p, stamp, (n, _) in zip(unique, stamps, found) if n is not None})
+        write_header_record(record, root, sample_rate, resample, {p: (stamp, n) for p, stamp, (n, _)
+                                                                  in zip(unique, stamps, found)
+                                                                  if n is not None and stamp is not None})
     short = [(rel, n) for rel, (n, _) in zip(unique, found) if n is not None and n < crop_samples // 10]
     if short:
         path, n = short[0]
