@@ -227,11 +227,11 @@ def _evaluated_mean_sha256(report: dict[str, Any], report_path: Path) -> str | N
     speakerid) that of the mean file it names, while that file is there."""
     if report.get("embedding_mean_sha256") is not None or not report.get("embedding_mean"):
         return report.get("embedding_mean_sha256")
+    from speakerid.evaluation.store import read_mean_file
     from speakerid.scoring import mean_sha256
 
     try:
-        with np.load(report["embedding_mean"], allow_pickle=False) as data:
-            return mean_sha256(data["full"][0])
+        return mean_sha256(read_mean_file(report["embedding_mean"]))
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None  # unknown: load_calibration warns that the mean cannot be checked
 

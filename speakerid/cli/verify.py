@@ -64,9 +64,11 @@ def run(args: argparse.Namespace) -> int:
                 raise FileNotFoundError(f"{path} does not exist")
         model = load(args.model, args.device)
         if args.threshold_from is not None:
-            score, threshold, source = score_as_evaluated(model, args.audio, args.threshold_from, args.model)
-            result = Verification(score, llr_as_evaluated(model, score, args.threshold_from), score >= threshold,
-                                  threshold)
+            from speakerid.io import read_json
+
+            report = read_json(args.threshold_from, "evaluation report")
+            score, threshold, source = score_as_evaluated(model, args.audio, report, args.threshold_from, args.model)
+            result = Verification(score, llr_as_evaluated(model, score, report), score >= threshold, threshold)
         else:
             result = model.verify(*args.audio, threshold=args.threshold)
             if result.threshold is None:
@@ -96,30 +98,28 @@ def _describe(threshold: dict) -> str:
     return f"model file: {threshold['kind']}" + (f" at {target:g}" if target is not None else "")
 
 
-def llr_as_evaluated(model, score: float, report_path: Path) -> float | None:
+def llr_as_evaluated(model, score: float, report: dict) -> float | None:
     """The model's calibrated LLR of a score of the evaluation's scoring, when that is the scoring the
     calibration holds for (the model's own: cosine, or cosine_meansub around the model's mean); else None."""
-    from speakerid.io import read_json
-
     if model.calibration is None:
         return None
-    report = read_json(report_path, "evaluation report")
     same_mean = report.get("embedding_mean_sha256") == model.mean_sha256 or report.get("embedding_mean_sha256") is None
     if report.get("scoring") != model.scoring or not same_mean:
         return None
     return float(model.calibration.llr(score))
 
 
-def score_as_evaluated(model, audio: list[Path], report_path: Path, model_path: str) -> tuple[float, float, str]:
+def score_as_evaluated(model, audio: list[Path], report: dict, report_path: Path, model_path: str
+                       ) -> tuple[float, float, str]:
     """(score, EER threshold, where the threshold comes from): the pair scored as the evaluation run whose JSON
-    is `report_path` scored its trials."""
+    (`report`, read from `report_path`) scored its trials."""
     from speakerid.evaluation import ExtractionOptions, load_embeddings
     from speakerid.evaluation.store import read_mean_file
     from speakerid.model_file import evaluated_model_identities
-    from speakerid.io import read_json
     from speakerid.scoring import Cohort, as_norm, mean_sha256, raw_scores
 
-    report = read_json(report_path, "evaluation report")
+    if not isinstance(report, dict):
+        raise ValueError(f"{report_path}: not an evaluation report (a JSON object)")
     if report.get("eer_threshold") is None:
         raise ValueError(f"{report_path}: no eer_threshold (was the evaluated list without labels?)")
     value = report["eer_threshold"]
