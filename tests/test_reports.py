@@ -374,6 +374,17 @@ def test_report_command_with_a_calibration_from_other_trials(corpus, tmp_path, c
     assert "cal_bad.json: a calibration file has exactly the keys calibration and threshold" in capsys.readouterr().err
 
 
+def test_report_with_a_repeated_p_target_has_one_column_per_prior(corpus, tmp_path, capsys):
+    _, scores = corpus
+    out = tmp_path / "report.json"
+    assert main(["report", "--scores", str(scores), "--p-target", "0.05", "0.05", "0.01", "--n-bootstrap", "20",
+                 "--out", str(out)]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.count("0.05") == 1 and header.count("0.01") == 1
+    report = json.loads(out.read_text())
+    assert report["p_targets"] == [0.05, 0.01]
+
+
 def test_compare_draws_every_system(tmp_path, capsys):
     rng = np.random.default_rng(2)
     a = gaussian_score_file(tmp_path / "a.scores.txt", rng, separation=2.0)

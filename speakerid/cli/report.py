@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.out is not None:
             check_new_file(args.out, args.overwrite, what="--out")
+        args.p_target = list(dict.fromkeys(args.p_target))  # a repeated prior would repeat its column
         given = dict(parse_bins_option(text) for text in args.bins)
         durations_binned = sorted(set(given) & set(DURATIONS))
         if durations_binned and args.root is None:  # durations come from the audio files, under --root
