@@ -160,6 +160,33 @@ def test_cut_batches_equal_one_at_a_time_on_the_cut_audio(cut_extractor, audio_d
         assert float(exact.full[exact.index()[rel]] @ one_at_a_time(extractor, read(root, rel))) > 1 - 1e-6, rel
 
 
+def test_digital_silence_is_named_in_a_warning_with_loader_processes_too(extractor, audio_dir, tmp_path, caplog):
+    """Two silent files embed alike, so a trial between them scores 1.0 whoever the speakers: extraction
+    warns, naming them, whether a loader process or this one read them."""
+    root, lengths = audio_dir
+    silent_root = tmp_path / "wav"
+    shutil.copytree(root, silent_root)
+    for rel in ("x/1.wav", "y/1.wav"):
+        (silent_root / rel).parent.mkdir()
+        sf.write(silent_root / rel, np.zeros(24000, dtype=np.int16), 16000, subtype="PCM_16")
+    paths = [*lengths, "x/1.wav", "y/1.wav"]
+    for workers in (0, 1):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="speakerid"):
+            emb = extract_embeddings(extractor, silent_root, paths,
+                                     options=ExtractionOptions(batch_size=2, num_workers=workers))
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1, workers
+        assert warnings[0].startswith("2 of 9 files are digital silence")
+        assert str(silent_root / "x/1.wav") in warnings[0] and str(silent_root / "y/1.wav") in warnings[0]
+        index = emb.index()
+        assert float(emb.full[index["x/1.wav"]] @ emb.full[index["y/1.wav"]]) > 1 - 1e-6  # why it matters
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="speakerid"):
+        extract_embeddings(extractor, root, list(lengths))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_multicrop_embeds_taoruijie_crops(extractor, audio_dir):
     root, lengths = audio_dir
     paths = ["a/1.wav", "c/2.wav", "d/1.wav"]  # d/1 (0.75 s) is shorter than a crop: wrap-padded

@@ -19,6 +19,7 @@ convolutions at the utterance's end, the SE gates and the attentive pooling all 
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from speakerid.features import Fbank, num_frames, samples_for_frames
 from speakerid.resources import auto_loader_workers
 from speakerid.scoring import Embeddings
 
+log = logging.getLogger("speakerid")
 
 class EmbeddingExtractor(nn.Module):
     """Waveform [batch, samples] at the model's sample rate -> embedding [batch, emb_dim] (not normalised).
@@ -168,7 +170,8 @@ def file_lengths(root: Path, paths: list[str], sample_rate: int, resample: bool)
 class _PlannedBatches(Dataset):
     """Item b: the waveforms of planned batch b stacked [batch, samples], either zero-padded to
     `padded[b]` samples with their lengths [batch], or (`padded` None) cut to the batch's shortest member
-    with lengths None; and the multi-crop windows [batch * num_crops, crop] or None. Everything but the
+    with lengths None; the multi-crop windows [batch * num_crops, crop] or None; and the utterance indices
+    of the batch's files that are digital silence (every sample zero). Everything but the
     model happens here, in the loader processes. A file that cannot be read comes back as its AudioError's
     message, which the main process raises as it is (a DataLoader would wrap it in a worker's traceback)."""
 
@@ -187,11 +190,12 @@ class _PlannedBatches(Dataset):
             return self.waveforms[key]
         return read_full(self.root / key, self.sample_rate, self.resample)
 
-    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None] | str:
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, list[int]] | str:
         try:
             waves = [self.read(self.keys[i]) for i in self.batches[b]]
         except AudioError as e:
             return str(e)
+        silent = [int(i) for i, w in zip(self.batches[b], waves) if not w.any()]
         if self.padded is None:
             shortest = min(len(w) for w in waves)
             full, lengths = torch.from_numpy(np.stack([w[:shortest] for w in waves])), None
@@ -202,9 +206,9 @@ class _PlannedBatches(Dataset):
                 row[:len(w)] = torch.from_numpy(w)
             lengths = torch.tensor([len(w) for w in waves])
         if self.crop_samples is None:
-            return full, lengths, None
+            return full, lengths, None, silent
         windows = np.concatenate([evenly_spaced_crops(w, self.crop_samples, self.num_crops) for w in waves])
-        return full, lengths, torch.from_numpy(windows)
+        return full, lengths, torch.from_numpy(windows), silent
 
 
 def resolve_num_workers(value: int | str, device: torch.device, batches: int) -> int:
@@ -236,7 +240,9 @@ def extract_embeddings(
     than threads: reading, cutting and stacking a batch then holds no lock that the thread feeding the
     device needs. cuDNN's autotuning (torch.backends.cudnn.benchmark) is off meanwhile: it would tune every
     new utterance length, which never pays off over a trial list. A file whose embedding is not finite
-    (NaN samples, say) is an AudioError that names it, as is a file that cannot be read. `waveforms` (1-D
+    (NaN samples, say) is an AudioError that names it, as is a file that cannot be read; files of digital
+    silence get a warning that names them (they all embed alike, so every trial between two of them scores
+    1.0, whoever the speakers). `waveforms` (1-D
     float32 at sample_rate, one per key of `paths`) stand in for the files: audio held in memory is batched
     the same, in this process."""
     root = Path(root)
@@ -267,6 +273,7 @@ def extract_embeddings(
     # the device after every batch instead of queueing the next one.
     full_parts: list[torch.Tensor] = []
     crop_parts: list[torch.Tensor] = []
+    silent: list[int] = []
     was_training = extractor.training
     extractor.eval()
     benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
@@ -279,7 +286,8 @@ def extract_embeddings(
         for batch, item in zip(batches, loader):
             if isinstance(item, str):
                 raise AudioError(item)
-            waves, wave_lengths, windows = item
+            waves, wave_lengths, windows, batch_silent = item
+            silent.extend(batch_silent)
             full_parts.append(embed(waves, wave_lengths))
             if windows is not None:
                 crop_parts.append(torch.cat([embed(windows[i:i + crops_per_forward])
@@ -305,4 +313,10 @@ def extract_embeddings(
         bad = [str(root / keys[i]) for i in np.flatnonzero(~finite)]
         raise AudioError(f"non-finite embedding (NaN or infinite samples in the file?) for {len(bad)} of "
                          f"{len(keys)} files: {', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''}")
+    if silent:
+        named = [str(root / keys[i]) for i in sorted(silent)]
+        log.warning("%d of %d files are digital silence (every sample is zero): they all get the same embedding, "
+                    "so any trial between two of them scores 1.0 whoever the speakers are. Remove them from the "
+                    "list (speakerid check-data lists them): %s%s", len(named), len(keys), ", ".join(named[:10]),
+                    ", ..." if len(named) > 10 else "")
     return Embeddings(keys, full, crops)
