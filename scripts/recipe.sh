@@ -40,6 +40,8 @@ usage() {
 }
 [[ $# -ge 5 && $# -le 6 ]] || usage
 absolute() { [[ $1 == /* ]] && echo "$1" || echo "$PWD/$1"; }
+# A path as a Hydra override value: quoted, so that a ',' (a sweep), '=' or space in it stays part of the path.
+hydra_path() { printf "'%s'" "${1//\'/\\\'}"; }
 recipe=$1 from_stage=${6:-0}
 vox2=$(absolute "$2") vox1=$(absolute "$3") musan=$(absolute "$4") rirs=$(absolute "$5")
 stop_stage=${STOP_STAGE:-6}
@@ -89,10 +91,11 @@ train() {  # run folder, experiment, overrides...: resumes the run when the fold
     local dir=$1 name=$2
     shift 2
     local resume=()
-    [[ -f $dir/checkpoints/last.pt ]] && resume=("trainer.resume=$dir/checkpoints/last.pt")
-    launch "experiment=$name" "data.train_list=$fit_list" "data.train_root=$train_root" "eval.dir=$vox1" \
-        "augment.musan_dir=$musan_dir" "augment.rir_dir=$rir_dir" "hydra.run.dir=$dir" \
-        "${resume[@]}" "$@" "${extra[@]}"
+    [[ -f $dir/checkpoints/last.pt ]] && resume=("trainer.resume=$(hydra_path "$dir/checkpoints/last.pt")")
+    launch "experiment=$name" "data.train_list=$(hydra_path "$fit_list")" \
+        "data.train_root=$(hydra_path "$train_root")" "eval.dir=$(hydra_path "$vox1")" \
+        "augment.musan_dir=$(hydra_path "$musan_dir")" "augment.rir_dir=$(hydra_path "$rir_dir")" \
+        "hydra.run.dir=$(hydra_path "$dir")" "${resume[@]}" "$@" "${extra[@]}"
 }
 
 average() {  # run folder, N: the mean of its last N epoch checkpoints as <run>/avg.pt (N = 1: the last one)
@@ -104,7 +107,8 @@ evaluate() {  # overrides for every protocol...: each model on Vox1-O, E and H c
     for model in "$train_dir/avg.pt" ${lm_experiment:+"$lm_dir/avg.pt"}; do
         [[ -f $model ]] || { echo "error: $model is missing: run the stages before" >&2; exit 1; }
         for protocol in vox1_o vox1_e vox1_h; do
-            "$python" -m speakerid.cli.main evaluate --overwrite --model "$model" "eval=$protocol" "eval.dir=$vox1" "$@"
+            "$python" -m speakerid.cli.main evaluate --overwrite --model "$model" "eval=$protocol" \
+                "eval.dir=$(hydra_path "$vox1")" "$@"
         done
     done
 }
@@ -141,7 +145,7 @@ fi
 
 if [[ -n $lm_experiment ]] && stage 3; then
     log "3: large-margin fine-tuning $lm_experiment in $lm_dir"
-    train "$lm_dir" "$lm_experiment" "trainer.init_from=$train_dir/avg.pt"
+    train "$lm_dir" "$lm_experiment" "trainer.init_from=$(hydra_path "$train_dir/avg.pt")"
 fi
 
 if [[ -n $lm_experiment ]] && stage 4; then
@@ -151,8 +155,9 @@ fi
 
 # WeSpeaker scores with the mean embedding of the training set subtracted (score.sh cal_mean), 3D-Speaker without.
 scoring=()
-[[ $mean_sub == true ]] && scoring=(eval.mean_subtraction.enabled=true "eval.mean_subtraction.list=$train_list"
-                                   "eval.mean_subtraction.root=$train_root")
+[[ $mean_sub == true ]] && scoring=(eval.mean_subtraction.enabled=true
+                                   "eval.mean_subtraction.list=$(hydra_path "$train_list")"
+                                   "eval.mean_subtraction.root=$(hydra_path "$train_root")")
 
 if stage 5; then
     log "5: evaluate, cosine scoring${scoring:+, less the mean embedding of the training set}"
@@ -162,7 +167,7 @@ fi
 if [[ -n $asnorm_top_k ]] && stage 6; then
     log "6: evaluate with AS-norm (top $asnorm_top_k, cohort: the speakers of $train_list)"
     evaluate "${scoring[@]}" eval.asnorm.enabled=true "eval.asnorm.top_k=$asnorm_top_k" \
-        "eval.asnorm.cohort_list=$train_list" "eval.asnorm.cohort_root=$train_root"
+        "eval.asnorm.cohort_list=$(hydra_path "$train_list")" "eval.asnorm.cohort_root=$(hydra_path "$train_root")"
 fi
 
 log "$from_stage to $stop_stage done (evaluations: $train_dir/avg_eval${lm_experiment:+, $lm_dir/avg_eval})"

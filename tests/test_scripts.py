@@ -335,6 +335,50 @@ def test_recipe_averages_the_authors_number_of_epochs(tmp_path):
     assert avg["progress"]["epoch"] == 4 and torch.equal(avg["model"]["w"], torch.full((3,), 4.0))
 
 
+def test_recipe_passes_paths_with_commas_quotes_and_spaces_to_hydra_whole(tmp_path):
+    """Unquoted, `data.train_root=/d/a,b` is a Hydra sweep over two values, and `=` or a space breaks the
+    override: every path the recipe gives train.py and evaluate must come back whole from Hydra's parser."""
+    root = tmp_path / "dat a,b=c'd"
+    for folder in ("vox2/dev/wav", "vox1", "musan", "RIRS_NOISES"):
+        (root / folder).mkdir(parents=True)
+    (root / "vox2/train_list.txt").write_text("s1 s1/v/a.wav\n")
+    work = tmp_path / "wo,rk"
+    (work / "train/checkpoints").mkdir(parents=True)
+    (work / "train/checkpoints/last.pt").write_bytes(b"")
+    for model in ("train/avg.pt", "lm/avg.pt"):
+        (work / model).parent.mkdir(exist_ok=True)
+        (work / model).write_bytes(b"")
+    calls = tmp_path / "calls.jsonl"
+    fake = tmp_path / "fake_python"  # parses the overrides it is given as train.py and evaluate do
+    fake.write_text(f"""#!{sys.executable}
+import json, sys
+from hydra.core.override_parser.overrides_parser import OverridesParser
+overrides = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+parsed = {{o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(overrides)}}
+with open({str(calls)!r}, "a") as f:
+    f.write(json.dumps({{k: v if isinstance(v, str) else repr(v) for k, v in parsed.items()}}) + "\\n")
+""")
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "WORK": str(work), "STOP_STAGE": "5"}
+    for stage in ("1", "5"):
+        proc = subprocess.run(["bash", str(REPO / "scripts" / "recipe.sh"), "resnet34", root / "vox2", root / "vox1",
+                               root / "musan", root / "RIRS_NOISES", stage], capture_output=True, text=True,
+                              timeout=60, env={**env, "STOP_STAGE": stage})
+        assert proc.returncode == 0, proc.stderr
+    train, *evaluations = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert train["data.train_root"] == str(root / "vox2/dev/wav")
+    assert train["data.train_list"] == str(root / "vox2/train_list.txt")
+    assert train["eval.dir"] == str(root / "vox1") and train["augment.musan_dir"] == str(root / "musan")
+    assert train["augment.rir_dir"] == str(root / "RIRS_NOISES")
+    assert train["hydra.run.dir"] == str(work / "train")
+    assert train["trainer.resume"] == str(work / "train/checkpoints/last.pt")
+    assert len(evaluations) == 6  # two models, three protocols
+    for evaluation in evaluations:
+        assert evaluation["eval.dir"] == str(root / "vox1")
+        assert evaluation["eval.mean_subtraction.list"] == str(root / "vox2/train_list.txt")
+        assert evaluation["eval.mean_subtraction.root"] == str(root / "vox2/dev/wav")
+
+
 @pytest.mark.parametrize("args,message", [
     (["ecapa", "a", "b", "c", "d"], "RECIPE must be resnet34, ecapa_c1024 or campplus, got 'ecapa'"),
     (["resnet34", "a", "b", "c", "d", "7"], "FROM_STAGE must be 0 to 6, got '7'"),
