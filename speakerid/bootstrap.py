@@ -79,12 +79,15 @@ class SpeakerResampler:
             raise ValueError(f"the number of bootstrap resamples must be >= 1, got {n}")
         rng = np.random.default_rng(seed)
         uniform = np.full(self.n_speakers, 1.0 / self.n_speakers)
-        labels = None if labels is None else np.asarray(labels).astype(bool)
+        is_target = None if labels is None else np.asarray(labels).astype(bool).astype(np.int64)
         given = redrawn = 0
         while given < n:
             for counts in rng.multinomial(self.n_speakers, uniform, size=n - given):  # drawn in one call
                 weights = self.weights(counts)
-                if labels is not None and not (weights[labels].any() and weights[~labels].any()):
+                # Weights are counts (>= 0): both classes are drawn when the targets' total is neither 0 nor
+                # all of it. A product and a sum, where boolean masks would copy the list twice.
+                targets = None if is_target is None else int(weights @ is_target)
+                if targets is not None and not 0 < targets < int(weights.sum()):
                     redrawn += 1
                     continue
                 given += 1

@@ -129,14 +129,32 @@ def rates_at(scores, labels, resampler: SpeakerResampler, threshold: float, n_bo
     scores, labels = validate_scores(scores, labels)
     if len(resampler.enrol_index) != scores.size:
         raise ValueError(f"{scores.size} scores but {len(resampler.enrol_index)} trials")
+    rates, _ = _bootstrap(scores, labels, resampler, threshold, n_bootstrap, confidence, seed)
+    return rates
+
+
+Rule = tuple[SortedTrials, str, "float | None"]  # a threshold rule on a list: its sorted trials, kind, target
+
+
+def _bootstrap(scores: np.ndarray, labels: np.ndarray, resampler: SpeakerResampler, threshold: float,
+               n_bootstrap: int, confidence: float, seed: int, rule: Rule | None = None) -> tuple[Rates, list[float]]:
+    """The rates of `threshold` with their intervals and, given a `rule` (sorted trials, kind, target), the
+    threshold the rule picks on each resample: one draw of the resamples serves both."""
     far, frr = error_rates(scores, labels, threshold)
     accepted = scores >= threshold
-    false_accept, miss = accepted & ~labels, ~accepted & labels
-    boot_far, boot_frr = [], []
+    false_accept = (accepted & ~labels).astype(np.int64)
+    miss = (~accepted & labels).astype(np.int64)
+    is_target = labels.astype(np.int64)
+    boot_far, boot_frr, boot_thresholds = [], [], []
     for weights in resampler.resamples(n_bootstrap, seed, labels):
-        boot_far.append(weights[false_accept].sum() / weights[~labels].sum())
-        boot_frr.append(weights[miss].sum() / weights[labels].sum())
-    return Rates(far, frr, percentile_interval(boot_far, confidence), percentile_interval(boot_frr, confidence))
+        targets = int(weights @ is_target)
+        boot_far.append((weights @ false_accept) / (int(weights.sum()) - targets))
+        boot_frr.append((weights @ miss) / targets)
+        if rule is not None:
+            sorted_trials, kind, target = rule
+            boot_thresholds.append(threshold_at(sorted_trials.points(weights), kind, target))
+    return (Rates(far, frr, percentile_interval(boot_far, confidence), percentile_interval(boot_frr, confidence)),
+            boot_thresholds)
 
 
 def choose_threshold(scores, labels, enrol: Sequence[str], test: Sequence[str], kind: str = "eer",
@@ -153,10 +171,8 @@ def choose_threshold(scores, labels, enrol: Sequence[str], test: Sequence[str], 
                          f"trial at all: the highest-scoring trials are non-targets; a smaller target needs more "
                          f"non-target trials ({int(labels.size - labels.sum())} here)")
     resampler = SpeakerResampler(enrol, test)
-    rates = rates_at(scores, labels, resampler, score, n_bootstrap, confidence, seed)
-    # The same resamples again (same seed): the threshold the rule picks on each.
-    boot_scores = [threshold_at(sorted_trials.points(weights), kind, target)
-                   for weights in resampler.resamples(n_bootstrap, seed, labels)]
+    rates, boot_scores = _bootstrap(scores, labels, resampler, score, n_bootstrap, confidence, seed,
+                                    rule=(sorted_trials, kind, target))
     return Threshold(score=score, kind=kind, target=target, far=rates.far, frr=rates.frr,
                      score_ci=percentile_interval(boot_scores, confidence), far_ci=rates.far_ci,
                      frr_ci=rates.frr_ci, confidence=confidence, n_bootstrap=n_bootstrap)

@@ -71,6 +71,24 @@ def test_rules_on_a_hand_worked_list():
     assert error_rates(scores, labels, 0.6) == (1 / 8, 1 / 4)
 
 
+def test_intervals_by_hand_from_the_same_resamples_repeated_trials():
+    """Each resample's weights are counts: the resampled list is the list with each trial repeated that
+    many times. Its EER threshold (compute_eer) and the rates of the chosen threshold, by masks, give the
+    intervals choose_threshold reports from one draw of the resamples."""
+    scores, labels, enrol, test = hand_list()
+    chosen = choose_threshold(scores, labels, enrol, test, "eer", n_bootstrap=40, confidence=0.9, seed=3)
+    thresholds, fars, frrs = [], [], []
+    for weights in SpeakerResampler(enrol, test).resamples(40, seed=3, labels=labels):
+        s, y = np.repeat(scores, weights), np.repeat(labels, weights)
+        thresholds.append(compute_eer(s, y, return_threshold=True)[1])
+        accepted = s >= chosen.score
+        fars.append(accepted[y == 0].mean())
+        frrs.append((~accepted[y == 1]).mean())
+    assert chosen.score_ci == percentile_interval(thresholds, 0.9)
+    assert chosen.far_ci == pytest.approx(percentile_interval(fars, 0.9), rel=1e-12)
+    assert chosen.frr_ci == pytest.approx(percentile_interval(frrs, 0.9), rel=1e-12)
+
+
 def test_threshold_errors():
     scores, labels, enrol, test = hand_list()
     with pytest.raises(ValueError, match="needs a target FAR"):
