@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 from speakerid.data.lists import ListFormatError, read_file_list, read_train_list, read_trials
 
-token = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc")), min_size=1,
-                max_size=12).filter(
-    lambda t: not t.startswith(("#", "/", "\ufeff")) and t != "..")  # "..": leaves the root; U+FEFF: a BOM
-relpath = st.lists(token, min_size=1, max_size=3).map("/".join)
+token = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc"), blacklist_characters="/"),
+                min_size=1, max_size=12).filter(
+    lambda t: not t.startswith(("#", "\ufeff")) and t not in ("..", "."))  # "..": leaves the root; U+FEFF: a BOM
+relpath = st.lists(token, min_size=1, max_size=3).map("/".join)  # as a path is spelled canonically
 
 
 def write(text: str) -> Path:
@@ -71,6 +71,19 @@ def test_trials_round_trip(entries, bom):
             labels != {"0", "1"} and "only" in str(e))
         return
     assert [(str(t.label), t.enrol, t.test) for t in trials] == entries
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(relpath, st.sampled_from(["./{}", "{}", "./{}"]), st.sampled_from(["/", "//", "/./"])),
+                min_size=1, max_size=10))
+def test_every_spelling_of_a_path_reads_as_its_canonical_one(entries):
+    """`./a/b`, `a//b` and `a/./b` are the file `a/b`: the lists' same-file rules (one speaker per file, a
+    repeated trial, a file paired with itself) must see one file."""
+    respelled = [outer.format(p.replace("/", inner)) for p, outer, inner in entries]
+    canonical = [p for p, _, _ in entries]
+    assert read_file_list(write("".join(f"{p}\n" for p in respelled))) == canonical
+    trials = read_trials(write("".join(f"{i % 2} {p} x/{i}.wav\n" for i, p in enumerate(respelled + ["z"] * 2))))
+    assert [t.enrol for t in trials[:len(canonical)]] == canonical
 
 
 line = st.one_of(

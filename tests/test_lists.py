@@ -105,6 +105,22 @@ def test_trial_path_prefix_is_stripped_or_reported(tmp_path):
     bad = write(tmp_path / "q.txt", "1 vox1/wav/id1/a.wav vox1/wav/id1/b.wav\n0 vox1/wav/id1/a.wav id2/c.wav\n")
     with pytest.raises(ListFormatError, match=r"q.txt:2: path 'id2/c.wav' does not start with the prefix 'vox1/wav/'"):
         read_trials(bad, strip_prefix="vox1/wav/")
+    # A prefix is leading folders: without its slash it used to leave '/id1/a.wav', refused as absolute.
+    assert read_trials(lst, strip_prefix="vox1/wav") == parsed
+    with pytest.raises(ListFormatError, match=r"q.txt:2: path 'id2/c.wav' does not start with the prefix 'vox1/wav/'"):
+        read_trials(bad, strip_prefix="vox1/wav")
+    with pytest.raises(ListFormatError, match=r"p.txt:1: path 'vox1/wav/id1/a.wav' does not start with the prefix "
+                                              r"'vox1/wa/'"):
+        read_trials(lst, strip_prefix="vox1/wa")  # not part of a folder's name
+
+
+def test_a_list_that_is_not_utf8_names_its_line(tmp_path):
+    """The decoder's position is within its 8 KiB chunk: the line number is what finds the byte in a big list."""
+    lst = tmp_path / "latin1.txt"
+    lst.write_bytes(b"".join(b"spk%d spk%d/%05d.wav\n" % (i % 3, i % 3, i) for i in range(5000))
+                    + "sp\u00fc sp\u00fc/1.wav\n".encode("latin-1"))
+    with pytest.raises(ListFormatError, match=re.escape("latin1.txt:5001: not UTF-8 text: byte 0xfc at column 3")):
+        read_train_list(lst, tmp_path)
 
 
 BOM = "\ufeff"
@@ -198,7 +214,7 @@ def test_a_pair_labelled_both_ways_is_an_error_naming_both_lines(tmp_path, text)
 
 
 def test_a_trial_of_a_file_against_itself_is_logged_with_its_line(tmp_path, caplog):
-    lst = write(tmp_path / "self.txt", "0 a/1.wav b/1.wav\n# a comment\n1 a/1.wav a/1.wav\n1 a/1.wav a/2.wav\n")
+    lst = write(tmp_path / "self.txt", "0 a/1.wav b/1.wav\n# a comment\n1 a/1.wav ./a/./1.wav\n1 a/1.wav a/2.wav\n")
     with caplog.at_level(logging.WARNING, logger="speakerid"):
         assert warn_duplicate_trials(lst, read_trials(lst)) == {}
     [record] = caplog.records
@@ -211,6 +227,11 @@ def test_a_file_listed_under_two_speakers_is_an_error_naming_both_lines(tmp_path
     with pytest.raises(ListFormatError, match=re.escape("two.txt:4: a/1.wav is listed for speaker b, but line 1 "
                                                         "lists it for speaker a: one file cannot be two speakers")):
         read_train_list(lst, tmp_path)
+    # However the file is spelled (a list written with `find .` has ./ paths)
+    respelled = write(tmp_path / "respelled.txt", "a ./a/1.wav\nb b/1.wav\nb a//1.wav\n")
+    with pytest.raises(ListFormatError, match=re.escape("respelled.txt:3: a/1.wav is listed for speaker b, but line 1 "
+                                                        "lists it for speaker a")):
+        read_train_list(respelled, tmp_path)
     # the same file twice under one speaker is a repeat (warn_duplicate_paths), not a contradiction
     assert read_train_list(write(tmp_path / "rep.txt", "a a/1.wav\nb b/1.wav\na a/1.wav\n"), tmp_path).paths == \
         ["a/1.wav", "b/1.wav", "a/1.wav"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import logging
 import os
+import posixpath
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -83,7 +84,20 @@ def _content_lines(list_file: Path):
     except FileNotFoundError:
         raise FileNotFoundError(f"{list_file}: list file does not exist") from None
     except UnicodeDecodeError as e:
-        raise ListFormatError(f"{list_file}: not a UTF-8 text file ({e})") from None
+        raise ListFormatError(_not_utf8(list_file, e)) from None
+
+
+def _not_utf8(list_file: Path, error: UnicodeDecodeError) -> str:
+    """The message for a list that is not UTF-8, naming its first such line: the decoder's position is
+    within the chunk it was decoding, not within the file."""
+    with open(list_file, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode(LIST_ENCODING if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                return (f"{list_file}:{number}: not UTF-8 text: byte {line[e.start]:#04x} at column {e.start + 1} "
+                        f"({line[max(0, e.start - 20):e.start + 20]!r}); save the list as UTF-8")
+    return f"{list_file}: not a UTF-8 text file ({error})"
 
 
 def starts_with_bom(list_file: str | os.PathLike) -> bool:
@@ -92,8 +106,22 @@ def starts_with_bom(list_file: str | os.PathLike) -> bool:
         return f.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8
 
 
+def _list_path(list_file: Path, number: int, path: str, strip_prefix: str | None = None) -> str:
+    """A path of a list line, as the lists' rules compare it: less `strip_prefix` (a leading folder), spelled
+    one way (`./a/b.wav`, `a//b.wav` and `a/./b.wav` are `a/b.wav`, so that a file listed under two speakers, a
+    repeated trial or a file paired with itself is found however it is written), and inside the root."""
+    if strip_prefix:
+        path = _strip(list_file, number, path, strip_prefix)
+    if "//" in path or "/./" in path or path.startswith("./") or path.endswith("/."):  # normpath costs ~1 us
+        path = posixpath.normpath(path)
+    _check_inside_root(list_file, number, path)
+    return path
+
+
 def _check_inside_root(list_file: Path, number: int, path: str) -> None:
     """A list path is joined to a root: an absolute one or one with `..` would open files outside it."""
+    if not path.startswith("/") and ".." not in path:  # most paths: no Path to build (5 us, a million times)
+        return
     if os.path.isabs(path):
         why = "is absolute"
     elif ".." in Path(path).parts:
@@ -118,9 +146,10 @@ def read_train_list(list_file: str | os.PathLike, root: str | os.PathLike) -> Tr
                 f"{' '.join(fields)!r} (paths and speaker ids cannot contain whitespace)"
             )
         speaker, path = fields
-        _check_inside_root(list_file, number, path)
+        path = _list_path(list_file, number, path)
         if speaker_of.setdefault(path, speaker) != speaker:
-            first = next(n for n, f in _content_lines(list_file) if f[1] == path)  # only on this error: no memory
+            first = next(n for n, f in _content_lines(list_file)  # only on this error: no memory
+                         if len(f) == 2 and _list_path(list_file, n, f[1]) == path)
             raise ListFormatError(f"{list_file}:{number}: {path} is listed for speaker {speaker}, but line {first} "
                                   f"lists it for speaker {speaker_of[path]}: one file cannot be two speakers")
         speakers.append(speaker)
@@ -173,10 +202,7 @@ def read_trials(list_file: str | os.PathLike, strip_prefix: str | None = None) -
                 raise ListFormatError(f"{list_file}:{number}: {' '.join(fields)!r} starts with a label but has only "
                                       f"one path")
             label = None
-        if strip_prefix:
-            enrol, test = (_strip(list_file, number, p, strip_prefix) for p in (enrol, test))
-        for path in (enrol, test):
-            _check_inside_root(list_file, number, path)
+        enrol, test = (_list_path(list_file, number, p, strip_prefix) for p in (enrol, test))
         trial = Trial(label, enrol, test, number)
         if labelled:
             first = labels.setdefault(trial.pair, trial)
@@ -219,18 +245,19 @@ def read_file_list(list_file: str | os.PathLike) -> list[str]:
             raise ListFormatError(f"{list_file}:{number}: {line!r}: {fields[0]!r} is a path, not a speaker id: if "
                                   f"the line is one path, it contains whitespace, which a list cannot hold "
                                   f"(rename the file)")
-        _check_inside_root(list_file, number, fields[-1])
-        paths.append(fields[-1])
+        paths.append(_list_path(list_file, number, fields[-1]))
     if not paths:
         raise ListFormatError(f"{list_file}: the list has no entries")
     return paths
 
 
 def _strip(list_file: Path, number: int, path: str, prefix: str) -> str:
-    if not path.startswith(prefix):
-        raise ListFormatError(f"{list_file}:{number}: path {path!r} does not start with the prefix {prefix!r} "
+    """`path` less the leading folder(s) `prefix`: `wav` and `wav/` both take `wav/a/b.wav` to `a/b.wav`."""
+    folder = prefix.rstrip("/") + "/"
+    if not path.startswith(folder):
+        raise ListFormatError(f"{list_file}:{number}: path {path!r} does not start with the prefix {folder!r} "
                               f"that eval.strip_prefix removes")
-    return path[len(prefix):]
+    return path[len(folder):]
 
 
 @dataclass(frozen=True)
