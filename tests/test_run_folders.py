@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import REPO
 from speakerid.checkpoint import load_checkpoint
@@ -86,6 +87,30 @@ def test_resume_true_with_run_dir_compares_this_jobs_overrides(tiny_corpus_dir, 
         assert "seed=%d" % seed in (tmp_path / "runs" / run / ".hydra" / "overrides.yaml").read_text()
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a", "b"]  # c: nothing to do, removed
     assert not (tmp_path / "hydra").exists()
+
+
+def test_config_yaml_names_the_checkpoint_that_resume_true_took(tiny_cfg, tmp_path):
+    """trainer.resume=true used to be recorded as `true`: nothing said which run was resumed, and
+    `speakerid summarize` could not tell it from a new run. The resolved checkpoint is recorded, or false."""
+    first = tmp_path / "runs" / "a"
+    train(tiny_cfg("trainer.epochs=1", "~eval", run_dir=first))
+    # As if it had been stopped after the first of two epochs:
+    config = first / "config.yaml"
+    config.write_text(config.read_text().replace("epochs: 1\n", "epochs: 2\n", 1))
+    run = setup_run(tiny_cfg("trainer.epochs=2", "~eval", "trainer.resume=true", run_dir=tmp_path / "runs" / "b"))
+    try:
+        assert run.cfg.trainer.resume == str((first / "checkpoints" / "last.pt").resolve())
+        run.fit()
+    finally:
+        run.close()
+    recorded = yaml.safe_load((tmp_path / "runs" / "b" / "config.yaml").read_text())["trainer"]["resume"]
+    assert recorded == str((first / "checkpoints" / "last.pt").resolve())
+    assert load_checkpoint(tmp_path / "runs" / "b" / "checkpoints" / "last.pt")["config"]["trainer"]["resume"] == recorded
+    new = setup_run(tiny_cfg("trainer.resume=true", run_dir=tmp_path / "alone" / "c"))  # nothing to resume
+    try:
+        assert new.cfg.trainer.resume is False
+    finally:
+        new.close()
 
 
 @pytest.mark.slow

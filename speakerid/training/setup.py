@@ -179,6 +179,9 @@ def setup_run_folder(cfg: DictConfig, env: Environment) -> tuple[CheckpointDir, 
     env.run_dir.mkdir(parents=True, exist_ok=True)
     if resume_from is not None and env.dist.is_main:  # best.pt names the run's best, wherever it was saved
         checkpoints.adopt_best(resume_from.parent / "best.pt")
+    # The run's config.yaml and checkpoints then say which checkpoint trainer.resume=true (or a relative path)
+    # took, or that it took none: `speakerid summarize` reads it to tell a resumed run from a new one.
+    cfg.trainer.resume = False if resume_from is None else str(resume_from.resolve())
     return checkpoints, resume_from, checkpoint
 
 
