@@ -13,7 +13,7 @@ import yaml
 from conftest import compose_config, speakerid_cli
 from speakerid.checkpoint import load_checkpoint
 from speakerid.data.lists import read_train_list, read_trials
-from speakerid.data.prepare import make_trials, split_speakers
+from speakerid.data.prepare import _target_pairs, make_trials, split_speakers
 
 TINY_TRAINING = ["data.batch_size=6", "data.crop_frames=60", "data.num_workers=0", "trainer.epochs=1",
                  "trainer.log_every_steps=1", "trainer.progress_bar=false"]
@@ -210,6 +210,28 @@ def test_trials_are_balanced_across_sessions_capped_and_never_repeat():
     assert len({frozenset((t.enrol, t.test)) for t in drawn}) == len(drawn) == 1920
     with pytest.raises(ValueError, match="no target trials"):
         make_trials({"a": ["a/s0/0.wav"], "b": ["b/s0/0.wav"]}, np.random.default_rng(0))
+
+
+def test_capped_target_pairs_are_the_pairs_a_full_listing_would_draw():
+    """A capped draw finds the drawn pairs by their numbers instead of listing every pair: against the
+    listing itself (every pair of different sessions, or of any when one session; the same rng call), the
+    same pairs in the same order, for speakers with interleaved, lopsided and single sessions."""
+    def listed(utts, rng, cap):
+        session = [u.split("/")[1] for u in utts]
+        pairs = [(a, b) for i, a in enumerate(utts) for j, b in enumerate(utts) if j > i and session[i] != session[j]]
+        if not pairs and len(set(session)) == 1:
+            pairs = [(a, b) for i, a in enumerate(utts) for b in utts[i + 1:]]
+        if cap is not None and len(pairs) > cap:
+            pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), cap, replace=False))]
+        return pairs
+
+    shapes = np.random.default_rng(7)
+    for case in range(60):
+        sessions = shapes.integers(1, 5)
+        utts = [f"s/v{shapes.integers(sessions)}/{u}.wav" for u in range(shapes.integers(1, 30))]  # interleaved
+        for cap in (None, 1, 3, 17, 1000):
+            assert _target_pairs(utts, np.random.default_rng(case), cap) == \
+                listed(utts, np.random.default_rng(case), cap), (utts, cap)
 
 
 def test_finetune_refuses_only_the_overrides_of_keys_it_sets():
