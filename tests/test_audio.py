@@ -173,3 +173,96 @@ def test_mono_info_reads_the_header_and_names_bad_files(tmp_path):
     sf.write(str(tmp_path / "empty.wav"), np.zeros(0, dtype=np.int16), 16000)
     with pytest.raises(AudioError, match="empty.wav: audio file is empty"):
         audio.mono_info(tmp_path / "empty.wav")
+
+
+# libsndfile codecs that cannot seek: GSM 6.10, G.721 and NMS ADPCM in WAV, G.723 in AU say so (seekable()
+# false); DWVW in AIFF says it can but seeks only back to the start.
+UNSEEKABLE = [("WAV", "GSM610", "WAV GSM 6.10"), ("WAV", "G721_32", "WAV 32kbs G721 ADPCM"),
+              ("WAV", "NMS_ADPCM_16", "WAV 16kbs NMS ADPCM"), ("AU", "G723_24", "AU 24kbs G723 ADPCM")]
+
+
+@pytest.mark.parametrize("container,subtype,codec", UNSEEKABLE)
+def test_a_codec_that_cannot_seek_is_named_for_crops_but_read_whole(tmp_path, container, subtype, codec):
+    """A crop of a GSM 6.10 file seeks, and libsndfile refuses: training stopped at the first crop drawn from
+    it although every header check had passed. The header check for crops now names the codec; evaluation,
+    which reads whole files, reads it (it failed too: soundfile reads to the end only of seekable files)."""
+    path = tmp_path / f"phone.{container.lower()}"
+    t = np.arange(3 * 16000) / 16000
+    sf.write(str(path), 0.4 * np.sin(2 * np.pi * 300 * t), 16000, format=container, subtype=subtype)
+    with sf.SoundFile(str(path)) as f:
+        decoded = f.read(f.frames, dtype="float32")  # the decoder's own samples, read from the start
+    assert len(decoded) == 48_000
+    np.testing.assert_array_equal(read_full(path), decoded)
+    np.testing.assert_array_equal(read_full(path, max_samples=1000), decoded[:1000])
+    assert audio.length_at(path, 16000) == 48_000  # evaluation's header pass takes it
+    message = rf"phone\.{container.lower()}: its codec \({codec}\) cannot seek, so training crops cannot be read"
+    with pytest.raises(AudioError, match=message):
+        read_crop(path, 16_000, np.random.default_rng(0))
+    with pytest.raises(AudioError, match=message):
+        audio.length_at(path, 16000, crops=True)
+
+
+def test_dwvw_which_seeks_only_to_the_start_is_named_for_crops(tmp_path):
+    sf.write(str(tmp_path / "old.aiff"), np.zeros(20_000), 16000, format="AIFF", subtype="DWVW_16")
+    assert sf.SoundFile(str(tmp_path / "old.aiff")).seekable()  # libsndfile's word for it
+    with pytest.raises(AudioError, match=r"old\.aiff: its codec \(AIFF 16 bit DWVW\) cannot seek"):
+        audio.length_at(tmp_path / "old.aiff", 16000, crops=True)
+
+
+def test_pcm_flac_and_compressed_codecs_that_seek_are_taken_for_crops(tmp_path):
+    for name, fmt, subtype in [("a.wav", "WAV", "PCM_16"), ("a.flac", "FLAC", "PCM_16"),
+                               ("ima.wav", "WAV", "IMA_ADPCM"), ("a.ogg", "OGG", "VORBIS")]:
+        sf.write(str(tmp_path / name), 0.1 * np.sin(np.arange(40_000) / 7.0), 16000, format=fmt, subtype=subtype)
+        n = audio.length_at(tmp_path / name, 16000, crops=True)
+        assert n >= 40_000 and read_crop(tmp_path / name, 16_000, np.random.default_rng(0)).shape == (16_000,)
+
+
+def test_resampling_builds_each_filter_once_and_keeps_torchaudios_samples(monkeypatch):
+    """torchaudio.functional.resample built its sinc filter on every call (most of the cost of resampling a
+    crop); a filter is now kept per rate pair, computed as before, so every usual rate gives the same samples."""
+    import torch
+    import torchaudio
+    import torchaudio.functional as AF
+
+    built = []
+    real = torchaudio.transforms.Resample
+
+    def counting(*args, **kwargs):
+        built.append(args[:2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torchaudio.transforms, "Resample", counting)
+    audio._resampler.cache_clear()
+    rng = np.random.default_rng(0)
+    for rate in (8000, 11025, 22050, 32000, 44100, 48000):
+        for _ in range(3):
+            x = rng.uniform(-0.5, 0.5, int(2.1 * rate)).astype(np.float32)
+            np.testing.assert_array_equal(audio.resample_audio(x, rate, 16000),
+                                          AF.resample(torch.from_numpy(x), rate, 16000).numpy())
+    assert built == [(rate, 16000) for rate in (8000, 11025, 22050, 32000, 44100, 48000)]
+    audio._resampler.cache_clear()
+
+
+def test_a_rate_too_odd_to_resample_is_refused_at_the_header_naming_the_file_and_rate(tmp_path):
+    """11127 Hz and 16000 Hz are coprime: torchaudio's filter for them has 11127 x 16000 coefficients, which
+    took 10 s and 3.4 GB for every crop read (8 loader workers: out of memory). The header refuses it."""
+    odd = tmp_path / "mac.wav"
+    sf.write(str(odd), np.zeros(11127 * 2), 11127)
+    message = (r"mac\.wav: sample rate 11127 Hz cannot be resampled to 16000 Hz on the fly: the ratio reduces to "
+               r"11127:16000")
+    with pytest.raises(AudioError, match=message) as error:
+        audio.length_at(odd, 16000, resample=True)
+    assert "convert the file to 16000 Hz first" in str(error.value) and "--sample-rate 16000" in str(error.value)
+    with pytest.raises(AudioError, match=message):
+        read_crop(odd, 16_000, np.random.default_rng(0), resample=True)
+    with pytest.raises(AudioError, match=message):
+        read_full(odd, resample=True)
+    with pytest.raises(AudioError, match=r"mac\.wav: sample rate is 11127 Hz but data.sample_rate is 16000 Hz"):
+        audio.length_at(odd, 16000)  # without resampling: the usual error
+    sf.write(str(tmp_path / "ntsc.wav"), np.zeros(47952), 47952)
+    assert audio.length_at(tmp_path / "ntsc.wav", 16000, resample=True) == 16000
+    assert audio.resample_product(11127, 16000) == 11127 * 16000
+    assert audio.resample_product(44100, 16000) == 441 * 160  # gcd 100
+    assert audio.resample_product(47952, 16000) == 2997 * 1000  # gcd 16
+    for rate in (8000, 11025, 22050, 32000, 44100, 47952, 48000):
+        assert audio.unresamplable(rate, 16000) is None

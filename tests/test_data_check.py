@@ -10,7 +10,7 @@ import soundfile as sf
 
 from conftest import ARSC_DIR, requires_arsc, speakerid_cli
 from speakerid.data.audio import AudioError
-from speakerid.data.check import check_data, check_training_audio, wav_data_shortfall
+from speakerid.data.check import check_data, check_trial_audio, check_training_audio, wav_data_shortfall
 from speakerid.data.lists import ListFormatError
 from speakerid.features import samples_for_frames
 
@@ -332,7 +332,7 @@ def test_a_resumed_run_reads_again_only_the_headers_of_files_changed_since(tmp_p
     crop = samples_for_frames(200)
     read = []
     real_length_at = check.length_at
-    monkeypatch.setattr(check, "length_at", lambda p, *a: read.append(p.name) or real_length_at(p, *a))
+    monkeypatch.setattr(check, "length_at", lambda p, *a, **k: read.append(p.name) or real_length_at(p, *a, **k))
     first = tmp_path / "run1.npz"
     check_training_audio(tmp_path, paths, crop, 16000, record=first)
     assert sorted(read) == paths
@@ -358,3 +358,50 @@ def test_a_resumed_run_reads_again_only_the_headers_of_files_changed_since(tmp_p
     with caplog.at_level(logging.WARNING, logger="speakerid"):
         check_training_audio(tmp_path, paths, crop, 16000, previous=tmp_path / "broken.npz")
     assert sorted(read) == paths and "broken.npz cannot be read" in caplog.text
+
+
+def test_a_codec_that_cannot_seek_is_an_error_for_training_files_only(tmp_path):
+    """A GSM 6.10 WAV passed check-data --deep and training's header pass, then stopped training at the first
+    crop drawn from it (crops seek; libsndfile cannot seek in it). Training files now get an error naming the
+    codec; trial files do not, as evaluation reads whole files."""
+    root = tmp_path / "wav"
+    for rel in ("a/s1/0.wav", "a/s1/1.wav", "b/s1/0.wav", "c/s1/0.wav"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(root / rel), tone(), 16000)
+    sf.write(str(root / "a/s1/gsm.wav"), tone(), 16000, subtype="GSM610")
+    train_list = tmp_path / "train.txt"
+    train_list.write_text("a a/s1/0.wav\na a/s1/1.wav\na a/s1/gsm.wav\nb b/s1/0.wav\n")
+    report = check_data(train_list, root, deep=True, workers=1, min_utterances=1)
+    [problem] = report.problems
+    assert (problem.severity, problem.kind, problem.where) == ("error", "unseekable", str(root / "a/s1/gsm.wav"))
+    assert problem.detail.startswith("its codec (WAV GSM 6.10) cannot seek, so training crops cannot be read")
+    with pytest.raises(AudioError, match=r"1 of 3 files of train list cannot be read for training:\n  .*gsm\.wav: "
+                                         r"its codec \(WAV GSM 6\.10\) cannot seek"):
+        check_training_audio(root, ["a/s1/0.wav", "a/s1/1.wav", "a/s1/gsm.wav"], samples_for_frames(200), 16000)
+    trials = tmp_path / "trials.txt"
+    trials.write_text("1 a/s1/0.wav a/s1/gsm.wav\n0 b/s1/0.wav c/s1/0.wav\n")
+    assert check_data(trials=trials, trials_root=root, deep=True, workers=1).problems == []
+    check_trial_audio(root, ["a/s1/0.wav", "a/s1/gsm.wav"], 16000)  # no error: evaluation reads it whole
+
+
+def test_a_rate_too_odd_to_resample_is_an_error_even_with_resampling(tmp_path):
+    """At 11127 Hz (coprime with 16000) every read took 10 s and 3 GB with data.resample=true / --resample:
+    the header passes refuse it, naming the file and the rate, and do not advise resampling."""
+    sf.write(str(tmp_path / "ok.wav"), tone(), 16000)
+    sf.write(str(tmp_path / "8k.wav"), tone(rate=8000), 8000)
+    sf.write(str(tmp_path / "mac.wav"), tone(rate=11127), 11127)
+    paths = ["ok.wav", "8k.wav", "mac.wav"]
+    with pytest.raises(AudioError) as error:
+        check_training_audio(tmp_path, paths, samples_for_frames(200), 16000, resample=True)
+    assert str(error.value).startswith(f"1 of 3 files of train list cannot be read for training:\n  "
+                                       f"{tmp_path / 'mac.wav'}: sample rate 11127 Hz cannot be resampled to 16000 Hz")
+    with pytest.raises(AudioError) as error:
+        check_trial_audio(tmp_path, paths, 16000, resample=True, resample_advice="--resample")
+    message = str(error.value)
+    assert message.startswith("1 files of trial list cannot be embedded; speakerid check-data lists every problem")
+    assert f"{tmp_path / 'mac.wav'}: 11127 Hz cannot be resampled to 16000 Hz" in message
+    assert "--resample" not in message  # resampling is no cure for it
+    train_list = tmp_path / "train.txt"
+    train_list.write_text("".join(f"s{i % 2} {p}\n" for i, p in enumerate(paths)))
+    kinds = {p.where: p.kind for p in check_data(train_list, tmp_path, workers=1).problems if p.severity == "error"}
+    assert kinds == {str(tmp_path / "8k.wav"): "sample_rate", str(tmp_path / "mac.wav"): "unresamplable_rate"}

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from speakerid.data.audio import AudioError, length_at
+from speakerid.data.audio import AudioError, cannot_crop, length_at, read_header, unresamplable
 
 from speakerid.data.lists import (
     has_labels,
@@ -124,22 +124,28 @@ def wav_data_shortfall(path: str | os.PathLike) -> tuple[int, int] | None:
     return None
 
 
-def _inspect(path: Path, sample_rate: int, length: _LengthRule, deep: bool) -> list[tuple[str, str, str]]:
-    """(severity, kind, detail) problems of one audio file."""
+def _inspect(path: Path, sample_rate: int, length: _LengthRule, deep: bool, crops: bool = False
+             ) -> list[tuple[str, str, str]]:
+    """(severity, kind, detail) problems of one audio file; `crops`: training reads crops of it, by seeking."""
     if not path.is_file():
         return [("error", "missing", "file does not exist")]
     try:
-        info = sf.info(str(path))
+        info = read_header(path)
     except Exception as e:
         return [("error", "unreadable", f"cannot read audio ({e})")]
     problems = []
     if info.frames <= 0:
         return [("error", "empty", "no samples")]
-    if info.samplerate != sample_rate:
-        problems.append(("error", "sample_rate", f"{info.samplerate} Hz, expected {sample_rate} Hz"))
+    if info.sample_rate != sample_rate:
+        # A rate that resampling cannot take has its own kind: data.resample / --resample does not excuse it.
+        why = unresamplable(info.sample_rate, sample_rate)
+        problems.append(("error", "sample_rate", f"{info.sample_rate} Hz, expected {sample_rate} Hz") if why is None
+                        else ("error", "unresamplable_rate", why))
     if info.channels != 1:
         problems.append(("error", "channels", f"{info.channels} channels, expected mono"))
-    duration = info.frames / info.samplerate
+    if crops and (why := cannot_crop(info)):
+        problems.append(("error", "unseekable", why))
+    duration = info.frames / info.sample_rate
     if duration < length.seconds:
         problems.append((length.severity, length.kind,
                          f"{duration:.3f} s, shorter than {length.seconds:.2f} s ({length.consequence})"))
@@ -165,8 +171,8 @@ def _inspect(path: Path, sample_rate: int, length: _LengthRule, deep: bool) -> l
 
 
 def _inspect_all(report: DataReport, root: Path, paths: list[str], sample_rate: int, length: _LengthRule,
-                 deep: bool, workers: int) -> None:
-    results = map_files(lambda p: _inspect(p, sample_rate, length, deep), root, paths, workers)
+                 deep: bool, workers: int, crops: bool = False) -> None:
+    results = map_files(lambda p: _inspect(p, sample_rate, length, deep, crops), root, paths, workers)
     for rel, problems in zip(paths, results):
         for severity, kind, detail in problems:
             report.add(severity, kind, str(root / rel), detail)
@@ -183,18 +189,19 @@ def check_trial_audio(root: str | os.PathLike, paths: list[str], sample_rate: in
                       what: str = "trial list", resample_advice: str = "data.resample=true", show: int = 10,
                       workers: int = 16) -> None:
     """Stop with an AudioError naming every file that evaluation could not embed (unreadable, empty,
-    multi-channel, at another rate without resampling, too short), from the headers alone, so that a bad
-    trial file is found before training rather than at the first validation."""
+    multi-channel, at another rate without resampling or at one too odd to resample, too short), from the
+    headers alone, so that a bad trial file is found before training rather than at the first validation.
+    A codec that cannot seek is no problem here: evaluation reads whole files."""
     root = Path(root)
     unique = list(dict.fromkeys(paths))
     rule = _trial_rule(MIN_TRIAL_SECONDS)
     found = map_files(lambda p: _inspect(p, sample_rate, rule, deep=False), root, unique, workers)
-    bad = [(rel, detail) for rel, problems in zip(unique, found) for severity, kind, detail in problems
+    bad = [(rel, kind, detail) for rel, problems in zip(unique, found) for severity, kind, detail in problems
            if severity == "error" and not (resample and kind == "sample_rate")]
     if bad:
-        lines = [f"  {root / rel}: {detail}" for rel, detail in bad[:show]]
+        lines = [f"  {root / rel}: {detail}" for rel, _, detail in bad[:show]]
         more = f"\n  ... and {len(bad) - show} more" if len(bad) > show else ""
-        advice = (f" (files at another rate: set {resample_advice})" if any("Hz, expected" in d for _, d in bad)
+        advice = (f" (files at another rate: set {resample_advice})" if any(k == "sample_rate" for _, k, _ in bad)
                   else "")
         raise AudioError(f"{len(bad)} files of {what} cannot be embedded{advice}; speakerid check-data "
                          f"lists every problem:\n" + "\n".join(lines) + more)
@@ -246,8 +253,9 @@ def check_training_audio(root: str | os.PathLike, paths: list[str], crop_samples
                          workers: int = 16, record: Path | None = None, previous: Path | None = None
                          ) -> list[tuple[str, int]]:
     """One pass over the training files' headers before the first step. Files the loader could not read
-    (unreadable, empty, multi-channel, at another rate without data.resample) stop the run here with an
-    AudioError naming them, rather than at whatever step first draws one, hours in; with stop=False
+    (unreadable, empty, multi-channel, at another rate without data.resample or at one too odd to resample,
+    in a codec that cannot seek to a crop) stop the run here with an AudioError naming them, rather than at
+    whatever step first draws one, hours in; with stop=False
     (data.bad_audio=skip, which replaces them as training meets them) they get a warning. Files shorter
     than a tenth of the crop get a warning: the loader repeats them ten times or more to fill a crop, so
     the model sees the same few frames over and over. Returns those short files, (path, length at
@@ -264,7 +272,7 @@ def check_training_audio(root: str | os.PathLike, paths: list[str], crop_samples
 
     def header(path: Path) -> tuple[int | None, str | None]:
         try:
-            return length_at(path, sample_rate, resample), None
+            return length_at(path, sample_rate, resample, crops=True), None
         except AudioError as e:
             return None, str(e)
 
@@ -337,7 +345,8 @@ def check_data(
                 report.add("warning", "speaker_folder", str(train_list),
                            f"{rel} is listed for speaker {speaker} but lies in folder {rel.split('/')[0]}")
                 break  # one example is enough: a list either follows the layout or does not
-        _inspect_all(report, Path(train_root), unique, sample_rate, _train_rule(min_seconds), deep, workers)
+        _inspect_all(report, Path(train_root), unique, sample_rate, _train_rule(min_seconds), deep, workers,
+                     crops=True)
 
     if trials is not None:
         parsed_trials = read_trials(trials, strip_prefix)
