@@ -471,3 +471,136 @@ def test_verify_with_the_threshold_of_an_evaluation_prints_the_calibrated_llr_of
     [report] = (tmp_path / "m").glob("trials.multicrop*.json")
     run = speakerid_cli("verify", "--model", model_file, "--threshold-from", report, *pair, "--device", "cpu")
     assert run.returncode in (0, 1) and "LLR" not in run.stdout, run.stdout + run.stderr
+
+
+# ------------------------------------------------------------------------- export, embed and API misuses
+def other_checkpoint(checkpoint: Path, path: Path) -> Path:
+    """`checkpoint` with other weights (noise added to every weight and bias): another model of the same
+    config."""
+    import torch
+
+    content = torch.load(checkpoint, weights_only=True)
+    generator = torch.Generator().manual_seed(1)
+    content["model"] = {k: v + 0.1 * torch.randn(v.shape, generator=generator) if k.endswith(("weight", "bias"))
+                        else v for k, v in content["model"].items()}
+    torch.save(content, path)
+    return path
+
+
+def test_an_export_whose_embeddings_are_not_finite_fails_its_check_and_writes_nothing(checkpoint, tmp_path,
+                                                                                     monkeypatch):
+    """The parity check took max(worst, distance): max(0.0, nan) is 0.0, so a model with a NaN weight, or an
+    export giving NaN embeddings, printed 'largest cosine distance to the model 0.00e+00' and was written."""
+    import torch
+
+    import speakerid.cli.export as export_command
+
+    # finite weights, but a negative BatchNorm variance: sqrt(var + eps) is NaN, and so is every embedding
+    content = torch.load(checkpoint, weights_only=True)
+    name = next(k for k in content["model"] if k.endswith("running_var"))
+    content["model"][name] = -torch.ones_like(content["model"][name])
+    torch.save(content, tmp_path / "nan.pt")
+    out = tmp_path / "out" / "nan.ts"
+    run = speakerid_cli("export", "--model", tmp_path / "nan.pt", "--format", "torchscript", "--out", out)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert (f"the model gives non-finite embeddings (NaN or inf) of input 1 (noise): {tmp_path / 'nan.pt'} holds "
+            f"non-finite weights or statistics; {out} is not written") in run.stderr, run.stderr
+    assert list(out.parent.iterdir()) == []  # no temporary file either
+
+    real_write = export_command.write
+
+    def nan_export(*args):  # the export itself gives NaN embeddings of a model that is fine
+        exported = real_write(*args)
+        return lambda x: np.full_like(np.asarray(exported(x)), np.nan)
+
+    monkeypatch.setattr(export_command, "write", nan_export)
+    run = speakerid_cli("export", "--model", checkpoint, "--format", "torchscript", "--out", out)
+    assert run.returncode == 1 and "the torchscript export gives non-finite embeddings" in run.stderr, run.stderr
+    assert list(out.parent.iterdir()) == []
+
+
+def test_export_refuses_the_mean_of_an_evaluation_of_another_model(checkpoint, audio, tmp_path):
+    """export --mean-from <evaluation>.mean.npz took a mean of another model's embeddings without a word (on the
+    hunt's trials, scores went from [0.785 0.639 -0.081] to [0.99 0.984 0.926]). The mean file records its model:
+    another one is refused, naming both; a model file and the checkpoint it was exported from are one model."""
+    from speakerid.scoring import mean_sha256
+
+    other = other_checkpoint(checkpoint, tmp_path / "other.pt")
+    assert speakerid_cli("export", "--model", other, "--out", tmp_path / "other_file.pt").returncode == 0
+    out = tmp_path / "eval"
+    run = speakerid_cli("evaluate", "--model", tmp_path / "other_file.pt", "--trials", audio / "trials.txt", "--root",
+                        audio, "--out-dir", out, "--device", "cpu", "eval.mean_subtraction.enabled=true",
+                        f"eval.mean_subtraction.list={audio / 'train.txt'}", f"eval.mean_subtraction.root={audio}")
+    assert run.returncode == 0, run.stderr
+    mean_file = out / "trials.cosine_meansub.mean.npz"
+    file_sha = hashlib.sha256((tmp_path / "other_file.pt").read_bytes()).hexdigest()
+    sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+
+    run = speakerid_cli("export", "--model", checkpoint, "--out", tmp_path / "wrong.pt", "--mean-from", mean_file)
+    assert run.returncode == 1 and not (tmp_path / "wrong.pt").exists()
+    assert (f"{mean_file} is the mean embedding of another model (SHA-256 {file_sha[:12]}, "
+            f"{tmp_path / 'other_file.pt'}) than {checkpoint} (SHA-256 {sha[:12]})") in run.stderr, run.stderr
+
+    # the checkpoint the evaluated model file was exported from: the same model, its mean is taken as it is
+    run = speakerid_cli("export", "--model", other, "--out", tmp_path / "right.pt", "--mean-from", mean_file)
+    assert run.returncode == 0, run.stderr
+    expected = np.load(mean_file)["full"][0].astype(np.float64)
+    assert speakerid.load(tmp_path / "right.pt", device="cpu").mean_sha256 == mean_sha256(expected)
+
+
+def test_a_failed_model_file_check_names_the_out_file_not_its_temporary_file(checkpoint, tmp_path, monkeypatch):
+    """export writes the model file to a hidden temporary file and checks it there; a refusal named that file:
+    'error: /tmp/.m.pt.3o5g46xn.tmp: sample_rate is 16000 but features.fbank.sample_rate is 8000' (a checkpoint
+    the model file check refused and loading did not). Any refusal of that check stands in for it here."""
+    import speakerid.model_file as model_file
+
+    def refuse(content, source):
+        raise model_file.ModelFileError(f"{source}: sample_rate is 16000 but features.fbank.sample_rate is 8000")
+
+    monkeypatch.setattr(model_file, "check_model_file", refuse)
+    out = tmp_path / "out" / "m.pt"
+    run = speakerid_cli("export", "--model", checkpoint, "--out", out)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr == (f"error: {out} (the model file of {checkpoint}): sample_rate is 16000 but "
+                          f"features.fbank.sample_rate is 8000\n")
+    assert list(out.parent.iterdir()) == []
+
+
+def test_embed_does_not_replace_an_out_file_that_appears_while_it_runs(checkpoint, audio, tmp_path, monkeypatch):
+    """embed checked --out at its start and then replaced whatever was there at its end (save_embeddings always
+    overwrote): another job's file written meanwhile was lost. Now it is kept, and embed says so (exit 1)."""
+    from speakerid.speaker_model import SpeakerModel
+
+    out = tmp_path / "e.npz"
+    real_embed_files = SpeakerModel.embed_files
+
+    def embed_while_another_job_writes(self, *args, **kwargs):
+        out.write_text("another job's results")
+        return real_embed_files(self, *args, **kwargs)
+
+    monkeypatch.setattr(SpeakerModel, "embed_files", embed_while_another_job_writes)
+    run = speakerid_cli("embed", "--model", checkpoint, "--folder", audio / "spk0", "--out", out, "--device", "cpu")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert f"{out} already exists; pass --overwrite" in run.stderr, run.stderr
+    assert out.read_text() == "another job's results" and sorted(tmp_path.iterdir()) == [out]
+    run = speakerid_cli("embed", "--model", checkpoint, "--folder", audio / "spk0", "--out", out, "--device", "cpu",
+                        "--overwrite")
+    assert run.returncode == 0, run.stderr
+    assert sorted(np.load(out)["keys"]) == ["s1/0.wav", "s1/1.wav"]
+
+
+def test_embed_crop_options_need_multicrop(checkpoint, audio, tmp_path):
+    """--num-crops and --crop-frames without --mode multicrop were silently ignored (full embeddings only)."""
+    out = tmp_path / "e.npz"
+    for options, named in ((["--num-crops", "3"], "--num-crops applies"),
+                           (["--num-crops", "3", "--crop-frames", "50"], "--num-crops, --crop-frames apply")):
+        run = speakerid_cli("embed", "--model", checkpoint, "--folder", audio / "spk0", "--out", out, "--device",
+                            "cpu", *options)
+        assert run.returncode == 2 and f"{named} only to --mode multicrop" in run.stderr, run.stderr
+        assert not out.exists()
+    run = speakerid_cli("embed", "--model", checkpoint, "--folder", audio / "spk0", "--out", out, "--device", "cpu",
+                        "--mode", "multicrop", "--num-crops", "3", "--crop-frames", "50")
+    assert run.returncode == 0, run.stderr
+    saved = np.load(out)
+    assert saved["crops"].shape == (2, 3, saved["full"].shape[1])
+    assert json.loads(str(saved["meta"]))["crop_frames"] == 50

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from speakerid.augment import AUDIO_SUFFIXES, list_audio_files
+from speakerid.cli import usage_error
 from speakerid.cli.options import add_output_arguments
 from speakerid.data.audio import AudioError
 from speakerid.data.lists import ListFormatError, read_file_list
@@ -52,8 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_arguments(parser, "the .npz to write", required=True)
     parser.add_argument("--mode", choices=("full", "multicrop"), default="full",
                         help="full utterance only, or also TaoRuijie's evenly spaced crops")
-    parser.add_argument("--num-crops", type=int, default=ExtractionOptions.num_crops)
-    parser.add_argument("--crop-frames", type=int, default=ExtractionOptions.crop_frames)
+    parser.add_argument("--num-crops", type=int, help=f"with --mode multicrop: crops per file (default: "
+                                                      f"{ExtractionOptions.num_crops})")
+    parser.add_argument("--crop-frames", type=int, help=f"with --mode multicrop: frames per crop (default: "
+                                                        f"{ExtractionOptions.crop_frames}, 3 s)")
     parser.add_argument("--max-trim", type=float, default=ExtractionOptions.max_trim,
                         help="largest fraction of a file cut to batch it with others of similar length (0: none)")
     parser.add_argument("--batch-size", type=int, default=ExtractionOptions.batch_size)
@@ -67,9 +70,16 @@ def run(args: argparse.Namespace) -> int:
     if args.root is not None and args.list is None:
         print("error: --root goes with --list (a --folder is its own root)", file=sys.stderr)
         return 1
+    # the crop options, which only --mode multicrop uses; given without it they would be silently ignored
+    crops = {name: value for name, value in (("num_crops", args.num_crops), ("crop_frames", args.crop_frames))
+             if value is not None}
+    if crops and args.mode != "multicrop":
+        named = ", ".join("--" + name.replace("_", "-") for name in crops)
+        return usage_error(args.command, f"{named} {'applies' if len(crops) == 1 else 'apply'} only to --mode "
+                                         f"multicrop: add it, or leave {'it' if len(crops) == 1 else 'them'} out")
     try:
-        options = ExtractionOptions(mode=args.mode, num_crops=args.num_crops, crop_frames=args.crop_frames,
-                                    max_trim=args.max_trim, batch_size=args.batch_size)  # checked before any work
+        options = ExtractionOptions(mode=args.mode, max_trim=args.max_trim, batch_size=args.batch_size,
+                                    **crops)  # checked before any work
         check_new_file(args.out, args.overwrite, what="--out")
         if args.folder is not None:
             root, files = args.folder, files_in_folder(args.folder)
@@ -79,12 +89,13 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         embeddings = model.embed_files(files, root, options, progress=True)
         seconds = time.perf_counter() - start
+        # checked again as it is put in place: a file that appeared at --out while embedding is not replaced
+        save_embeddings(args.out, embeddings, {"model_path": str(Path(args.model).resolve()),
+                                               "model": model.loaded.sha256, "root": str(Path(root).resolve()),
+                                               **options.cache_fields()}, overwrite=args.overwrite)
     except (ListFormatError, AudioError, OSError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    save_embeddings(args.out, embeddings, {"model_path": str(Path(args.model).resolve()),
-                                           "model": model.loaded.sha256, "root": str(Path(root).resolve()),
-                                           **options.cache_fields()})
     print(f"{len(embeddings)} files embedded in {seconds:.1f} s ({len(embeddings) / seconds:.1f} utt/s on "
           f"{model.device}): {args.out}")
     return 0

@@ -11,17 +11,18 @@
 --format model writes a model file: the extractor's weights, its config, the sample rate and where it came
 from, plus, when given, the calibration and threshold of a `speakerid calibrate` JSON
 ({"calibration": {...}, "threshold": {...}}) and the mean embedding of a list's files, or the one an evaluation
-subtracted (its .mean.npz), subtracted before cosine scoring; `speakerid.load` and every command's --model read
-it, `torch.load(weights_only=True)` too. A calibration holds only for the scores it was fitted on: one fitted with
-another mean (or none) is refused, and the calibration and threshold of a --model file are dropped, with a
-warning, when --mean-from changes its mean.
+subtracted (its .mean.npz; one computed with another model is refused, a model file and the checkpoint it was
+exported from being one model), subtracted before cosine scoring; `speakerid.load` and every command's --model
+read it, `torch.load(weights_only=True)` too. A calibration holds only for the scores it was fitted on: one
+fitted with another mean (or none) is refused, and the calibration and threshold of a --model file are
+dropped, with a warning, when --mean-from changes its mean.
 --format torchscript (torch.jit.load) and onnx (onnxruntime; needs `pip install "speakerid[onnx]"`) write
 the extractor alone: waveform [batch, samples] float32 at the model's rate -> embedding [batch, dim], not
 normalised (score by cosine), both axes dynamic (ONNX input `waveform`, output `embedding`).
 
 The check embeds the --check files (default: two seconds of noise, and a shorter batch of two) with the
-export and with the model, and fails when any cosine distance exceeds --tolerance. An existing --out is
-replaced only with --overwrite.
+export and with the model, and fails when any cosine distance exceeds --tolerance or an embedding of either is
+not finite (NaN or inf). An existing --out is replaced only with --overwrite.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     from speakerid.data.audio import read_full
     from speakerid.data.lists import ListFormatError, read_file_list
-    from speakerid.evaluation.store import read_mean_file
+    from speakerid.evaluation.store import load_mean_file
     from speakerid.io import atomic_path, check_new_file
     from speakerid.speaker_model import load
 
@@ -79,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
         if args.mean_from is not None and args.mean_from.name.endswith(".mean.npz"):
             if args.root is not None:
                 raise ValueError(f"--root goes with a list; {args.mean_from} is a mean embedding")
-            model.embedding_mean = read_mean_file(args.mean_from)
+            mean, meta = load_mean_file(args.mean_from)
+            check_mean_model(args.mean_from, meta, model, args.model)
+            model.embedding_mean = mean
             print(f"mean embedding of {args.mean_from}")
         elif args.mean_from is not None:
             files = read_file_list(args.mean_from)
@@ -108,12 +111,13 @@ def run(args: argparse.Namespace) -> int:
         # Written beside --out and put in place only when it passes the check: a failed export leaves nothing
         # behind, and an existing --out (with --overwrite) stays as it was.
         with atomic_path(args.out, overwrite=args.overwrite) as tmp:
-            exported = write(model, args.format, tmp, args.model)
+            exported = write(model, args.format, tmp, args.model, args.out)
             worst = 0.0
             with torch.no_grad():
-                for x in inputs:
+                for i, x in enumerate(inputs):
                     eager = extractor(torch.from_numpy(x)).double()
                     other = torch.as_tensor(np.asarray(exported(x))).double()
+                    check_finite(eager, other, args.check[i] if args.check else f"input {i + 1} (noise)", args)
                     worst = max(worst, (1 - torch.nn.functional.cosine_similarity(eager, other, dim=1)).max().item())
             print(f"{args.format}: largest cosine distance to the model {worst:.2e} over {len(inputs)} inputs")
             if not worst <= args.tolerance:
@@ -129,16 +133,63 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write(model, format: str, path: Path, source: str) -> Callable[[np.ndarray], np.ndarray]:
-    """Write `path` in `format`; return the export, read back, as waveform [batch, samples] -> embedding."""
+def check_mean_model(path: Path, meta: dict, model, model_path: str) -> None:
+    """Refuse (ValueError) an evaluation's .mean.npz computed with another model than `model`: its scores would be
+    centred on another model's mean embedding. A model file and the checkpoint it was
+    exported from are one model, as for calibrations and --threshold-from
+    (model_file.evaluated_model_identities, told by the evaluation JSON evaluate wrote beside the mean file);
+    a file that does not record its model is taken with a warning."""
+    from speakerid.io import read_json
+    from speakerid.model_file import evaluated_model_identities
+
+    recorded = meta.get("model")
+    if not isinstance(recorded, str):
+        print(f"warning: {path} does not record which model computed it (not written by speakerid evaluate, or by "
+              f"an older one): it holds only if it is a mean of embeddings of {model_path}", file=sys.stderr)
+        return
+    report = {"checkpoint_sha256": recorded}
+    evaluation = path.with_name(path.name.removesuffix(".mean.npz") + ".json")  # evaluate's <name>.<scoring>.json
+    try:
+        found = read_json(evaluation, "evaluation JSON") if evaluation.is_file() else None
+    except (OSError, ValueError):
+        found = None
+    if isinstance(found, dict) and found.get("checkpoint_sha256") == recorded:
+        report = found
+    known = model.loaded.identities
+    if not evaluated_model_identities(report, known) & known:
+        raise ValueError(f"{path} is the mean embedding of another model (SHA-256 {recorded[:12]}"
+                         f"{', ' + str(report['checkpoint']) if report.get('checkpoint') else ''}) than {model_path} "
+                         f"(SHA-256 {model.loaded.sha256[:12]}): its scores would be centred on another model's "
+                         f"mean; give the .mean.npz of an evaluation of {model_path} (or of a model file exported "
+                         f"from it, with its evaluation JSON beside it), or a list of files to average")
+
+
+def check_finite(eager, exported, what: object, args: argparse.Namespace) -> None:
+    """A RuntimeError when the model's or the export's embeddings of input `what` are not finite: their cosine
+    distance is NaN, which no tolerance check catches (max(0.0, nan) is 0.0)."""
+    import torch
+
+    for name, found in (("the model", eager), (f"the {args.format} export", exported)):
+        if not bool(torch.isfinite(found).all()):
+            raise RuntimeError(f"{name} gives non-finite embeddings (NaN or inf) of {what}" + (
+                f": {args.model} holds non-finite weights or statistics" if name == "the model" else "") +
+                f"; {args.out} is not written")
+
+
+def write(model, format: str, path: Path, source: str, out: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """Write `path` in `format` (the temporary file run() made for `out`); return the export, read back, as
+    waveform [batch, samples] -> embedding."""
     import torch
 
     from speakerid.export import OnnxExtractor, export_onnx, export_torchscript, load_torchscript
-    from speakerid.model_file import load_extractor
+    from speakerid.model_file import ModelFileError, load_extractor
 
     if format == "model":
-        model.save(path, overwrite=True)  # `path` is the temporary file run() made for it
-        extractor = load_extractor(path).extractor
+        try:
+            model.save(path, overwrite=True)
+            extractor = load_extractor(path).extractor
+        except ModelFileError as e:  # named after the hidden temporary file, which the user never sees
+            raise ModelFileError(str(e).replace(str(path), f"{out} (the model file of {source})")) from None
         return lambda x: extractor(torch.from_numpy(x))
     if format == "torchscript":
         scripted = load_torchscript(export_torchscript(model.extractor, path, model.sample_rate))

@@ -20,15 +20,16 @@ log = logging.getLogger("speakerid")
 
 
 def save_embeddings(path: str | os.PathLike, embeddings: Embeddings, meta: dict[str, Any] | None = None,
-                    extra: dict[str, np.ndarray] | None = None) -> None:
+                    extra: dict[str, np.ndarray] | None = None, overwrite: bool = True) -> None:
     """An .npz with `keys` (utterance paths), `full` [n, dim], `crops` [n, num_crops, dim] when present,
     `meta` (JSON) and any `extra` arrays, readable with numpy alone (np.load(path) without pickle).
-    Written atomically."""
+    Written atomically; with overwrite=False an existing `path`, even one that appeared while it was written,
+    is a FileExistsError (io.atomic_path)."""
     arrays = {**(extra or {}), "keys": np.array(embeddings.keys, dtype=str), "full": embeddings.full,
               "meta": np.array(json.dumps(meta or {}, sort_keys=True))}
     if embeddings.crops is not None:
         arrays["crops"] = embeddings.crops
-    with atomic_write(path, "wb") as f:
+    with atomic_write(path, "wb", overwrite=overwrite) as f:
         np.savez(f, **arrays)
 
 
@@ -39,12 +40,18 @@ def load_embeddings(path: str | os.PathLike) -> tuple[Embeddings, dict[str, Any]
 
 def read_mean_file(path: str | os.PathLike) -> np.ndarray:
     """The mean embedding of an evaluation's `<name>.<scoring>.mean.npz` (one row, key `mean`), float64 [dim]."""
-    embeddings, _ = load_embeddings(path)
+    return load_mean_file(path)[0]
+
+
+def load_mean_file(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+    """(the mean embedding, as read_mean_file, and the file's meta): evaluate records in it `model`, the SHA-256
+    of the model file or checkpoint whose embeddings were averaged, and `mean_list`."""
+    embeddings, meta = load_embeddings(path)
     if embeddings.keys != ["mean"]:
         shown = ", ".join(embeddings.keys[:3]) + (", ..." if len(embeddings) > 3 else "")
         raise ValueError(f"{path}: not a mean-embedding file (evaluate writes <name>.<scoring>.mean.npz, one row "
                          f"named mean), its rows are {shown or 'none'}")
-    return embeddings.full[0].astype(np.float64)
+    return embeddings.full[0].astype(np.float64), meta
 
 
 def _load_embedding_file(path: str | os.PathLike) -> tuple[Embeddings, dict[str, Any], dict[str, np.ndarray]]:
