@@ -82,7 +82,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "auto",
          options: ExtractionOptions | None = None) -> SpeakerModel:
     """The model in `path` (a training checkpoint, an averaged checkpoint or a model file), ready to embed on
     `device` ("auto": a GPU when there is one). `options` change how audio is batched (see
-    `speakerid.evaluation.ExtractionOptions`; the default is evaluation's)."""
+    `speakerid.evaluation.ExtractionOptions`; the default is evaluation's) and are `embed_files`' default, so
+    mode="multicrop" gives its crops there; `embed`, `score` and `verify` take the full-utterance embedding
+    either way."""
     if Path(path).is_dir():  # a run's checkpoints/ folder, say: name the files it could have meant
         found = sorted(p.name for p in Path(path).glob("*.pt"))
         raise IsADirectoryError(f"{path} is a folder, not a model file: " + (
@@ -98,7 +100,7 @@ class SpeakerModel:
         self.loaded = loaded
         self.extractor = loaded.extractor.eval()
         self.to(device)
-        self.options = replace(options or ExtractionOptions(), mode="full")
+        self.options = options or ExtractionOptions()  # embed_files' default: multicrop gives crops there
         self._dim: int | None = None
         self._calibration: dict[str, Any] | None = None
         self._threshold: dict[str, Any] | None = None
@@ -245,10 +247,11 @@ class SpeakerModel:
         waves = {f"<waveform {i}>": self._waveform(x, sample_rate, f"waveform {i}")
                  for i, (x, p) in enumerate(zip(items, is_path)) if not p}
         out = np.empty((len(items), self.embedding_dim), dtype=np.float32)
+        full = replace(self.options, mode="full")  # crops would be computed only to be dropped
         if paths:
-            out[np.flatnonzero(is_path)] = self.embed_files(paths).select(paths).full
+            out[np.flatnonzero(is_path)] = self.embed_files(paths, options=full).select(paths).full
         if waves:
-            found = extract_embeddings(self.extractor, ".", list(waves), self.device, self.options, self.sample_rate,
+            found = extract_embeddings(self.extractor, ".", list(waves), self.device, full, self.sample_rate,
                                        readers=0, waveforms=waves)
             out[np.flatnonzero(np.logical_not(is_path))] = found.select(list(waves)).full
         return out[0] if single else out
@@ -259,6 +262,9 @@ class SpeakerModel:
         evaluation extracts them; `options` (default: this model's) may ask for multi-crop embeddings too.
         Every file is checked (exists, readable, mono, long enough, not digital silence) before any is
         embedded; files at other rates are resampled."""
+        if isinstance(paths, (str, os.PathLike)):  # a str would be taken as a list of one-letter paths
+            raise TypeError(f"embed_files takes a list of paths, got one path ({str(paths)!r}): give [path], or use "
+                            f"embed(path) for its embedding alone")
         check_files_exist(root, list(paths), what="the audio to embed", show=10)
         check_trial_audio(root, list(paths), self.sample_rate, resample=True, what="the audio to embed")
         _refuse_silent_files(root, list(paths))
@@ -267,7 +273,8 @@ class SpeakerModel:
 
     def _waveform(self, x: Any, sample_rate: int | None, what: str) -> np.ndarray:
         if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
+            x = x.detach().cpu()
+            x = (x.float() if x.dtype == torch.bfloat16 else x).numpy()  # numpy has no bfloat16
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{what}: expected a path, a numpy array or a torch tensor, got {type(x).__name__}")
         if x.ndim != 1:

@@ -604,3 +604,39 @@ def test_embed_crop_options_need_multicrop(checkpoint, audio, tmp_path):
     saved = np.load(out)
     assert saved["crops"].shape == (2, 3, saved["full"].shape[1])
     assert json.loads(str(saved["meta"]))["crop_frames"] == 50
+
+
+def test_load_keeps_multicrop_options_for_embed_files_and_embed_stays_full(checkpoint, audio):
+    """speakerid.load(..., options=ExtractionOptions(mode="multicrop")) was silently switched to mode="full":
+    embed_files, whose default options they are, gave no crops."""
+    paths = ["spk0/s1/0.wav", "spk1/s1/0.wav"]
+    options = ExtractionOptions(mode="multicrop", num_crops=3, crop_frames=50)
+    multicrop = speakerid.load(checkpoint, device="cpu", options=options)
+    full = speakerid.load(checkpoint, device="cpu")
+    assert multicrop.options == options
+    found = multicrop.embed_files(paths, audio)
+    assert found.crops.shape == (2, 3, multicrop.embedding_dim)
+    # the crops are those evaluation takes with these options, the full embeddings those of a full-mode model
+    expected = full.embed_files(paths, audio, options)
+    np.testing.assert_array_equal(found.crops, expected.crops)
+    np.testing.assert_array_equal(found.full, full.embed_files(paths, audio).full)
+    np.testing.assert_array_equal(multicrop.embed([audio / p for p in paths]), full.embed([audio / p for p in paths]))
+
+
+def test_api_misuses_get_errors_that_say_what_is_wrong(checkpoint, audio, tmp_path):
+    """embed_files("/x/a.flac") took the string's characters for paths ('14 of 12 files do not exist ... a e d'),
+    a bfloat16 tensor ended in 'Got unsupported ScalarType BFloat16', and verify said a folder 'does not exist'."""
+    import torch
+
+    model = speakerid.load(checkpoint, device="cpu")
+    path = str(audio / "spk0/s1/0.wav")
+    with pytest.raises(TypeError, match=re.escape(f"embed_files takes a list of paths, got one path ({path!r}): give "
+                                                  f"[path], or use embed(path)")):
+        model.embed_files(path)
+    x = torch.from_numpy(wave(1, 0)).bfloat16()
+    # numpy has no bfloat16: the samples as float32 (exactly representable) are what is embedded
+    np.testing.assert_array_equal(model.embed(x, sample_rate=RATE),
+                                  model.embed(x.float().numpy(), sample_rate=RATE))
+    (tmp_path / "sub").mkdir()
+    run = speakerid_cli("verify", "--model", checkpoint, "--threshold", "0.5", tmp_path / "sub", path)
+    assert run.returncode == 2 and f"{tmp_path / 'sub'} is a folder, not an audio file" in run.stderr, run.stderr

@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         for path in args.audio:
+            if path.is_dir():
+                raise IsADirectoryError(f"{path} is a folder, not an audio file: give one recording (to embed a "
+                                        f"folder's files, use speakerid embed --folder)")
             if not path.is_file():
                 raise FileNotFoundError(f"{path} does not exist")
         model = load(args.model, args.device)
