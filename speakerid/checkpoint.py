@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import platform
 import random
+import re
 import shutil
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from speakerid.config import check_int_at_least
 from speakerid.io import atomic_write
 
 FORMAT_VERSION = 1
+_MISSING = object()  # a key that is not there
 
 
 def library_versions() -> dict[str, str]:
@@ -76,32 +80,211 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
                                f"checkpoint, if any, is intact") from e
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return check_checkpoint(load_weights_only(path, map_location, what="checkpoint"), path)
+class CheckpointError(RuntimeError):
+    """A file given as a checkpoint (or a model) that speakerid cannot use: unreadable, an export of the
+    extractor, or a part missing or of another type than training writes."""
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    require: tuple[str, ...] = (), needed_for: str = "") -> dict[str, Any]:
+    """The checkpoint in `path`, checked by `check_checkpoint` (`require`: dotted parts it must hold)."""
+    return check_checkpoint(load_weights_only(path, map_location, what="checkpoint"), path, require, needed_for)
 
 
 def load_weights_only(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                       what: str = "checkpoint") -> Any:
     """torch.load with weights_only=True (tensors and plain containers only: loading runs no code), with
-    errors that name the file."""
+    errors that name the file and say what it is. torch's own text is not passed on where it advises
+    loading with weights_only=False: that would run whatever code the file holds."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's advice for files it then refuses; the error says what they are
+            warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise RuntimeError(f"{path}: not a readable speakerid {what} ({e})") from None
+        raise CheckpointError(_why_unreadable(path, what, e)) from None
 
 
-def check_checkpoint(checkpoint: Any, path: str | os.PathLike) -> dict[str, Any]:
-    """`checkpoint` (as loaded from `path`) if it is a checkpoint of a format this speakerid reads, its config
-    free of interpolations."""
+def _why_unreadable(path: Path, what: str, error: Exception) -> str:
+    """Why torch.load(weights_only=True) refused `path`: an export of the extractor, objects other than
+    tensors and plain containers, or a damaged file."""
+    export = ("a TorchScript export of the extractor (load it with torch.jit.load)" if _is_torchscript_archive(path)
+              else "an ONNX export of the extractor (run it with onnxruntime)" if _is_onnx_model(path) else None)
+    if export:
+        return (f"{path} is {export}: --model (and speakerid.load) take a checkpoint or a model file (speakerid "
+                f"export --format model)")
+    text = str(error)
+    if "weights_only" in text or "WeightsUnpickler" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:
+            return (f"{path}: not a speakerid {what}: it holds Python objects ({found.group(1)}) besides tensors "
+                    f"and plain containers, which speakerid does not load (loading them could run code)")
+        return (f"{path}: not a speakerid {what}: not a file torch.save writes, or one holding objects besides "
+                f"tensors and plain containers, which speakerid does not load (loading them could run code)")
+    if path.stat().st_size == 0:
+        return f"{path}: not a speakerid {what}: the file is empty"
+    reason = text.split(". ")[0].strip() or type(error).__name__
+    return f"{path}: not a readable speakerid {what} ({reason}); is the file damaged or cut short?"
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """torch.jit.save's zip: like torch.save's, but with the module's code and constants beside its data."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _is_onnx_model(path: Path, max_fields: int = 100_000) -> bool:
+    """Whether `path` reads as an ONNX ModelProto, which has no magic number: protobuf fields from its first
+    byte to its last, the first ir_version (field 1, a varint, as onnx.save writes it), a graph (field 7)
+    among them. Length-delimited fields are skipped, not read."""
+    size = path.stat().st_size
+    fields: set[int] = set()
+    try:
+        with open(path, "rb") as f:
+            for _ in range(max_fields):
+                if f.tell() >= size:
+                    break
+                key = _read_varint(f)
+                if key is None or key >> 3 == 0 or (not fields and key != 0x08):
+                    return False
+                wire = key & 7
+                if wire == 0:
+                    if _read_varint(f) is None:
+                        return False
+                elif wire == 2:
+                    length = _read_varint(f)
+                    if length is None or f.tell() + length > size:
+                        return False
+                    f.seek(length, os.SEEK_CUR)
+                elif wire in (1, 5):
+                    f.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+                else:
+                    return False
+                fields.add(key >> 3)
+            return f.tell() == size and {1, 7} <= fields
+    except OSError:
+        return False
+
+
+def _read_varint(f) -> int | None:
+    value = 0
+    for shift in range(0, 64, 7):
+        byte = f.read(1)
+        if not byte:
+            return None
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+    return None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def _is_strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# What each part of a checkpoint must be where it is there (dotted: config.data.sample_rate is
+# checkpoint["config"]["data"]["sample_rate"]); training writes all of them. Parents come before their parts.
+CHECKPOINT_PARTS: dict[str, tuple[str, Any]] = {
+    "model": ("a state dict (names -> tensors)", _is_state_dict),
+    "head": ("a state dict (names -> tensors)", _is_state_dict),
+    "optimizer": ("a dict", lambda v: isinstance(v, dict)),
+    "scaler": ("a dict", lambda v: isinstance(v, dict)),
+    "rng": ("a dict", lambda v: isinstance(v, dict)),
+    "speakers": ("a list of speaker names", _is_strings),
+    "averaged_from": ("a list of paths", _is_strings),
+    "progress": ("a dict", lambda v: isinstance(v, dict)),
+    "progress.epoch": ("a count (an integer >= 0)", _is_count),
+    "progress.step": ("a count (an integer >= 0)", _is_count),
+    "progress.position": ("a count (an integer >= 0)", _is_count),
+    "progress.best_eer": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "progress.pending_validation": ("true or false", lambda v: isinstance(v, bool)),
+    "config": ("a dict", lambda v: isinstance(v, dict)),
+    "config.model": ("a dict", lambda v: isinstance(v, dict)),
+    "config.features": ("a dict", lambda v: isinstance(v, dict)),
+    "config.features.fbank": ("a dict", lambda v: isinstance(v, dict)),
+    "config.data": ("a dict", lambda v: isinstance(v, dict)),
+    "config.data.sample_rate": ("a positive integer", lambda v: _is_count(v) and v > 0),
+    "config.data.resample": ("true or false", lambda v: isinstance(v, bool)),
+    "config.trainer": ("a dict", lambda v: isinstance(v, dict)),
+    "config.trainer.epochs": ("a count (an integer >= 0)", _is_count),
+}
+
+def checkpoint_part(checkpoint: dict[str, Any], dotted: str) -> Any:
+    """checkpoint["a"]["b"] for "a.b"; _MISSING where a level is not there."""
+    value: Any = checkpoint
+    for key in dotted.split("."):
+        value = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
+    return value
+
+
+def check_checkpoint(checkpoint: Any, path: str | os.PathLike, require: tuple[str, ...] = (),
+                     needed_for: str = "") -> dict[str, Any]:
+    """`checkpoint` (as loaded from `path`) if it is a checkpoint of a format this speakerid reads: each part
+    of CHECKPOINT_PARTS it holds of the type training writes, its config plain values free of
+    interpolations, and the dotted parts of `require` (which `needed_for`, e.g. "to embed", needs) there.
+    CheckpointError naming the file and the part otherwise."""
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
-        raise RuntimeError(f"{path}: not a speakerid checkpoint (no format_version)")
-    if checkpoint["format_version"] > FORMAT_VERSION:
-        raise RuntimeError(f"{path}: written by a newer speakerid (format {checkpoint['format_version']})")
-    check_literal_config(checkpoint.get("config"), str(path))
+        raise CheckpointError(f"{path}: not a speakerid checkpoint (no format_version)")
+    version = checkpoint["format_version"]
+    if not _is_count(version) or version == 0:
+        raise CheckpointError(f"{path}: format_version must be a positive integer, got {_shown(version)}; not a "
+                              f"checkpoint speakerid wrote")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer speakerid (format {version}; this one reads up to "
+                              f"{FORMAT_VERSION})")
+    check_literal_config(checkpoint.get("config"), str(path))  # first: the reason that matters most
+    for dotted, (what, fits) in CHECKPOINT_PARTS.items():
+        value = checkpoint_part(checkpoint, dotted)
+        if value is not _MISSING and not fits(value):
+            raise CheckpointError(f"{path}: {dotted} must be {what}, got {_shown(value)}; the file is damaged or "
+                                  f"was not written by speakerid's training")
+    config = checkpoint.get("config")
+    problem = plain_value_problem(config, "config") if config is not None else None
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
+    missing = [dotted for dotted in require if checkpoint_part(checkpoint, dotted) is _MISSING]
+    if missing:
+        raise CheckpointError(f"{path}: lacks {', '.join(missing)}{f', needed {needed_for}' if needed_for else ''}"
+                              f" (speakerid's training writes {'them' if len(missing) > 1 else 'it'} into every "
+                              f"checkpoint)")
     return checkpoint
+
+
+def _shown(value: Any) -> str:
+    """A value for a message: short ones as they are, others by their type."""
+    text = repr(value)
+    return text if isinstance(value, (int, float, str, type(None))) and len(text) <= 40 else f"a {type(value).__name__}"
+
+
+def plain_value_problem(value: Any, where: str) -> str | None:
+    """Where `value` holds something other than what torch.load(weights_only=True) and JSON both read (None,
+    bool, numbers, str, lists, dicts with str keys): "<where>.<key>: <what>", or None."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return None
+    if isinstance(value, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    elif isinstance(value, dict):
+        bad_keys = [k for k in value if not isinstance(k, str)]
+        if bad_keys:
+            return f"{where}: key {bad_keys[0]!r} is not a string"
+        items = ((f"{where}.{k}", v) for k, v in value.items())
+    else:
+        return f"{where}: a {type(value).__name__} cannot be stored (only numbers, strings, lists and dicts)"
+    return next(filter(None, (plain_value_problem(v, w) for w, v in items)), None)
 
 
 class UnsafeFileConfigError(RuntimeError):
@@ -229,20 +412,19 @@ def last_epoch_checkpoints(run_dir: str | os.PathLike, count: int) -> list[Path]
         raise ValueError(f"{folder} holds {len(saved)} epoch checkpoints, {count} are to be averaged "
                          f"(trainer.keep_checkpoints must be at least {count}, and the run finished)")
     # The last N checkpoints are the last N epochs only once the run has trained all of them.
-    newest = load_checkpoint(folder / "last.pt")
+    newest = load_checkpoint(folder / "last.pt", require=("progress.epoch", "config.trainer.epochs"),
+                             needed_for="to tell whether the run finished")
     done, epochs = newest["progress"]["epoch"], newest["config"]["trainer"]["epochs"]
     if done < epochs:
         raise ValueError(f"{folder / 'last.pt'} is at epoch {done} of {epochs}: finish the run first "
                          f"(trainer.resume=true)")
     chosen = saved[-count:]
     for path in chosen:
-        if load_checkpoint(path)["progress"].get("position", 0) != 0:
+        progress = load_checkpoint(path, require=("progress",), needed_for="to average it")["progress"]
+        if progress.get("position", 0) != 0:
             raise ValueError(f"{path} was saved in the middle of an epoch (trainer.checkpoint_every_*): "
                              f"average epoch ends only, given by name")
     return chosen
-
-
-_MISSING = object()
 
 
 def config_differences(saved: Any, current: Any, node: str = "", ignore: tuple[str, ...] = ()) -> list[str]:
@@ -266,6 +448,9 @@ def config_differences(saved: Any, current: Any, node: str = "", ignore: tuple[s
     return walk(at(saved), at(current), f"{node}." if node else "")
 
 
+AVERAGED_PARTS = ("model", "head", "speakers", "progress.epoch", "progress.step")
+
+
 def average_checkpoints(paths: list[str | os.PathLike], allow_different_runs: bool = False) -> dict[str, Any]:
     """A checkpoint whose model and head are the element-wise mean of those of `paths` (WeSpeaker averages
     the last checkpoints of a run before scoring). Floating-point tensors are averaged in float64 and stored
@@ -287,7 +472,7 @@ def average_checkpoints(paths: list[str | os.PathLike], allow_different_runs: bo
         if (st.st_dev, st.st_ino) in seen:
             raise ValueError(f"{p} and {seen[(st.st_dev, st.st_ino)]} are the same file")
         seen[(st.st_dev, st.st_ino)] = p
-    checkpoints = [load_checkpoint(p) for p in paths]
+    checkpoints = [load_checkpoint(p, require=AVERAGED_PARTS, needed_for="to average it") for p in paths]
     newest = max(range(len(paths)), key=lambda i: checkpoints[i]["progress"]["step"])
     reference = checkpoints[newest]
     for path, ckpt in zip(paths, checkpoints):

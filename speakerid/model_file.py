@@ -38,7 +38,8 @@ from omegaconf import OmegaConf
 
 from speakerid.builders import build_file_extractor
 from speakerid.calibration import Calibration
-from speakerid.checkpoint import check_checkpoint, check_literal_config, load_state_strict, load_weights_only
+from speakerid.checkpoint import (check_checkpoint, check_literal_config, load_state_strict, load_weights_only,
+                                  plain_value_problem)
 from speakerid.evaluation import EmbeddingExtractor, file_digest
 from speakerid.io import atomic_write
 from speakerid.thresholds import Threshold
@@ -83,16 +84,42 @@ class LoadedModel:
 
 def load_extractor(path: str | os.PathLike) -> LoadedModel:
     """The model in `path`: a training checkpoint (last.pt, best.pt, step-N.pt), an averaged checkpoint
-    (`speakerid average`) or a model file (`speakerid export`). Errors name the file and what is wrong."""
+    (`speakerid average`) or a model file (`speakerid export`). Errors name the file and what is wrong: a part
+    missing or malformed, an export given instead, weights that are not finite, an fbank built for another rate
+    than the audio is read at."""
     path = Path(path)
     content = load_weights_only(path, what="model (checkpoint or model file)")
     sha256 = file_digest(path)
     if isinstance(content, dict) and "format" in content:
-        return _from_model_file(check_model_file(content, str(path)), path, sha256)
-    if isinstance(content, dict) and "format_version" in content:
-        return _from_checkpoint(check_checkpoint(content, path), path, sha256)
-    raise ModelFileError(f"{path}: neither a speakerid checkpoint nor a model file (it has no format_version "
-                         f"and no format)")
+        loaded = _from_model_file(check_model_file(content, str(path)), path, sha256)
+    elif isinstance(content, dict) and "format_version" in content:
+        loaded = _from_checkpoint(check_checkpoint(content, path, EXTRACTOR_PARTS, "to embed with it"), path, sha256)
+    else:
+        raise ModelFileError(f"{path}: neither a speakerid checkpoint nor a model file (it has no format_version "
+                             f"and no format)")
+    check_finite_weights(loaded.extractor, path)
+    analysed = loaded.extractor.fbank.mel.sample_rate
+    if analysed != loaded.sample_rate:  # audio would be read at one rate and analysed as if at the other
+        raise ModelFileError(f"{path}: audio is read at {loaded.sample_rate} Hz for this model, but its fbank is built "
+                             f"for {analysed} Hz (features.fbank.sample_rate, or its default); speakerid writes them "
+                             f"equal")
+    return loaded
+
+
+# What a checkpoint must hold to give an extractor: the encoder's weights and what it and its fbank are
+# built from, and the rate audio is read at.
+EXTRACTOR_PARTS = ("model", "config.model", "config.features.fbank", "config.data.sample_rate")
+
+
+def check_finite_weights(extractor: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Refuse an extractor with a NaN or infinite weight or buffer: whatever the audio, its embeddings would
+    not be finite. (A checkpoint of a run that diverged can still be read with load_checkpoint.)"""
+    tensors = [*extractor.named_parameters(), *extractor.named_buffers()]
+    bad = [name for name, t in tensors if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ModelFileError(f"{path}: {len(bad)} of the model's {len(tensors)} tensors hold NaN or infinite values "
+                             f"({', '.join(bad[:8])}{', ...' if len(bad) > 8 else ''}), so no embedding it computes "
+                             f"is finite; the training run diverged? Use an earlier checkpoint")
 
 
 def evaluated_model_identities(report: dict[str, Any], known: set[str] = frozenset()) -> set[str]:
@@ -132,8 +159,8 @@ def _from_checkpoint(checkpoint: dict[str, Any], path: Path, sha256: str) -> Loa
     config = {"model": OmegaConf.to_container(cfg.model, resolve=True),
               "features": {"fbank": OmegaConf.to_container(cfg.features.fbank, resolve=True)}}
     data, relative = _absolute_data_paths(checkpoint["config"])
-    return LoadedModel(path, sha256, kind, extractor.eval(), config, int(cfg.data.sample_rate),
-                       bool(cfg.data.get("resample", False)), data, provenance, relative_paths=relative)
+    return LoadedModel(path, sha256, kind, extractor.eval(), config, checkpoint["config"]["data"]["sample_rate"],
+                       bool(data.get("resample", False)), data, provenance, relative_paths=relative)
 
 
 DATA_PATHS = ("dir", "train_list", "train_root")  # what ${data.*} of an eval protocol may name
@@ -286,20 +313,9 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _check_plain(value: Any, source: str, where: str = "") -> None:
+def _check_plain(value: Any, source: str) -> None:
     """Only what torch.load(weights_only=True) and JSON both read: None, bool, numbers, str, lists, dicts
     with str keys."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return
-    if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_plain(v, source, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise ModelFileError(f"{source}{where}: key {k!r} is not a string")
-            _check_plain(v, source, f"{where}.{k}")
-        return
-    raise ModelFileError(f"{source}{where}: a {type(value).__name__} cannot be stored (only numbers, strings, "
-                         f"lists and dicts)")
+    problem = plain_value_problem(value, "")
+    if problem:
+        raise ModelFileError(f"{source}{problem}")

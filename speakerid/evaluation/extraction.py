@@ -310,9 +310,16 @@ def extract_embeddings(
     if crops is not None:
         finite &= np.isfinite(crops).all(axis=(1, 2))
     if not finite.all():  # raised here, so that no caller caches or scores a NaN embedding
-        bad = [str(root / keys[i]) for i in np.flatnonzero(~finite)]
-        raise AudioError(f"non-finite embedding (NaN or infinite samples in the file?) for {len(bad)} of "
-                         f"{len(keys)} files: {', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''}")
+        rows = np.flatnonzero(~finite)
+        bad = [str(root / keys[i]) for i in rows]
+        # Files had their samples checked as they were read (read_full); audio given in memory did not.
+        if waveforms is not None and not all(np.isfinite(waveforms[keys[i]]).all() for i in rows):
+            cause = "NaN or infinite samples in the audio given"
+        else:
+            cause = ("the samples are finite, so the model computed it: a weight that is NaN or infinite, or an "
+                     "overflow, on samples far outside [-1, 1] say")
+        raise AudioError(f"non-finite embedding ({cause}) for {len(bad)} of {len(keys)} files: "
+                         f"{', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''}")
     if silent:
         named = [str(root / keys[i]) for i in sorted(silent)]
         log.warning("%d of %d files are digital silence (every sample is zero): they all get the same embedding, "
