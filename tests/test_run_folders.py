@@ -3,6 +3,7 @@ trainer.resume=true picks up only a run of the same name and overrides and says 
 validation that fails or is interrupted never costs the epoch, and bad run names or roots are errors."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -146,6 +147,108 @@ def test_a_start_into_a_folder_holding_a_run_is_refused_before_hydra_writes_ther
         launch(["debug=tiny", "seed=7", f"{key}={run}"], "python train.py")
     assert (run / ".hydra" / "overrides.yaml").read_text() == "- seed=1234\n"
     assert sorted(p.name for p in run.iterdir()) == [".hydra", "checkpoints"]
+
+
+def folder_holding_a_run(folder: Path) -> Path:
+    """A run folder as another run left it: a checkpoint and Hydra's record of its command."""
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "overrides.yaml").write_text("- seed=1234\n")
+    return folder
+
+
+@pytest.mark.parametrize("spelling", ["run_dir='{}'", 'run_dir="{}"', "++run_dir='{}'", "hydra.run.dir='{}'"])
+def test_a_quoted_folder_holding_a_run_is_refused_before_hydra_writes_there(tmp_path, spelling):
+    """A path with '=' or ',' must be quoted for Hydra: the check compared the quoted text, found no such
+    folder, and Hydra replaced the run's .hydra record (its runtime.cwd too, which evaluate reads) and
+    appended to its train.log before the run itself refused."""
+    from speakerid.cli.train import launch
+
+    run = folder_holding_a_run(tmp_path / "old run=1,2")
+    key = spelling.split("=")[0].lstrip("+")
+    with pytest.raises(SystemExit, match=re.escape(f"{key}={run} already holds a run's checkpoints")):
+        launch(["debug=tiny", "seed=7", spelling.format(run)], "python train.py")
+    assert (run / ".hydra" / "overrides.yaml").read_text() == "- seed=1234\n"
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", "checkpoints"]
+
+
+@pytest.mark.parametrize("resume, why", [
+    ("no", "FileNotFoundError: trainer.resume=no: no such checkpoint file"),
+    ("0", "ConfigError: trainer.resume"),
+    ("true", "trainer.resume=true does not take its checkpoints: that run was started with other settings"),
+    ("{other}", None),  # another run's checkpoint: its files would be replaced by this run's
+])
+def test_a_resume_that_takes_nothing_of_the_folder_is_refused_before_hydra_writes_there(tmp_path, resume, why):
+    """Only false/null/empty used to count as not resuming: trainer.resume=no or 0 (which the run then stops
+    on), or true with other settings, let Hydra replace the run's record before the run refused."""
+    from speakerid.cli.train import launch
+
+    run = folder_holding_a_run(tmp_path / "old_run")
+    other = folder_holding_a_run(tmp_path / "other_run") / "checkpoints" / "last.pt"
+    with pytest.raises(SystemExit) as refused:
+        launch(["debug=tiny", f"run_dir={run}", f"trainer.resume={resume.format(other=other)}"], "python train.py")
+    assert str(refused.value.code).startswith(f"error: run_dir={run} already holds a run's checkpoints")
+    assert why is None or why in str(refused.value.code)
+    assert (run / ".hydra" / "overrides.yaml").read_text() == "- seed=1234\n"
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", "checkpoints"]
+
+
+def test_a_resume_in_place_of_that_very_run_passes_and_one_of_other_settings_is_refused(tiny_cfg, tiny_corpus_dir,
+                                                                                        tmp_path, monkeypatch):
+    """The check up front decides as the run does: trainer.resume=true takes the folder's run when its
+    settings are this command's, and so does its checkpoint's path (relative to the current folder)."""
+    from speakerid.cli.train import launch
+
+    run = tmp_path / "run"
+    train(tiny_cfg("trainer.epochs=1", "~eval", run_dir=run))
+    args = ["debug=tiny", f"data.dir={tiny_corpus_dir}", "trainer.epochs=1", "~eval", f"run_dir={run}"]
+    monkeypatch.chdir(tmp_path)
+    for resume in ("true", "run/checkpoints/last.pt"):
+        assert launch([*args, f"trainer.resume={resume}"], "python train.py") == {}  # already finished
+        assert f"trainer.resume={resume}" in (run / ".hydra" / "overrides.yaml").read_text()
+    record, log = (run / ".hydra" / "overrides.yaml").read_text(), (run / "train.log").read_text()
+    with pytest.raises(SystemExit, match="trainer.resume=true does not take its checkpoints: that run was started "
+                                         "with other settings"):
+        launch([*args, "trainer.resume=true", "head.m=0.3"], "python train.py")
+    assert (run / ".hydra" / "overrides.yaml").read_text() == record and (run / "train.log").read_text() == log
+
+
+@pytest.mark.parametrize("empty", ["run_dir=", "run_dir=''", "+run_dir= "])
+def test_an_empty_run_dir_is_refused_before_anything_is_written(tiny_corpus_dir, tmp_path, monkeypatch, empty):
+    """run_dir=$RUN_DIR with the variable unset: Hydra took it for no run_dir, the run for the current folder,
+    and it wrote its config.yaml, metrics and checkpoints over the user's files there."""
+    from speakerid.cli.train import launch
+
+    (tmp_path / "config.yaml").write_text("the user's own\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"run_dir is empty \(an unset variable in a job script\?\)"):
+        launch(["debug=tiny", f"data.dir={tiny_corpus_dir}", "trainer.epochs=1", "~eval", empty], "python train.py")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+    assert (tmp_path / "config.yaml").read_text() == "the user's own\n"
+
+
+@pytest.mark.parametrize("sweep_dir", ["mysweep", "{tmp}/scratch/s"])
+def test_multirun_jobs_go_beside_single_runs_whatever_the_sweep_dir(tiny_corpus_dir, tmp_path, monkeypatch, sweep_dir):
+    """The jobs' subdir went three levels up from hydra.sweep.dir, as from the default one: with
+    hydra.sweep.dir=mysweep in a/b, a job trained in <tmp>/debug/ (outside the working folder) and left an
+    empty folder claimed under runs/debug/."""
+    from speakerid.cli.train import launch
+
+    cwd = tmp_path / "a" / "b"
+    cwd.mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    sweep = Path(sweep_dir.format(tmp=tmp_path))
+    launch(["-m", "debug=tiny", f"data.dir={tiny_corpus_dir}", "trainer.epochs=1", "~eval",
+            f"hydra.sweep.dir={sweep}"], "python train.py")
+    (job,) = (cwd / "runs" / "debug").iterdir()
+    assert job.name.endswith("_job0")
+    assert load_checkpoint(job / "checkpoints" / "last.pt")["progress"]["epoch"] == 1
+    assert "run finished (1/1 epochs)" in (job / "train.log").read_text()
+    assert (cwd / sweep / "multirun.yaml").is_file()  # Hydra's record of the sweep, where it was asked for
+    assert sorted(p.name for p in (cwd / sweep).iterdir()) == ["multirun.yaml"]
+    outside = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*")}
+    assert outside == ({"a"} if sweep_dir == "mysweep" else {"a", "scratch"})
 
 
 def test_a_constructors_own_error_is_one_line_not_hydras_instantiate_trace(tiny_corpus_dir, tmp_path):

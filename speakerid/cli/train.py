@@ -26,6 +26,7 @@ error (named), 128+N stopped by signal N after checkpointing (resume with traine
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import math
 import os
@@ -38,16 +39,18 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from speakerid.builders import build_eval_protocol
 from speakerid.cli.evaluate import default_out_dir
-from speakerid.config import ConfigError, check_folder_name
+from speakerid.cli.overrides import hydra_arguments, hydra_override, join, last_override
+from speakerid.config import ConfigError, check_folder_name, is_blank, validate_config
 from speakerid.data.check import HEADER_RECORD
 from speakerid.configs import SEARCH_PATH
 from speakerid.metrics import format_eer
 from speakerid.training import train
-from speakerid.training.state import RESUME_KEYS, RunFinished, claim_run_folder
+from speakerid.training.state import RESUME_KEYS, RunFinished, claim_run_folder, find_resume_checkpoint
 
 log = logging.getLogger("speakerid")
 
@@ -58,12 +61,14 @@ _claimed: dict[tuple[str, str], str] = {}
 
 
 def runs_of(runs_root: str, name: str) -> str:
-    """runs/<name>: where the runs of one name live, side by side (trainer.resume=true looks there)."""
+    """runs/<name>: where the runs of one name live, side by side (trainer.resume=true looks there). Absolute,
+    so that a multirun job's folder (hydra.sweep.subdir, which Hydra joins to hydra.sweep.dir) is this one
+    wherever the sweep's own folder is."""
     try:
         check_folder_name(name, "name")
     except ConfigError as e:
         sys.exit(f"error: {e}")
-    return str(Path(runs_root) / name)
+    return os.path.abspath(Path(runs_root) / name)
 
 
 def claimed_folder(parent: str, stamp: str) -> str:
@@ -131,7 +136,7 @@ def end_block(results: dict[str, Any], cfg: DictConfig, overrides: list[str], la
     # trainer.resume=true finds the run among its siblings under runs_root/name; a run folder given by
     # hand (hydra.run.dir, run_dir) is resumed by naming its checkpoint.
     sibling = run_dir.parent == Path(runs_of(cfg.runs_root, cfg.name)).resolve()
-    resume = "true" if sibling else str(checkpoints / "last.pt")
+    resume = "trainer.resume=true" if sibling else hydra_override("trainer.resume", str(checkpoints / "last.pt"))
     if "LOCAL_RANK" in os.environ:
         launcher = f"torchrun <the same torchrun options> {launcher.split()[-1]}"
     # the protocol it validated on: its eval group (evaluate's default is eval=folder, on the checkpoint's
@@ -159,14 +164,9 @@ def end_block(results: dict[str, Any], cfg: DictConfig, overrides: list[str], la
         f"  TensorBoard  tensorboard --logdir {shlex.quote(str(run_dir.parent))}",
         f"  evaluate     {join('speakerid', 'evaluate', '--model', str(model), *evaluate)}",
         f"  verify       {verify}",
-        f"  resume       {launcher} {join(*overrides, f'trainer.resume={resume}')}",
+        f"  resume       {launcher} {join(*overrides, resume)}",
     ]
     return "\n".join(lines)
-
-
-def join(*words: str) -> str:
-    """A command line that a POSIX shell reads back as these words."""
-    return " ".join(shlex.quote(w) for w in words)
 
 
 def discard_unused_run_folder(run_dir: Path) -> None:
@@ -176,44 +176,82 @@ def discard_unused_run_folder(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def last_value(argv: list[str], key: str) -> str | None:
-    """The value of the last `key=...` override in argv (`+key=`, `++key=` too), or None."""
-    values = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith(f"{key}=")]
-    return values[-1] if values else None
+class RunFolderGuard(Callback):
+    """Registered in train.yaml (hydra.callbacks): Hydra calls it with the composed config of a single run,
+    before it writes anything."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        refuse_a_run_folder_in_use(config)
 
 
-def hydra_folder(argv: list[str]) -> tuple[str, str] | None:
-    """(key, folder) where Hydra writes its record of the command and train.log, when the command names it:
-    hydra.run.dir, or run_dir for a single run (see run_dir_for_hydra)."""
-    given = last_value(argv, "hydra.run.dir")
-    if given is not None:
-        return "hydra.run.dir", given
-    run_dir = last_value(argv, "run_dir")
-    if run_dir is not None and run_dir_for_hydra(argv):
-        return "run_dir", run_dir
-    return None
+def refuse_a_run_folder_in_use(config: DictConfig) -> None:
+    """Exit when the folder Hydra is about to write its record of the command (.hydra/) and train.log into
+    (hydra.run.dir, or run_dir: see run_dir_for_hydra) holds a run's checkpoints and this run does not resume
+    that run in place: Hydra would replace that run's record before any check of the run's own could refuse,
+    and a later trainer.resume=true would take it for this run. Decided on the composed config, so however
+    the command spelled or quoted these values, and for trainer.resume=true on the checkpoint it would take."""
+    hydra_config = HydraConfig.instance()
+    saved = hydra_config.cfg
+    hydra_config.set_config(config)  # as Hydra does before it resolves its run dir (${hydra:...} in it)
+    try:
+        folder = Path(str(OmegaConf.select(config, "hydra.run.dir")))
+    finally:
+        hydra_config.cfg = saved
+    last = folder / "checkpoints" / "last.pt"
+    if not last.exists():
+        return
+    task = copy.deepcopy(config)
+    with open_dict(task):
+        del task["hydra"]
+        if task.run_dir is None:
+            task.run_dir = str(folder)
+    named_by_run_dir = Path(str(task.run_dir)).resolve() == folder.resolve()
+    resume = task.trainer.get("resume")
+    resumed, why = (None, None) if resume is False or resume is None else checkpoint_to_resume(task)
+    if named_by_run_dir and resumed is not None and resumed.resolve().parent == last.parent.resolve():
+        return
+    key = "run_dir" if config.run_dir is not None and named_by_run_dir else "hydra.run.dir"
+    if resume is True and why is None:
+        why = ("trainer.resume=true does not take its checkpoints: " + (
+            f"it takes {resumed} (a newer run of these settings)" if resumed is not None
+            else "that run was started with other settings"))
+    sys.exit(f"error: {key}={folder} already holds a run's checkpoints"
+             + (f" ({why})" if why else "") + ": give a new folder, or resume that run in place with "
+             + shlex.quote(hydra_override("trainer.resume", str(last))))
 
 
-def refuse_a_run_folder_in_use(argv: list[str]) -> None:
-    """Exit when hydra.run.dir (or run_dir) names a folder that holds a run's checkpoints and this is not a
-    resume of it: Hydra writes its record of the command (.hydra/) over that run's before any check of the
-    run's own can refuse, and a later trainer.resume=true would then take that run for this one."""
-    named = hydra_folder(argv)
-    resume = last_value(argv, "trainer.resume")
-    if named and (Path(named[1]) / "checkpoints" / "last.pt").exists() and (
-            resume is None or resume.lower() in ("false", "null", "")):
-        sys.exit(f"error: {named[0]}={named[1]} already holds a run's checkpoints: give a new folder, or "
-                 f"resume that run in place with trainer.resume={Path(named[1]) / 'checkpoints' / 'last.pt'}")
+def checkpoint_to_resume(cfg: DictConfig) -> tuple[Path | None, str | None]:
+    """(the checkpoint the run will resume from or None, None), as the run will find it, or (None, why) when
+    its config or trainer.resume value is one the run will stop on."""
+    logging.disable(logging.WARNING)  # what it finds, the run says itself
+    try:
+        validate_config(cfg)
+        return find_resume_checkpoint(cfg, Path(cfg.run_dir)), None
+    except Exception as e:  # noqa: BLE001 - a bad config or trainer.resume (no, 0, a missing file) takes nothing
+        return None, f"{type(e).__name__}: {e}"
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def refuse_a_blank_run_dir(argv: list[str]) -> None:
+    """`run_dir=` (run_dir=$RUN_DIR with the variable unset) is not a folder: Hydra would take it for no
+    run_dir and the run would then write into the current folder, over the files there."""
+    given = last_override(hydra_arguments(argv)[1], "run_dir")
+    if given is not None and not given.is_delete() and is_blank(given.value()):
+        sys.exit("error: run_dir is empty (an unset variable in a job script?): give the run's folder, or "
+                 "leave run_dir out for a new folder under runs_root/<name>/")
 
 
 def run_dir_for_hydra(argv: list[str]) -> list[str]:
     """With run_dir=X, Hydra's own folder (its .hydra/ record of the command, train.log) is X too, rather
     than a runs_root/<name>/<date> folder that it would claim and the run leave empty. Not when the command
     names hydra.run.dir itself, nor for a multirun (its jobs have folders of their own); under torchrun the
-    other ranks keep their Hydra folders apart, as without run_dir."""
-    run_dir = last_value(argv, "run_dir")
-    multirun = {"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(argv)
-    if (run_dir is None or run_dir.lower() in ("null", "") or last_value(argv, "hydra.run.dir") is not None
+    other ranks keep their Hydra folders apart, as without run_dir. The command line is read as Hydra reads
+    it: run_dir='X' (quoted) names X as well."""
+    multirun, overrides = hydra_arguments(argv)
+    run_dir = last_override(overrides, "run_dir")
+    if (run_dir is None or run_dir.is_delete() or run_dir.value() is None
+            or last_override(overrides, "hydra.run.dir") is not None
             or multirun or int(os.environ.get("RANK", "0")) != 0):
         return []
     return ["hydra.run.dir=${run_dir}"]  # the value as the config resolved it, however the command quoted it
@@ -231,7 +269,7 @@ def launch(argv: list[str], launcher: str) -> dict[str, Any]:
         eer = results.get("val/eer")
         return eer if eer is not None else float("nan")  # the value Hydra sweepers optimise
 
-    refuse_a_run_folder_in_use(argv)
+    refuse_a_blank_run_dir(argv)
     _claimed.clear()  # run folders claimed by an earlier launch in this process are not this one's
     saved, sys.argv = sys.argv, [sys.argv[0], *argv, *run_dir_for_hydra(argv)]  # Hydra reads sys.argv
     try:
