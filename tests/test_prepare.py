@@ -413,3 +413,23 @@ def test_a_segmented_list_given_again_keeps_its_header_and_counts_utterances(tmp
     assert (tmp_path / "copy.txt").read_text() == (tmp_path / "seg.txt").read_text()
     assert "6 rows (one per 2 s) of 3 utterances of 2 speakers (2-4 rows per speaker)" in proc.stdout
     assert read_train_list(tmp_path / "copy.txt", root).segmented
+
+
+def test_the_printed_train_overrides_give_hydra_the_exact_list_and_root(tmp_path):
+    """`train with: data.train_list=pc,x/list.txt data.train_root=pc,x/w=v` failed in Hydra's parser
+    (mismatched input '='), and a ',' alone would have made a sweep of the path."""
+    import shlex
+
+    from speakerid.configs import compose
+
+    root = tmp_path / "pc,x" / "w=v it's ${HOME}"
+    for rel in ("id1/s1/a.wav", "id1/s1/b.wav", "id2/s1/a.wav", "id2/s2/b.wav"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(root / rel), np.zeros(160, dtype=np.int16), 16000)
+    out = tmp_path / "pc,x" / "list=1.txt"
+    proc = prepare("--root", root, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("train with: ")]
+    cfg = compose("train", ["data=folder", "data.dir=/unused", *shlex.split(line[len("train with: "):])])
+    assert (cfg.data.train_list, cfg.data.train_root) == (str(out), str(root))
+    assert len(read_train_list(cfg.data.train_list, cfg.data.train_root).paths) == 4

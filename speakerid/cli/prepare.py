@@ -35,6 +35,7 @@ from pathlib import Path
 
 from speakerid.cli import usage_error
 from speakerid.cli.options import add_output_arguments
+from speakerid.cli.overrides import hydra_override, join
 from speakerid.data.audio import AudioError
 from speakerid.data.lists import ListFormatError, read_train_list
 from speakerid.data.prepare import (
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        print(f"{args.out}: {written} mono RIRs; train with augment.rir_dir={args.out}")
+        print(f"{args.out}: {written} mono RIRs; train with {join(hydra_override('augment.rir_dir', str(args.out)))}")
         return 0
     if not args.kaldi and not args.root:
         return usage_error(args.command, "give --root (a VoxCeleb-style folder) or --kaldi (a Kaldi data "
@@ -145,7 +146,9 @@ def run(args: argparse.Namespace) -> int:
     rows = "" if segment_seconds is None else f"{len(entries)} rows (one per {segment_seconds:g} s) of "
     print(f"{args.out}: {rows}{utterances} utterances of {len(per_speaker)} speakers "
           f"({min(per_speaker.values())}-{max(per_speaker.values())} {'rows' if rows else 'utterances'} per speaker)")
-    print(f"train with: data.train_list={args.out} data.train_root={root}")
+    # words for a shell, each read back by Hydra as the exact path (',' '=' or a space in it included)
+    print("train with: " + join(hydra_override("data.train_list", str(args.out)),
+                                hydra_override("data.train_root", str(root))))
     return 0
 
 
