@@ -453,6 +453,7 @@ def validate_eval(node: dict, key: str = "eval") -> None:
         require(isinstance(node.get(name), str) and node[name] != "", f"{key}.{name}", "a non-empty string",
                 node.get(name))
     check_folder_name(node["name"], f"{key}.name")  # it names the report and score files
+    check_strip_prefix(node.get("strip_prefix"), f"{key}.strip_prefix")
     embedding_rules = {
         "mode": (lambda v: v in ("full", "multicrop"), "full or multicrop"),
         "num_crops": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
@@ -481,6 +482,18 @@ def validate_eval(node: dict, key: str = "eval") -> None:
     mean = node.get("mean_subtraction") or {}
     if mean.get("enabled"):
         _check_train_subset(mean, f"{key}.mean_subtraction", ("list", "root"), "mean subtraction")
+
+
+def check_strip_prefix(value: Any, key: str = "eval.strip_prefix") -> str | None:
+    """The leading folder every trial path carries, as a string; None for none (null or ''). An integer is taken as
+    its digits, as for `name`: Hydra reads a year folder, eval.strip_prefix=2024, as a number."""
+    if value is None or value == "":
+        return None
+    if is_int(value):
+        value = str(value)
+    require(isinstance(value, str), key, f"null or the leading folder of every trial path, e.g. wav/ (Hydra reads "
+            f"the value typed as a {type(value).__name__}: quote it, e.g. {key}=\"'{value}'\")", value)
+    return value
 
 
 def _check_train_subset(node: dict, key: str, path_keys: tuple[str, str], what: str) -> None:

@@ -552,3 +552,24 @@ def test_each_sweep_keeps_its_own_record_and_jobs_stay_beside_single_runs(tmp_pa
     assert [yaml.safe_load(r.read_text())["seed"] for r in records] == [1, 2], records
     jobs = sorted(p.name for p in (tmp_path / "debug").iterdir())
     assert len(jobs) == 2 and all(re.fullmatch(r"[\d_-]{19}_job0(_\d+)?", j) for j in jobs), jobs
+
+
+# ------------------------------------------------------------- before any data is read: parts, nodes, corpus sizes
+def test_a_numeric_strip_prefix_is_its_digits(tmp_path):
+    """eval.strip_prefix=2024 (a year folder) is read by Hydra as a number: it crashed reading the trials."""
+    from speakerid.builders import build_eval_protocol
+    from speakerid.data.lists import read_trials
+    from speakerid.evaluation import Protocol
+
+    trials = tmp_path / "trials.txt"
+    trials.write_text("1 2024/id1/a.wav 2024/id1/b.wav\n0 2024/id1/a.wav 2024/id2/c.wav\n")
+    protocol = build_eval_protocol(compose_config(["debug=tiny", "run_dir=/tmp/x", f"eval.trials={trials}",
+                                                   "eval.strip_prefix=2024"]))
+    assert protocol.strip_prefix == "2024"
+    assert [(t.label, t.enrol, t.test) for t in read_trials(protocol.trials, protocol.strip_prefix)] == [
+        (1, "id1/a.wav", "id1/b.wav"), (0, "id1/a.wav", "id2/c.wav")]
+    node = {"name": "n", "trials": str(trials), "root": "/v"}
+    assert Protocol.from_config({**node, "strip_prefix": ""}).strip_prefix is None
+    with pytest.raises(ConfigError, match=r"^eval\.strip_prefix=1\.5 is not allowed: null or the leading folder of "
+                                          r"every trial path, e\.g\. wav/ \(Hydra reads the value typed as a float"):
+        Protocol.from_config({**node, "strip_prefix": 1.5})

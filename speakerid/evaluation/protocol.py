@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from speakerid.config import ConfigError, validate_eval
+from speakerid.config import ConfigError, check_strip_prefix, validate_eval
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ class Protocol:
         if unknown:
             raise ConfigError(f"unknown {key} keys: {', '.join(f'{key}.{k}' for k in sorted(unknown))}")
         validate_eval(d, key)
-        return cls(name=d["name"], trials=d["trials"], root=d["root"], strip_prefix=d.get("strip_prefix") or None,
+        return cls(name=d["name"], trials=d["trials"], root=d["root"],
+                   strip_prefix=check_strip_prefix(d.get("strip_prefix"), f"{key}.strip_prefix"),
                    embedding=ExtractionOptions(**emb), asnorm=ASNormOptions(**asn),
                    mean_subtraction=MeanSubtractionOptions(**mean))
