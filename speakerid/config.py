@@ -305,6 +305,10 @@ def validate_config(cfg: DictConfig) -> None:
     check_one_of(data.get("bad_audio", "error"), BAD_AUDIO_POLICIES, "data.bad_audio",
                  "stop at a bad audio file, naming it; or replace it, log it and count it")
     check_workers(data.num_workers, "data.num_workers")
+    if data.get("generate") is not None:  # the synthetic corpus's sizes: checked by its spec, before it is written
+        from speakerid.data.synthetic import CorpusSpec
+
+        CorpusSpec(**OmegaConf.to_container(data.generate, resolve=True))
 
     require(is_int(data.prefetch_factor) and data.prefetch_factor >= 1, "data.prefetch_factor",
             "an integer >= 1 (batches each loader process prepares ahead)", data.prefetch_factor)

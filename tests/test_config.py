@@ -555,6 +555,39 @@ def test_each_sweep_keeps_its_own_record_and_jobs_stay_beside_single_runs(tmp_pa
 
 
 # ------------------------------------------------------------- before any data is read: parts, nodes, corpus sizes
+def setup_run_refuses(tmp_path, overrides: list[str], message: str) -> None:
+    """setup_run stops on the config with `message` before it makes the run folder or touches the corpus folder
+    (debug=tiny generates its corpus there as the first data step)."""
+    from speakerid.training.run import setup_run
+
+    corpus, run = tmp_path / "corpus", tmp_path / "run"
+    cfg = compose_config(["debug=tiny", f"data.dir={corpus}", f"run_dir={run}", *overrides])
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        setup_run(cfg)
+    assert not corpus.exists() and not run.exists()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    # the generator's "ValueError: high - low < 0", after the corpus folder was marked incomplete
+    (["data.generate.min_seconds=2.0"],
+     "data.generate.max_seconds=1.6 is not allowed: a finite duration >= data.generate.min_seconds=2.0 s"),
+    (["data.generate.min_seconds=0"], "data.generate.min_seconds=0 is not allowed: a duration >= 0.1 s (the "
+                                      "shortest trial file an embedding is made of)"),
+    # "the list has no entries", "no target trials": no key named
+    (["data.generate.train_speakers=0"],
+     "data.generate.train_speakers=0 is not allowed: an integer >= 2 (the speakers the head tells apart)"),
+    (["data.generate.test_speakers=1"], "data.generate.test_speakers=1 is not allowed: an integer >= 2 (the "
+                                        "validation trials' speakers: a non-target trial pairs two)"),
+    (["data.generate.sessions=0"], "data.generate.sessions=0 is not allowed: an integer >= 1"),
+    (["data.generate.sessions=1", "data.generate.utterances_per_session=1"],
+     "data.generate.utterances_per_session=1 is not allowed: at least 2 utterances per speaker with "
+     "data.generate.sessions=1 (a target trial pairs two of a speaker's utterances)"),
+    (["data.generate.seed=-1"], "data.generate.seed=-1 is not allowed: an integer >= 0 (the corpus's random seed)"),
+])
+def test_the_generated_corpus_sizes_are_checked_before_its_folder_is_touched(tmp_path, overrides, message):
+    setup_run_refuses(tmp_path, overrides, message)
+
+
 def test_a_numeric_strip_prefix_is_its_digits(tmp_path):
     """eval.strip_prefix=2024 (a year folder) is read by Hydra as a number: it crashed reading the trials."""
     from speakerid.builders import build_eval_protocol

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from speakerid.config import check_int_at_least, is_finite, is_int, require
+from speakerid.data.check import MIN_TRIAL_SECONDS
 from speakerid.data.prepare import make_trials, write_trial_list
 from speakerid.io import write_json_atomic, write_text_atomic
 
@@ -55,6 +57,26 @@ class CorpusSpec:
     min_seconds: float = 2.0
     max_seconds: float = 3.5
     version: int = 2  # bump when the generator changes, so old corpora are rebuilt (2: no reversed trials)
+
+    def __post_init__(self) -> None:
+        """Sizes the generator and the trials can work with, named as the config keys (data.generate.*): checked
+        before the corpus folder is marked incomplete, not half-way through writing it."""
+        key = "data.generate."
+        require(is_int(self.seed) and self.seed >= 0, f"{key}seed", "an integer >= 0 (the corpus's random seed)",
+                self.seed)
+        check_int_at_least(self.train_speakers, 2, f"{key}train_speakers", "the speakers the head tells apart")
+        check_int_at_least(self.test_speakers, 2, f"{key}test_speakers", "the validation trials' speakers: a "
+                           "non-target trial pairs two")
+        check_int_at_least(self.sessions, 1, f"{key}sessions")
+        check_int_at_least(self.utterances_per_session, 1, f"{key}utterances_per_session")
+        require(self.sessions * self.utterances_per_session >= 2, f"{key}utterances_per_session",
+                f"at least 2 utterances per speaker with {key}sessions={self.sessions} (a target trial pairs two of "
+                "a speaker's utterances)", self.utterances_per_session)
+        require(is_finite(self.min_seconds) and self.min_seconds >= MIN_TRIAL_SECONDS, f"{key}min_seconds",
+                f"a duration >= {MIN_TRIAL_SECONDS} s (the shortest trial file an embedding is made of)",
+                self.min_seconds)
+        require(is_finite(self.max_seconds) and self.max_seconds >= self.min_seconds, f"{key}max_seconds",
+                f"a finite duration >= {key}min_seconds={self.min_seconds} s", self.max_seconds)
 
     def fingerprint(self) -> str:
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
