@@ -178,11 +178,32 @@ def known_keys(group: str) -> dict:
 
 
 def check_known_keys(node: DictConfig, known: dict, prefix: str) -> None:
+    """Every key of `node` is one the group files define, and has their shape (check_shape). The nodes of named
+    entries (OPEN) and those built by a class (INSTANTIATED: their class checks the keys) are not walked into."""
     for key, value in node.items():
         if key not in known:
             reject_unknown(str(key), prefix, [str(k) for k in known], "a config key")
-        if OmegaConf.is_dict(value) and isinstance(known[key], dict) and f"{prefix}{key}" not in OPEN:
-            check_known_keys(value, known[key], f"{prefix}{key}.")
+        full_key = f"{prefix}{key}"
+        check_shape(value, known[key], full_key)
+        if OmegaConf.is_dict(value) and isinstance(known[key], dict) and full_key not in (*OPEN, *INSTANTIATED):
+            check_known_keys(value, known[key], f"{full_key}.")
+
+
+# Nodes that may be null: no corpus to generate (real data), no SpecAugment.
+NULLABLE = ("data.generate", "features.specaugment")
+
+
+def check_shape(value: Any, default: Any, key: str) -> None:
+    """A node of the group files is a node in the config too (or null, where NULLABLE allows), and a list is a
+    list: `augment.speed=null` or `augment.speed.factors=0.9` would otherwise fail inside the checks below,
+    naming no key."""
+    if isinstance(default, dict):
+        nullable = key in NULLABLE
+        keys = "named entries" if key in OPEN else "keys " + ", ".join(k for k in default if k not in HYDRA_KEYS)
+        require(OmegaConf.is_dict(value) or (nullable and value is None), key,
+                f"a config node of {keys}" + (", or null (off)" if nullable else ""), value)
+    elif isinstance(default, list):
+        require(OmegaConf.is_list(value), key, f"a list, e.g. {key}=[{','.join(map(str, default))}]", value)
 
 
 # Nodes built by Hydra's instantiate: a key their class does not take would fail there, after the lists are read
@@ -249,7 +270,24 @@ def unset_required_keys(cfg: DictConfig) -> list[str]:
     return [key for key in required if OmegaConf.select(cfg, key, default=None, throw_on_missing=False) is None]
 
 
+# The groups every run builds or reads (`~eval` trains without validation; margin_schedule is null by default).
+REQUIRED_GROUPS = ("data", "features", "augment", "model", "head", "optim", "scheduler", "trainer")
+GROUP_HINTS = {"scheduler": "; for a constant learning rate: scheduler=step scheduler.gamma=1"}
+
+
 def validate_config(cfg: DictConfig) -> None:
+    """Every rule of the train config, before any data is read. A key the rules read that `~key` removed is
+    named as such (omegaconf's own error would name no remedy)."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    try:
+        _validate_config(cfg)
+    except (ConfigAttributeError, ConfigKeyError) as e:
+        raise ConfigError(f"{e.full_key} is not in the config (removed with '~{e.full_key}'?): a run needs it; give "
+                          f"it a value instead") from None
+
+
+def _validate_config(cfg: DictConfig) -> None:
     missing = missing_keys(cfg)
     if missing:
         raise ConfigError(
@@ -258,6 +296,16 @@ def validate_config(cfg: DictConfig) -> None:
         )
     if cfg.get("run_dir") is None:
         raise ConfigError("run_dir is not set (train.py sets it from Hydra's run dir; set it when calling train())")
+    if is_int(cfg.run_dir):  # Hydra reads run_dir=2024 as a number: the folder is its digits, as for `name`
+        cfg.run_dir = str(cfg.run_dir)
+    require(isinstance(cfg.run_dir, str) and not is_blank(cfg.run_dir), "run_dir",
+            "the run's folder, not an empty string (an unset variable in a job script?)", cfg.run_dir)
+    for group in REQUIRED_GROUPS:
+        if not OmegaConf.is_dict(cfg.get(group)):
+            options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+            raise ConfigError(f"{group} is not set (removed with '~{group}' or {group}=null?): every run needs one, "
+                              f"e.g. {group}={options[0]} (configs/{group}/: {', '.join(options)})"
+                              + GROUP_HINTS.get(group, ""))
 
     for key in ("trainer.init_from", *(cfg.get("required") or ())):  # `key=` (an unset variable) is not a value
         value = OmegaConf.select(cfg, key, default=None)
@@ -269,12 +317,9 @@ def validate_config(cfg: DictConfig) -> None:
             if within:
                 raise ConfigError(f"{key} is not a config key: did you mean {' or '.join(within)}?")
             reject_unknown(str(key), "", known_top, "a config key")
-    for group in CHECKED_GROUPS:
-        check_known_keys(cfg[group], known_keys(group), f"{group}.")
     # The features group's parts are built by name (fbank, specaugment; each checked below as a constructor).
-    for key in cfg.features:
-        if key not in known_keys("features"):
-            reject_unknown(str(key), "features.", list(known_keys("features")), "a config key")
+    for group in (*CHECKED_GROUPS, "features"):
+        check_known_keys(cfg[group], known_keys(group), f"{group}.")
     for key in INSTANTIATED:
         node = OmegaConf.select(cfg, key, default=None)
         if OmegaConf.is_dict(node) and "_target_" in node:
@@ -379,21 +424,25 @@ def _validate_schedules(cfg: DictConfig) -> None:
 def _validate_augment(aug: DictConfig) -> None:
     """Ranges of the augment group (the folders are checked when the banks are built)."""
     for name, choice in aug.choices.items():
-        require(set(choice) == {"weight", "apply"}, f"augment.choices.{name}", "{weight: w, apply: [...]}",
-                OmegaConf.to_container(choice))
+        require(OmegaConf.is_dict(choice) and set(choice) == {"weight", "apply"}, f"augment.choices.{name}",
+                "{weight: w, apply: [...]}", _plain(choice))
+        require(OmegaConf.is_list(choice.apply) and all(isinstance(a, str) for a in choice.apply),
+                f"augment.choices.{name}.apply", "a list of what to apply: reverb and noise category names, e.g. "
+                "[reverb, noise] ([] for nothing)", _plain(choice.apply))
     check_choice_weights({name: choice.weight for name, choice in aug.choices.items()})
     for name, category in aug.categories.items():
-        require({"snr_db", "files"} <= set(category) <= {"snr_db", "files", "snr_per_file"},
-                f"augment.categories.{name}", "{snr_db: [lo, hi], files: [lo, hi]} and optionally snr_per_file",
-                OmegaConf.to_container(category))
+        require(OmegaConf.is_dict(category) and {"snr_db", "files"} <= set(category)
+                <= {"snr_db", "files", "snr_per_file"}, f"augment.categories.{name}",
+                "{snr_db: [lo, hi], files: [lo, hi]} and optionally snr_per_file", _plain(category))
         require(isinstance(category.get("snr_per_file", False), bool), f"augment.categories.{name}.snr_per_file",
                 "true (each file at its own SNR) or false (their sum at one SNR)", category.get("snr_per_file"))
-        snr = list(category.get("snr_db") or [])
-        require(len(snr) == 2 and all(is_finite(v) for v in snr) and snr[0] <= snr[1],
+        snr = _plain(category.snr_db)
+        require(isinstance(snr, list) and len(snr) == 2 and all(is_finite(v) for v in snr) and snr[0] <= snr[1],
                 f"augment.categories.{name}.snr_db", "[low, high] in dB with low <= high", snr)
-        files = list(category.get("files") or [])
-        require(len(files) == 2 and all(is_int(v) for v in files) and 1 <= files[0] <= files[1],
-                f"augment.categories.{name}.files", "[low, high] integers with 1 <= low <= high", files)
+        files = _plain(category.files)
+        require(isinstance(files, list) and len(files) == 2 and all(is_int(v) for v in files)
+                and 1 <= files[0] <= files[1], f"augment.categories.{name}.files",
+                "[low, high] integers with 1 <= low <= high", files)
     check_power_floor(aug.get("power_floor", 0.0),
                       {name: (int(c.files[1]), bool(c.get("snr_per_file", False))) for name, c in aug.categories.items()})
     for key in ("max_file_seconds", "rir_max_seconds"):
@@ -405,8 +454,17 @@ def _validate_augment(aug: DictConfig) -> None:
     check_speed_factors(list(aug.speed.factors))
 
 
+def _plain(value: Any) -> Any:
+    """A config value as Python: a node as a dict or list (for checks and messages), anything else as it is."""
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
 def _validate_features(features: DictConfig, sample_rate: int) -> None:
     fbank = features.fbank
+    # The fbank's own rate places its Mel bands: another than the audio's reads every frequency wrongly.
+    require(fbank.get("sample_rate") == sample_rate, "features.fbank.sample_rate",
+            f"data.sample_rate={sample_rate}, the rate the audio is read at (features/fbank.yaml takes it from "
+            "there: leave features.fbank.sample_rate out)", fbank.get("sample_rate"))
     nyquist = sample_rate / 2
     require(is_number(fbank.f_max) and 0 < fbank.f_max <= nyquist, "features.fbank.f_max",
             f"a frequency in (0, {nyquist:g}] Hz, half of data.sample_rate={sample_rate} (above it the Mel "

@@ -567,6 +567,65 @@ def setup_run_refuses(tmp_path, overrides: list[str], message: str) -> None:
     assert not corpus.exists() and not run.exists()
 
 
+@pytest.mark.parametrize("override,message", [
+    ("augment.speed=null", "augment.speed=None is not allowed: a config node of keys factors, speakers_as_new"),
+    ("augment.speed.factors=null",
+     "augment.speed.factors=None is not allowed: a list, e.g. augment.speed.factors=[0.9,1.0,1.1]"),
+    ("augment.speed.factors=0.9",
+     "augment.speed.factors=0.9 is not allowed: a list, e.g. augment.speed.factors=[0.9,1.0,1.1]"),
+    ("augment.choices=null", "augment.choices=None is not allowed: a config node of named entries"),
+    ("augment.categories=null", "augment.categories=None is not allowed: a config node of named entries"),
+    ("+augment.choices.x=null", "augment.choices.x=None is not allowed: {weight: w, apply: [...]}"),
+    ("augment.choices.none.apply=reverb", "augment.choices.none.apply='reverb' is not allowed: a list of what to "
+                                          "apply: reverb and noise category names, e.g. [reverb, noise] ([] for nothing)"),
+    ("features.fbank=null", "features.fbank=None is not allowed: a config node of keys sample_rate, n_mels, n_fft, "
+                            "win_length, hop_length, f_min, f_max, preemphasis, mean_norm"),
+    ("data.generate=7", "data.generate=7 is not allowed: a config node of keys seed, train_speakers, test_speakers, "
+                        "sessions, utterances_per_session, min_seconds, max_seconds, or null (off)"),
+    # removed keys: omegaconf's ConfigAttributeError through Hydra
+    ("~augment.speed", "augment.speed is not in the config (removed with '~augment.speed'?): a run needs it; give it "
+                       "a value instead"),
+    ("~data.crop_frames", "data.crop_frames is not in the config (removed with '~data.crop_frames'?): a run needs "
+                          "it; give it a value instead"),
+    # it passed, then the run stopped after the train list was checked
+    ("~scheduler", "scheduler is not set (removed with '~scheduler' or scheduler=null?): every run needs one, e.g. "
+                   "scheduler=step (configs/scheduler/: step, warmup_cosine, warmup_exponential); for a constant "
+                   "learning rate: scheduler=step scheduler.gamma=1"),
+    ("~optim", "optim is not set (removed with '~optim' or optim=null?): every run needs one, e.g. optim=adam "
+               "(configs/optim/: adam, sgd)"),
+])
+def test_a_node_set_to_null_a_scalar_or_removed_is_named(override, message):
+    with pytest.raises(ConfigError, match="^" + re.escape(message) + "$"):
+        validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", override]))
+
+
+def test_the_nodes_that_may_be_null_are_taken():
+    cfg = compose_config(["debug=tiny", "run_dir=/tmp/x", "features.specaugment=null", "data.generate=null",
+                          "data.dir=/x"])
+    validate_config(cfg)
+    assert cfg.features.specaugment is None and cfg.data.generate is None
+
+
+@pytest.mark.parametrize("value", ["", "' '"])
+def test_an_empty_run_dir_is_an_error(value):
+    """run_dir=$RUN_DIR with RUN_DIR unset trained into the current folder."""
+    with pytest.raises(ConfigError, match=r"^run_dir='\s*' is not allowed: the run's folder, not an empty string"):
+        validate_config(compose_config(["debug=tiny", f"run_dir={value}"]))
+    cfg = compose_config(["debug=tiny", "run_dir=2024"])  # a number, as for name: its digits
+    validate_config(cfg)
+    assert cfg.run_dir == "2024"
+
+
+def test_the_fbank_must_read_at_the_data_sample_rate():
+    """A 1 kHz tone read by an fbank told 8 kHz peaks in the band of 500 Hz: every frequency read at half."""
+    with pytest.raises(ConfigError, match=r"^features\.fbank\.sample_rate=8000 is not allowed: data\.sample_rate=16000, "
+                                          r"the rate the audio is read at"):
+        validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", "features.fbank.sample_rate=8000"]))
+    cfg = compose_config(["debug=tiny", "run_dir=/tmp/x", "data.sample_rate=8000", "features.fbank.f_max=3800"])
+    validate_config(cfg)  # the fbank config takes the rate from data.sample_rate
+    assert cfg.features.fbank.sample_rate == 8000
+
+
 @pytest.mark.parametrize("overrides,message", [
     # the generator's "ValueError: high - low < 0", after the corpus folder was marked incomplete
     (["data.generate.min_seconds=2.0"],
