@@ -2,6 +2,7 @@
 VoxCeleb layout), from a tiny checkpoint; the speaker split and the trial list it writes; the commands'
 --help."""
 
+import argparse
 import json
 import shlex
 from collections import Counter
@@ -9,6 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from conftest import compose_config, speakerid_cli
 from speakerid.checkpoint import load_checkpoint
@@ -232,6 +234,24 @@ def test_capped_target_pairs_are_the_pairs_a_full_listing_would_draw():
         for cap in (None, 1, 3, 17, 1000):
             assert _target_pairs(utts, np.random.default_rng(case), cap) == \
                 listed(utts, np.random.default_rng(case), cap), (utts, cap)
+
+
+def test_training_overrides_give_hydra_the_exact_paths_whatever_they_hold(tmp_path):
+    """Paths reach train.py as Hydra overrides: a ',' makes a sweep, '=' or a space a syntax error, `${` an
+    interpolation, and a backslash or an accent were mangled by the old quoting."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from speakerid.cli.finetune import training_overrides
+
+    odd = tmp_path / "d\u00e9j\u00e0 a,b=c'd\\e ${HOME}"
+    args = argparse.Namespace(overrides=[], root=odd / "wav", device="cpu")
+    words = training_overrides(args, None, 16000, odd / "start.pt", odd / "out")
+    parsed = OmegaConf.create({o.key_or_group.replace(".", "/"): o.value()  # as the config reads them, ${ as text
+                               for o in OverridesParser.create().parse_overrides(words)})
+    assert parsed["data/train_root"] == parsed["eval/root"] == str(odd / "wav")
+    assert parsed["data/dir"] == parsed["runs_root"] == str(odd / "out")
+    assert parsed["trainer/init_from"] == str(odd / "start.pt")
+    assert list(parsed["hydra/searchpath"]) == [f"file://{odd / 'out' / 'configs'}"]
 
 
 def test_finetune_refuses_only_the_overrides_of_keys_it_sets():

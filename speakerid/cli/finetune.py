@@ -31,7 +31,6 @@ signal N after checkpointing (the run's last lines give the command that resumes
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -46,6 +45,7 @@ from omegaconf.errors import OmegaConfBaseException
 from speakerid import builders
 from speakerid.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
 from speakerid.cli import usage_error
+from speakerid.cli.overrides import hydra_override, hydra_value
 from speakerid.cli.train import launch
 from speakerid.config import ConfigError, validate_config
 from speakerid.configs import compose
@@ -223,25 +223,15 @@ def training_overrides(args: argparse.Namespace, trained: DictConfig, sample_rat
                        out: Path) -> list[str]:
     """The overrides of the training run: the user's, then what this command sets; training starts from the
     weights in `start` (--model, or the start.pt made from a model file)."""
+    root = str(args.root.resolve())
     return ["experiment=finetune", *args.overrides,
-            f"hydra.searchpath=[{quoted('file://' + str(out / 'configs'))}]", "model=checkpoint",
-            "features=checkpoint", f"data.sample_rate={sample_rate}",
-            f"data.dir={quoted(str(out))}", f"data.train_root={quoted(str(args.root.resolve()))}",
-            "data.generate=null", "eval=folder", f"eval.root={quoted(str(args.root.resolve()))}",
-            "eval.name=held_out", f"trainer.init_from={quoted(str(start))}",
-            "trainer.init_head=false", f"trainer.device={quoted(args.device)}", f"runs_root={quoted(str(out))}",
-            "name=train"]
-
-
-def quoted(value: str) -> str:
-    """A Hydra override value that stays one string whatever it holds: as it is when Hydra reads it so (a
-    plain path), else in quotes (spaces, commas, brackets, quotes)."""
-    if PLAIN.fullmatch(value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-PLAIN = re.compile(r"[\w./:-]+")
+            f"hydra.searchpath=[{hydra_value('file://' + str(out / 'configs'), always_quoted=True)}]",
+            "model=checkpoint", "features=checkpoint", f"data.sample_rate={sample_rate}",
+            hydra_override("data.dir", str(out)), hydra_override("data.train_root", root),
+            "data.generate=null", "eval=folder", hydra_override("eval.root", root),
+            "eval.name=held_out", hydra_override("trainer.init_from", str(start)),
+            "trainer.init_head=false", hydra_override("trainer.device", args.device),
+            hydra_override("runs_root", str(out)), "name=train"]
 
 
 def held_out_eer(extractor: Any, evaluation: Evaluation, cfg: DictConfig, device: torch.device) -> float:

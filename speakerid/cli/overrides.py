@@ -41,16 +41,21 @@ def last_override(overrides: list[Override], key: str) -> Override | None:
 
 
 def hydra_override(key: str, value: str) -> str:
-    """`key=value` such that Hydra reads back the string `value` exactly: as it is when Hydra already does (a
-    plain path), else quoted, with Hydra's escapes: the quote escaped, the backslashes before it or at the
-    end doubled, and `${` escaped (OmegaConf reads an interpolation even within quotes)."""
-    plain = f"{key}={value}"
-    if "${" not in value and "\\" not in value and reads_back(plain, value):
-        return plain
+    """`key=value` such that Hydra reads back the string `value` exactly (hydra_value)."""
+    return f"{key}={hydra_value(value)}"
+
+
+def hydra_value(value: str, always_quoted: bool = False) -> str:
+    """`value` as Hydra reads back the string exactly: as it is when Hydra already does (a plain path; unless
+    `always_quoted`, as an element of a list needs), else quoted, with Hydra's escapes: the quote escaped, the
+    backslashes before it or at the end doubled, and `${` escaped (OmegaConf reads an interpolation even
+    within quotes)."""
+    if not always_quoted and "${" not in value and "\\" not in value and reads_back(f"key={value}", value):
+        return value
     quote = "'" if '"' in value else '"'  # in double quotes the shell-quoted word stays readable
     escaped = re.sub(rf"(\\*)({quote}|\Z)", lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), value)
     escaped = escaped.replace("${", "\\${")
-    return f"{key}={quote}{escaped}{quote}"
+    return f"{quote}{escaped}{quote}"
 
 
 def reads_back(word: str, value: str) -> bool:
