@@ -11,7 +11,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -377,6 +377,7 @@ def _validate_config(cfg: DictConfig) -> None:
     require(is_finite(weight_decay) and weight_decay >= 0, "optim.weight_decay", "a finite number >= 0",
             weight_decay)
 
+    check_device(trainer.device)
     check_one_of(trainer.precision, PRECISIONS, "trainer.precision")
     if trainer.precision == "fp16":  # CPU autocast has bf16 (slow, but the same arithmetic), not fp16
         on_cuda = str(trainer.device).startswith("cuda") or (trainer.device == "auto" and torch.cuda.is_available())
@@ -393,6 +394,71 @@ def _validate_config(cfg: DictConfig) -> None:
             "trainer.checkpoint_every_steps", "an integer >= 0 (0 = only at epoch ends)",
             trainer.checkpoint_every_steps)
     _validate_schedules(cfg)  # after optim.lr and trainer.epochs, which the schedules take
+    _validate_parts(cfg)  # last: the ranges above name their keys more precisely than a constructor's message
+
+
+def check_device(value: Any, key: str = "trainer.device") -> None:
+    """'auto' or a device torch knows (cpu, cuda, cuda:1, ...); whether this machine has it is found when the
+    run starts on it."""
+    allowed = "auto, cpu, cuda or cuda:<index> (a device torch names)"
+    require(isinstance(value, str), key, allowed, value)
+    if value != "auto":
+        try:
+            torch.device(value)
+        except RuntimeError:
+            require(False, key, allowed, value)
+
+
+# The class count comes from the train list, read after the config is checked: the head is built for the checks
+# with this many, more than any train list has, so that only a rule that needs the real count (head.top_k below
+# the number of speakers) waits for the list.
+STAND_IN_CLASSES = 1_000_000
+
+
+def _validate_parts(cfg: DictConfig) -> None:
+    """Build the fbank, SpecAugment, model, head and optimizer through speakerid.builders, as the run will, so that
+    a value their classes refuse stops the run now, naming its group, rather than after every file of the train
+    list was checked. Cheaply: the model and head on the meta device (shapes only: no memory, no arithmetic), the
+    optimizer over one stand-in parameter. Then what no class sees alone: the model's input and output sizes
+    against the fbank's and the head's."""
+    from speakerid import builders
+
+    _build("features.fbank", cfg.features.fbank, lambda: builders.build_fbank(cfg))
+    if cfg.features.get("specaugment") is not None:
+        _build("features.specaugment", cfg.features.specaugment, lambda: builders.build_specaugment(cfg))
+    with torch.device("meta"):
+        model = _build("model", cfg.model, lambda: builders.build_model(cfg))
+        head = _build("head", cfg.head, lambda: builders.build_head(cfg, STAND_IN_CLASSES))
+    _build("optim", cfg.optim, lambda: builders.build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))]))
+    in_dim, n_mels = getattr(model, "in_dim", None), cfg.features.fbank.n_mels
+    require(in_dim is None or in_dim == n_mels, "model.in_dim", f"the fbank's bands, features.fbank.n_mels={n_mels} "
+            "(the model configs take it from there: leave model.in_dim out)", in_dim)
+    emb_dim, head_dim = getattr(model, "emb_dim", None), getattr(head, "emb_dim", None)
+    require(emb_dim is None or head_dim is None or head_dim == emb_dim, "head.emb_dim",
+            f"the model's embedding size, model.emb_dim={emb_dim} (the head configs take it from there: leave "
+            "head.emb_dim out)", head_dim)
+
+
+def _build(key: str, node: DictConfig, build: Callable[[], Any]) -> Any:
+    """build(), with an argument its class refuses (ValueError or TypeError) raised as a ConfigError that names
+    `key`; the node's values are listed when the class's own message names none of them (torch's optimizers)."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return build()
+    except InstantiationException as e:  # Hydra's wrapper around what the class raised
+        error = e.__cause__ or e
+    except (ValueError, TypeError) as e:  # the optimizer: instantiate gives a partial, called with the parameters
+        error = e
+    if isinstance(error, ConfigError):
+        raise error from None
+    if not isinstance(error, (ValueError, TypeError)):
+        raise error
+    message = str(error)
+    if f"{key}." not in message:
+        given = ", ".join(f"{key}.{name}={value!r}" for name, value in node.items() if name not in HYDRA_KEYS)
+        message += f" (given {given})"
+    raise ConfigError(f"{key} ({node.get('_target_')}) cannot be built: {message}") from None
 
 
 def _validate_schedules(cfg: DictConfig) -> None:

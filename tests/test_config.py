@@ -567,6 +567,53 @@ def setup_run_refuses(tmp_path, overrides: list[str], message: str) -> None:
     assert not corpus.exists() and not run.exists()
 
 
+@pytest.mark.parametrize("overrides,message", [
+    # each was found only after every file of the train list was checked (minutes on VoxCeleb2)
+    (["head=sub_center_aam", "head.sub_centers=0"], "head.sub_centers=0 is not allowed: an integer >= 1"),
+    (["head=sub_center_aam", "head.top_k=-1"], "head.top_k=-1 is not allowed: an integer >= 0"),
+    (["model.channels=500"], "model (speakerid.models.ECAPATDNN) cannot be built: model.channels (500) must be "
+                             "divisible by model.scale (8)"),
+    (["model=resnet34_tiny", "model.depth=50"],
+     "model (speakerid.models.ResNet) cannot be built: model.depth must be one of [34, 221, 293], got 50"),
+    (["model=campplus_tiny", "model.block_layers=[]"], "model (speakerid.models.CAMPPlus) cannot be built: "
+     "model.block_layers must be a non-empty list of positive integers, got []"),
+    # torch's message names no key: the optim values are listed
+    (["optim=sgd", "optim.momentum=0"], "optim (torch.optim.SGD) cannot be built: Nesterov momentum requires a "
+     "momentum and zero dampening (given optim.lr=0.1, optim.momentum=0, optim.nesterov=True, "
+     "optim.weight_decay=0.0001)"),
+    # found at the first step, after the run folder was made
+    (["model.in_dim=64"], "model.in_dim=64 is not allowed: the fbank's bands, features.fbank.n_mels=80 (the model "
+                          "configs take it from there: leave model.in_dim out)"),
+    (["head.emb_dim=64"], "head.emb_dim=64 is not allowed: the model's embedding size, model.emb_dim=32 (the head "
+                          "configs take it from there: leave head.emb_dim out)"),
+])
+def test_values_the_model_head_and_optimizer_refuse_stop_before_any_data_is_read(tmp_path, overrides, message):
+    setup_run_refuses(tmp_path, overrides, message)
+
+
+def test_only_the_top_k_against_the_speakers_waits_for_the_train_list():
+    """head.top_k must be below the number of speakers, which the train list gives: debug=tiny has 6."""
+    validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", "head=sub_center_aam", "head.top_k=100"]))
+
+
+@pytest.mark.parametrize("model", sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml")))
+def test_every_encoder_is_built_on_the_meta_device_for_the_checks(model):
+    """validate_config builds the model on the meta device: every encoder must build there, at full size."""
+    import torch
+
+    from speakerid.builders import build_model
+
+    cfg = compose_config(["debug=tiny", "run_dir=/tmp/x", f"model={model}"])
+    validate_config(cfg)
+    with torch.device("meta"):
+        on_meta = build_model(cfg)
+    assert {p.device.type for p in on_meta.parameters()} == {"meta"}
+    if model.endswith("_tiny"):  # the same parameters as the real build
+        real = build_model(cfg)
+        assert [(n, p.shape) for n, p in on_meta.named_parameters()] == \
+            [(n, p.shape) for n, p in real.named_parameters()]
+
+
 @pytest.mark.parametrize("override,message", [
     ("augment.speed=null", "augment.speed=None is not allowed: a config node of keys factors, speakers_as_new"),
     ("augment.speed.factors=null",
@@ -665,3 +712,9 @@ def test_a_numeric_strip_prefix_is_its_digits(tmp_path):
     with pytest.raises(ConfigError, match=r"^eval\.strip_prefix=1\.5 is not allowed: null or the leading folder of "
                                           r"every trial path, e\.g\. wav/ \(Hydra reads the value typed as a float"):
         Protocol.from_config({**node, "strip_prefix": 1.5})
+
+
+def test_an_unknown_device_is_named():
+    with pytest.raises(ConfigError, match=r"^trainer\.device='gpu' is not allowed: auto, cpu, cuda or cuda:<index>"):
+        validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", "trainer.device=gpu"]))
+    validate_config(compose_config(["debug=tiny", "run_dir=/tmp/x", "trainer.device=cuda:1"]))  # found at the start
