@@ -42,7 +42,8 @@ from speakerid.features import samples_for_frames
 from speakerid.io import check_writable
 from speakerid.resources import auto_loader_workers, available_cpus
 from speakerid.schedules import LRSchedule, MarginSchedule, epoch_at
-from speakerid.training.state import find_resume_checkpoint, load_resume_checkpoint
+from speakerid.training.state import (RunFolderClaim, check_run_folder_free, find_resume_checkpoint,
+                                     load_resume_checkpoint)
 
 log = logging.getLogger("speakerid")
 
@@ -57,13 +58,20 @@ class Environment:
     dist: DistEnv
     device: torch.device
     run_dir: Path
+    claim: RunFolderClaim | None = None  # rank 0's claim on run_dir, taken by setup_run_folder
 
     def close(self) -> None:
-        """End the process group. DDP wrappers must be gone first: their destructors still talk to it
-        (destroyed the other way round, a process can abort at exit)."""
-        if self.dist.enabled:
-            gc.collect()
-            shutdown(self.dist)
+        """End the process group, then give up the run folder. DDP wrappers must be gone first: their
+        destructors still talk to the process group (destroyed the other way round, a process can abort at
+        exit)."""
+        try:
+            if self.dist.enabled:
+                gc.collect()
+                shutdown(self.dist)
+        finally:
+            if self.claim is not None:
+                self.claim.release()
+                self.claim = None
 
 
 def resolve_device(name: str, dist: DistEnv = DistEnv()) -> torch.device:
@@ -160,9 +168,12 @@ def resolve_num_threads(value: Any, device: torch.device, loader_workers: int) -
 
 def setup_run_folder(cfg: DictConfig, env: Environment) -> tuple[CheckpointDir, Path | None, dict | None]:
     """The run's checkpoint folder, and the checkpoint to resume from with its path (None for a new run).
-    Never trains over another run's checkpoints, and fails now when the folder cannot be written or the
-    run to resume has already finished (RunFinished)."""
+    Never trains over another run's checkpoints, nor beside a run in progress in the folder (rank 0 claims
+    it for the whole run: RunFolderClaim), and fails now when the folder cannot be written or the run to
+    resume has already finished (RunFinished)."""
     checkpoints = CheckpointDir(env.run_dir / "checkpoints", keep=cfg.trainer.keep_checkpoints)
+    if env.dist.is_main:  # a run in progress there is named as such, not as checkpoints to resume
+        check_run_folder_free(env.run_dir)
     resume_from = find_resume_checkpoint(cfg, env.run_dir)
     if resume_from is None and checkpoints.last.exists():
         raise FileExistsError(f"{env.run_dir} already holds a run's checkpoints: resume it with "
@@ -177,6 +188,8 @@ def setup_run_folder(cfg: DictConfig, env: Environment) -> tuple[CheckpointDir, 
         check_resume_position(cfg, env.dist, resume_from, checkpoint)
     check_writable(env.run_dir, folder=True, what="run folder")
     env.run_dir.mkdir(parents=True, exist_ok=True)
+    if env.dist.is_main:  # before anything is written there; two runs started together: one of them stops here
+        env.claim = RunFolderClaim(env.run_dir)
     if resume_from is not None and env.dist.is_main:  # best.pt names the run's best, wherever it was saved
         checkpoints.adopt_best(resume_from.parent / "best.pt")
     # The run's config.yaml and checkpoints then say which checkpoint trainer.resume=true (or a relative path)
@@ -186,10 +199,20 @@ def setup_run_folder(cfg: DictConfig, env: Environment) -> tuple[CheckpointDir, 
 
 
 def check_resume_position(cfg: DictConfig, dist: DistEnv, path: Path, checkpoint: dict) -> None:
-    """Under torchrun the ranks take their shares of whole global batches, so a mid-epoch checkpoint must
+    """A mid-epoch checkpoint goes on with the rest of its epoch's order, which EpochSampler draws from the
+    seed, the epoch and the train list (RunState._check_train_list checks the list): the seed must be the
+    checkpoint's. Under torchrun the ranks take their shares of whole global batches, so the checkpoint must
     have stopped at a multiple of this run's data.batch_size (one process starts anywhere)."""
     progress = checkpoint["progress"]
     position, batch = progress["position"], cfg.data.batch_size
+    saved_seed = (checkpoint.get("config") or {}).get("seed", cfg.seed)  # older checkpoints: not known
+    if position and saved_seed != cfg.seed:
+        raise ValueError(
+            f"trainer.resume={path}: the checkpoint stopped {position} utterances into epoch {progress['epoch'] + 1}, "
+            f"whose order was drawn from seed={saved_seed}; with seed={cfg.seed} the rest of the epoch would be "
+            f"drawn from another order (some utterances twice, others never). Resume with seed={saved_seed}, or "
+            f"from a checkpoint written at an epoch's end ({path.parent}/step-<N>.pt), after which the next "
+            f"epochs are drawn from the new seed")
     if not dist.enabled or position % batch == 0:
         return
     saved = ((checkpoint.get("config") or {}).get("data") or {}).get("batch_size")

@@ -4,10 +4,13 @@ and which checkpoint `trainer.resume` means. The files themselves (atomic writes
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import math
 import os
+import socket
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -94,14 +97,31 @@ RESUME_KEYS = ("trainer.resume",)  # overrides that may differ between a run and
 RUN_FOLDER_KEYS = ("run_dir", "trainer.resume")
 
 
-def saved_config(run_dir: Path) -> dict[str, Any] | None:
+def read_run_config(run_dir: Path) -> dict[str, Any] | None:
     """The resolved config.yaml a run wrote when it started, read as plain YAML (nothing in it is
-    interpolated), or None without one."""
-    path = run_dir / "config.yaml"
+    interpolated: training writes the file resolved, so a value that is not plain is not one training used),
+    or None without one. ValueError, naming the file, when it cannot be read as a YAML mapping."""
+    path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         return None
-    config = yaml.safe_load(path.read_text())
-    return config if isinstance(config, dict) else None
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: not a readable YAML file ({' '.join(str(e).split())})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not a run's config (its top level is a {type(config).__name__}, not a mapping)")
+    return config
+
+
+def saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """read_run_config for trainer.resume=true, which looks at every run of the name: a folder whose
+    config.yaml cannot be read (None) is left out with a warning, instead of blocking every resume."""
+    try:
+        return read_run_config(run_dir)
+    except ValueError as e:
+        log.warning("trainer.resume=true: %s; that run folder is not resumed", e)
+        return None
 
 
 def find_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -149,6 +169,85 @@ def claim_run_folder(parent: str | os.PathLike, stamp: str) -> str:
     raise FileExistsError(f"{parent}: no free run folder name for {stamp}")
 
 
+RUN_LOCK = ".run.lock"  # in the run folder: flock-ed by the process training there
+
+
+class RunFolderClaim:
+    """The claim of the process training in a run folder, held for the whole run: an exclusive flock on
+    <run_dir>/.run.lock. A second run started into the folder (a job array, a retyped command) is refused
+    instead of mixing its checkpoints, config.yaml and metrics.jsonl with the first's. The kernel releases a
+    flock when its process ends, however it ends (a crash, SIGKILL), so a stopped run leaves no stale claim;
+    the file stays (unlinking it would let two processes lock two different files)."""
+
+    # A process trains one run at a time: a claim of its own still held on the folder is that of a run whose
+    # setup failed before it could be closed (a notebook or a test retrying), not another run's.
+    _held: dict[Path, "RunFolderClaim"] = {}
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self._key = self.run_dir.resolve()
+        earlier = self._held.get(self._key)
+        if earlier is not None:
+            earlier.release()
+        self._file = open(self.run_dir / RUN_LOCK, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder_of(self._file)
+            self._file.close()
+            raise FileExistsError(in_use_message(self.run_dir, holder)) from None
+        except OSError as e:  # a file system without locks (some network mounts): train unguarded
+            log.warning("%s cannot be locked (%s): a second run started into this folder would not be refused",
+                        self.run_dir / RUN_LOCK, e.strerror or e)
+            self._file.close()
+            self._file = None
+            return
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self._file.flush()
+        self._held[self._key] = self
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)  # also for forked loader workers that share the open file
+            self._file.close()
+            self._file = None
+        if self._held.get(self._key) is self:
+            del self._held[self._key]
+
+
+def _holder_of(lock_file) -> str:
+    lock_file.seek(0)
+    holder = lock_file.read().strip()
+    return f" ({holder})" if holder else ""
+
+
+def in_use_message(run_dir: Path, holder: str = "") -> str:
+    return (f"{run_dir} is in use: another process{holder} is training there. Wait for it to finish or stop it "
+            f"(a stopped run is resumed with trainer.resume=true), or give another run_dir")
+
+
+def check_run_folder_free(run_dir: str | os.PathLike) -> None:
+    """FileExistsError when another process holds the claim on `run_dir` (RunFolderClaim); creates nothing.
+    For the checks made before a run claims its folder, so that they name the run in progress there."""
+    run_dir = Path(run_dir)
+    if run_dir.resolve() in RunFolderClaim._held:
+        return
+    try:
+        lock_file = open(run_dir / RUN_LOCK, encoding="utf-8")
+    except OSError:  # no lock file: no run has claimed the folder
+        return
+    with lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(in_use_message(run_dir, _holder_of(lock_file))) from None
+        except OSError:
+            return
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
 class RunState:
     """Everything a checkpoint holds, gathered from the objects that own it: model, head, optimizer,
     loss scaler, progress (the learning rate and the margin are functions of it), every rank's RNG state, the resolved config, the speaker map and
@@ -192,9 +291,12 @@ class RunState:
         if self.dist.is_main:
             state = self.state_dict()
             state["rng"], state["rng_per_rank"] = rngs[0], rngs
-            path = self.checkpoints.save(state, self.progress.step)
+            # best.pt first: last.pt must never record a best EER that no file holds (a kill between the two
+            # writes would leave it so for good). Killed after best.pt, the resumed run validates the epoch
+            # again and writes the same best.pt.
             if best:
                 self.checkpoints.save_best(state)
+            path = self.checkpoints.save(state, self.progress.step)
         barrier(self.dist)
         return path
 
