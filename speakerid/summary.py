@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import yaml
 
 from speakerid.checkpoint import load_checkpoint
 from speakerid.config import ConfigError
@@ -34,6 +33,7 @@ from speakerid.evaluation import file_digest
 from speakerid.evaluation.protocol import Protocol
 from speakerid.io import read_json
 from speakerid.report import format_table
+from speakerid.training.state import read_run_config
 
 VALIDATION_METRICS = ("val/eer", "val/min_dcf_p0.01", "val/min_dcf_p0.05")
 
@@ -58,18 +58,15 @@ def _number(value: Any, where: str) -> float:
 
 
 def _config_of(run_dir: Path) -> dict[str, Any]:
-    """A run's config.yaml as plain YAML ({} when it is missing or not a mapping). Not through OmegaConf,
-    which would resolve an interpolation (`seed: ${oc.env:...}` or a resolver with side effects); training
-    writes the file resolved, so a value that is not plain is not one training used."""
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        return {}
-    try:
-        with open(config, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
+    """A run's config.yaml as plain YAML ({} when it is missing; see read_run_config), with its `trainer`
+    checked to be a mapping. ValueError naming the file when it cannot be read, so that a damaged record
+    never passes for a run of unknown settings."""
+    config = read_run_config(run_dir) or {}
+    trainer = config.get("trainer")
+    if trainer is not None and not isinstance(trainer, dict):
+        raise ValueError(f"{run_dir / 'config.yaml'}: trainer is a {type(trainer).__name__}, not a mapping: "
+                         f"not a config.yaml training wrote")
+    return config
 
 
 def _seed_of(run_dir: Path) -> int | None:
@@ -113,14 +110,20 @@ def read_run_folder(run_dir: str | os.PathLike) -> Result:
         raise ValueError(f"{run_dir}: not a run folder (no metrics.jsonl) and not an evaluation JSON")
     final: dict[str, float] = {}
     logged_best = math.nan
-    with open(history, encoding="utf-8") as f:
+    with open(history, "rb") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{history}:{number}: not UTF-8 text ({e.reason} at byte {e.start} of the line, "
+                                 f"from 0): not a metrics.jsonl training wrote") from None
             except json.JSONDecodeError as e:
                 raise ValueError(f"{history}:{number}: not a JSON line ({e})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{history}:{number}: a JSON {type(record).__name__}, not an object of metrics: "
+                                 f"not a metrics.jsonl training wrote")
             if "val/eer" in record:
                 final = {k: _number(record[k], f"{history}:{number}: {k}") for k in VALIDATION_METRICS if k in record}
                 logged_best = np.fmin(logged_best, final["val/eer"])  # a NaN validation is no best
@@ -171,15 +174,22 @@ def read_evaluation(path: str | os.PathLike) -> Result:
                          f"has no metrics)")
     metrics = {k: _number(v, f"{path}: {k}") for k, v in record.items()
                if k == "eer" or (k.startswith("min_dcf_p") and not k.endswith("_threshold"))}
-    seed = None
+    for key in ("checkpoint", "checkpoint_sha256", "scores", "name", "scoring"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise ValueError(f"{path}: {key} is {record[key]!r}, not a string: not an evaluation JSON of "
+                             f"`speakerid evaluate`")
+    seed, notes = None, []
     if record.get("checkpoint"):  # runs/<name>/<date_time>/checkpoints/best.pt
-        seed = _seed_of(Path(record["checkpoint"]).parent.parent)
+        try:
+            seed = _seed_of(Path(record["checkpoint"]).parent.parent)
+        except ValueError as e:
+            notes.append(f"{path}: the seed of its checkpoint's run is not known: {e}")
     scores = Path(record["scores"]) if record.get("scores") else None
     info = {k: record[k] for k in ("name", "scoring", "n_trials", "checkpoint", "checkpoint_sha256") if k in record}
     info["protocol"] = {**_protocol(record.get("trials"), record.get("scoring"), record.get("embedding"),
                                     record.get("asnorm"), record.get("mean_subtraction")),
                         "n_trials": record.get("n_trials")}
-    return Result(path, metrics, seed, scores, info)
+    return Result(path, metrics, seed, scores, info, notes)
 
 
 def read_result(path: str | os.PathLike) -> Result:
