@@ -79,6 +79,27 @@ def test_a_run_started_into_a_folder_another_process_trains_in_is_refused_until_
     assert try_lock(run_dir) == 0  # ... and given up when it closes
 
 
+def test_a_setup_that_failed_after_claiming_does_not_block_a_retry_in_the_same_process(tiny_cfg, tmp_path,
+                                                                                      monkeypatch):
+    """A setup error after the claim (a list, an audio file) leaves the run unclosed: a notebook or test that
+    retries in the same process takes its own claim over, with no moment the folder is unlocked."""
+    from speakerid.training import setup as setup_module
+
+    def broken(*args, **kwargs):
+        raise ValueError("train list: a bad line")
+
+    real = setup_module.setup_lists
+    monkeypatch.setattr(setup_module, "setup_lists", broken)
+    with pytest.raises(ValueError, match="a bad line"):
+        setup_run(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
+    assert try_lock(tmp_path / "run") == 3
+    monkeypatch.setattr(setup_module, "setup_lists", real)
+    run = setup_run(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
+    assert try_lock(tmp_path / "run") == 3
+    run.close()
+    assert try_lock(tmp_path / "run") == 0
+
+
 def test_a_run_past_its_first_epoch_in_another_process_is_named_as_training_not_as_a_run_to_resume(tiny_corpus_dir,
                                                                                                   tiny_cfg, tmp_path):
     run_dir = tmp_path / "run"

@@ -179,8 +179,9 @@ class RunFolderClaim:
     flock when its process ends, however it ends (a crash, SIGKILL), so a stopped run leaves no stale claim;
     the file stays (unlinking it would let two processes lock two different files)."""
 
-    # A process trains one run at a time: a claim of its own still held on the folder is that of a run whose
-    # setup failed before it could be closed (a notebook or a test retrying), not another run's.
+    # A process trains one run at a time: a claim of its own still held on the folder is taken over (with no
+    # moment unlocked). It is that of a run whose setup failed before it could be closed (a notebook or a test
+    # retrying), or one the command line took before Hydra wrote there; not another run's.
     _held: dict[Path, "RunFolderClaim"] = {}
 
     def __init__(self, run_dir: str | os.PathLike):
@@ -188,7 +189,9 @@ class RunFolderClaim:
         self._key = self.run_dir.resolve()
         earlier = self._held.get(self._key)
         if earlier is not None:
-            earlier.release()
+            self._file, earlier._file = earlier._file, None
+            self._held[self._key] = self
+            return
         self._file = open(self.run_dir / RUN_LOCK, "a+", encoding="utf-8")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
