@@ -114,16 +114,6 @@ def read_run_config(run_dir: Path) -> dict[str, Any] | None:
     return config
 
 
-def saved_config(run_dir: Path) -> dict[str, Any] | None:
-    """read_run_config for trainer.resume=true, which looks at every run of the name: a folder whose
-    config.yaml cannot be read (None) is left out with a warning, instead of blocking every resume."""
-    try:
-        return read_run_config(run_dir)
-    except ValueError as e:
-        log.warning("trainer.resume=true: %s; that run folder is not resumed", e)
-        return None
-
-
 def find_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     """trainer.resume: false -> None; a path -> that file; true -> the newest last.pt among the runs of this
     name (the sibling folders of this run, multirun jobs included) whose resolved config is this one's but
@@ -137,7 +127,11 @@ def find_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
         ours = yaml.safe_load(OmegaConf.to_yaml(cfg, resolve=True))
         candidates, others = [], []
         for last in run_dir.parent.glob("*/checkpoints/last.pt"):
-            theirs = saved_config(last.parent.parent)
+            try:
+                theirs = read_run_config(last.parent.parent)
+            except ValueError as e:  # one damaged folder must not block every resume of the name
+                log.warning("trainer.resume=true: %s; that run folder is not resumed", e)
+                continue
             same = theirs is not None and not config_differences(theirs, ours, ignore=RUN_FOLDER_KEYS)
             (candidates if same else others).append(last)
         if others:
