@@ -6,6 +6,8 @@ Python containers inside), so loading one never executes code.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import platform
 import random
@@ -21,6 +23,9 @@ import torch
 
 from speakerid.config import check_int_at_least
 from speakerid.io import atomic_write
+from speakerid.metrics import format_eer
+
+log = logging.getLogger("speakerid")
 
 FORMAT_VERSION = 1
 _MISSING = object()  # a key that is not there
@@ -370,10 +375,16 @@ class CheckpointDir:
             old.unlink(missing_ok=True)
         return path
 
-    def adopt_best(self, best: Path) -> None:
+    def adopt_best(self, best: Path, resumed: dict[str, Any] | None = None) -> None:
         """Give this folder the best.pt of the run it resumes (in another folder), so that best.pt names the
-        best checkpoint of the whole run: a hard link, or an atomic copy where links are not possible."""
+        best checkpoint of the whole run: a hard link, or an atomic copy where links are not possible.
+        `resumed`, the progress of the checkpoint resumed: only a best.pt of this run's line of training is
+        taken, one at or before its step with the best EER it records. A best.pt from later (the run resumed
+        went on past the checkpoint: epochs this run does not continue) or of another EER is left, with a
+        warning; this run's own validations then write best.pt."""
         if self.best.exists() or not best.is_file() or best.resolve().parent == self.folder.resolve():
+            return
+        if resumed is not None and not self._of_resumed_line(best, resumed):
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".best.pt.{os.getpid()}.tmp"
@@ -383,6 +394,33 @@ class CheckpointDir:
         except OSError:
             shutil.copyfile(best, tmp)
         os.replace(tmp, self.best)
+
+    @staticmethod
+    def _of_resumed_line(best: Path, resumed: dict[str, Any]) -> bool:
+        """Whether `best` is the best model up to the checkpoint whose progress is `resumed`; warns why not."""
+        step, best_eer = resumed.get("step", 0), resumed.get("best_eer", math.inf)
+        try:
+            progress = load_checkpoint(best, require=("progress.step", "progress.best_eer"),
+                                       needed_for="to tell whether it is of the run resumed")["progress"]
+        except (CheckpointError, OSError) as e:
+            log.warning("the best.pt of the run resumed is not taken along: %s", e)
+            return False
+        recorded = format_eer(best_eer) if math.isfinite(best_eer) else "none yet"
+        if progress["step"] > step:
+            why = (f"it is the model of step {progress['step']}, after step {step} of the checkpoint resumed: a "
+                   f"later part of that run, which this run does not continue")
+        elif progress["step"] == step and resumed.get("pending_validation"):
+            log.info("%s is not taken along: the checkpoint resumed was saved before the validation that wrote "
+                     "it, which this run does again first", best)
+            return False
+        elif progress["best_eer"] != best_eer:
+            why = (f"its EER {format_eer(progress['best_eer'])} is not the best EER the checkpoint resumed "
+                   f"records ({recorded})")
+        else:
+            return True
+        log.warning("%s is not taken along as this run's best.pt: %s. This run writes its best.pt at its first "
+                    "validation better than the best so far (%s)", best, why, recorded)
+        return False
 
     def save_best(self, state: dict[str, Any]) -> Path:
         save_atomic(state, self.best)
