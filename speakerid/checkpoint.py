@@ -487,6 +487,40 @@ def config_differences(saved: Any, current: Any, node: str = "", ignore: tuple[s
 
 
 AVERAGED_PARTS = ("model", "head", "speakers", "progress.epoch", "progress.step")
+# The config keys in which checkpoints of one run may differ: a resumed run writes to a new folder, with
+# trainer.resume set.
+RUN_PLACE_KEYS = ("run_dir", "trainer.resume")
+
+
+def of_one_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two checkpoints' configs are those of one run (the same but for RUN_PLACE_KEYS)."""
+    a, b = a.get("config") or {}, b.get("config") or {}
+    return not config_differences(a, b, ignore=RUN_PLACE_KEYS) and not config_differences(b, a, ignore=RUN_PLACE_KEYS)
+
+
+def refuse_one_model_twice(paths: list[str | os.PathLike], checkpoints: list[dict[str, Any]]) -> None:
+    """Refuse a mean that would count one model twice: the same step of one run (best.pt beside the step file
+    of its epoch; a resumed run's step file beside that of the run it resumed, which ends the same epoch), or
+    the same weights (a copy). ValueError naming both files."""
+    for j in range(len(paths)):
+        for i in range(j):
+            a, b = checkpoints[i], checkpoints[j]
+            step = a["progress"]["step"]
+            if step == b["progress"]["step"] and of_one_run(a, b):
+                why = (f"both step {step} of one run (the same config but for the run folder and trainer.resume: "
+                       f"best.pt and the step file of its epoch, or the step files of a resumed run and of the "
+                       f"run it resumed)")
+            elif all(_equal_state(a[part], b[part]) for part in ("model", "head")):
+                why = "the same model (equal weights)"
+            else:
+                continue
+            raise ValueError(f"{paths[i]} and {paths[j]} are {why}: the mean would count that model twice; give "
+                             f"only one of them")
+
+
+def _equal_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return set(a) == set(b) and all(a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and torch.equal(a[k], b[k])
+                                    for k in a)
 
 
 def average_checkpoints(paths: list[str | os.PathLike], allow_different_runs: bool = False) -> dict[str, Any]:
@@ -499,7 +533,8 @@ def average_checkpoints(paths: list[str | os.PathLike], allow_different_runs: bo
     The checkpoints must have the same model and fbank config (switches such as unbiased_context_std or
     f_max change what the weights compute, not their shapes) and, unless `allow_different_runs` (a model
     soup of runs with other seeds or settings), be of one run: the same config but for the run folder and
-    trainer.resume. Differences are named `key: checkpoint -> newest checkpoint`."""
+    trainer.resume. Differences are named `key: checkpoint -> newest checkpoint`. Each model counts once
+    (refuse_one_model_twice)."""
     from speakerid.builders import model_config_differences
 
     if not paths:
@@ -511,6 +546,7 @@ def average_checkpoints(paths: list[str | os.PathLike], allow_different_runs: bo
             raise ValueError(f"{p} and {seen[(st.st_dev, st.st_ino)]} are the same file")
         seen[(st.st_dev, st.st_ino)] = p
     checkpoints = [load_checkpoint(p, require=AVERAGED_PARTS, needed_for="to average it") for p in paths]
+    refuse_one_model_twice(paths, checkpoints)
     newest = max(range(len(paths)), key=lambda i: checkpoints[i]["progress"]["step"])
     reference = checkpoints[newest]
     for path, ckpt in zip(paths, checkpoints):
@@ -529,8 +565,8 @@ def average_checkpoints(paths: list[str | os.PathLike], allow_different_runs: bo
         if differ:
             raise ValueError(f"{path}: its model or fbank was configured otherwise than that of {paths[newest]} "
                              f"({'; '.join(differ)}); the mean of their weights would compute neither")
-        if not allow_different_runs:  # a resumed run writes to a new folder, with trainer.resume set
-            differ = config_differences(theirs, ours, ignore=("run_dir", "trainer.resume"))
+        if not allow_different_runs:
+            differ = config_differences(theirs, ours, ignore=RUN_PLACE_KEYS)
             if differ:
                 raise ValueError(f"{path}: not of the run of {paths[newest]} ({'; '.join(differ[:8])}"
                                  f"{'; ...' if len(differ) > 8 else ''}); only checkpoints of one run average, "

@@ -137,3 +137,53 @@ def test_training_resumed_from_an_older_epoch_of_a_run_does_not_adopt_its_later_
         assert not (tmp_path / "B" / "checkpoints" / "best.pt").exists()
     finally:
         b.close()
+
+
+# ------------------------------------------------------------------ average: each model once
+def test_average_refuses_best_pt_beside_the_step_file_of_its_epoch(tmp_path):
+    """best.pt is a separate file (not a link) with step 12's weights: 'mean of 3 checkpoints' counted
+    epoch 2 twice: (1 + 2 + 2 + ...) instead of the mean of epochs 1-3."""
+    a = finished_run_a(tmp_path)
+    inputs = [a / "best.pt", a / "step-000000012.pt", a / "step-000000018.pt"]
+    with pytest.raises(ValueError) as error:
+        average_checkpoints(inputs)
+    assert str(error.value).startswith(f"{a / 'best.pt'} and {a / 'step-000000012.pt'} are both step 12 of one "
+                                       f"run")
+    assert "the mean would count that model twice; give only one of them" in str(error.value)
+    proc = speakerid_cli("average", "--out", tmp_path / "avg.pt", *inputs)
+    assert proc.returncode == 1 and "best.pt and" in proc.stderr and "step-000000012.pt are both step 12" in proc.stderr
+    assert not (tmp_path / "avg.pt").exists()
+
+
+def test_average_refuses_the_step_files_of_one_step_in_a_resumed_run_and_the_run_it_resumed(tmp_path):
+    """B resumed A's last.pt (step 12, saved before a validation that failed) and saved step 12 again after
+    validating it: A/step-12 and B/step-12 are one training position (here with weights that differ in the
+    last bits, as on a GPU), also under --allow-different-runs."""
+    a = tmp_path / "A" / "checkpoints"
+    config_a = run_config(tmp_path / "A")
+    write_checkpoint(a / "step-000000006.pt", 6, config_a, 1.0)
+    link(write_checkpoint(a / "step-000000012.pt", 12, config_a, 2.0, pending=True), "last.pt")
+    b = tmp_path / "B" / "checkpoints"
+    config_b = run_config(tmp_path / "B", resume=str(a / "last.pt"))
+    write_checkpoint(b / "step-000000012.pt", 12, config_b, 2.0 + 2**-20)
+    link(write_checkpoint(b / "step-000000018.pt", 18, config_b, 3.0), "last.pt")
+    inputs = [a / "step-000000006.pt", a / "step-000000012.pt", b / "step-000000012.pt", b / "step-000000018.pt"]
+    for allow in (False, True):
+        with pytest.raises(ValueError, match=f"^{a / 'step-000000012.pt'} and {b / 'step-000000012.pt'} are both "
+                                             f"step 12 of one run"):
+            average_checkpoints(inputs, allow_different_runs=allow)
+    averaged = average_checkpoints([a / "step-000000006.pt", b / "step-000000012.pt", b / "step-000000018.pt"])
+    assert torch.allclose(averaged["model"]["w"].double(), torch.full((2, 3), (1.0 + 2.0 + 2**-20 + 3.0) / 3,
+                                                                      dtype=torch.float64))
+
+
+def test_average_counts_runs_of_other_settings_at_one_step_but_never_one_model_twice(tmp_path):
+    """--allow-different-runs: step 12 of a run with another seed is another model (mean 2.5); a copy of a
+    checkpoint with its config edited holds the same weights and is refused."""
+    one = write_checkpoint(tmp_path / "one" / "step-000000012.pt", 12, run_config(tmp_path / "one"), 2.0)
+    other = write_checkpoint(tmp_path / "two" / "step-000000012.pt", 12, run_config(tmp_path / "two", seed=2), 3.0)
+    averaged = average_checkpoints([one, other], allow_different_runs=True)
+    assert torch.equal(averaged["model"]["w"], torch.full((2, 3), 2.5))
+    copy = write_checkpoint(tmp_path / "copy.pt", 12, run_config(tmp_path / "one", seed=3), 2.0)
+    with pytest.raises(ValueError, match=f"^{one} and {copy} are the same model \\(equal weights\\)"):
+        average_checkpoints([one, copy], allow_different_runs=True)
