@@ -12,6 +12,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import shutil
 import warnings
 import zipfile
@@ -437,18 +438,17 @@ class CheckpointDir:
         os.replace(tmp, self.last)
 
 
-def last_epoch_checkpoints(run_dir: str | os.PathLike, count: int) -> list[Path]:
+def last_epoch_checkpoints(run_dir: str | os.PathLike, count: int, out: str | os.PathLike = "avg.pt") -> list[Path]:
     """The checkpoints of a finished run's last `count` epochs, oldest first: what WeSpeaker averages
     (`num_avg`). Errors say what to change: a run that kept fewer (trainer.keep_checkpoints), one that has not
-    finished, or a mid-epoch checkpoint (trainer.checkpoint_every_*) among the last `count`."""
+    finished, one that resumed a checkpoint of another folder, which holds its earlier epochs (the
+    `speakerid average --out <out>` command that names them), or a mid-epoch checkpoint
+    (trainer.checkpoint_every_*) among the last `count`."""
     check_int_at_least(count, 1, "--last")
     folder = Path(run_dir) / "checkpoints"
     saved = sorted(p for p in folder.glob("step-*.pt") if not is_mid_epoch(p))  # name order is step order
-    if not saved:
-        raise ValueError(f"{folder}: no epoch checkpoints (step-*.pt); is {run_dir} a run folder that trained?")
     if len(saved) < count:
-        raise ValueError(f"{folder} holds {len(saved)} epoch checkpoints, {count} are to be averaged "
-                         f"(trainer.keep_checkpoints must be at least {count}, and the run finished)")
+        raise ValueError(_too_few_epoch_ends(folder, saved, count, out))
     # The last N checkpoints are the last N epochs only once the run has trained all of them.
     newest = load_checkpoint(folder / "last.pt", require=("progress.epoch", "config.trainer.epochs"),
                              needed_for="to tell whether the run finished")
@@ -463,6 +463,80 @@ def last_epoch_checkpoints(run_dir: str | os.PathLike, count: int) -> list[Path]
             raise ValueError(f"{path} was saved in the middle of an epoch (trainer.checkpoint_every_*): "
                              f"average epoch ends only, given by name")
     return chosen
+
+
+def _too_few_epoch_ends(folder: Path, saved: list[Path], count: int, out: str | os.PathLike) -> str:
+    """Why `folder` holds fewer than `count` epoch ends (`saved`), and what to do. A run resumed from a
+    checkpoint of another folder (last.pt's config.trainer.resume) has its earlier epochs there: the command
+    that averages them by name, where enough of them are kept."""
+    short = (f"{folder} holds {len(saved)} epoch checkpoints, {count} are to be averaged" if saved else
+             f"{folder}: no epoch checkpoints (step-*.pt)")
+    keep = f"trainer.keep_checkpoints must be at least {count}, and the run finished"
+    try:
+        newest = load_checkpoint(folder / "last.pt")
+    except (CheckpointError, OSError):
+        newest = None
+    resumed = _resumed_elsewhere(newest, folder) if newest is not None else None
+    if resumed is None:
+        return (f"{short} ({keep})" if saved else
+                f"{short}; is {folder.parent} a run folder that trained?")
+    done, epochs = newest["progress"].get("epoch"), (newest["config"].get("trainer") or {}).get("epochs")
+    if isinstance(done, int) and isinstance(epochs, int) and done < epochs:
+        return f"{short}, and {folder / 'last.pt'} is at epoch {done} of {epochs}: finish the run first"
+    earlier = _earlier_epoch_ends(resumed, before=_step_of_name(saved[0]) if saved else None)
+    where = sorted({str(p.parent) for p in earlier}) or [str(resumed.parent)]
+    short += (f": the run resumed from {resumed}, so its earlier epochs are in {' and '.join(where)}, "
+              f"which hold{'s' if len(where) == 1 else ''} {len(earlier)} of them")
+    if isinstance(epochs, int) and count > epochs:
+        return f"{short}; the run has {epochs} epochs"
+    if len(earlier) + len(saved) < count:
+        return f"{short}; too few (trainer.keep_checkpoints must be at least {count} in each run of the line)"
+    chosen = (earlier + saved)[-count:]
+    command = " ".join(shlex.quote(str(p)) for p in ("speakerid", "average", "--out", out, *chosen))
+    return f"{short}; give the last {count} by name:\n  {command}"
+
+
+def _step_of_name(path: Path) -> int | None:
+    """N of step-<N>.pt or step-<N>-mid.pt; None for other names (last.pt, best.pt, a copy)."""
+    found = re.fullmatch(rf"step-(\d+)(?:{MID_EPOCH})?\.pt", path.name)
+    return int(found.group(1)) if found else None
+
+
+def _resumed_elsewhere(checkpoint: dict[str, Any], folder: Path) -> Path | None:
+    """The checkpoint that the run of `checkpoint` (one of `folder`) resumed from (config.trainer.resume, an
+    absolute path), where that is in another folder; None for a run that did not resume, or resumed there."""
+    resume = ((checkpoint.get("config") or {}).get("trainer") or {}).get("resume")
+    if not isinstance(resume, str) or not resume:
+        return None
+    path = Path(resume)
+    return None if path.parent.resolve() == folder.resolve() else path
+
+
+def _earlier_epoch_ends(resumed: Path | None, before: int | None) -> list[Path]:
+    """The epoch ends of the line of training that led to the checkpoint `resumed`, oldest first: those of
+    its folder at or before its step (later ones are a part of that run that the resumed one does not
+    continue) and before step `before`, then, where that run itself resumed from another folder, those of
+    that folder before them."""
+    found: list[Path] = []
+    seen: set[Path] = set()
+    while resumed is not None and resumed.parent.resolve() not in seen:
+        folder = resumed.parent.resolve()
+        seen.add(folder)
+        try:
+            checkpoint = load_checkpoint(resumed)
+        except (CheckpointError, OSError):
+            checkpoint = None
+        step = _step_of_name(resumed)
+        if step is None and checkpoint is not None:
+            step = (checkpoint.get("progress") or {}).get("step")
+        ends = sorted((n, p) for p in folder.glob("step-*.pt")
+                      if not is_mid_epoch(p) and (n := _step_of_name(p)) is not None
+                      and (step is None or n <= step) and (before is None or n < before))
+        found = [p for _, p in ends] + found
+        if ends:
+            before = ends[0][0]
+        resumed = None if checkpoint is None else _resumed_elsewhere(checkpoint, folder)
+    return found
 
 
 def config_differences(saved: Any, current: Any, node: str = "", ignore: tuple[str, ...] = ()) -> list[str]:

@@ -187,3 +187,79 @@ def test_average_counts_runs_of_other_settings_at_one_step_but_never_one_model_t
     copy = write_checkpoint(tmp_path / "copy.pt", 12, run_config(tmp_path / "one", seed=3), 2.0)
     with pytest.raises(ValueError, match=f"^{one} and {copy} are the same model \\(equal weights\\)"):
         average_checkpoints([one, copy], allow_different_runs=True)
+
+
+# ------------------------------------------------------------------ average --last on a resumed run's folder
+def test_average_last_on_a_run_resumed_mid_epoch_names_the_earlier_epochs_in_the_folder_it_resumed(tmp_path):
+    """A stopped in epoch 2 (step 6 an epoch end, step 9 mid-epoch); B resumed A's last.pt and finished
+    (steps 12, 18). `--last 3` on B said 'keep_checkpoints must be at least 3, and the run finished', though
+    both hold: the third epoch end is A's step 6. The printed command averages the right three."""
+    a = tmp_path / "A" / "checkpoints"
+    write_checkpoint(a / "step-000000006.pt", 6, run_config(tmp_path / "A"), 1.0)
+    link(write_checkpoint(a / "step-000000009-mid.pt", 9, run_config(tmp_path / "A"), 1.5), "last.pt")
+    b = tmp_path / "B" / "checkpoints"
+    config_b = run_config(tmp_path / "B", resume=str(a / "last.pt"))
+    write_checkpoint(b / "step-000000012.pt", 12, config_b, 2.0)
+    link(write_checkpoint(b / "step-000000018.pt", 18, config_b, 3.0), "last.pt")
+
+    out = tmp_path / "out dir" / "avg.pt"
+    with pytest.raises(ValueError) as error:
+        last_epoch_checkpoints(tmp_path / "B", 3, out=out)
+    message = str(error.value)
+    assert message.startswith(f"{b} holds 2 epoch checkpoints, 3 are to be averaged: the run resumed from "
+                              f"{a / 'last.pt'}, so its earlier epochs are in {a}, which holds 1 of them; give the "
+                              f"last 3 by name:\n  speakerid average --out ")
+    assert "keep_checkpoints" not in message
+    command = shlex.split(message.splitlines()[-1])
+    assert command[3:] == [str(out), str(a / "step-000000006.pt"), str(b / "step-000000012.pt"),
+                           str(b / "step-000000018.pt")]
+    assert last_epoch_checkpoints(tmp_path / "B", 2) == [b / "step-000000012.pt", b / "step-000000018.pt"]
+
+    proc = speakerid_cli("average", "--out", out, "--last", "3", tmp_path / "B")
+    assert proc.returncode == 1 and "give the last 3 by name" in proc.stderr and shlex.quote(str(out)) in proc.stderr
+    out.parent.mkdir()
+    proc = speakerid_cli(*command[1:])  # the command given works: the mean of epochs 1-3
+    assert proc.returncode == 0 and "the mean of 3 checkpoints" in proc.stdout, proc.stderr
+    assert torch.equal(load_checkpoint(out)["model"]["w"], torch.full((2, 3), 2.0))
+
+
+def test_average_last_on_a_run_resumed_from_an_older_epoch_leaves_out_the_epochs_it_abandoned(tmp_path):
+    """B resumed A's step 6 of 18: A's steps 12 and 18 are not B's epochs; C resumed B's step 12 in turn.
+    Too few kept along the line: the message says how many there are and what to change."""
+    a = finished_run_a(tmp_path)
+    b = tmp_path / "B" / "checkpoints"
+    config_b = run_config(tmp_path / "B", resume=str(a / "step-000000006.pt"))
+    write_checkpoint(b / "step-000000012.pt", 12, config_b, 5.0)
+    link(write_checkpoint(b / "step-000000018.pt", 18, config_b, 6.0), "last.pt")
+    with pytest.raises(ValueError, match="give the last 3 by name") as error:
+        last_epoch_checkpoints(tmp_path / "B", 3)
+    assert shlex.split(str(error.value).splitlines()[-1])[4:] == [str(a / "step-000000006.pt"),
+                                                                  str(b / "step-000000012.pt"),
+                                                                  str(b / "step-000000018.pt")]
+    with pytest.raises(ValueError, match="which holds 1 of them; the run has 3 epochs$"):
+        last_epoch_checkpoints(tmp_path / "B", 4)
+
+    c = tmp_path / "C" / "checkpoints"
+    config_c = dict(run_config(tmp_path / "C", resume=str(b / "step-000000012.pt")),
+                    trainer={"epochs": 4, "resume": str(b / "step-000000012.pt"), "keep_checkpoints": 3})
+    write_checkpoint(c / "step-000000018.pt", 18, config_c, 7.0)
+    link(write_checkpoint(c / "step-000000024.pt", 24, config_c, 8.0), "last.pt")
+    with pytest.raises(ValueError, match=f"its earlier epochs are in {a} and {b}, which hold 2 of them") as error:
+        last_epoch_checkpoints(tmp_path / "C", 4)
+    assert shlex.split(str(error.value).splitlines()[-1])[4:] == [
+        str(a / "step-000000006.pt"), str(b / "step-000000012.pt"), str(c / "step-000000018.pt"),
+        str(c / "step-000000024.pt")]
+    (a / "step-000000006.pt").unlink()  # rotated out (keep_checkpoints)
+    with pytest.raises(ValueError, match="which holds 1 of them; too few \\(trainer.keep_checkpoints must be at "
+                                         "least 4 in each run of the line\\)$"):
+        last_epoch_checkpoints(tmp_path / "C", 4)
+
+
+def test_average_last_on_an_unfinished_resumed_run_says_to_finish_it(tmp_path):
+    a = tmp_path / "A" / "checkpoints"
+    link(write_checkpoint(a / "step-000000006.pt", 6, run_config(tmp_path / "A"), 1.0), "last.pt")
+    b = tmp_path / "B" / "checkpoints"
+    link(write_checkpoint(b / "step-000000012.pt", 12, run_config(tmp_path / "B", resume=str(a / "last.pt")), 2.0),
+         "last.pt")
+    with pytest.raises(ValueError, match=f"{b / 'last.pt'} is at epoch 2 of 3: finish the run first"):
+        last_epoch_checkpoints(tmp_path / "B", 2)

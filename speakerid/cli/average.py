@@ -11,8 +11,11 @@ the newest checkpoint. Train with trainer.keep_checkpoints=N to keep the checkpo
 no trainer.checkpoint_every_* settings, so that each of them is an epoch end).
 
 The checkpoints must be of one run: the same config but for the run folder and trainer.resume (a resumed run
-writes to a new folder). --allow-different-runs averages runs of other seeds or settings too (a "model
-soup"), but never models or fbanks configured otherwise: their weights compute different things.
+writes to a new folder), each model once: best.pt beside the step file of its epoch, or the step files of one
+step in a resumed run's folder and in that of the run it resumed, are refused. A resumed run's earlier epochs
+are in the folder it resumed from: --last N on its folder then prints the command that names them.
+--allow-different-runs averages runs of other seeds or settings too (a "model soup"), but never models or
+fbanks configured otherwise: their weights compute different things.
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         return usage_error(args.command, "averaging needs two or more checkpoints, or --last N and a run folder")
     try:
         check_new_file(args.out, args.overwrite, what="--out")
-        paths = args.checkpoints if args.last is None else last_epoch_checkpoints(args.checkpoints[0], args.last)
+        paths = (args.checkpoints if args.last is None else
+                 last_epoch_checkpoints(args.checkpoints[0], args.last, out=args.out))
         refuse_out_among_inputs(args.out, paths)
         averaged = average_checkpoints(paths, allow_different_runs=args.allow_different_runs)
         save_atomic(averaged, args.out)
