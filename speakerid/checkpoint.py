@@ -620,7 +620,6 @@ def average_checkpoints(paths: list[str | os.PathLike], allow_different_runs: bo
             raise ValueError(f"{p} and {seen[(st.st_dev, st.st_ino)]} are the same file")
         seen[(st.st_dev, st.st_ino)] = p
     checkpoints = [load_checkpoint(p, require=AVERAGED_PARTS, needed_for="to average it") for p in paths]
-    refuse_one_model_twice(paths, checkpoints)
     newest = max(range(len(paths)), key=lambda i: checkpoints[i]["progress"]["step"])
     reference = checkpoints[newest]
     for path, ckpt in zip(paths, checkpoints):
@@ -645,6 +644,7 @@ def average_checkpoints(paths: list[str | os.PathLike], allow_different_runs: bo
                 raise ValueError(f"{path}: not of the run of {paths[newest]} ({'; '.join(differ[:8])}"
                                  f"{'; ...' if len(differ) > 8 else ''}); only checkpoints of one run average, "
                                  f"unless --allow-different-runs is given")
+    refuse_one_model_twice(paths, checkpoints)  # after the checks above, which name what differs
     averaged = {k: v for k, v in reference.items() if k not in ("optimizer", "scheduler", "scaler", "rng",
                                                                    "rng_per_rank")}
     for part in ("model", "head"):

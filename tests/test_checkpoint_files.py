@@ -118,8 +118,6 @@ def test_an_unreadable_best_pt_of_the_run_resumed_is_not_adopted(tmp_path, caplo
     assert not b.best.exists() and f"{a / 'best.pt'}: not a" in caplog.text
 
 
-@pytest.mark.xfail(strict=True, reason="setup_run_folder (speakerid/training/setup.py) must pass the resumed "
-                   "checkpoint's progress: checkpoints.adopt_best(..., resumed=checkpoint['progress'])")
 def test_training_resumed_from_an_older_epoch_of_a_run_does_not_adopt_its_later_best_pt(tiny_cfg, tmp_path):
     """The hunt's best_adopt.sh: A trained 2 epochs, its best.pt that of step 12; B resumes A's step 6 with
     another optim.lr. B's best.pt was a hard link to A's step-12 model."""

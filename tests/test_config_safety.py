@@ -20,7 +20,7 @@ from speakerid.checkpoint import FORMAT_VERSION
 def checkpoint_of(*overrides: str, step: int = 6) -> dict:
     """A checkpoint as training writes one (resolved config), of an untrained debug=tiny model."""
     cfg = compose_config(["debug=tiny", *overrides])
-    torch.manual_seed(0)
+    torch.manual_seed(step)  # checkpoints of other steps hold other weights, as training's do
     return {"format_version": FORMAT_VERSION, "config": OmegaConf.to_container(cfg, resolve=True),
             "model": build_model(cfg).state_dict(), "head": {}, "speakers": ["a", "b"],
             "progress": {"epoch": 1, "step": step}}

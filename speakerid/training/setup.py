@@ -191,7 +191,7 @@ def setup_run_folder(cfg: DictConfig, env: Environment) -> tuple[CheckpointDir, 
     if env.dist.is_main:  # before anything is written there; two runs started together: one of them stops here
         env.claim = RunFolderClaim(env.run_dir)
     if resume_from is not None and env.dist.is_main:  # best.pt names the run's best, wherever it was saved
-        checkpoints.adopt_best(resume_from.parent / "best.pt")
+        checkpoints.adopt_best(resume_from.parent / "best.pt", resumed=checkpoint["progress"])
     # The run's config.yaml and checkpoints then say which checkpoint trainer.resume=true (or a relative path)
     # took, or that it took none: `speakerid summarize` reads it to tell a resumed run from a new one.
     cfg.trainer.resume = False if resume_from is None else str(resume_from.resolve())
