@@ -79,6 +79,25 @@ def test_a_run_started_into_a_folder_another_process_trains_in_is_refused_until_
     assert try_lock(run_dir) == 0  # ... and given up when it closes
 
 
+def test_a_command_into_a_folder_a_run_trains_in_is_refused_before_hydra_writes_there(tiny_corpus_dir, tmp_path):
+    """The run's own claim comes after Hydra has written .hydra/ and train.log: the command line's check,
+    before Hydra writes, refuses a folder in use too, so the running run's record stays its own."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir / RUN_LOCK)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        proc = subprocess.run([sys.executable, "train.py", "debug=tiny", f"data.dir={tiny_corpus_dir}",
+                               f"run_dir={run_dir}", "trainer.epochs=1"], cwd=REPO, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 1 and f"{run_dir} is in use: another process" in proc.stderr, proc.stderr
+        assert sorted(p.name for p in run_dir.iterdir()) == [RUN_LOCK]  # no .hydra, no train.log
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+
+
 def test_a_setup_that_failed_after_claiming_does_not_block_a_retry_in_the_same_process(tiny_cfg, tmp_path,
                                                                                       monkeypatch):
     """A setup error after the claim (a list, an audio file) leaves the run unclosed: a notebook or test that

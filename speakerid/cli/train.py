@@ -50,7 +50,8 @@ from speakerid.data.check import HEADER_RECORD
 from speakerid.configs import SEARCH_PATH
 from speakerid.metrics import format_eer
 from speakerid.training import train
-from speakerid.training.state import RESUME_KEYS, RunFinished, claim_run_folder, find_resume_checkpoint
+from speakerid.training.state import (RESUME_KEYS, RunFinished, check_run_folder_free, claim_run_folder,
+                                      find_resume_checkpoint)
 
 log = logging.getLogger("speakerid")
 
@@ -197,6 +198,11 @@ def refuse_a_run_folder_in_use(config: DictConfig) -> None:
         folder = Path(str(OmegaConf.select(config, "hydra.run.dir")))
     finally:
         hydra_config.cfg = saved
+    if int(os.environ.get("RANK", "0")) == 0:  # a run training there now: Hydra would write into its folder
+        try:
+            check_run_folder_free(folder)
+        except FileExistsError as e:
+            sys.exit(f"error: {e}")
     last = folder / "checkpoints" / "last.pt"
     if not last.exists():
         return
