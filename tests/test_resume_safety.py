@@ -4,6 +4,7 @@ best EER last.pt records, however a save is cut short; a mid-epoch resume keeps 
 was drawn from; trainer.resume=true steps over a sibling run folder whose config.yaml is damaged."""
 
 import collections
+import contextlib
 import json
 import logging
 import math
@@ -54,24 +55,31 @@ def try_lock(run_dir) -> int:
     return subprocess.run([sys.executable, "-c", TRY_LOCK, str(run_dir / RUN_LOCK)], timeout=60).returncode
 
 
+@contextlib.contextmanager
+def lock_held_by_another_process(run_dir):
+    """`run_dir`'s run lock held by another process (HOLD_LOCK) until the block ends, when it is SIGKILLed."""
+    run_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir / RUN_LOCK)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+
+
 def test_a_run_started_into_a_folder_another_process_trains_in_is_refused_until_that_process_dies(tiny_cfg,
                                                                                                    tmp_path):
     """Two runs started into one run_dir both trained and left a folder mixing their checkpoints, config.yaml
     and metrics.jsonl: the only guard was an existing checkpoints/last.pt, which the first run writes after
     its first epoch."""
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir / RUN_LOCK)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(run_dir):
         with pytest.raises(FileExistsError, match=rf"{run_dir} is in use: another process \(pid 4242 on test-host "
                                                   rf"since now\) is training there.* or give another run_dir"):
             setup_run(tiny_cfg("trainer.epochs=1", run_dir=run_dir))
         assert sorted(p.name for p in run_dir.iterdir()) == [RUN_LOCK]  # nothing of the second run written
-    finally:
-        holder.kill()
-        holder.wait(timeout=60)
     # SIGKILL left no stale claim: the kernel released the lock with the process
     run = setup_run(tiny_cfg("trainer.epochs=1", run_dir=run_dir))
     assert try_lock(run_dir) == 3  # held by this run while it lives ...
@@ -83,19 +91,12 @@ def test_a_command_into_a_folder_a_run_trains_in_is_refused_before_hydra_writes_
     """The run's own claim comes after Hydra has written .hydra/ and train.log: the command line's check,
     before Hydra writes, refuses a folder in use too, so the running run's record stays its own."""
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir / RUN_LOCK)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(run_dir):
         proc = subprocess.run([sys.executable, "train.py", "debug=tiny", f"data.dir={tiny_corpus_dir}",
                                f"run_dir={run_dir}", "trainer.epochs=1"], cwd=REPO, capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 1 and f"{run_dir} is in use: another process" in proc.stderr, proc.stderr
         assert sorted(p.name for p in run_dir.iterdir()) == [RUN_LOCK]  # no .hydra, no train.log
-    finally:
-        holder.kill()
-        holder.wait(timeout=60)
 
 
 def test_a_setup_that_failed_after_claiming_does_not_block_a_retry_in_the_same_process(tiny_cfg, tmp_path,
