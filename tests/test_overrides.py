@@ -4,7 +4,6 @@ of a folder in use) are read back by a shell and then by Hydra as the exact path
 
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
