@@ -546,6 +546,14 @@ def test_export_refuses_the_mean_of_an_evaluation_of_another_model(checkpoint, a
     assert run.returncode == 0, run.stderr
     expected = np.load(mean_file)["full"][0].astype(np.float64)
     assert speakerid.load(tmp_path / "right.pt", device="cpu").mean_sha256 == mean_sha256(expected)
+    # ... also when the mean file has left its evaluation JSON behind: it records that checkpoint itself
+    alone = tmp_path / "alone" / mean_file.name
+    alone.parent.mkdir()
+    shutil.copy(mean_file, alone)
+    run = speakerid_cli("export", "--model", other, "--out", tmp_path / "alone.pt", "--mean-from", alone)
+    assert run.returncode == 0, run.stderr
+    run = speakerid_cli("export", "--model", checkpoint, "--out", tmp_path / "wrong.pt", "--mean-from", alone)
+    assert run.returncode == 1 and "is the mean embedding of another model" in run.stderr
 
 
 def test_a_failed_model_file_check_names_the_out_file_not_its_temporary_file(checkpoint, tmp_path, monkeypatch):

@@ -124,18 +124,21 @@ def run(args: argparse.Namespace) -> int:
     write_scores(scores_path, result.trials, result.scores)
     # A model file is the same model as the checkpoint it was exported from: thresholds and calibrations of
     # either hold for both (model_file.evaluated_model_identities).
+    provenance_sha256 = loaded.provenance.get("checkpoint_sha256")
     report = {"checkpoint": str(checkpoint_path.resolve()), "checkpoint_sha256": model_id,
-              "provenance_sha256": loaded.provenance.get("checkpoint_sha256"),
+              "provenance_sha256": provenance_sha256,
               "scores": str(scores_path.resolve()), **result.report(), "device": str(device), "seconds": seconds}
     if result.cohort is not None:
         cohort_path = Path(f"{stem}.cohort.npz")
         save_embeddings(cohort_path, Embeddings(result.cohort.speakers, result.cohort.embeddings.astype("float32")),
-                        {"cohort_list": protocol.asnorm.cohort_list, "model": model_id})
+                        {"cohort_list": protocol.asnorm.cohort_list, "model": model_id,
+                         "provenance_sha256": provenance_sha256})
         report["cohort"] = str(cohort_path.resolve())
     if result.mean is not None:  # stored beside the cohort: verify --threshold-from subtracts it as evaluate did
         mean_path = Path(f"{stem}.mean.npz")
         save_embeddings(mean_path, Embeddings(["mean"], result.mean[None]),
-                        {"mean_list": protocol.mean_subtraction.list, "model": model_id})
+                        {"mean_list": protocol.mean_subtraction.list, "model": model_id,
+                         "provenance_sha256": provenance_sha256})  # export --mean-from: a model file's checkpoint
         report["embedding_mean"] = str(mean_path.resolve())
     if result.metrics is not None:
         det_path = Path(f"{stem}.det.png")

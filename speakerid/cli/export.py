@@ -148,6 +148,8 @@ def check_mean_model(path: Path, meta: dict, model, model_path: str) -> None:
               f"an older one): it holds only if it is a mean of embeddings of {model_path}", file=sys.stderr)
         return
     report = {"checkpoint_sha256": recorded}
+    if "provenance_sha256" in meta:  # evaluate records the checkpoint a model file was exported from
+        report["provenance_sha256"] = meta["provenance_sha256"]
     evaluation = path.with_name(path.name.removesuffix(".mean.npz") + ".json")  # evaluate's <name>.<scoring>.json
     try:
         found = read_json(evaluation, "evaluation JSON") if evaluation.is_file() else None

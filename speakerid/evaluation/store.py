@@ -45,7 +45,8 @@ def read_mean_file(path: str | os.PathLike) -> np.ndarray:
 
 def load_mean_file(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     """(the mean embedding, as read_mean_file, and the file's meta): evaluate records in it `model`, the SHA-256
-    of the model file or checkpoint whose embeddings were averaged, and `mean_list`."""
+    of the model file or checkpoint whose embeddings were averaged, `provenance_sha256`, that of the checkpoint
+    a model file was exported from (None for a checkpoint), and `mean_list`."""
     embeddings, meta = load_embeddings(path)
     if embeddings.keys != ["mean"]:
         shown = ", ".join(embeddings.keys[:3]) + (", ..." if len(embeddings) > 3 else "")
