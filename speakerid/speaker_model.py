@@ -36,7 +36,7 @@ from speakerid.calibration import (
     read_calibration_file,
     read_calibration_source,
 )
-from speakerid.data.audio import AudioError, resample_audio
+from speakerid.data.audio import MAX_RESAMPLE_PRODUCT, AudioError, resample_audio, resample_product
 from speakerid.data.check import MIN_TRIAL_SECONDS, check_trial_audio
 from speakerid.data.lists import check_files_exist, map_files
 from speakerid.evaluation import ExtractionOptions, extract_embeddings
@@ -292,6 +292,12 @@ class SpeakerModel:
                              f"{MIN_TRIAL_SECONDS} s)")
         if not np.any(x):  # check-data's rule for a silent file
             raise ValueError(f"{what}: all samples are zero (digital silence): there is no voice to embed")
+        if not np.isfinite(x).all():  # as read_full refuses for a file: the embedding would be NaN
+            raise ValueError(f"{what}: {int((~np.isfinite(x)).sum())} samples are NaN or infinite")
+        if sample_rate != self.sample_rate and resample_product(sample_rate, self.sample_rate) > MAX_RESAMPLE_PRODUCT:
+            raise ValueError(f"{what}: {sample_rate} Hz cannot be resampled to {self.sample_rate} Hz here: the ratio of "
+                             f"the rates reduces to {resample_product(sample_rate, self.sample_rate)} filter taps "
+                             f"(gigabytes, seconds per call); resample it to {self.sample_rate} Hz first")
         x = np.ascontiguousarray(x, dtype=np.float32)
         return x if sample_rate == self.sample_rate else resample_audio(x, sample_rate, self.sample_rate)
 

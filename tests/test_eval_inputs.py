@@ -648,3 +648,13 @@ def test_api_misuses_get_errors_that_say_what_is_wrong(checkpoint, audio, tmp_pa
     (tmp_path / "sub").mkdir()
     run = speakerid_cli("verify", "--model", checkpoint, "--threshold", "0.5", tmp_path / "sub", path)
     assert run.returncode == 2 and f"{tmp_path / 'sub'} is a folder, not an audio file" in run.stderr, run.stderr
+    # Arrays are held to the rules files are: NaN samples (a NaN embedding), a rate whose resampling filter
+    # would take gigabytes (11127 Hz is coprime with 16000: 178M taps, seconds a call)
+    with_nan = wave(1, 0).copy()
+    with_nan[[5, 9]] = np.nan
+    with pytest.raises(ValueError, match="waveform 0: 2 samples are NaN or infinite"):
+        model.embed(with_nan, sample_rate=RATE)
+    with pytest.raises(ValueError, match="waveform 0: 11127 Hz cannot be resampled to 16000 Hz here: .* 178032000 filter"):
+        model.embed(wave(1, 0), sample_rate=11127)
+    assert model.embed(wave(1, 0)[:len(wave(1, 0)) // 2], sample_rate=8000).shape == model.embed(wave(1, 0),
+                                                                                                 sample_rate=RATE).shape
