@@ -138,6 +138,12 @@ def test_a_run_past_its_first_epoch_in_another_process_is_named_as_training_not_
             with pytest.raises(FileExistsError, match=rf"{run_dir} is in use: another process \(pid {other.pid} on "
                                                       rf".*\) is training there"):
                 setup_run(tiny_cfg(*settings, f"trainer.resume={resume}", run_dir=run_dir))
+        # nor a resume of it into another folder (a requeued job while its first copy still runs): a fork
+        for resume in ("true", str(last)):
+            with pytest.raises(FileExistsError, match=rf"trainer.resume: {last} is of a run still training: "
+                                                      rf"{run_dir} is in use"):
+                setup_run(tiny_cfg(*settings, f"trainer.resume={resume}", run_dir=tmp_path / "fork"))
+        assert not (tmp_path / "fork").exists()
     finally:
         other.kill()
         other.wait(timeout=60)
