@@ -43,7 +43,7 @@ from speakerid.io import check_writable
 from speakerid.resources import auto_loader_workers, available_cpus
 from speakerid.schedules import LRSchedule, MarginSchedule, epoch_at
 from speakerid.training.state import (RunFolderClaim, check_run_folder_free, find_resume_checkpoint,
-                                     load_resume_checkpoint)
+                                     load_resume_checkpoint, refuse_a_run_in_training)
 
 log = logging.getLogger("speakerid")
 
@@ -175,6 +175,8 @@ def setup_run_folder(cfg: DictConfig, env: Environment) -> tuple[CheckpointDir, 
     if env.dist.is_main:  # a run in progress there is named as such, not as checkpoints to resume
         check_run_folder_free(env.run_dir)
     resume_from = find_resume_checkpoint(cfg, env.run_dir)
+    if resume_from is not None and env.dist.is_main:
+        refuse_a_run_in_training(resume_from)
     if resume_from is None and checkpoints.last.exists():
         raise FileExistsError(f"{env.run_dir} already holds a run's checkpoints: resume it with "
                               f"trainer.resume=true, or give another run_dir")

@@ -141,22 +141,22 @@ def find_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
             log.warning("trainer.resume=true: no checkpoint of a run with these settings under %s/*/checkpoints/ "
                         "yet; starting a new run", run_dir.parent)
             return None
-        return _not_in_training(max(candidates, key=lambda p: p.stat().st_mtime))
+        return max(candidates, key=lambda p: p.stat().st_mtime)
     path = Path(str(resume))
     if not path.is_file():
         raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint file")
-    return _not_in_training(path)
+    return path
 
 
-def _not_in_training(checkpoint: Path) -> Path:
-    """`checkpoint`, unless the run whose checkpoints/ folder holds it is training now (FileExistsError): a
-    requeued job whose first copy still runs would fork that run's training into a second folder."""
+def refuse_a_run_in_training(checkpoint: Path) -> None:
+    """FileExistsError when the run whose checkpoints/ folder holds `checkpoint` is training now: resuming it
+    (a requeued job whose first copy still runs) would fork that run's training into a second folder. For rank
+    0: under torchrun the others would find their own rank 0's claim."""
     if checkpoint.parent.name == "checkpoints":
         try:
             check_run_folder_free(checkpoint.parent.parent)
         except FileExistsError as e:
             raise FileExistsError(f"trainer.resume: {checkpoint} is of a run still training: {e}") from None
-    return checkpoint
 
 
 def claim_run_folder(parent: str | os.PathLike, stamp: str) -> str:
