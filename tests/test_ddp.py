@@ -122,7 +122,7 @@ def test_a_batch_of_one_utterance_per_rank_stops_every_rank_before_training_nami
     # Each rank stops on its own; torchrun ends the other when the first exits, which may be before it logs.
     own = out.count(f"rank 1: {message}")
     assert status != 0 and own <= 1 and 1 <= out.count(message) <= 2 and out.count(message) - own <= 1, out[-3000:]
-    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "train.log"]  # Hydra's record, nothing of a run
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", ".run.lock", "train.log"]  # Hydra's record and the claim
 
 
 def test_a_sigterm_reaching_one_rank_after_the_last_logging_step_checkpoints_on_every_rank(tiny_corpus_dir,

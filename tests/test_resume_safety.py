@@ -99,10 +99,40 @@ def test_a_command_into_a_folder_a_run_trains_in_is_refused_before_hydra_writes_
         assert sorted(p.name for p in run_dir.iterdir()) == [RUN_LOCK]  # no .hydra, no train.log
 
 
-def test_a_setup_that_failed_after_claiming_does_not_block_a_retry_in_the_same_process(tiny_cfg, tmp_path,
-                                                                                      monkeypatch):
-    """A setup error after the claim (a list, an audio file) leaves the run unclosed: a notebook or test that
-    retries in the same process takes its own claim over, with no moment the folder is unlocked."""
+def test_a_second_command_into_a_new_run_dir_is_refused_before_hydra_writes_there(tiny_corpus_dir, tmp_path):
+    """The command line claims the folder before Hydra writes there, not only once the run's setup reaches it
+    (after the corpus and the header pass): a second run started meanwhile replaced the first's .hydra/."""
+    from speakerid.cli.train import launch
+
+    run_dir = tmp_path / "race"
+    seen = {}
+
+    def second_command(*args, **kwargs):  # as the first run starts its setup, before the setup's own claim
+        proc = subprocess.run([sys.executable, "train.py", "debug=tiny", f"data.dir={tiny_corpus_dir}",
+                               f"run_dir={run_dir}", "seed=222"], cwd=REPO, capture_output=True, text=True,
+                              timeout=300)
+        seen["second"] = proc
+        return real(*args, **kwargs)
+
+    from speakerid.training import run as run_module
+
+    real = run_module.validate_config
+    run_module.validate_config = second_command
+    try:
+        launch(["debug=tiny", f"data.dir={tiny_corpus_dir}", f"run_dir={run_dir}", "seed=111", "trainer.epochs=1",
+                "~eval"], "python train.py")
+    finally:
+        run_module.validate_config = real
+    proc = seen["second"]
+    assert proc.returncode == 1 and f"{run_dir} is in use" in proc.stderr, proc.stderr
+    assert "seed=111" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert "seed=222" not in (run_dir / "train.log").read_text()
+    assert try_lock(run_dir) == 0  # given up when the command ends
+
+
+def test_a_setup_that_failed_after_claiming_gives_the_folder_up(tiny_cfg, tmp_path, monkeypatch):
+    """A setup error after the claim (a list, an audio file) left the folder locked for the rest of a Python
+    session: a shell's train.py then said another process was training there. setup_run gives it up."""
     from speakerid.training import setup as setup_module
 
     def broken(*args, **kwargs):
@@ -112,7 +142,7 @@ def test_a_setup_that_failed_after_claiming_does_not_block_a_retry_in_the_same_p
     monkeypatch.setattr(setup_module, "setup_lists", broken)
     with pytest.raises(ValueError, match="a bad line"):
         setup_run(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
-    assert try_lock(tmp_path / "run") == 3
+    assert try_lock(tmp_path / "run") == 0
     monkeypatch.setattr(setup_module, "setup_lists", real)
     run = setup_run(tiny_cfg("trainer.epochs=1", run_dir=tmp_path / "run"))
     assert try_lock(tmp_path / "run") == 3
@@ -140,7 +170,7 @@ def test_a_run_past_its_first_epoch_in_another_process_is_named_as_training_not_
                 setup_run(tiny_cfg(*settings, f"trainer.resume={resume}", run_dir=run_dir))
         # nor a resume of it into another folder (a requeued job while its first copy still runs): a fork
         for resume in ("true", str(last)):
-            with pytest.raises(FileExistsError, match=rf"trainer.resume: {last} is of a run still training: "
+            with pytest.raises(FileExistsError, match=rf"trainer.resume: {last} is of a run still training, or being resumed: "
                                                       rf"{run_dir} is in use"):
                 setup_run(tiny_cfg(*settings, f"trainer.resume={resume}", run_dir=tmp_path / "fork"))
         assert not (tmp_path / "fork").exists()
@@ -150,6 +180,28 @@ def test_a_run_past_its_first_epoch_in_another_process_is_named_as_training_not_
     run = setup_run(tiny_cfg(*settings, f"trainer.resume={last}", run_dir=run_dir))  # killed: resumed in place
     assert run.state.progress.step >= 6
     run.close()
+
+
+def test_a_stopped_run_is_resumed_by_one_process_at_a_time(tiny_cfg, tiny_corpus_dir, tmp_path):
+    """Two copies of a requeued trainer.resume=true job, started together, both resumed the stopped run, each
+    into a folder of its own: the run forked. The first takes a claim on the resumed run's folder too."""
+    first = tmp_path / "runs" / "a"
+    train(tiny_cfg("trainer.epochs=1", "~eval", run_dir=first))
+    config = first / "config.yaml"  # as if it had been stopped after the first of two epochs
+    config.write_text(config.read_text().replace("epochs: 1\n", "epochs: 2\n", 1))
+    copy = setup_run(tiny_cfg("trainer.epochs=2", "~eval", "trainer.resume=true", run_dir=tmp_path / "runs" / "b"))
+    try:
+        second = subprocess.run([sys.executable, "train.py", "debug=tiny", f"data.dir={tiny_corpus_dir}",
+                                 "trainer.epochs=2", "~eval", "trainer.resume=true",
+                                 f"run_dir={tmp_path / 'runs' / 'c'}"], cwd=REPO, capture_output=True, text=True,
+                                timeout=300)
+        assert second.returncode == 1
+        assert (f"trainer.resume: {first / 'checkpoints' / 'last.pt'} is of a run still training, or being resumed: "
+                f"{first} is in use") in second.stderr + second.stdout, second.stderr
+        assert not (tmp_path / "runs" / "c" / "checkpoints").exists()
+    finally:
+        copy.close()
+    assert try_lock(first) == 0 and try_lock(tmp_path / "runs" / "b") == 0  # given up with the run
 
 
 def test_only_rank_0_claims_the_run_folder(tiny_cfg, tmp_path):

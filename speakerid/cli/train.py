@@ -50,8 +50,8 @@ from speakerid.data.check import HEADER_RECORD
 from speakerid.configs import SEARCH_PATH
 from speakerid.metrics import format_eer
 from speakerid.training import train
-from speakerid.training.state import (RESUME_KEYS, RunFinished, check_run_folder_free, claim_run_folder,
-                                      find_resume_checkpoint)
+from speakerid.training.state import (RESUME_KEYS, RUN_LOCK, RunFinished, RunFolderClaim, check_run_folder_free,
+                                      claim_run_folder, find_resume_checkpoint)
 
 log = logging.getLogger("speakerid")
 
@@ -173,7 +173,8 @@ def end_block(results: dict[str, Any], cfg: DictConfig, overrides: list[str], la
 def discard_unused_run_folder(run_dir: Path) -> None:
     """Remove the folder this invocation claimed when it trained nothing: it holds only Hydra's record of
     the command, the log (whose message the user has just seen) and the record of the audio headers read."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", HEADER_RECORD}:
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", HEADER_RECORD, RUN_LOCK}:
+        release_guard_claims()  # its lock file goes with it
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -182,15 +183,35 @@ class RunFolderGuard(Callback):
     before it writes anything."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        refuse_a_run_folder_in_use(config)
+        folder = refuse_a_run_folder_in_use(config)
+        if int(os.environ.get("RANK", "0")) == 0:
+            # Claimed now, before Hydra writes there, not only once setup reaches it (after the corpus, the
+            # header pass): a second run started meanwhile would replace this one's .hydra/ record. The run's
+            # setup takes this claim over (RunFolderClaim), and the run's close gives it up.
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                _guard_claims.append(RunFolderClaim(folder))
+            except FileExistsError as e:
+                sys.exit(f"error: {e}")
 
 
-def refuse_a_run_folder_in_use(config: DictConfig) -> None:
+_guard_claims: list[RunFolderClaim] = []
+
+
+def release_guard_claims() -> None:
+    """Give up the claims the guard took and no run took over (a run that stopped before its setup)."""
+    for claim in _guard_claims:
+        claim.release()
+    _guard_claims.clear()
+
+
+def refuse_a_run_folder_in_use(config: DictConfig) -> Path:
     """Exit when the folder Hydra is about to write its record of the command (.hydra/) and train.log into
     (hydra.run.dir, or run_dir: see run_dir_for_hydra) holds a run's checkpoints and this run does not resume
     that run in place: Hydra would replace that run's record before any check of the run's own could refuse,
     and a later trainer.resume=true would take it for this run. Decided on the composed config, so however
-    the command spelled or quoted these values, and for trainer.resume=true on the checkpoint it would take."""
+    the command spelled or quoted these values, and for trainer.resume=true on the checkpoint it would take.
+    Returns the folder."""
     hydra_config = HydraConfig.instance()
     saved = hydra_config.cfg
     hydra_config.set_config(config)  # as Hydra does before it resolves its run dir (${hydra:...} in it)
@@ -205,7 +226,7 @@ def refuse_a_run_folder_in_use(config: DictConfig) -> None:
             sys.exit(f"error: {e}")
     last = folder / "checkpoints" / "last.pt"
     if not last.exists():
-        return
+        return folder
     task = copy.deepcopy(config)
     with open_dict(task):
         del task["hydra"]
@@ -215,7 +236,7 @@ def refuse_a_run_folder_in_use(config: DictConfig) -> None:
     resume = task.trainer.get("resume")
     resumed, why = (None, None) if resume is False or resume is None else checkpoint_to_resume(task)
     if named_by_run_dir and resumed is not None and resumed.resolve().parent == last.parent.resolve():
-        return
+        return folder
     key = "run_dir" if config.run_dir is not None and named_by_run_dir else "hydra.run.dir"
     if resume is True and why is None:
         why = ("trainer.resume=true does not take its checkpoints: " + (
@@ -282,6 +303,7 @@ def launch(argv: list[str], launcher: str) -> dict[str, Any]:
         app()
     finally:
         sys.argv = saved
+        release_guard_claims()
     return results
 
 

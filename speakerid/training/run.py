@@ -51,6 +51,14 @@ def setup_run(cfg: DictConfig) -> Run:
     setup.log_from_rank_0(env_from_torchrun())                           # before the config's warnings
     validate_config(cfg)
     env = setup.setup_environment(cfg)                                   # processes, device, seeds
+    try:
+        return _setup_parts(cfg, env)
+    except BaseException:  # no Run to close: the claim on the folder must not outlive a failed setup
+        env.close()
+        raise
+
+
+def _setup_parts(cfg: DictConfig, env: setup.Environment) -> Run:
     checkpoints, resume_from, checkpoint = setup.setup_run_folder(cfg, env)  # never over another run
     lists = setup.setup_lists(cfg, env, resume_from)                     # train list and trials, checked
     speed = setup.setup_speed_perturbation(cfg, env, len(lists.speakers))

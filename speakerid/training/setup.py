@@ -43,7 +43,7 @@ from speakerid.io import check_writable
 from speakerid.resources import auto_loader_workers, available_cpus
 from speakerid.schedules import LRSchedule, MarginSchedule, epoch_at
 from speakerid.training.state import (RunFolderClaim, check_run_folder_free, find_resume_checkpoint,
-                                     load_resume_checkpoint, refuse_a_run_in_training)
+                                     claim_resumed_run, load_resume_checkpoint)
 
 log = logging.getLogger("speakerid")
 
@@ -59,6 +59,7 @@ class Environment:
     device: torch.device
     run_dir: Path
     claim: RunFolderClaim | None = None  # rank 0's claim on run_dir, taken by setup_run_folder
+    resumed_claim: RunFolderClaim | None = None  # and on the folder of the run it resumed, when another
 
     def close(self) -> None:
         """End the process group, then give up the run folder. DDP wrappers must be gone first: their
@@ -69,9 +70,10 @@ class Environment:
                 gc.collect()
                 shutdown(self.dist)
         finally:
-            if self.claim is not None:
-                self.claim.release()
-                self.claim = None
+            for claim in (self.claim, self.resumed_claim):
+                if claim is not None:
+                    claim.release()
+            self.claim = self.resumed_claim = None
 
 
 def resolve_device(name: str, dist: DistEnv = DistEnv()) -> torch.device:
@@ -176,7 +178,7 @@ def setup_run_folder(cfg: DictConfig, env: Environment) -> tuple[CheckpointDir, 
         check_run_folder_free(env.run_dir)
     resume_from = find_resume_checkpoint(cfg, env.run_dir)
     if resume_from is not None and env.dist.is_main:
-        refuse_a_run_in_training(resume_from)
+        env.resumed_claim = claim_resumed_run(resume_from, env.run_dir)
     if resume_from is None and checkpoints.last.exists():
         raise FileExistsError(f"{env.run_dir} already holds a run's checkpoints: resume it with "
                               f"trainer.resume=true, or give another run_dir")

@@ -148,15 +148,24 @@ def find_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     return path
 
 
-def refuse_a_run_in_training(checkpoint: Path) -> None:
-    """FileExistsError when the run whose checkpoints/ folder holds `checkpoint` is training now: resuming it
-    (a requeued job whose first copy still runs) would fork that run's training into a second folder. For rank
-    0: under torchrun the others would find their own rank 0's claim."""
-    if checkpoint.parent.name == "checkpoints":
-        try:
-            check_run_folder_free(checkpoint.parent.parent)
-        except FileExistsError as e:
-            raise FileExistsError(f"trainer.resume: {checkpoint} is of a run still training: {e}") from None
+def claim_resumed_run(checkpoint: Path, run_dir: Path) -> "RunFolderClaim | None":
+    """The claim on the folder of the run `checkpoint` belongs to, when that is not `run_dir` (then this run
+    claims it as its own), held while this run trains: FileExistsError when a process trains there, or is
+    resuming it already (two copies of a requeued job would fork the run into two folders). None for a
+    checkpoint outside a run folder, or one whose folder cannot take a lock file (read-only), with a warning.
+    For rank 0: under torchrun the others would find their own rank 0's claim."""
+    folder = checkpoint.parent.parent
+    if checkpoint.parent.name != "checkpoints" or folder.resolve() == Path(run_dir).resolve():
+        return None
+    try:
+        return RunFolderClaim(folder)
+    except FileExistsError as e:
+        raise FileExistsError(f"trainer.resume: {checkpoint} is of a run still training, or being resumed: "
+                              f"{e}") from None
+    except OSError as e:  # a read-only copy of a run: nothing to fork into it
+        log.warning("trainer.resume: %s cannot take a lock file (%s): a second resume of it would not be refused",
+                    folder, e.strerror or e)
+        return None
 
 
 def claim_run_folder(parent: str | os.PathLike, stamp: str) -> str:
