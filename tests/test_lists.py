@@ -107,6 +107,10 @@ def test_trial_path_prefix_is_stripped_or_reported(tmp_path):
         read_trials(bad, strip_prefix="vox1/wav/")
     # A prefix is leading folders: without its slash it used to leave '/id1/a.wav', refused as absolute.
     assert read_trials(lst, strip_prefix="vox1/wav") == parsed
+    # the path is read in its one spelling first: ./vox1/wav/... and vox1//wav/... lose the prefix as well
+    respelled = write(tmp_path / "r.txt", "1 ./vox1/wav/id1/a.wav vox1//wav/id1/b.wav\n"
+                                          "0 vox1/wav/./id1/a.wav vox1/wav//id2/c.wav\n")
+    assert read_trials(respelled, strip_prefix="vox1/wav") == parsed
     with pytest.raises(ListFormatError, match=r"q.txt:2: path 'id2/c.wav' does not start with the prefix 'vox1/wav/'"):
         read_trials(bad, strip_prefix="vox1/wav")
     with pytest.raises(ListFormatError, match=r"p.txt:1: path 'vox1/wav/id1/a.wav' does not start with the prefix "

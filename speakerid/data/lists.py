@@ -110,10 +110,10 @@ def _list_path(list_file: Path, number: int, path: str, strip_prefix: str | None
     """A path of a list line, as the lists' rules compare it: less `strip_prefix` (a leading folder), spelled
     one way (`./a/b.wav`, `a//b.wav` and `a/./b.wav` are `a/b.wav`, so that a file listed under two speakers, a
     repeated trial or a file paired with itself is found however it is written), and inside the root."""
-    if strip_prefix:
-        path = _strip(list_file, number, path, strip_prefix)
     if "//" in path or "/./" in path or path.startswith("./") or path.endswith("/."):  # normpath costs ~1 us
         path = posixpath.normpath(path)
+    if strip_prefix:  # after: ./wav/a.wav and wav//a.wav lose their wav/ too
+        path = _strip(list_file, number, path, strip_prefix)
     _check_inside_root(list_file, number, path)
     return path
 
@@ -253,7 +253,7 @@ def read_file_list(list_file: str | os.PathLike) -> list[str]:
 
 def _strip(list_file: Path, number: int, path: str, prefix: str) -> str:
     """`path` less the leading folder(s) `prefix`: `wav` and `wav/` both take `wav/a/b.wav` to `a/b.wav`."""
-    folder = prefix.rstrip("/") + "/"
+    folder = posixpath.normpath(prefix).rstrip("/") + "/"
     if not path.startswith(folder):
         raise ListFormatError(f"{list_file}:{number}: path {path!r} does not start with the prefix {folder!r} "
                               f"that eval.strip_prefix removes")
