@@ -12,7 +12,8 @@ from speakerid.cli.overrides import hydra_arguments, hydra_override, join
 from speakerid.configs import compose
 
 ODD_PATHS = ["/data/plain/list.txt", "pc,x/w=v", "/runs/sp ace=y/last.pt", "it's", 'say "hi"', "both'\"",
-             "trailing\\", "a\\b", "a\\'b", "${HOME}/x", "true", "null", "123", "é/ü", " lead", "[1]", "~/x"]
+             "trailing\\", "a\\b", "a\\'b", "${HOME}/x", "true", "null", "123", "é/ü", " lead", "[1]", "~/x",
+             "a\\${x}", "a\\\\${x}/y"]  # backslashes before ${: OmegaConf's escapes too
 
 
 def hydra_reads(word: str):

@@ -54,7 +54,8 @@ def hydra_value(value: str, always_quoted: bool = False) -> str:
         return value
     quote = "'" if '"' in value else '"'  # in double quotes the shell-quoted word stays readable
     escaped = re.sub(rf"(\\*)({quote}|\Z)", lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), value)
-    escaped = escaped.replace("${", "\\${")
+    # OmegaConf reads \${ as a literal ${ and \\ before it as one backslash: a path's own backslashes there doubled
+    escaped = re.sub(r"(\\*)\$\{", lambda m: m[1] * 2 + "\\${", escaped)
     return f"{quote}{escaped}{quote}"
 
 
