@@ -5,6 +5,8 @@ VoxCeleb layout), from a tiny checkpoint; the speaker split and the trial list i
 import argparse
 import json
 import shlex
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -288,6 +290,19 @@ def test_out_dir_of_a_failed_start_is_taken_again_but_never_one_that_trained(tmp
     (out / "train_list.txt").write_text("s1 s1/a/1.wav\n")
     check_out_dir(out)
     assert (failed / "train.log").read_text() == "error: ..."  # kept: the next run goes beside it
+
+    # a run still training there, before its first checkpoint: taken (another process holds its claim)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
+                               str(failed / ".run.lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FileExistsError, match=r"is not empty \(it holds train\)"):
+            check_out_dir(out)
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    check_out_dir(out)  # the process ended: a failed start again
 
     trained = out / "train" / "2026-01-02_00-00-00" / "checkpoints"
     trained.mkdir(parents=True)

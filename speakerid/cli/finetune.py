@@ -47,6 +47,7 @@ from speakerid.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
 from speakerid.cli import usage_error
 from speakerid.cli.overrides import hydra_override, hydra_value
 from speakerid.cli.train import launch
+from speakerid.training.state import check_run_folder_free
 from speakerid.config import ConfigError, validate_config
 from speakerid.configs import compose
 from speakerid.data.audio import AudioError
@@ -169,7 +170,17 @@ def failed_starts_only(runs: Path) -> bool:
     """<out-dir>/train holds only run folders without a checkpoint: training stopped before its first one (a
     failed start, e.g. a bad file). They are kept, and the next attempt's run goes beside them; a run with a
     checkpoint (and its validation scores) makes --out-dir taken."""
-    return runs.is_dir() and all(run.is_dir() and not any(run.glob("checkpoints/*")) for run in runs.iterdir())
+    return runs.is_dir() and all(run.is_dir() and not any(run.glob("checkpoints/*")) and not _in_training(run)
+                                 for run in runs.iterdir())
+
+
+def _in_training(run: Path) -> bool:
+    """A run training there now, before its first checkpoint (RunFolderClaim): its --out-dir is taken."""
+    try:
+        check_run_folder_free(run)
+    except FileExistsError:
+        return True
+    return False
 
 
 def write_lists(root: Path, out: Path, held_out: float, seed: int, targets_per_speaker: int) -> tuple[list[str], int]:
