@@ -228,6 +228,28 @@ def test_an_empty_run_dir_is_refused_before_anything_is_written(tiny_corpus_dir,
     assert (tmp_path / "config.yaml").read_text() == "the user's own\n"
 
 
+def test_a_sweep_with_one_run_dir_is_refused_before_anything_is_written(tiny_corpus_dir, tmp_path, monkeypatch):
+    """-m with run_dir=X: the first job trained in X with its Hydra record elsewhere, the second found X's
+    checkpoints and stopped."""
+    from speakerid.cli.train import launch
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"run_dir names one run's folder, but -m starts a job per setting"):
+        launch(["-m", "debug=tiny", f"data.dir={tiny_corpus_dir}", "seed=1,2", f"run_dir={tmp_path / 'x'}"],
+               "python train.py")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_dir_with_a_trailing_hydra_flag_prints_the_job_config(tiny_corpus_dir, tmp_path, capsys):
+    """run_dir's own Hydra override was appended after every word: `--cfg job` took it as its value."""
+    from speakerid.cli.train import launch
+
+    launch(["debug=tiny", f"data.dir={tiny_corpus_dir}", f"run_dir={tmp_path / 'x'}", "--cfg", "job"],
+           "python train.py")
+    assert f"run_dir: {tmp_path / 'x'}" in capsys.readouterr().out
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("sweep_dir", ["mysweep", "{tmp}/scratch/s"])
 def test_multirun_jobs_go_beside_single_runs_whatever_the_sweep_dir(tiny_corpus_dir, tmp_path, monkeypatch, sweep_dir):
     """The jobs' subdir went three levels up from hydra.sweep.dir, as from the default one: with

@@ -262,11 +262,19 @@ def checkpoint_to_resume(cfg: DictConfig) -> tuple[Path | None, str | None]:
 
 def refuse_a_blank_run_dir(argv: list[str]) -> None:
     """`run_dir=` (run_dir=$RUN_DIR with the variable unset) is not a folder: Hydra would take it for no
-    run_dir and the run would then write into the current folder, over the files there."""
-    given = last_override(hydra_arguments(argv)[1], "run_dir")
-    if given is not None and not given.is_delete() and is_blank(given.value()):
+    run_dir and the run would then write into the current folder, over the files there. Nor is run_dir one
+    folder for a sweep's jobs: the second would find the first's checkpoints, and their Hydra records would
+    not be in it."""
+    multirun, overrides = hydra_arguments(argv)
+    given = last_override(overrides, "run_dir")
+    if given is None or given.is_delete() or given.value() is None:
+        return
+    if is_blank(given.value()):
         sys.exit("error: run_dir is empty (an unset variable in a job script?): give the run's folder, or "
                  "leave run_dir out for a new folder under runs_root/<name>/")
+    if multirun:
+        sys.exit("error: run_dir names one run's folder, but -m starts a job per setting: leave it out (each job "
+                 "gets runs_root/<name>/<date_time>_job<N>), or give runs_root= to put the jobs elsewhere")
 
 
 def run_dir_for_hydra(argv: list[str]) -> list[str]:
@@ -298,7 +306,8 @@ def launch(argv: list[str], launcher: str) -> dict[str, Any]:
 
     refuse_a_blank_run_dir(argv)
     _claimed.clear()  # run folders claimed by an earlier launch in this process are not this one's
-    saved, sys.argv = sys.argv, [sys.argv[0], *argv, *run_dir_for_hydra(argv)]  # Hydra reads sys.argv
+    # Hydra reads sys.argv; its own override first, so that a trailing flag (--cfg job) keeps its value
+    saved, sys.argv = sys.argv, [sys.argv[0], *run_dir_for_hydra(argv), *argv]
     try:
         app()
     finally:
