@@ -492,7 +492,15 @@ def _too_few_epoch_ends(folder: Path, saved: list[Path], count: int, out: str | 
     if len(earlier) + len(saved) < count:
         return f"{short}; too few (trainer.keep_checkpoints must be at least {count} in each run of the line)"
     chosen = (earlier + saved)[-count:]
-    command = " ".join(shlex.quote(str(p)) for p in ("speakerid", "average", "--out", out, *chosen))
+    # A run continued with other settings (more epochs, say) is not one run to average's check: say so.
+    flags = []
+    try:
+        if not of_one_run(load_checkpoint(resumed), newest):
+            flags = ["--allow-different-runs"]
+            short += f" (it was resumed with other settings than {resumed}'s, so the command allows them)"
+    except (CheckpointError, OSError):
+        pass
+    command = " ".join(shlex.quote(str(p)) for p in ("speakerid", "average", "--out", out, *flags, *chosen))
     return f"{short}; give the last {count} by name:\n  {command}"
 
 

@@ -221,6 +221,27 @@ def test_average_last_on_a_run_resumed_mid_epoch_names_the_earlier_epochs_in_the
     assert torch.equal(load_checkpoint(out)["model"]["w"], torch.full((2, 3), 2.0))
 
 
+def test_average_last_on_a_run_continued_with_more_epochs_prints_a_command_that_works(tmp_path):
+    """A trained 1 epoch; B resumed it with trainer.epochs=3 (the end block's own advice). The printed command
+    was refused by average itself: 'not of the run of ... (trainer.epochs: 1 -> 3)'."""
+    a = tmp_path / "A" / "checkpoints"
+    config_a = run_config(tmp_path / "A")
+    config_a["trainer"]["epochs"] = 1
+    link(write_checkpoint(a / "step-000000006.pt", 6, config_a, 1.0), "last.pt")
+    b = tmp_path / "B" / "checkpoints"
+    config_b = run_config(tmp_path / "B", resume=str(a / "last.pt"))
+    config_b["trainer"]["epochs"] = 3
+    write_checkpoint(b / "step-000000012.pt", 12, config_b, 2.0)
+    link(write_checkpoint(b / "step-000000018.pt", 18, config_b, 3.0), "last.pt")
+    out = tmp_path / "avg.pt"
+    proc = speakerid_cli("average", "--out", out, "--last", "3", tmp_path / "B")
+    assert proc.returncode == 1 and "resumed with other settings" in proc.stderr, proc.stderr
+    command = shlex.split(proc.stderr.strip().splitlines()[-1])
+    assert "--allow-different-runs" in command
+    proc = speakerid_cli(*command[1:])
+    assert proc.returncode == 0 and "the mean of 3 checkpoints" in proc.stdout, proc.stderr
+
+
 def test_average_last_on_a_run_resumed_from_an_older_epoch_leaves_out_the_epochs_it_abandoned(tmp_path):
     """B resumed A's step 6 of 18: A's steps 12 and 18 are not B's epochs; C resumed B's step 12 in turn.
     Too few kept along the line: the message says how many there are and what to change."""
@@ -244,9 +265,9 @@ def test_average_last_on_a_run_resumed_from_an_older_epoch_leaves_out_the_epochs
     link(write_checkpoint(c / "step-000000024.pt", 24, config_c, 8.0), "last.pt")
     with pytest.raises(ValueError, match=f"its earlier epochs are in {a} and {b}, which hold 2 of them") as error:
         last_epoch_checkpoints(tmp_path / "C", 4)
-    assert shlex.split(str(error.value).splitlines()[-1])[4:] == [
-        str(a / "step-000000006.pt"), str(b / "step-000000012.pt"), str(c / "step-000000018.pt"),
-        str(c / "step-000000024.pt")]
+    assert shlex.split(str(error.value).splitlines()[-1])[4:] == [  # C was resumed with more epochs than B's
+        "--allow-different-runs", str(a / "step-000000006.pt"), str(b / "step-000000012.pt"),
+        str(c / "step-000000018.pt"), str(c / "step-000000024.pt")]
     (a / "step-000000006.pt").unlink()  # rotated out (keep_checkpoints)
     with pytest.raises(ValueError, match="which holds 1 of them; too few \\(trainer.keep_checkpoints must be at "
                                          "least 4 in each run of the line\\)$"):
