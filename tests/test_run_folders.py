@@ -240,6 +240,25 @@ def test_a_sweep_with_one_run_dir_is_refused_before_anything_is_written(tiny_cor
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("word,typed,number", [("name=2024_01", "2024_01", 202401),
+                                               ("eval.strip_prefix=+5", "+5", 5)])
+def test_a_number_hydra_rewrites_is_refused_with_the_quoting_that_keeps_it(tmp_path, monkeypatch, word, typed, number):
+    """name=2024_01 named the folder 202401 (Hydra reads an int literal); name=123 stays the folder 123."""
+    from speakerid.cli.train import launch
+
+    monkeypatch.chdir(tmp_path)
+    key = word.split("=")[0]
+    with pytest.raises(SystemExit, match=re.escape(f"{key}={typed} is the number {number} to Hydra, which would "
+                                                   f"name {number}: quote it to keep the text, '{key}=\"{typed}\"'")):
+        launch(["debug=tiny", f"runs_root={tmp_path}", word], "python train.py")
+    assert list(tmp_path.iterdir()) == []
+    # and the quoting it gives keeps the text
+    from speakerid.cli.overrides import hydra_arguments
+
+    (override,) = hydra_arguments([f'{key}="{typed}"'])[1]
+    assert override.value() == typed
+
+
 def test_run_dir_with_a_trailing_hydra_flag_prints_the_job_config(tiny_corpus_dir, tmp_path, capsys):
     """run_dir's own Hydra override was appended after every word: `--cfg job` took it as its value."""
     from speakerid.cli.train import launch

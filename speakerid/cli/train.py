@@ -277,6 +277,22 @@ def refuse_a_blank_run_dir(argv: list[str]) -> None:
                  "gets runs_root/<name>/<date_time>_job<N>), or give runs_root= to put the jobs elsewhere")
 
 
+# Keys whose integer value is taken as its digits (config.check_folder_name, check_strip_prefix): name=123.
+DIGITS_KEYS = ("name", "run_dir", "runs_root", "eval.strip_prefix")
+
+
+def refuse_numbers_hydra_rewrites(argv: list[str]) -> None:
+    """name=2024_01 is the number 202401 to Hydra (and +5 is 5): taken as its digits, it would name another
+    folder than the one typed. Refused, with the quoting that keeps the text."""
+    for override in hydra_arguments(argv)[1]:
+        if override.key_or_group not in DIGITS_KEYS or override.is_delete():
+            continue
+        value, typed = override.value(), override.input_line.split("=", 1)[-1]
+        if isinstance(value, int) and not isinstance(value, bool) and typed != str(value):
+            sys.exit(f"error: {override.key_or_group}={typed} is the number {value} to Hydra, which would name "
+                     f"{value}: quote it to keep the text, {join(hydra_override(override.key_or_group, typed))}")
+
+
 def run_dir_for_hydra(argv: list[str]) -> list[str]:
     """With run_dir=X, Hydra's own folder (its .hydra/ record of the command, train.log) is X too, rather
     than a runs_root/<name>/<date> folder that it would claim and the run leave empty. Not when the command
@@ -305,6 +321,7 @@ def launch(argv: list[str], launcher: str) -> dict[str, Any]:
         return eer if eer is not None else float("nan")  # the value Hydra sweepers optimise
 
     refuse_a_blank_run_dir(argv)
+    refuse_numbers_hydra_rewrites(argv)
     _claimed.clear()  # run folders claimed by an earlier launch in this process are not this one's
     # Hydra reads sys.argv; its own override first, so that a trailing flag (--cfg job) keeps its value
     saved, sys.argv = sys.argv, [sys.argv[0], *run_dir_for_hydra(argv), *argv]
