@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from speakerid.config import check_int_at_least
+from speakerid.config import check_int_at_least, is_int
 from speakerid.io import atomic_write
 from speakerid.metrics import format_eer
 
@@ -191,7 +191,7 @@ def _read_varint(f) -> int | None:
 
 
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return is_int(value) and value >= 0
 
 
 def _is_state_dict(value: Any) -> bool:
@@ -228,6 +228,7 @@ CHECKPOINT_PARTS: dict[str, tuple[str, Any]] = {
     "config.trainer": ("a dict", lambda v: isinstance(v, dict)),
     "config.trainer.epochs": ("a count (an integer >= 0)", _is_count),
 }
+
 
 def checkpoint_part(checkpoint: dict[str, Any], dotted: str) -> Any:
     """checkpoint["a"]["b"] for "a.b"; _MISSING where a level is not there."""
@@ -569,8 +570,8 @@ def config_differences(saved: Any, current: Any, node: str = "", ignore: tuple[s
 
 
 AVERAGED_PARTS = ("model", "head", "speakers", "progress.epoch", "progress.step")
-# The config keys in which checkpoints of one run may differ: a resumed run writes to a new folder, with
-# trainer.resume set.
+# The config keys in which checkpoints of one run (and a run and its resumption) may differ: a resumed run
+# writes to a new folder, with trainer.resume set.
 RUN_PLACE_KEYS = ("run_dir", "trainer.resume")
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from speakerid.checkpoint import (
     FORMAT_VERSION,
+    RUN_PLACE_KEYS,
     CheckpointDir,
     config_differences,
     library_versions,
@@ -93,9 +94,6 @@ class RunFinished(Exception):
 RESUME_KEYS = ("trainer.resume",)  # overrides that may differ between a run and its resumption
 
 
-# What may differ between a run and its resumption: where its folder is, and the resume itself.
-RUN_FOLDER_KEYS = ("run_dir", "trainer.resume")
-
 
 def read_run_config(run_dir: Path) -> dict[str, Any] | None:
     """The resolved config.yaml a run wrote when it started, read as plain YAML (nothing in it is
@@ -117,7 +115,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any] | None:
 def find_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     """trainer.resume: false -> None; a path -> that file; true -> the newest last.pt among the runs of this
     name (the sibling folders of this run, multirun jobs included) whose resolved config is this one's but
-    for RUN_FOLDER_KEYS, or None when there is none yet, so that a job script can always pass resume=true and be
+    for RUN_PLACE_KEYS, or None when there is none yet, so that a job script can always pass resume=true and be
     requeued at any moment. Runs of other settings (another job of a sweep, another seed, a default changed
     since) are never picked up, however their folders were named."""
     resume = cfg.trainer.resume
@@ -132,7 +130,7 @@ def find_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
             except ValueError as e:  # one damaged folder must not block every resume of the name
                 log.warning("trainer.resume=true: %s; that run folder is not resumed", e)
                 continue
-            same = theirs is not None and not config_differences(theirs, ours, ignore=RUN_FOLDER_KEYS)
+            same = theirs is not None and not config_differences(theirs, ours, ignore=RUN_PLACE_KEYS)
             (candidates if same else others).append(last)
         if others:
             log.info("trainer.resume=true: %d run(s) of this name were started with other settings and are "
@@ -368,7 +366,7 @@ class RunState:
                 f"{path}: this run's settings differ from the checkpoint's in what its weights or optimizer "
                 f"state mean (checkpoint -> this run): {'; '.join(fixed)}. Resume with the checkpoint's settings, "
                 f"or start a new run from its weights with trainer.init_from")
-        other = config_differences(saved, current, ignore=("model", *self.FIXED_ON_RESUME, *RUN_FOLDER_KEYS))
+        other = config_differences(saved, current, ignore=("model", *self.FIXED_ON_RESUME, *RUN_PLACE_KEYS))
         other += config_differences(saved, current, "optim.lr")
         if other:
             log.warning("resuming %s with settings that differ from the checkpoint's (checkpoint -> this run): %s",
