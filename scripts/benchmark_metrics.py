@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Time EER and minDCF (p_target 0.01 and 0.05) on a large random trial set (default 600,000 trials, about
-Vox1-E's size): one call of speakerid.metrics.verification_metrics, which sorts the scores once.
+Vox1-E's size): one call of speakerid.metrics.verification_metrics, which sorts the scores once. With
+--bootstrap N, also `speakerid calibrate`'s threshold with its speaker-bootstrap intervals (N resamples of
+--speakers speakers, Vox1-E has 1251), for the EER and the FAR rules.
 
-    python scripts/benchmark_metrics.py [--trials 600000] [--repeats 5]
+    python scripts/benchmark_metrics.py [--trials 600000] [--repeats 5] [--bootstrap 100 --speakers 1251]
 """
 
 import argparse
@@ -13,6 +15,7 @@ import time
 import numpy as np
 
 from speakerid.metrics import compute_eer, compute_min_dcf, verification_metrics
+from speakerid.thresholds import choose_threshold
 
 
 def best_of(repeats: int, fn) -> float:
@@ -29,6 +32,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=600_000)
     parser.add_argument("--targets", type=float, default=0.5, help="fraction of target trials")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--bootstrap", type=int, default=0, help="also time calibrate's threshold with this many "
+                        "speaker resamples (0: not)")
+    parser.add_argument("--speakers", type=int, default=1251, help="speakers of the trials, for --bootstrap")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -45,6 +51,17 @@ def main() -> None:
           f"minDCF(0.05) {metrics['min_dcf_p0.05']:.4f}")
     print(f"verification_metrics (EER + both minDCF): {t_all * 1000:.0f} ms")
     print(f"compute_eer alone: {t_eer * 1000:.0f} ms; compute_min_dcf alone: {t_dcf * 1000:.0f} ms")
+    if args.bootstrap:
+        enrol_speaker = rng.integers(0, args.speakers, args.trials)
+        test_speaker = np.where(labels == 1, enrol_speaker, (enrol_speaker + rng.integers(1, args.speakers,
+                                                                                            args.trials)) % args.speakers)
+        enrol = [f"id{s}/v/1.wav" for s in enrol_speaker]
+        test = [f"id{s}/v/2.wav" for s in test_speaker]
+        for kind, target in (("eer", None), ("far", 0.01)):
+            start = time.perf_counter()
+            choose_threshold(scores, labels, enrol, test, kind, target, n_bootstrap=args.bootstrap)
+            print(f"calibrate's {kind} threshold with {args.bootstrap} resamples of {args.speakers} speakers: "
+                  f"{time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":
